@@ -1,0 +1,137 @@
+import express, { Express, RequestHandler, Router } from 'express';
+import compression from 'compression';
+import type { CapabilityStatementRestResourceOperation } from 'fhir/r4';
+// node-fhir-server-core ships no type declarations
+// eslint-disable-next-line @typescript-eslint/no-var-requires
+const { Server: FhirCoreServer } = require('@bluehalo/node-fhir-server-core');
+import { AppConfig } from './config';
+import type { Logger } from './logger';
+import { ResourceService } from './fhir/resource-service';
+import { restRoutes } from './fhir/rest-routes';
+import { capabilityGenerator } from './fhir/capability';
+import { errorHandler, notFoundHandler } from './fhir/errors';
+import { FHIR_JSON } from './fhir/http';
+import { badRequest } from './fhir/outcome';
+
+export const FHIR_PATH = '/4_0_1';
+
+/** A FHIR operation served through node-fhir-server-core's operation routes (answers 200 JSON). */
+export interface CoreOperation {
+  /** The operation's name as in the URL, without `$`, e.g. `member-match`. */
+  name: string;
+  method: 'POST' | 'GET';
+  /** The canonical OperationDefinition, advertised in the CapabilityStatement. */
+  reference: string;
+  handler: (args: { id?: string; resource?: unknown }, ctx: { req: express.Request }) => Promise<unknown>;
+}
+
+export interface AppParts {
+  config: AppConfig;
+  logger: Logger;
+  version: string;
+  services: Map<string, ResourceService>;
+  baseUrl: () => string;
+  /** Routes outside the FHIR base, e.g. the token endpoint. */
+  rootRoutes?: Router[];
+  /** Routes in the FHIR base that need no token (SMART discovery). */
+  publicRoutes?: Router[];
+  /** Checks the caller's token on every other FHIR route. */
+  guard?: RequestHandler;
+  /** Routes in the FHIR base that the core does not fit (async kick-offs, NDJSON files). */
+  fhirRoutes?: Router[];
+  /** Type-level operations, by resource type. */
+  operations?: Record<string, CoreOperation[]>;
+  extraOperations?: CapabilityStatementRestResourceOperation[];
+  typeOperations?: Record<string, CapabilityStatementRestResourceOperation[]>;
+  tokenEndpoint?: () => string;
+}
+
+/** Rejects JSON that tries to reach an object's prototype. */
+function noProtoReviver(key: string, value: unknown): unknown {
+  if (key === '__proto__' || key === 'constructor' && value && typeof value === 'object' && 'prototype' in value) {
+    throw badRequest('The body contains a forbidden key');
+  }
+  return value;
+}
+
+/** Makes every JSON answer under the FHIR base `application/fhir+json`, and Last-Modified an HTTP date. */
+const fhirMediaType: RequestHandler = (_req, res, next) => {
+  const setHeader = res.setHeader.bind(res);
+  res.setHeader = (name: string, value: number | string | readonly string[]) => {
+    const lower = name.toLowerCase();
+    if (lower === 'content-type' && typeof value === 'string' && value.startsWith('application/json')) value = FHIR_JSON;
+    if (lower === 'last-modified' && typeof value === 'string' && /^\d{4}-\d{2}/.test(value)) value = new Date(value).toUTCString();
+    return setHeader(name, value);
+  };
+  next();
+};
+
+function requestLog(logger: Logger): RequestHandler {
+  return (req, res, next) => {
+    const start = process.hrtime.bigint();
+    res.on('finish', () => {
+      // The path only: queries and bodies may carry member data.
+      logger.info('request', { method: req.method, path: req.path, status: res.statusCode, ms: Number(process.hrtime.bigint() - start) / 1e6 });
+    });
+    next();
+  };
+}
+
+/** Builds the Express app and the node-fhir-server-core chain. Never listens. */
+export function buildApp(parts: AppParts): Express {
+  const { config, logger } = parts;
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('etag', false); // ETags are resource versions, set by the handlers
+  app.use(requestLog(logger));
+  app.use(compression());
+  const jsonTypes = ['application/json', 'application/fhir+json', 'application/json+fhir', 'application/scim+json'];
+  app.use(express.json({ type: jsonTypes, limit: config.bodyLimit, strict: false, reviver: noProtoReviver }));
+  app.use(express.urlencoded({ extended: false, limit: '1mb' }));
+
+  const profiles: Record<string, unknown> = {};
+  for (const [type, service] of parts.services) {
+    const ops = parts.operations?.[type] ?? [];
+    const serviceModule: Record<string, unknown> = { ...service };
+    for (const op of ops) serviceModule[op.name.replace(/-([a-z])/g, (g) => g[1].toUpperCase())] = op.handler;
+    profiles[type] = {
+      service: serviceModule,
+      versions: ['4_0_1'],
+      operation: ops.map((op) => ({ name: op.name, route: `/$${op.name}`, method: op.method, reference: op.reference })),
+    };
+  }
+  const core = new FhirCoreServer(
+    {
+      profiles,
+      server: { corsOptions: { maxAge: 86400 } },
+      logging: { level: 'warn' },
+      statementGenerator: capabilityGenerator({
+        base: parts.baseUrl,
+        authRequired: config.authRequired,
+        tokenEndpoint: parts.tokenEndpoint,
+        extraOperations: parts.extraOperations ?? [],
+        typeOperations: parts.typeOperations ?? {},
+        version: parts.version,
+      }),
+    },
+    app,
+  );
+  core.configureHelmet({
+    hsts: !!config.publicBaseUrl?.startsWith('https:'),
+    contentSecurityPolicy: { useDefaults: false, directives: { defaultSrc: ["'none'"], frameAncestors: ["'none'"] } },
+  });
+
+  for (const r of parts.rootRoutes ?? []) app.use(r);
+  app.use(FHIR_PATH, fhirMediaType);
+  for (const r of parts.publicRoutes ?? []) app.use(FHIR_PATH, r);
+  if (parts.guard) {
+    const guard = parts.guard;
+    app.use(FHIR_PATH, (req, res, next) => (req.path === '/metadata' && req.method === 'GET' ? next() : guard(req, res, next)));
+  }
+  app.use(FHIR_PATH, restRoutes(parts.services, parts.baseUrl));
+  for (const r of parts.fhirRoutes ?? []) app.use(FHIR_PATH, r);
+  core.setProfileRoutes();
+  app.use(notFoundHandler);
+  app.use(errorHandler(logger));
+  return app;
+}

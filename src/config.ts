@@ -1,0 +1,90 @@
+import path from 'node:path';
+
+/** Typed, validated configuration. Built from the environment by the entry point; tests build it directly. */
+export interface AppConfig {
+  host: string;
+  port: number;
+  /** Public FHIR base URL, e.g. https://payer.example.com/4_0_1; derived from HOST/PORT when unset. */
+  publicBaseUrl?: string;
+  dataDir: string;
+  mongodbUri?: string;
+  mongodbDb?: string;
+  logLevel: string;
+  bodyLimit: string;
+  authRequired: boolean;
+  clientsFile: string;
+  sourcePayersFile: string;
+  defaultPageSize: number;
+  maxPageSize: number;
+  accessTokenTtlSeconds: number;
+  exportFileTtlSeconds: number;
+  /** Share an exchange's work between processes: how long a claimed job stays claimed without a heartbeat. */
+  jobLeaseSeconds: number;
+  /** How long an exchange may keep polling the source's export before giving up. */
+  exchangeTimeoutSeconds: number;
+  /** The identifier system under which imported resources keep their id at the source. */
+  requestingPayerName: string;
+}
+
+export class ConfigError extends Error {}
+
+const LOOPBACK = /^(127\.\d+\.\d+\.\d+|localhost|::1|\[::1\])$/;
+
+export function isLoopback(host: string): boolean {
+  return LOOPBACK.test(host);
+}
+
+function bool(value: string | undefined, name: string): boolean | undefined {
+  if (value === undefined || value === '') return undefined;
+  if (/^(true|1|yes|on)$/i.test(value)) return true;
+  if (/^(false|0|no|off)$/i.test(value)) return false;
+  throw new ConfigError(`${name} must be true or false, got '${value}'`);
+}
+
+function int(value: string | undefined, name: string, fallback: number, min = 0, max = Number.MAX_SAFE_INTEGER): number {
+  if (value === undefined || value === '') return fallback;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < min || n > max) throw new ConfigError(`${name} must be an integer from ${min} to ${max}, got '${value}'`);
+  return n;
+}
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env, cwd = process.cwd()): AppConfig {
+  const host = env.HOST || '127.0.0.1';
+  const authRequired = bool(env.AUTH_REQUIRED, 'AUTH_REQUIRED') ?? !isLoopback(host);
+  const config: AppConfig = {
+    host,
+    port: int(env.PORT, 'PORT', 3000, 0, 65535),
+    publicBaseUrl: env.PUBLIC_BASE_URL ? env.PUBLIC_BASE_URL.replace(/\/+$/, '') : undefined,
+    dataDir: path.resolve(cwd, env.DATA_DIR || 'data'),
+    mongodbUri: env.MONGODB_URI || undefined,
+    mongodbDb: env.MONGODB_DB || undefined,
+    logLevel: env.LOG_LEVEL || 'info',
+    bodyLimit: env.BODY_LIMIT || '10mb',
+    authRequired,
+    clientsFile: path.resolve(cwd, env.CLIENTS_FILE || 'config/clients.json'),
+    sourcePayersFile: path.resolve(cwd, env.SOURCE_PAYERS_FILE || 'config/source-payers.json'),
+    defaultPageSize: int(env.DEFAULT_PAGE_SIZE, 'DEFAULT_PAGE_SIZE', 20, 1, 1000),
+    maxPageSize: int(env.MAX_PAGE_SIZE, 'MAX_PAGE_SIZE', 1000, 1, 10000),
+    accessTokenTtlSeconds: int(env.ACCESS_TOKEN_TTL_SECONDS, 'ACCESS_TOKEN_TTL_SECONDS', 300, 30, 3600),
+    exportFileTtlSeconds: int(env.EXPORT_FILE_TTL_SECONDS, 'EXPORT_FILE_TTL_SECONDS', 3600, 1),
+    jobLeaseSeconds: int(env.JOB_LEASE_SECONDS, 'JOB_LEASE_SECONDS', 30, 1, 3600),
+    exchangeTimeoutSeconds: int(env.EXCHANGE_TIMEOUT_SECONDS, 'EXCHANGE_TIMEOUT_SECONDS', 3600, 1),
+    requestingPayerName: env.PAYER_NAME || 'Requesting payer',
+  };
+  validateConfig(config);
+  return config;
+}
+
+/** Fails fast with a clear message on settings that would be unsafe or cannot work. */
+export function validateConfig(config: AppConfig): void {
+  if (!config.authRequired && !isLoopback(config.host)) {
+    throw new ConfigError(`Refusing to start with AUTH_REQUIRED=false on ${config.host}: authentication may be off only on a loopback address`);
+  }
+}
+
+/** The FHIR base URL as clients see it. */
+export function fhirBase(config: AppConfig, listeningPort?: number): string {
+  if (config.publicBaseUrl) return config.publicBaseUrl;
+  const host = config.host.includes(':') && !config.host.startsWith('[') ? `[${config.host}]` : config.host;
+  return `http://${host}:${listeningPort ?? config.port}/4_0_1`;
+}

@@ -1,0 +1,127 @@
+import { evaluatePath, referenceType } from './fhirpath-lite';
+import { parseFhirDate, DateRange } from './fhir-date';
+import { SearchParamDef, SearchRegistry } from './registry';
+
+export type IndexValue = string | number | DateRange;
+
+/** The search index stored beside a resource: `s` holds the values each parameter matches, `k` a sort key. */
+export interface SearchIndex {
+  s: Record<string, IndexValue[]>;
+  k: Record<string, string | number>;
+}
+
+/** Lowercase and strip accents, so `Müller` is found by `muller`. */
+export function normalizeString(value: string): string {
+  return value.normalize('NFD').replace(/[\u0300-\u036f]/g, '').toLowerCase().trim();
+}
+
+export function buildSearchIndex(registry: SearchRegistry, resource: Record<string, unknown>): SearchIndex {
+  const index: SearchIndex = { s: {}, k: {} };
+  for (const def of registry.params(resource.resourceType as string).values()) {
+    const values: IndexValue[] = [];
+    for (const path of def.paths) {
+      for (const el of evaluatePath(resource, path)) values.push(...extract(def, el));
+    }
+    if (values.length === 0) continue;
+    index.s[def.code] = dedupe(values);
+    const first = values[0];
+    index.k[def.code] = typeof first === 'object' ? first.lo : first;
+  }
+  return index;
+}
+
+function dedupe(values: IndexValue[]): IndexValue[] {
+  const seen = new Set<string>();
+  return values.filter((v) => {
+    const key = JSON.stringify(v);
+    if (seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
+}
+
+function extract(def: SearchParamDef, el: unknown): IndexValue[] {
+  switch (def.type) {
+    case 'token':
+      return tokenValues(el, def);
+    case 'string':
+      return stringValues(el).map(normalizeString);
+    case 'reference':
+      return referenceValues(el);
+    case 'date':
+      return dateValues(el);
+    case 'number':
+    case 'quantity':
+      return numberValues(el);
+    case 'uri':
+      return typeof el === 'string' ? [el] : [];
+  }
+}
+
+/** A token matches by `code`, by `system|code`, or by `|code` when it has no system. */
+export function tokenForms(system: string | undefined, code: string): string[] {
+  return system ? [code, `${system}|${code}`] : [code, `|${code}`];
+}
+
+function tokenValues(el: unknown, def: SearchParamDef): string[] {
+  if (typeof el === 'string') return tokenForms(undefined, el);
+  if (typeof el === 'boolean') return [String(el)];
+  if (!el || typeof el !== 'object') return [];
+  const o = el as Record<string, unknown>;
+  if (Array.isArray(o.coding)) return o.coding.flatMap((c) => tokenValues(c, def));
+  if (typeof o.code === 'string') return tokenForms(o.system as string | undefined, o.code);
+  if (typeof o.value === 'string') {
+    // ContactPoint.system is a code (phone, email), not a namespace: match on the value alone.
+    const isContactPoint = /telecom|phone|email/.test(def.expression);
+    return isContactPoint ? [o.value] : tokenForms(o.system as string | undefined, o.value);
+  }
+  return [];
+}
+
+function stringValues(el: unknown): string[] {
+  if (typeof el === 'string') return [el];
+  if (!el || typeof el !== 'object') return [];
+  const o = el as Record<string, unknown>;
+  const out: string[] = [];
+  for (const key of ['text', 'family', 'given', 'prefix', 'suffix', 'line', 'city', 'district', 'state', 'postalCode', 'country', 'display']) {
+    const v = o[key];
+    if (typeof v === 'string') out.push(v);
+    else if (Array.isArray(v)) out.push(...v.filter((x): x is string => typeof x === 'string'));
+  }
+  return out;
+}
+
+/** A reference is findable as `Type/id` and as the bare `id`; an absolute one also by its URL. */
+export function referenceValues(el: unknown): string[] {
+  const ref = typeof el === 'string' ? el : el && typeof el === 'object' ? (el as { reference?: unknown }).reference : undefined;
+  if (typeof ref !== 'string') return [];
+  const type = referenceType(ref);
+  if (!type) return [ref];
+  const m = ref.match(/([A-Z][A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/[^/]+)?$/);
+  if (!m) return [ref];
+  const relative = `${m[1]}/${m[2]}`;
+  return ref === relative ? [relative, m[2]] : [ref, relative, m[2]];
+}
+
+function dateValues(el: unknown): DateRange[] {
+  if (typeof el === 'string') {
+    const r = parseFhirDate(el);
+    return r ? [r] : [];
+  }
+  if (!el || typeof el !== 'object') return [];
+  const o = el as Record<string, unknown>;
+  if ('start' in o || 'end' in o) {
+    const start = typeof o.start === 'string' ? parseFhirDate(o.start) : undefined;
+    const end = typeof o.end === 'string' ? parseFhirDate(o.end) : undefined;
+    if (!start && !end) return [];
+    return [{ lo: start ? start.lo : -8.64e15, hi: end ? end.hi : 8.64e15 }];
+  }
+  if (Array.isArray(o.event)) return o.event.flatMap(dateValues);
+  return [];
+}
+
+function numberValues(el: unknown): number[] {
+  if (typeof el === 'number') return [el];
+  if (el && typeof el === 'object' && typeof (el as { value?: unknown }).value === 'number') return [(el as { value: number }).value];
+  return [];
+}

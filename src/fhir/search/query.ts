@@ -1,0 +1,237 @@
+import { Filter, SortSpec } from '../../store/types';
+import { badRequest } from '../outcome';
+import { parseFhirDate } from './fhir-date';
+import { normalizeString } from './index-values';
+import { SearchParamDef, SearchRegistry } from './registry';
+
+export type QueryValue = string | string[] | undefined;
+export type RawQuery = Record<string, QueryValue>;
+
+export interface SearchRequest {
+  filter: Filter;
+  sort: SortSpec;
+  count: number;
+  offset: number;
+  total: 'accurate' | 'none';
+  summaryCount: boolean;
+  elements?: string[];
+  /** Parameters that were not understood, with the reason: reported to the client. */
+  warnings: string[];
+  /** The parameters that were applied, for the Bundle's self link. */
+  applied: [string, string][];
+}
+
+export interface SearchOptions {
+  strict: boolean;
+  defaultCount: number;
+  maxCount: number;
+}
+
+const CONTROL = new Set(['_count', '_offset', '_sort', '_total', '_summary', '_format', '_pretty', '_elements']);
+const PREFIXES = ['eq', 'ne', 'gt', 'lt', 'ge', 'le', 'sa', 'eb', 'ap'] as const;
+type Prefix = (typeof PREFIXES)[number];
+
+const escapeRegex = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
+/** Turns a FHIR search query into a MongoDB-style filter over the stored search index. */
+export function parseSearch(registry: SearchRegistry, type: string, query: RawQuery, options: SearchOptions): SearchRequest {
+  const req: SearchRequest = {
+    filter: {},
+    sort: { lu: 1, _id: 1 },
+    count: options.defaultCount,
+    offset: 0,
+    total: 'accurate',
+    summaryCount: false,
+    warnings: [],
+    applied: [],
+  };
+  const conditions: Filter[] = [];
+  const reject = (msg: string) => {
+    if (options.strict) throw badRequest(msg);
+    req.warnings.push(msg);
+  };
+
+  for (const [rawKey, rawValue] of Object.entries(query)) {
+    if (rawValue === undefined) continue;
+    const values = (Array.isArray(rawValue) ? rawValue : [rawValue]).map(String);
+    const [code, modifier] = splitKey(rawKey);
+    if (CONTROL.has(code)) {
+      applyControl(req, code, values[values.length - 1], registry, type, options);
+      continue;
+    }
+    if (code.includes('.')) {
+      reject(`Chained search parameter '${rawKey}' is not supported`);
+      continue;
+    }
+    const def = registry.get(type, code);
+    if (!def) {
+      reject(`Unknown search parameter '${code}' for ${type}`);
+      continue;
+    }
+    for (const value of values) {
+      const cond = compileParam(def, modifier, value);
+      if (cond === null) {
+        reject(`Modifier ':${modifier}' is not supported for search parameter '${code}' (${def.type})`);
+        break;
+      }
+      conditions.push(cond);
+      req.applied.push([rawKey, value]);
+    }
+  }
+  if (conditions.length === 1) req.filter = conditions[0];
+  else if (conditions.length > 1) req.filter = { $and: conditions };
+  return req;
+}
+
+function splitKey(key: string): [string, string | undefined] {
+  const i = key.indexOf(':');
+  return i < 0 ? [key, undefined] : [key.slice(0, i), key.slice(i + 1)];
+}
+
+function applyControl(req: SearchRequest, code: string, value: string, registry: SearchRegistry, type: string, options: SearchOptions) {
+  switch (code) {
+    case '_count': {
+      const n = Number(value);
+      if (!Number.isInteger(n) || n < 0) throw badRequest(`_count must be a non-negative integer, got '${value}'`);
+      req.count = Math.min(n, options.maxCount);
+      req.applied.push([code, String(req.count)]);
+      break;
+    }
+    case '_offset': {
+      const n = Number(value);
+      if (!Number.isInteger(n) || n < 0) throw badRequest(`_offset must be a non-negative integer, got '${value}'`);
+      req.offset = n;
+      break;
+    }
+    case '_total':
+      if (!['none', 'estimate', 'accurate'].includes(value)) throw badRequest(`_total must be none, estimate or accurate`);
+      req.total = value === 'none' ? 'none' : 'accurate';
+      req.applied.push([code, value]);
+      break;
+    case '_summary':
+      if (value === 'count') req.summaryCount = true;
+      else if (value !== 'false') throw badRequest(`_summary=${value} is not supported (use count or false)`);
+      req.applied.push([code, value]);
+      break;
+    case '_elements':
+      req.elements = value.split(',').map((s) => s.trim()).filter(Boolean);
+      req.applied.push([code, value]);
+      break;
+    case '_sort': {
+      const sort: SortSpec = {};
+      for (const part of value.split(',').map((s) => s.trim()).filter(Boolean)) {
+        const desc = part.startsWith('-');
+        const name = desc ? part.slice(1) : part;
+        const dir = desc ? -1 : 1;
+        if (name === '_id') sort._id = dir;
+        else if (name === '_lastUpdated') sort.lu = dir;
+        else if (registry.get(type, name)) sort[`k.${name}`] = dir;
+        else throw badRequest(`Cannot sort on unknown search parameter '${name}' for ${type}`);
+      }
+      if (!('_id' in sort)) sort._id = 1;
+      req.sort = sort;
+      req.applied.push([code, value]);
+      break;
+    }
+    default:
+      break; // _format and _pretty: JSON is the only format served
+  }
+}
+
+function splitOr(value: string): string[] {
+  // Commas separate alternatives; "\," is a literal comma.
+  return value.split(/(?<!\\),/).map((v) => v.replace(/\\,/g, ','));
+}
+
+/** Returns the filter for one occurrence of a parameter, or null when the modifier is not supported. */
+function compileParam(def: SearchParamDef, modifier: string | undefined, value: string): Filter | null {
+  const field = `s.${def.code}`;
+  if (modifier === 'missing') {
+    if (value !== 'true' && value !== 'false') throw badRequest(`:missing takes true or false`);
+    return value === 'true' ? { [field]: { $exists: false } } : { [field]: { $exists: true } };
+  }
+  const alternatives = splitOr(value).filter((v) => v !== '');
+  if (alternatives.length === 0) throw badRequest(`Search parameter '${def.code}' has an empty value`);
+  const anyOf = (conds: Filter[]): Filter => (conds.length === 1 ? conds[0] : { $or: conds });
+
+  switch (def.type) {
+    case 'token': {
+      if (modifier) return null;
+      const exact: string[] = [];
+      const conds: Filter[] = [];
+      for (const v of alternatives) {
+        if (v.endsWith('|') && v.length > 1) conds.push({ [field]: { $regex: new RegExp(`^${escapeRegex(v)}`) } });
+        else exact.push(v);
+      }
+      if (exact.length) conds.push({ [field]: { $in: exact } });
+      return anyOf(conds);
+    }
+    case 'string': {
+      if (modifier && modifier !== 'contains') return null;
+      return anyOf(
+        alternatives.map((v) => {
+          const n = escapeRegex(normalizeString(v));
+          return { [field]: { $regex: new RegExp(modifier === 'contains' ? n : `^${n}`) } };
+        }),
+      );
+    }
+    case 'uri':
+      if (modifier) return null;
+      return { [field]: { $in: alternatives } };
+    case 'reference': {
+      if (modifier && !/^[A-Z][A-Za-z]+$/.test(modifier)) return null;
+      const refs = alternatives.map((v) => (modifier && !v.includes('/') ? `${modifier}/${v}` : v));
+      return { [field]: { $in: refs } };
+    }
+    case 'date':
+      if (modifier) return null;
+      return anyOf(alternatives.map((v) => dateCondition(field, def.code, v)));
+    case 'number':
+    case 'quantity':
+      if (modifier) return null;
+      return anyOf(alternatives.map((v) => numberCondition(field, def.code, v)));
+  }
+}
+
+function splitPrefix(value: string): [Prefix, string] {
+  const p = value.slice(0, 2) as Prefix;
+  if (PREFIXES.includes(p) && /^[a-z]{2}[-+\d]/.test(value)) return [p, value.slice(2)];
+  return ['eq', value];
+}
+
+function dateCondition(field: string, code: string, value: string): Filter {
+  const [prefix, raw] = splitPrefix(value);
+  const r = parseFhirDate(raw);
+  if (!r) throw badRequest(`Search parameter '${code}': '${raw}' is not a valid FHIR date`);
+  const within: Filter = { lo: { $gte: r.lo }, hi: { $lte: r.hi } };
+  const cond: Record<Prefix, Filter> = {
+    eq: within,
+    ne: { $or: [{ lo: { $lt: r.lo } }, { hi: { $gt: r.hi } }] },
+    gt: { hi: { $gt: r.hi } },
+    lt: { lo: { $lt: r.lo } },
+    ge: { hi: { $gte: r.lo } },
+    le: { lo: { $lte: r.hi } },
+    sa: { lo: { $gt: r.hi } },
+    eb: { hi: { $lt: r.lo } },
+    ap: { lo: { $lte: r.hi }, hi: { $gte: r.lo } },
+  };
+  return { [field]: { $elemMatch: cond[prefix] } };
+}
+
+function numberCondition(field: string, code: string, value: string): Filter {
+  const [prefix, raw] = splitPrefix(value);
+  const n = Number(raw.split('|')[0]);
+  if (!Number.isFinite(n)) throw badRequest(`Search parameter '${code}': '${raw}' is not a number`);
+  const ops: Record<Prefix, unknown> = {
+    eq: n,
+    ne: { $ne: n },
+    gt: { $gt: n },
+    lt: { $lt: n },
+    ge: { $gte: n },
+    le: { $lte: n },
+    sa: { $gt: n },
+    eb: { $lt: n },
+    ap: { $gte: n * 0.9, $lte: n * 1.1 },
+  };
+  return { [field]: ops[prefix] };
+}

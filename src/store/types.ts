@@ -1,0 +1,45 @@
+/**
+ * The storage seam. Both engines (embedded NeDB and MongoDB) implement this small,
+ * MongoDB-shaped interface and take the same MongoDB-style filters, so everything
+ * above it (resource store, search, jobs) is written once.
+ */
+export type Filter = Record<string, unknown>;
+export type SortSpec = Record<string, 1 | -1>;
+
+export interface FindOptions {
+  sort?: SortSpec;
+  skip?: number;
+  limit?: number;
+}
+
+export interface StoredDoc {
+  _id: string;
+  [key: string]: unknown;
+}
+
+export interface Collection<T extends StoredDoc = StoredDoc> {
+  /** Inserts a document; throws DuplicateKeyError when its _id (or a unique index) is taken. */
+  insertOne(doc: T): Promise<void>;
+  findOne(filter: Filter): Promise<T | null>;
+  find(filter: Filter, options?: FindOptions): Promise<T[]>;
+  count(filter: Filter): Promise<number>;
+  /** Replaces the one document matching filter; returns how many matched (0 or 1). */
+  replaceOne(filter: Filter, doc: T, options?: { upsert?: boolean }): Promise<number>;
+  /** Applies `$set` to the first matching document, atomically; returns how many matched. */
+  updateOne(filter: Filter, set: Record<string, unknown>): Promise<number>;
+  deleteMany(filter: Filter): Promise<number>;
+  createIndex(fields: string[], options?: { unique?: boolean }): Promise<void>;
+}
+
+export interface Database {
+  readonly engine: 'embedded' | 'mongodb';
+  collection<T extends StoredDoc = StoredDoc>(name: string): Collection<T>;
+  close(): Promise<void>;
+}
+
+export class DuplicateKeyError extends Error {
+  constructor(message = 'duplicate key') {
+    super(message);
+    this.name = 'DuplicateKeyError';
+  }
+}

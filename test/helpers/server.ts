@@ -1,0 +1,44 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { AppConfig, loadConfig } from '../../src/config';
+import { createLogger } from '../../src/logger';
+import { RunningServer, startServer } from '../../src/main';
+
+export function tempDir(prefix = 'p2p-test-'): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
+/** A test configuration: loopback, port 0, a fresh data directory, auth off unless asked. */
+export function testConfig(overrides: Partial<AppConfig> = {}): AppConfig {
+  const dataDir = overrides.dataDir ?? tempDir();
+  return { ...loadConfig({ HOST: '127.0.0.1', PORT: '0' } as NodeJS.ProcessEnv), dataDir, authRequired: false, ...overrides };
+}
+
+export async function startTestServer(overrides: Partial<AppConfig> = {}): Promise<RunningServer> {
+  return startServer(testConfig(overrides), createLogger('error', process.env.TEST_LOGS !== '1'));
+}
+
+export interface FhirResponse<T = any> {
+  status: number;
+  headers: Headers;
+  body: T;
+  text: string;
+}
+
+/** A small FHIR client over real HTTP. */
+export async function fhir<T = any>(method: string, url: string, body?: unknown, headers: Record<string, string> = {}): Promise<FhirResponse<T>> {
+  const res = await fetch(url, {
+    method,
+    headers: { accept: 'application/fhir+json', ...(body !== undefined ? { 'content-type': 'application/fhir+json' } : {}), ...headers },
+    body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
+  });
+  const text = await res.text();
+  let parsed: unknown = undefined;
+  try {
+    parsed = text ? JSON.parse(text) : undefined;
+  } catch {
+    parsed = undefined;
+  }
+  return { status: res.status, headers: res.headers, body: parsed as T, text };
+}

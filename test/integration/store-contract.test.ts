@@ -1,0 +1,143 @@
+import { randomUUID } from 'node:crypto';
+import type { Resource } from 'fhir/r4';
+import { Database } from '../../src/store/types';
+import { NedbDatabase } from '../../src/store/embedded/nedb-database';
+import { MongoDatabase } from '../../src/store/mongo/mongo-database';
+import { ResourceStore } from '../../src/store/resource-store';
+import { SearchRegistry } from '../../src/fhir/search/registry';
+import { RESOURCE_TYPES } from '../../src/fhir/resource-types';
+import { parseSearch } from '../../src/fhir/search/query';
+import { FhirError } from '../../src/fhir/outcome';
+import { tempDir } from '../helpers/server';
+
+const registry = new SearchRegistry(RESOURCE_TYPES);
+const search = (store: ResourceStore, type: string, query: Record<string, string | string[]>) =>
+  store.search(type, parseSearch(registry, type, query, { strict: true, defaultCount: 100, maxCount: 100 }).filter);
+
+interface Engine {
+  name: string;
+  open(): Promise<Database>;
+  reopen?: (db: Database) => Promise<Database>;
+}
+
+const engines: Engine[] = [];
+const embeddedDirs = new Map<Database, string>();
+engines.push({
+  name: 'embedded (NeDB)',
+  async open() {
+    const dir = tempDir('store-');
+    const db = new NedbDatabase(dir);
+    embeddedDirs.set(db, dir);
+    return db;
+  },
+  async reopen(db) {
+    const dir = embeddedDirs.get(db) as string;
+    await db.close();
+    const again = new NedbDatabase(dir);
+    embeddedDirs.set(again, dir);
+    return again;
+  },
+});
+
+const mongoUri = process.env.TEST_MONGODB_URI;
+if (mongoUri) {
+  engines.push({ name: 'MongoDB', open: () => MongoDatabase.connect(mongoUri, `test_${randomUUID().slice(0, 8)}`) });
+} else {
+  // eslint-disable-next-line no-console
+  console.log(`Store contract suite: MongoDB leg skipped: ${process.env.TEST_MONGO_SKIP_REASON}`);
+  describe('store contract on MongoDB', () => {
+    it.skip(`skipped: ${process.env.TEST_MONGO_SKIP_REASON}`, () => undefined);
+  });
+}
+
+describe.each(engines)('store contract on $name', (engine) => {
+  let db: Database;
+  let store: ResourceStore;
+
+  beforeEach(async () => {
+    db = await engine.open();
+    store = new ResourceStore(db, registry);
+  });
+  afterEach(async () => {
+    await db.close();
+  });
+
+  it('creates with a server id and version 1, and reads it back', async () => {
+    const created = await store.create({ resourceType: 'Patient', id: 'ignored', name: [{ family: 'Smith' }] } as Resource);
+    expect(created.id).toMatch(/^[0-9a-f-]{36}$/);
+    expect(created.meta?.versionId).toBe('1');
+    const read = await store.read('Patient', created.id as string);
+    expect(read).toEqual(created);
+  });
+
+  it('updates bump the version, keep history, and honour If-Match', async () => {
+    const first = await store.update('Patient', 'p1', { resourceType: 'Patient', id: 'p1', gender: 'male' } as Resource);
+    expect(first.created).toBe(true);
+    const second = await store.update('Patient', 'p1', { resourceType: 'Patient', id: 'p1', gender: 'female' } as Resource, '1');
+    expect(second.created).toBe(false);
+    expect(second.resource.meta?.versionId).toBe('2');
+    await expect(store.update('Patient', 'p1', { resourceType: 'Patient', id: 'p1' } as Resource, '1')).rejects.toMatchObject({ status: 412 });
+    expect((await store.vread('Patient', 'p1', '1')) as { gender?: string }).toMatchObject({ gender: 'male' });
+    const history = await store.historyOf('Patient', 'p1', { count: 10, offset: 0 });
+    expect(history.entries.map((e) => e.versionId)).toEqual(['2', '1']);
+  });
+
+  it('deletes: 410 on read, deletion in history, and re-creation continues the versions', async () => {
+    await store.update('Patient', 'gone', { resourceType: 'Patient', id: 'gone' } as Resource);
+    expect(await store.delete('Patient', 'gone')).toBe('2');
+    await expect(store.read('Patient', 'gone')).rejects.toMatchObject({ status: 410 });
+    await expect(store.read('Patient', 'never')).rejects.toMatchObject({ status: 404 });
+    const again = await store.update('Patient', 'gone', { resourceType: 'Patient', id: 'gone' } as Resource);
+    expect(again.resource.meta?.versionId).toBe('3');
+  });
+
+  it('never lets two concurrent updates of one version both win', async () => {
+    await store.update('Patient', 'race', { resourceType: 'Patient', id: 'race' } as Resource);
+    const results = await Promise.allSettled(
+      Array.from({ length: 8 }, (_, i) => store.update('Patient', 'race', { resourceType: 'Patient', id: 'race', birthDate: `200${i}` } as Resource, '1')),
+    );
+    expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(1);
+    expect(results.filter((r) => r.status === 'rejected').every((r) => (r as PromiseRejectedResult).reason instanceof FhirError)).toBe(true);
+    // Without If-Match every writer lands, each on its own version.
+    await Promise.all(Array.from({ length: 5 }, () => store.update('Patient', 'race', { resourceType: 'Patient', id: 'race' } as Resource)));
+    const history = await store.historyOf('Patient', 'race', { count: 50, offset: 0 });
+    expect(history.entries.map((e) => Number(e.versionId)).sort((a, b) => a - b)).toEqual([1, 2, 3, 4, 5, 6, 7]);
+  });
+
+  it('searches tokens, strings, references and dates with the same filters', async () => {
+    await store.update('Patient', 'a', { resourceType: 'Patient', id: 'a', name: [{ family: 'Müller', given: ['Anna'] }], birthDate: '1980-02-15', identifier: [{ system: 'urn:mb', value: 'M1' }] } as Resource);
+    await store.update('Patient', 'b', { resourceType: 'Patient', id: 'b', name: [{ family: 'Miller' }], birthDate: '1991-07-01', gender: 'male' } as Resource);
+    await store.update('ExplanationOfBenefit', 'e1', { resourceType: 'ExplanationOfBenefit', id: 'e1', patient: { reference: 'Patient/a' }, created: '2024-03-01' } as Resource);
+    const ids = (rs: Resource[]) => rs.map((r) => r.id).sort();
+    expect(ids(await search(store, 'Patient', { name: 'muller' }))).toEqual(['a']);
+    expect(ids(await search(store, 'Patient', { family: 'M' }))).toEqual(['a', 'b']);
+    expect(ids(await search(store, 'Patient', { identifier: 'urn:mb|M1' }))).toEqual(['a']);
+    expect(ids(await search(store, 'Patient', { identifier: 'M1' }))).toEqual(['a']);
+    expect(ids(await search(store, 'Patient', { identifier: 'urn:other|M1' }))).toEqual([]);
+    expect(ids(await search(store, 'Patient', { birthdate: 'ge1990' }))).toEqual(['b']);
+    expect(ids(await search(store, 'Patient', { birthdate: ['ge1980-01', 'lt1980-03'] }))).toEqual(['a']);
+    expect(ids(await search(store, 'Patient', { gender: 'male,female' }))).toEqual(['b']);
+    expect(ids(await search(store, 'Patient', { 'gender:missing': 'true' }))).toEqual(['a']);
+    expect(ids(await search(store, 'ExplanationOfBenefit', { patient: 'Patient/a' }))).toEqual(['e1']);
+    expect(ids(await search(store, 'ExplanationOfBenefit', { patient: 'a' }))).toEqual(['e1']);
+    expect(ids(await search(store, 'ExplanationOfBenefit', { patient: 'b' }))).toEqual([]);
+  });
+
+  it('streams a large result in pages', async () => {
+    for (let i = 0; i < 23; i++) await store.update('Observation', `o${String(i).padStart(2, '0')}`, { resourceType: 'Observation', id: `o${String(i).padStart(2, '0')}`, status: 'final', code: { text: 'x' } } as Resource);
+    const seen: string[] = [];
+    for await (const r of store.stream('Observation', {}, 5)) seen.push(r.id as string);
+    expect(seen).toHaveLength(23);
+    expect(new Set(seen).size).toBe(23);
+  });
+
+  if (engine.reopen) {
+    it('keeps its data across a restart', async () => {
+      const created = await store.create({ resourceType: 'Patient', name: [{ family: 'Durable' }] } as Resource);
+      db = await (engine.reopen as (db: Database) => Promise<Database>)(db);
+      store = new ResourceStore(db, registry);
+      expect(await store.read('Patient', created.id as string)).toEqual(created);
+      expect((await search(store, 'Patient', { family: 'durable' })).map((r) => r.id)).toEqual([created.id]);
+    });
+  }
+});
