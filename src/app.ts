@@ -55,7 +55,8 @@ function noProtoReviver(key: string, value: unknown): unknown {
 }
 
 /** Makes every JSON answer under the FHIR base `application/fhir+json`, and Last-Modified an HTTP date. */
-const fhirMediaType: RequestHandler = (_req, res, next) => {
+const fhirMediaType: RequestHandler = (req, res, next) => {
+  if (/^\/(\.well-known|bulkstatus|bulkfiles)\//.test(req.path)) return next();
   const setHeader = res.setHeader.bind(res);
   res.setHeader = (name: string, value: number | string | readonly string[]) => {
     const lower = name.toLowerCase();

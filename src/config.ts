@@ -7,6 +7,8 @@ export interface AppConfig {
   /** Public FHIR base URL, e.g. https://payer.example.com/4_0_1; derived from HOST/PORT when unset. */
   publicBaseUrl?: string;
   dataDir: string;
+  /** Where bulk export files are written (default DATA_DIR/exports). */
+  exportDir: string;
   mongodbUri?: string;
   mongodbDb?: string;
   logLevel: string;
@@ -51,11 +53,13 @@ function int(value: string | undefined, name: string, fallback: number, min = 0,
 export function loadConfig(env: NodeJS.ProcessEnv = process.env, cwd = process.cwd()): AppConfig {
   const host = env.HOST || '127.0.0.1';
   const authRequired = bool(env.AUTH_REQUIRED, 'AUTH_REQUIRED') ?? !isLoopback(host);
+  const dataDir = path.resolve(cwd, env.DATA_DIR || 'data');
   const config: AppConfig = {
     host,
     port: int(env.PORT, 'PORT', 3000, 0, 65535),
     publicBaseUrl: env.PUBLIC_BASE_URL ? env.PUBLIC_BASE_URL.replace(/\/+$/, '') : undefined,
-    dataDir: path.resolve(cwd, env.DATA_DIR || 'data'),
+    dataDir,
+    exportDir: path.resolve(cwd, env.EXPORT_DIR || path.join(dataDir, 'exports')),
     mongodbUri: env.MONGODB_URI || undefined,
     mongodbDb: env.MONGODB_DB || undefined,
     logLevel: env.LOG_LEVEL || 'info',

@@ -1,4 +1,6 @@
+import fs from 'node:fs';
 import http from 'node:http';
+import path from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { AppConfig, fhirBase, loadConfig, validateConfig } from './config';
 import { createLogger, Logger } from './logger';
@@ -7,11 +9,17 @@ import { Database } from './store/types';
 import { ResourceStore } from './store/resource-store';
 import { SearchRegistry } from './fhir/search/registry';
 import { RESOURCE_TYPES } from './fhir/resource-types';
+import { PatientCompartment } from './fhir/compartment';
 import { createResourceService, ResourceService } from './fhir/resource-service';
 import { buildApp } from './app';
-
-import fs from 'node:fs';
-import path from 'node:path';
+import { ClientRegistry } from './auth/client-registry';
+import { TokenService } from './auth/token-service';
+import { bearerGuard, smartConfigurationRoutes, TOKEN_PATH, tokenRoutes } from './auth/routes';
+import { JobRunner } from './jobs/job-runner';
+import { MemberMatchService } from './responder/member-match';
+import { ExportFiles } from './responder/export-files';
+import { EXPORT_JOB, ExportJobHandler } from './responder/export-job';
+import { bulkExportRoutes, sweepExpiredExports } from './responder/bulk-export-routes';
 
 /** The package version, found from src/ (ts-jest) and from dist/src/ (npm start) alike. */
 function packageVersion(): string {
@@ -27,27 +35,68 @@ export interface RunningServer {
   config: AppConfig;
   /** The FHIR base URL, e.g. http://127.0.0.1:3000/4_0_1 */
   baseUrl: string;
+  tokenUrl: string;
   port: number;
   db: Database;
   store: ResourceStore;
+  runner: JobRunner;
   stop(): Promise<void>;
 }
 
-/** The composition root: config → store → services → app → listen. */
+/** The composition root: config → store → services → app → listen → background jobs. */
 export async function startServer(config: AppConfig, logger: Logger = createLogger(config.logLevel)): Promise<RunningServer> {
   validateConfig(config);
+  const clients = ClientRegistry.fromFile(config.clientsFile);
   const db = await openDatabase({ mongodbUri: config.mongodbUri, mongodbDb: config.mongodbDb, dataDir: config.dataDir });
   const registry = new SearchRegistry(RESOURCE_TYPES);
   const store = new ResourceStore(db, registry);
+  const compartment = new PatientCompartment(registry, RESOURCE_TYPES);
   const base = { url: fhirBase(config) };
   const baseUrl = () => base.url;
+  const tokenUrl = () => `${base.url.replace(/\/4_0_1$/, '')}${TOKEN_PATH}`;
 
   const services = new Map<string, ResourceService>();
   for (const type of RESOURCE_TYPES) {
     services.set(type, createResourceService(type, { store, registry, defaultPageSize: config.defaultPageSize, maxPageSize: config.maxPageSize, baseUrl }));
   }
 
-  const app = buildApp({ config, logger, version: VERSION, services, baseUrl });
+  const tokens = new TokenService(db, clients, config.accessTokenTtlSeconds);
+  const runner = new JobRunner(db, { leaseMs: config.jobLeaseSeconds * 1000, logger });
+  const files = new ExportFiles(config.exportDir);
+  const exportJobs = new ExportJobHandler(store, compartment, files, config.exportFileTtlSeconds * 1000);
+  runner.register(EXPORT_JOB, exportJobs.run);
+  const memberMatch = new MemberMatchService(store, logger);
+
+  const app = buildApp({
+    config,
+    logger,
+    version: VERSION,
+    services,
+    baseUrl,
+    tokenEndpoint: tokenUrl,
+    rootRoutes: [tokenRoutes(tokens, tokenUrl, logger)],
+    publicRoutes: [smartConfigurationRoutes(tokenUrl)],
+    guard: bearerGuard(tokens, config.authRequired),
+    fhirRoutes: [bulkExportRoutes({ runner, files, store, registry, compartment, baseUrl, authRequired: config.authRequired })],
+    operations: {
+      Patient: [
+        {
+          name: 'member-match',
+          method: 'POST',
+          reference: 'http://hl7.org/fhir/us/davinci-hrex/OperationDefinition/member-match',
+          handler: (args, { req }) => memberMatch.handle(args.resource, req),
+        },
+      ],
+    },
+    extraOperations: [{ name: 'export', definition: 'http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export' }],
+    typeOperations: {
+      Patient: [
+        { name: 'member-match', definition: 'http://hl7.org/fhir/us/davinci-hrex/OperationDefinition/member-match' },
+        { name: 'export', definition: 'http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export' },
+      ],
+      Group: [{ name: 'export', definition: 'http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export' }],
+    },
+  });
   const server = http.createServer(app);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -55,18 +104,25 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
   });
   const port = (server.address() as AddressInfo).port;
   base.url = fhirBase(config, port);
-  logger.info('listening', { base: base.url, engine: db.engine, auth: config.authRequired });
+  runner.start();
+  const sweeper = setInterval(() => void sweepExpiredExports(runner, files).catch((err) => logger.warn('export sweep failed', { error: err.message })), 60_000);
+  sweeper.unref();
+  logger.info('listening', { base: base.url, engine: db.engine, auth: config.authRequired, clients: clients.size });
 
   let stopped = false;
   return {
     config,
     baseUrl: base.url,
+    tokenUrl: tokenUrl(),
     port,
     db,
     store,
+    runner,
     async stop() {
       if (stopped) return;
       stopped = true;
+      clearInterval(sweeper);
+      await runner.stop();
       await new Promise<void>((resolve) => {
         server.close(() => resolve());
         server.closeAllConnections();

@@ -5,32 +5,40 @@ import type { Resource } from 'fhir/r4';
 import { badRequest } from './outcome';
 import { ID_PATTERN } from './resource-types';
 
-let ajv: Ajv | undefined;
-const compiled = new Map<string, ValidateFunction>();
+const instances = new Map<boolean, { ajv: Ajv; compiled: Map<string, ValidateFunction> }>();
 
-/** The official R4 JSON schema, compiled once per process on first use (about a second). */
-function validatorFor(type: string): ValidateFunction | undefined {
-  if (!ajv) {
+/**
+ * The official R4 JSON schema, compiled once per process on first use (about a second).
+ * `allErrors` is for partial resources: every error is collected, so the missing-required ones can be set aside.
+ */
+function validatorFor(type: string, allErrors = false): ValidateFunction | undefined {
+  let inst = instances.get(allErrors);
+  if (!inst) {
     const schema = rawSchema as unknown as { id: string; definitions: Record<string, unknown> } & Record<string, unknown>;
     const definitions: Record<string, unknown> = { ...schema.definitions };
     // The published schema refers to two definitions it does not contain.
     for (const m of JSON.stringify(schema).matchAll(/#\/definitions\/([^"]+)"/g)) if (!(m[1] in definitions)) definitions[m[1]] = {};
     const { id, ...rest } = schema;
-    ajv = new Ajv({ strict: false, allErrors: false, validateSchema: false });
+    const ajv = new Ajv({ strict: false, allErrors, validateSchema: false });
     ajv.addMetaSchema(draft06);
     ajv.addSchema({ ...rest, $id: id, definitions }, 'fhir');
+    inst = { ajv, compiled: new Map() };
+    instances.set(allErrors, inst);
   }
-  let fn = compiled.get(type);
+  let fn = inst.compiled.get(type);
   if (!fn) {
-    fn = ajv.getSchema(`fhir#/definitions/${type}`);
+    fn = inst.ajv.getSchema(`fhir#/definitions/${type}`);
     if (!fn) return undefined;
-    compiled.set(type, fn);
+    inst.compiled.set(type, fn);
   }
   return fn;
 }
 
-/** Checks a request body is a resource of the expected type that satisfies the R4 schema; throws a 400 otherwise. */
-export function validateResource(body: unknown, expectedType?: string): Resource {
+/**
+ * Checks a request body is a resource of the expected type that satisfies the R4 schema; throws a 400 otherwise.
+ * `partial` accepts resources missing required elements (operation inputs such as HRex's CoverageToMatch).
+ */
+export function validateResource(body: unknown, expectedType?: string, partial = false): Resource {
   if (!body || typeof body !== 'object' || Array.isArray(body)) throw badRequest('The body must be a FHIR resource (a JSON object)');
   const resource = body as Resource;
   if (typeof (body as { resourceType?: unknown }).resourceType !== 'string') throw badRequest('The body has no resourceType');
@@ -41,10 +49,11 @@ export function validateResource(body: unknown, expectedType?: string): Resource
     throw badRequest(`Invalid resource id '${String(resource.id)}'`, [`${resource.resourceType}.id`]);
   }
   const type: string = resource.resourceType;
-  const validate = validatorFor(type);
+  const validate = validatorFor(type, partial);
   if (!validate) throw badRequest(`Unknown resource type '${type}'`);
-  if (!validate(resource as unknown)) {
-    const err = validate.errors?.[0];
+  const errors = validate(resource as unknown) ? [] : (validate.errors ?? []).filter((e) => !partial || e.keyword !== 'required');
+  if (errors.length > 0) {
+    const err = errors[0];
     const where = err?.instancePath ? err.instancePath.replace(/^\//, '').replace(/\//g, '.') : '';
     const what = err?.keyword === 'additionalProperties' ? `unknown element '${(err.params as { additionalProperty: string }).additionalProperty}'` : err?.message;
     const path = where ? `${type}.${where}` : type;

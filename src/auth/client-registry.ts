@@ -1,0 +1,53 @@
+import fs from 'node:fs';
+import type { JSONWebKeySet } from 'jose';
+
+/** A system client allowed to call this server (a requesting payer), as registered in CLIENTS_FILE. */
+export interface RegisteredClient {
+  clientId: string;
+  /** Inline public keys for private_key_jwt. */
+  jwks?: JSONWebKeySet;
+  /** Or a URL where the client publishes them. */
+  jwksUrl?: string;
+  /** Or a shared secret for client_secret_basic. */
+  clientSecret?: string;
+  /** Space-separated scopes the client may be granted, e.g. `system/*.read`. */
+  scopes: string;
+  /** Display name, used in Provenance and logs. */
+  name?: string;
+}
+
+export class ClientRegistry {
+  private readonly clients = new Map<string, RegisteredClient>();
+
+  constructor(clients: RegisteredClient[]) {
+    for (const c of clients) {
+      if (!c || typeof c.clientId !== 'string' || !c.clientId) throw new Error('every client needs a clientId');
+      const kinds = [c.jwks, c.jwksUrl, c.clientSecret].filter((x) => x !== undefined).length;
+      if (kinds !== 1) throw new Error(`client ${c.clientId}: give exactly one of jwks, jwksUrl or clientSecret`);
+      if (typeof c.scopes !== 'string' || !c.scopes.trim()) throw new Error(`client ${c.clientId}: scopes are required`);
+      if (this.clients.has(c.clientId)) throw new Error(`client ${c.clientId} is registered twice`);
+      this.clients.set(c.clientId, c);
+    }
+  }
+
+  /** Reads CLIENTS_FILE; a missing file means no clients. */
+  static fromFile(file: string): ClientRegistry {
+    if (!fs.existsSync(file)) return new ClientRegistry([]);
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(fs.readFileSync(file, 'utf8'));
+    } catch (err) {
+      throw new Error(`${file} is not valid JSON: ${(err as Error).message}`);
+    }
+    if (!Array.isArray(parsed)) throw new Error(`${file} must hold an array of clients`);
+    return new ClientRegistry(parsed as RegisteredClient[]);
+  }
+
+  get(clientId: string): RegisteredClient | undefined {
+    return this.clients.get(clientId);
+  }
+
+  get size(): number {
+    return this.clients.size;
+  }
+}

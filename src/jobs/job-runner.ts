@@ -1,0 +1,216 @@
+import { randomUUID } from 'node:crypto';
+import { Collection, Database, DuplicateKeyError, StoredDoc } from '../store/types';
+import type { Logger } from '../logger';
+
+export type JobState = 'queued' | 'running' | 'completed' | 'failed' | 'cancelled';
+
+export interface JobDoc<D = Record<string, unknown>> extends StoredDoc {
+  kind: string;
+  state: JobState;
+  data: D;
+  attempts: number;
+  leaseOwner?: string;
+  leaseUntil: number;
+  runAfter: number;
+  createdAt: number;
+  updatedAt: number;
+  error?: string;
+}
+
+export interface JobContext<D> {
+  job: JobDoc<D>;
+  /** Aborted when the job is cancelled, its lease is lost, or the runner stops. */
+  signal: AbortSignal;
+  /** Persists progress (merged into `data`), so a restarted job resumes from here. */
+  checkpoint(patch: Partial<D>): Promise<void>;
+}
+
+/** What a handler may throw to end its job as failed (not retried). */
+export class JobFailure extends Error {}
+
+export type JobHandler<D = any> = (ctx: JobContext<D>) => Promise<void>;
+
+export interface JobRunnerOptions {
+  leaseMs: number;
+  pollMs?: number;
+  concurrency?: number;
+  logger: Logger;
+}
+
+/**
+ * A durable job queue in the store. Jobs are claimed with a lease (an atomic conditional update),
+ * so several processes sharing one database never run a job twice; a job whose process died is
+ * picked up again when its lease runs out, and resumes from its last checkpoint.
+ */
+export class JobRunner {
+  private readonly jobs: Collection<JobDoc>;
+  private readonly owner = randomUUID();
+  private readonly handlers = new Map<string, JobHandler>();
+  private readonly running = new Map<string, AbortController>();
+  private timer?: NodeJS.Timeout;
+  private stopped = true;
+  private ticking?: Promise<void>;
+
+  constructor(db: Database, private readonly opts: JobRunnerOptions) {
+    this.jobs = db.collection<JobDoc>('jobs');
+  }
+
+  register<D>(kind: string, handler: JobHandler<D>): void {
+    this.handlers.set(kind, handler as JobHandler);
+  }
+
+  /** Enqueues a job under a caller-chosen id; enqueueing the same id twice is harmless. */
+  async enqueue<D>(kind: string, id: string, data: D): Promise<void> {
+    const now = Date.now();
+    try {
+      await this.jobs.insertOne({ _id: id, kind, state: 'queued', data: data as Record<string, unknown>, attempts: 0, leaseUntil: 0, runAfter: 0, createdAt: now, updatedAt: now });
+    } catch (err) {
+      if (!(err instanceof DuplicateKeyError)) throw err;
+    }
+    this.poke();
+  }
+
+  async get<D>(id: string): Promise<JobDoc<D> | null> {
+    return (await this.jobs.findOne({ _id: id })) as JobDoc<D> | null;
+  }
+
+  async update(id: string, set: Record<string, unknown>): Promise<void> {
+    await this.jobs.updateOne({ _id: id }, { ...set, updatedAt: Date.now() });
+  }
+
+  /** Marks a job cancelled; a process running it notices at its next heartbeat or checkpoint. */
+  async cancel(id: string): Promise<boolean> {
+    const matched = await this.jobs.updateOne({ _id: id, state: { $in: ['queued', 'running'] } }, { state: 'cancelled', updatedAt: Date.now() });
+    this.running.get(id)?.abort(new JobCancelled());
+    return matched > 0;
+  }
+
+  async remove(id: string): Promise<void> {
+    await this.jobs.deleteMany({ _id: id });
+  }
+
+  async find(filter: Record<string, unknown>): Promise<JobDoc[]> {
+    return this.jobs.find(filter);
+  }
+
+  start(): void {
+    if (!this.stopped) return;
+    this.stopped = false;
+    this.schedule(0);
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    for (const c of this.running.values()) c.abort(new RunnerStopped());
+    await this.ticking;
+    // Let handlers observe the abort and unwind before the database closes.
+    const deadline = Date.now() + 5000;
+    while (this.running.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  }
+
+  /** Looks for work now rather than at the next poll. */
+  poke(): void {
+    if (!this.stopped) this.schedule(0);
+  }
+
+  private schedule(ms: number) {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = setTimeout(() => {
+      this.ticking = this.tick().finally(() => {
+        if (!this.stopped) this.schedule(this.opts.pollMs ?? 500);
+      });
+    }, ms);
+    this.timer.unref?.();
+  }
+
+  private async tick(): Promise<void> {
+    const capacity = (this.opts.concurrency ?? 4) - this.running.size;
+    if (capacity <= 0 || this.stopped) return;
+    const now = Date.now();
+    const candidates = await this.jobs.find(
+      { state: { $in: ['queued', 'running'] }, leaseUntil: { $lt: now }, runAfter: { $lte: now }, kind: { $in: [...this.handlers.keys()] } },
+      { sort: { createdAt: 1 }, limit: capacity },
+    );
+    for (const job of candidates) {
+      if (this.running.has(job._id)) continue;
+      const claimed = await this.jobs.updateOne(
+        { _id: job._id, leaseUntil: job.leaseUntil, state: { $in: ['queued', 'running'] } },
+        { state: 'running', leaseOwner: this.owner, leaseUntil: now + this.opts.leaseMs, attempts: job.attempts + 1, updatedAt: now },
+      );
+      if (claimed === 0) continue; // another process got it
+      void this.run({ ...job, state: 'running', leaseOwner: this.owner, leaseUntil: now + this.opts.leaseMs, attempts: job.attempts + 1 });
+    }
+  }
+
+  private async run(job: JobDoc): Promise<void> {
+    const handler = this.handlers.get(job.kind) as JobHandler;
+    const controller = new AbortController();
+    this.running.set(job._id, controller);
+    const heartbeat = setInterval(() => void this.heartbeat(job._id, controller), Math.max(200, this.opts.leaseMs / 3));
+    const ctx: JobContext<Record<string, unknown>> = {
+      job,
+      signal: controller.signal,
+      checkpoint: async (patch) => {
+        Object.assign(job.data, patch);
+        const set: Record<string, unknown> = { updatedAt: Date.now() };
+        for (const [k, v] of Object.entries(patch)) set[`data.${k}`] = v;
+        const matched = await this.jobs.updateOne({ _id: job._id, leaseOwner: this.owner, state: 'running' }, set);
+        if (matched === 0) {
+          const current = await this.jobs.findOne({ _id: job._id });
+          controller.abort(current?.state === 'cancelled' ? new JobCancelled() : new LeaseLost());
+          throw controller.signal.reason;
+        }
+      },
+    };
+    try {
+      await handler(ctx);
+      await this.finish(job._id, 'completed');
+    } catch (err) {
+      const reason = controller.signal.aborted ? controller.signal.reason : err;
+      if (reason instanceof RunnerStopped || reason instanceof LeaseLost) {
+        // Left for whichever process claims it next.
+      } else if (reason instanceof JobCancelled) {
+        // Already marked cancelled.
+      } else {
+        this.opts.logger.warn('job failed', { job: job._id, kind: job.kind, error: (err as Error).message });
+        await this.finish(job._id, 'failed', (err as Error).message);
+      }
+    } finally {
+      clearInterval(heartbeat);
+      this.running.delete(job._id);
+    }
+  }
+
+  private async finish(id: string, state: JobState, error?: string) {
+    await this.jobs.updateOne({ _id: id, leaseOwner: this.owner, state: 'running' }, { state, error, leaseUntil: 0, updatedAt: Date.now() });
+  }
+
+  private async heartbeat(id: string, controller: AbortController) {
+    try {
+      const matched = await this.jobs.updateOne({ _id: id, leaseOwner: this.owner, state: 'running' }, { leaseUntil: Date.now() + this.opts.leaseMs });
+      if (matched === 0 && !controller.signal.aborted) {
+        const current = await this.jobs.findOne({ _id: id });
+        controller.abort(current?.state === 'cancelled' ? new JobCancelled() : new LeaseLost());
+      }
+    } catch {
+      // a missed heartbeat is retried at the next interval
+    }
+  }
+}
+
+export class JobCancelled extends Error {
+  constructor() {
+    super('job cancelled');
+  }
+}
+class LeaseLost extends Error {
+  constructor() {
+    super('job lease lost');
+  }
+}
+class RunnerStopped extends Error {
+  constructor() {
+    super('job runner stopped');
+  }
+}

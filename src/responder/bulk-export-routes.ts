@@ -1,0 +1,141 @@
+import fs from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import { Router, Request } from 'express';
+import { asyncHandler, sendResource } from '../fhir/http';
+import { badRequest, FhirError, forbidden, gone, notFound, outcome } from '../fhir/outcome';
+import { SearchRegistry } from '../fhir/search/registry';
+import { RESOURCE_TYPES } from '../fhir/resource-types';
+import { PatientCompartment } from '../fhir/compartment';
+import { ResourceStore } from '../store/resource-store';
+import { JobDoc, JobRunner } from '../jobs/job-runner';
+import { ExportFiles } from './export-files';
+import { ExportLevel, kickoffParams, parseExportRequest } from './export-request';
+import { EXPORT_JOB, ExportJobData, SUPPORTING_TYPES } from './export-job';
+
+export interface BulkExportDeps {
+  runner: JobRunner;
+  files: ExportFiles;
+  store: ResourceStore;
+  registry: SearchRegistry;
+  compartment: PatientCompartment;
+  baseUrl: () => string;
+  authRequired: boolean;
+}
+
+/** Bulk Data Access 2.0 export: kick-off at system, Patient, Patient/{id} and Group/{id}; status; files. */
+export function bulkExportRoutes(deps: BulkExportDeps): Router {
+  const router = Router();
+  const patientTypes = [...deps.compartment.types(), ...SUPPORTING_TYPES];
+  const systemTypes = RESOURCE_TYPES.filter((t) => t !== 'Binary');
+
+  const kickoff = (level: ExportLevel) =>
+    asyncHandler(async (req, res) => {
+      if (!/respond-async/i.test(req.get('prefer') ?? '')) throw badRequest('A bulk export needs the header Prefer: respond-async');
+      const accept = req.get('accept');
+      if (accept && !/application\/(fhir\+)?json|\*\/\*/.test(accept)) throw badRequest(`Accept must be application/fhir+json, got '${accept}'`);
+      const id = req.params.id;
+      if (id) await deps.store.read(level === 'group' ? 'Group' : 'Patient', id);
+      const request = parseExportRequest({
+        level,
+        method: req.method,
+        params: kickoffParams(req.method, req.query as Record<string, unknown>, req.body),
+        lenient: /handling\s*=\s*lenient/i.test(req.get('prefer') ?? ''),
+        registry: deps.registry,
+        defaultTypes: level === 'system' ? systemTypes : patientTypes,
+        scope: req.access?.scope ?? '',
+        id,
+      });
+      const jobId = randomUUID();
+      const data: ExportJobData = {
+        owner: req.access?.clientId ?? 'anonymous',
+        requestUrl: `${deps.baseUrl()}${req.path}${req.url.includes('?') ? req.url.slice(req.url.indexOf('?')) : ''}`,
+        request,
+        transactionTime: new Date().toISOString(),
+      };
+      await deps.runner.enqueue(EXPORT_JOB, jobId, data);
+      res.set('Content-Location', `${deps.baseUrl()}/bulkstatus/${jobId}`);
+      sendResource(res, 202, outcome('information', 'informational', 'Export accepted; poll the Content-Location for its status'));
+    });
+
+  for (const method of ['get', 'post'] as const) {
+    router[method]('/([$])export', kickoff('system'));
+    router[method]('/Patient/([$])export', kickoff('patient'));
+    router[method]('/Patient/:id/([$])export', kickoff('patient'));
+    router[method]('/Group/:id/([$])export', kickoff('group'));
+  }
+
+  /** The caller's job: 404 if unknown, 403 if another client's. */
+  const ownJob = async (req: Request): Promise<JobDoc<ExportJobData>> => {
+    const job = await deps.runner.get<ExportJobData>(req.params.id);
+    if (!job || job.kind !== EXPORT_JOB) throw notFound('No such export job');
+    if (job.data.owner !== (req.access?.clientId ?? 'anonymous')) throw forbidden('This export belongs to another client');
+    return job;
+  };
+
+  router.get(
+    '/bulkstatus/:id',
+    asyncHandler(async (req, res) => {
+      const job = await ownJob(req);
+      switch (job.state) {
+        case 'queued':
+        case 'running':
+          res.set({ 'X-Progress': job.data.progress ?? job.state, 'Retry-After': '1' });
+          return void res.status(202).end();
+        case 'cancelled':
+          throw notFound('This export was cancelled');
+        case 'failed':
+          throw new FhirError(500, 'exception', `The export failed: ${job.error ?? 'unknown error'}`);
+        case 'completed': {
+          if ((job.data.expiresAt ?? 0) < Date.now()) throw gone('This export has expired');
+          res.set('Expires', new Date(job.data.expiresAt as number).toUTCString());
+          res.status(200).type('application/json').send(
+            JSON.stringify({
+              transactionTime: job.data.transactionTime,
+              request: job.data.requestUrl,
+              requiresAccessToken: deps.authRequired,
+              output: (job.data.output ?? []).map((o) => ({ type: o.type, url: `${deps.baseUrl()}/bulkfiles/${job._id}/${o.name}`, count: o.count })),
+              error: [],
+            }),
+          );
+        }
+      }
+    }),
+  );
+
+  router.delete(
+    '/bulkstatus/:id',
+    asyncHandler(async (req, res) => {
+      const job = await ownJob(req);
+      await deps.runner.cancel(job._id);
+      await deps.runner.update(job._id, { state: 'cancelled' });
+      await deps.files.remove(job._id);
+      sendResource(res, 202, outcome('information', 'informational', 'Export cancelled and its files deleted'));
+    }),
+  );
+
+  router.get(
+    '/bulkfiles/:id/:name',
+    asyncHandler(async (req, res) => {
+      const job = await ownJob(req);
+      if (job.state !== 'completed') throw notFound('No such file');
+      if ((job.data.expiresAt ?? 0) < Date.now()) throw gone('This export has expired');
+      const entry = (job.data.output ?? []).find((o) => o.name === req.params.name);
+      const file = entry && deps.files.pathOf(job._id, entry.name);
+      if (!file || !fs.existsSync(file)) throw notFound('No such file');
+      res.status(200).type('application/fhir+ndjson');
+      fs.createReadStream(file).on('error', (err) => res.destroy(err)).pipe(res);
+    }),
+  );
+
+  return router;
+}
+
+/** Deletes the files and jobs of exports past their expiry; run periodically. */
+export async function sweepExpiredExports(runner: JobRunner, files: ExportFiles): Promise<number> {
+  const expired = await runner.find({ kind: EXPORT_JOB, state: { $in: ['completed', 'cancelled', 'failed'] }, 'data.expiresAt': { $lt: Date.now() } });
+  for (const job of expired) {
+    await files.remove(job._id);
+    await runner.update(job._id, { 'data.output': [] });
+  }
+  return expired.length;
+}

@@ -1,0 +1,117 @@
+import type { Parameters } from 'fhir/r4';
+import { badRequest, forbidden } from '../fhir/outcome';
+import { parseFhirDate } from '../fhir/search/fhir-date';
+import { parseSearch } from '../fhir/search/query';
+import { SearchRegistry } from '../fhir/search/registry';
+import { isServedType } from '../fhir/resource-types';
+import { allows } from '../auth/scopes';
+import { Filter } from '../store/types';
+
+export type ExportLevel = 'system' | 'patient' | 'group';
+
+/** A validated bulk export request, as stored in the export job. */
+export interface ExportRequest {
+  level: ExportLevel;
+  /** Patient ids named by the request (Patient/{id}/$export or `patient`); undefined means all. */
+  patientIds?: string[];
+  groupId?: string;
+  types: string[];
+  since?: number;
+  until?: number;
+  /** Per type, alternative filters from _typeFilter (a resource passes if it matches any). */
+  typeFilters: Record<string, Filter[]>;
+}
+
+const FORMATS = new Set(['application/fhir+ndjson', 'application/ndjson', 'ndjson']);
+const KNOWN = new Set(['_outputFormat', '_since', '_until', '_type', '_typeFilter', 'patient']);
+const UNSUPPORTED = new Set(['_elements', 'includeAssociatedData', 'organizeOutputBy', 'allowPartialManifests']);
+
+/** Kick-off parameters from a GET query or a POST Parameters body, as name → values. */
+export function kickoffParams(method: string, query: Record<string, unknown>, body: unknown): Map<string, string[]> {
+  const out = new Map<string, string[]>();
+  const add = (k: string, v: string) => out.set(k, [...(out.get(k) ?? []), v]);
+  for (const [k, v] of Object.entries(query)) for (const x of Array.isArray(v) ? v : [v]) if (typeof x === 'string') add(k, x);
+  if (method === 'POST' && body && typeof body === 'object' && Object.keys(body).length > 0) {
+    const params = body as Parameters;
+    if (params.resourceType !== 'Parameters') throw badRequest('A POST kick-off body must be a Parameters resource');
+    for (const p of params.parameter ?? []) {
+      const value =
+        p.valueReference?.reference ?? p.valueString ?? p.valueInstant ?? p.valueDateTime ?? p.valueCode ?? p.valueUri ?? (p.valueBoolean !== undefined ? String(p.valueBoolean) : undefined);
+      if (value === undefined) throw badRequest(`Parameter '${p.name}' has no value`);
+      add(p.name, value);
+    }
+  }
+  return out;
+}
+
+export function parseExportRequest(args: {
+  level: ExportLevel;
+  method: string;
+  params: Map<string, string[]>;
+  lenient: boolean;
+  registry: SearchRegistry;
+  defaultTypes: string[];
+  scope: string;
+  id?: string;
+}): ExportRequest {
+  const { params, lenient } = args;
+  for (const name of params.keys()) {
+    if (UNSUPPORTED.has(name) && !lenient) throw badRequest(`The export parameter '${name}' is not supported (send Prefer: handling=lenient to ignore it)`);
+    if (!KNOWN.has(name) && !UNSUPPORTED.has(name) && !lenient) throw badRequest(`Unknown export parameter '${name}'`);
+  }
+  const format = params.get('_outputFormat')?.[0];
+  if (format && !FORMATS.has(format)) throw badRequest(`_outputFormat '${format}' is not supported; use application/fhir+ndjson`);
+
+  let types = (params.get('_type') ?? []).flatMap((t) => t.split(',')).map((t) => t.trim()).filter(Boolean);
+  for (const t of types) if (!isServedType(t)) {
+    if (!lenient) throw badRequest(`_type names '${t}', which this server does not serve`);
+  }
+  types = types.filter(isServedType);
+  if (types.length > 0) {
+    const denied = types.filter((t) => !allows(args.scope, t, 'r'));
+    if (denied.length) throw forbidden(`The token's scopes do not allow reading ${denied.join(', ')}`);
+  } else {
+    types = args.defaultTypes.filter((t) => allows(args.scope, t, 'r'));
+  }
+
+  const instant = (name: string): number | undefined => {
+    const v = params.get(name)?.[0];
+    if (v === undefined) return undefined;
+    const r = /T/.test(v) ? parseFhirDate(v) : undefined;
+    if (!r) throw badRequest(`${name} must be a FHIR instant (e.g. 2024-01-01T00:00:00Z), got '${v}'`);
+    return r.lo;
+  };
+
+  const typeFilters: Record<string, Filter[]> = {};
+  for (const tf of params.get('_typeFilter') ?? []) {
+    const i = tf.indexOf('?');
+    const type = i < 0 ? tf : tf.slice(0, i);
+    if (!isServedType(type)) throw badRequest(`_typeFilter names '${type}', which this server does not serve`);
+    const query: Record<string, string[]> = {};
+    for (const [k, v] of new URLSearchParams(i < 0 ? '' : tf.slice(i + 1))) query[k] = [...(query[k] ?? []), v];
+    const sr = parseSearch(args.registry, type, query, { strict: true, defaultCount: 1, maxCount: 1 });
+    typeFilters[type] = [...(typeFilters[type] ?? []), sr.filter];
+  }
+
+  let patientIds: string[] | undefined;
+  const patientParams = params.get('patient') ?? [];
+  if (patientParams.length) {
+    if (args.level !== 'patient' || args.method !== 'POST' || args.id) throw badRequest(`The 'patient' parameter is allowed only in a POST to Patient/$export`);
+    patientIds = patientParams.map((ref) => {
+      const m = ref.match(/^(?:.*\/)?Patient\/([A-Za-z0-9\-.]{1,64})$/);
+      if (!m) throw badRequest(`'patient' must reference a Patient, got '${ref}'`);
+      return m[1];
+    });
+  }
+  if (args.level === 'patient' && args.id) patientIds = [args.id];
+
+  return {
+    level: args.level,
+    patientIds,
+    groupId: args.level === 'group' ? args.id : undefined,
+    types,
+    since: instant('_since'),
+    until: instant('_until'),
+    typeFilters,
+  };
+}

@@ -1,0 +1,119 @@
+import type { Consent, Coverage, Identifier, Parameters, Patient, Resource } from 'fhir/r4';
+import type { Request } from 'express';
+import { ResourceStore } from '../store/resource-store';
+import { readParameters, first } from '../fhir/parameters';
+import { validateResource } from '../fhir/validator';
+import { unprocessable } from '../fhir/outcome';
+import { tokenForms } from '../fhir/search/index-values';
+import { consentPolicy } from './consent-policy';
+import { coverageKeys, MatchCandidate, matchMember } from './member-matcher';
+import type { Logger } from '../logger';
+
+export const MEMBER_MATCH_SPECS = [
+  { name: 'MemberPatient', min: 1, max: 1, type: 'resource:Patient' },
+  { name: 'CoverageToMatch', min: 1, max: 1, type: 'resource:Coverage' },
+  { name: 'CoverageToLink', min: 0, max: 1, type: 'resource:Coverage' },
+  { name: 'Consent', min: 1, max: 1, type: 'resource:Consent' },
+] as const;
+
+export interface MemberMatchInput {
+  patient: Patient;
+  coverageToMatch: Coverage;
+  coverageToLink?: Coverage;
+  consent: Consent;
+}
+
+/** Reads and checks HRex $member-match inputs; a missing or wrong part is a 400 naming it. */
+export function parseMemberMatch(body: unknown, context = 'Parameters'): MemberMatchInput {
+  const params = readParameters(body, [...MEMBER_MATCH_SPECS], context);
+  const part = <T extends Resource>(name: string) => {
+    const r = first<T>(params, name, 'resource');
+    return r ? (validateResource(r, r.resourceType, true) as T) : undefined;
+  };
+  return {
+    patient: part<Patient>('MemberPatient') as Patient,
+    coverageToMatch: part<Coverage>('CoverageToMatch') as Coverage,
+    coverageToLink: part<Coverage>('CoverageToLink'),
+    consent: part<Consent>('Consent') as Consent,
+  };
+}
+
+const NO_MATCH = 'No unique member match was found for the submitted demographics and coverage, or the consent cannot be honoured';
+export const CLIENT_TAG_SYSTEM = 'urn:p2p-fhir-server:client';
+export const MB_TYPE = { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v2-0203', code: 'MB' }] };
+
+/**
+ * HRex $member-match, served by the source payer. Any failure to match, or a consent this payer
+ * cannot honour, is the same 422, so a caller learns nothing about which members exist.
+ */
+export class MemberMatchService {
+  constructor(private readonly store: ResourceStore, private readonly logger: Logger, private readonly now: () => Date = () => new Date()) {}
+
+  async handle(body: unknown, req: Request): Promise<Parameters> {
+    const input = parseMemberMatch(body);
+    const consent = consentPolicy(input.consent, this.now());
+    if ('problem' in consent) {
+      this.logger.info('member-match refused', { reason: 'consent' });
+      throw unprocessable(NO_MATCH);
+    }
+    const candidates = await this.candidates(input.coverageToMatch);
+    const { matched } = matchMember(input.patient, candidates);
+    if (matched.length !== 1) {
+      this.logger.info('member-match found no unique member', { candidates: candidates.length, matches: matched.length });
+      throw unprocessable(NO_MATCH);
+    }
+    const { patient, coverage } = matched[0];
+    await this.recordConsent(input.consent, patient, req.access?.clientId ?? 'anonymous');
+    this.logger.info('member-match matched', { patient: patient.id });
+    return {
+      resourceType: 'Parameters',
+      parameter: [
+        { name: 'MemberIdentifier', valueIdentifier: memberIdentifier(patient, coverage) },
+        { name: 'MemberId', valueReference: { reference: `Patient/${patient.id}` } },
+      ],
+    };
+  }
+
+  private async candidates(coverageToMatch: Coverage): Promise<MatchCandidate[]> {
+    const keys = coverageKeys(coverageToMatch);
+    const ors: Record<string, unknown>[] = [];
+    if (keys.identifiers.length) ors.push({ 's.identifier': { $in: keys.identifiers.flatMap((i) => (i.system ? [`${i.system}|${i.value}`] : tokenForms(undefined, i.value).slice(0, 1))) } });
+    if (keys.subscriberId) ors.push({ 'res.subscriberId': keys.subscriberId });
+    if (ors.length === 0) return [];
+    const coverages = (await this.store.search('Coverage', { $or: ors }, { limit: 50 })) as Coverage[];
+    const out: MatchCandidate[] = [];
+    for (const coverage of coverages) {
+      const ref = coverage.beneficiary?.reference ?? '';
+      const m = ref.match(/^(?:.*\/)?Patient\/([A-Za-z0-9\-.]{1,64})$/);
+      if (!m) continue;
+      const patient = (await this.store.readIfExists('Patient', m[1])) as Patient | undefined;
+      if (patient) out.push({ coverage, patient });
+    }
+    return out;
+  }
+
+  /** Stores the accepted Consent against the matched member, so the export can honour it. */
+  private async recordConsent(submitted: Consent, patient: Patient, clientId: string): Promise<void> {
+    const consent: Consent = {
+      resourceType: 'Consent',
+      meta: { tag: [{ system: CLIENT_TAG_SYSTEM, code: clientId }] },
+      status: 'active',
+      scope: submitted.scope ?? { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/consentscope', code: 'patient-privacy' }] },
+      category: submitted.category ?? [{ coding: [{ system: 'http://loinc.org', code: '64292-6' }] }],
+      patient: { reference: `Patient/${patient.id}` },
+      dateTime: submitted.dateTime ?? this.now().toISOString(),
+      performer: submitted.performer,
+      organization: submitted.organization,
+      policy: submitted.policy,
+      provision: submitted.provision,
+    };
+    await this.store.create(JSON.parse(JSON.stringify(consent)) as Resource);
+  }
+}
+
+function memberIdentifier(patient: Patient, coverage: Coverage): Identifier {
+  const mb = (patient.identifier ?? []).find((i) => i.type?.coding?.some((c) => c.code === 'MB'));
+  const source = mb ?? coverage.identifier?.[0];
+  if (source?.value) return { type: MB_TYPE, system: source.system, value: source.value };
+  return { type: MB_TYPE, value: coverage.subscriberId ?? (patient.id as string) };
+}
