@@ -63,7 +63,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
   const tokens = new TokenService(db, clients, config.accessTokenTtlSeconds);
   const runner = new JobRunner(db, { leaseMs: config.jobLeaseSeconds * 1000, logger });
   const files = new ExportFiles(config.exportDir);
-  const exportJobs = new ExportJobHandler(store, compartment, files, config.exportFileTtlSeconds * 1000);
+  const exportJobs = new ExportJobHandler(store, registry, compartment, files, config.exportFileTtlSeconds * 1000);
   runner.register(EXPORT_JOB, exportJobs.run);
   const memberMatch = new MemberMatchService(store, logger);
 

@@ -6,7 +6,8 @@ import { JobContext, JobFailure } from '../jobs/job-runner';
 import { ConsentPolicy, consentPolicy, isSensitive } from './consent-policy';
 import { CLIENT_TAG_SYSTEM } from './member-match';
 import { ExportFiles } from './export-files';
-import { ExportRequest } from './export-request';
+import { compileTypeFilter, ExportRequest } from './export-request';
+import { SearchRegistry } from '../fhir/search/registry';
 
 export const EXPORT_JOB = 'bulk-export';
 
@@ -38,6 +39,7 @@ export interface ExportJobData {
 export class ExportJobHandler {
   constructor(
     private readonly store: ResourceStore,
+    private readonly registry: SearchRegistry,
     private readonly compartment: PatientCompartment,
     private readonly files: ExportFiles,
     private readonly fileTtlMs: number,
@@ -61,8 +63,8 @@ export class ExportJobHandler {
       const conditions: Filter[] = [{ lu: { $lte: until } }];
       if (patientLevel) conditions.push(this.compartment.filter(type, patientIds));
       if (req.since !== undefined) conditions.push({ lu: { $gt: req.since } });
-      const tf = req.typeFilters[type];
-      if (tf?.length) conditions.push(tf.length === 1 ? tf[0] : { $or: tf });
+      const tf = (req.typeFilters[type] ?? []).map((q) => compileTypeFilter(this.registry, type, q));
+      if (tf.length) conditions.push(tf.length === 1 ? tf[0] : { $or: tf });
       const writer = this.files.open(job._id, `${type}.ndjson`);
       for await (const resource of this.store.stream(type, { $and: conditions })) {
         if (signal.aborted) throw signal.reason;
@@ -76,7 +78,9 @@ export class ExportJobHandler {
     }
 
     if (patientLevel) {
-      for (const type of SUPPORTING_TYPES.filter((t) => req.types.includes(t) && !mainTypes.includes(t))) {
+      const supporting = SUPPORTING_TYPES.filter((t) => req.types.includes(t) && !mainTypes.includes(t));
+      await this.closeOverReferences(supporting, referenced, signal);
+      for (const type of supporting) {
         const ids = [...(referenced.get(type) ?? [])];
         if (ids.length === 0) continue;
         const writer = this.files.open(job._id, `${type}.ndjson`);
@@ -89,6 +93,26 @@ export class ExportJobHandler {
     }
     await ctx.checkpoint({ output, progress: 'complete', expiresAt: this.now().getTime() + this.fileTtlMs });
   };
+
+  /** Follows references between supporting resources (a Location's managing Organization…) until nothing new turns up; keeps ids only. */
+  private async closeOverReferences(types: string[], referenced: Map<string, Set<string>>, signal: AbortSignal): Promise<void> {
+    const visited = new Map<string, Set<string>>(types.map((t) => [t, new Set<string>()]));
+    for (;;) {
+      let progressed = false;
+      for (const type of types) {
+        const seen = visited.get(type) as Set<string>;
+        const pending = [...(referenced.get(type) ?? [])].filter((id) => !seen.has(id));
+        if (pending.length === 0) continue;
+        progressed = true;
+        pending.forEach((id) => seen.add(id));
+        for (let i = 0; i < pending.length; i += 500) {
+          if (signal.aborted) throw signal.reason;
+          for await (const r of this.store.stream(type, { _id: { $in: pending.slice(i, i + 500) } })) collectReferences(r, referenced);
+        }
+      }
+      if (!progressed) return;
+    }
+  }
 
   private async groupMembers(groupId: string): Promise<string[]> {
     const group = (await this.store.readIfExists('Group', groupId)) as Group | undefined;

@@ -18,8 +18,8 @@ export interface ExportRequest {
   types: string[];
   since?: number;
   until?: number;
-  /** Per type, alternative filters from _typeFilter (a resource passes if it matches any). */
-  typeFilters: Record<string, Filter[]>;
+  /** Per type, the _typeFilter queries (a resource passes if it matches any); checked at kick-off, compiled by the job. */
+  typeFilters: Record<string, string[]>;
 }
 
 const FORMATS = new Set(['application/fhir+ndjson', 'application/ndjson', 'ndjson']);
@@ -82,15 +82,14 @@ export function parseExportRequest(args: {
     return r.lo;
   };
 
-  const typeFilters: Record<string, Filter[]> = {};
+  const typeFilters: Record<string, string[]> = {};
   for (const tf of params.get('_typeFilter') ?? []) {
     const i = tf.indexOf('?');
     const type = i < 0 ? tf : tf.slice(0, i);
     if (!isServedType(type)) throw badRequest(`_typeFilter names '${type}', which this server does not serve`);
-    const query: Record<string, string[]> = {};
-    for (const [k, v] of new URLSearchParams(i < 0 ? '' : tf.slice(i + 1))) query[k] = [...(query[k] ?? []), v];
-    const sr = parseSearch(args.registry, type, query, { strict: true, defaultCount: 1, maxCount: 1 });
-    typeFilters[type] = [...(typeFilters[type] ?? []), sr.filter];
+    const query = i < 0 ? '' : tf.slice(i + 1);
+    compileTypeFilter(args.registry, type, query); // a 400 now rather than a failed job later
+    typeFilters[type] = [...(typeFilters[type] ?? []), query];
   }
 
   let patientIds: string[] | undefined;
@@ -114,4 +113,11 @@ export function parseExportRequest(args: {
     until: instant('_until'),
     typeFilters,
   };
+}
+
+/** Compiles one _typeFilter query (`code=x&date=ge2020`) into a store filter; throws a 400 if not servable. */
+export function compileTypeFilter(registry: SearchRegistry, type: string, query: string): Filter {
+  const params: Record<string, string[]> = {};
+  for (const [k, v] of new URLSearchParams(query)) params[k] = [...(params[k] ?? []), v];
+  return parseSearch(registry, type, params, { strict: true, defaultCount: 1, maxCount: 1 }).filter;
 }
