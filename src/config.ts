@@ -24,8 +24,20 @@ export interface AppConfig {
   jobLeaseSeconds: number;
   /** How long an exchange may keep polling the source's export before giving up. */
   exchangeTimeoutSeconds: number;
-  /** The identifier system under which imported resources keep their id at the source. */
+  /** This payer's name, as the requester of exchanges when CoverageToLink names no payor. */
   requestingPayerName: string;
+  /** Bounds on the wait between export status polls (Retry-After is honoured within them). */
+  pollMinMs: number;
+  pollMaxMs: number;
+  /** Calls to another payer: timeout, retries on network faults/429/5xx, and backoff bounds. */
+  remoteTimeoutMs: number;
+  remoteRetries: number;
+  remoteRetryBaseMs: number;
+  remoteRetryMaxMs: number;
+  /** The longest NDJSON line accepted from a source payer. */
+  maxLineLength: number;
+  /** Received files up to this size are archived inline (as a Binary); larger ones by hash only. */
+  archiveInlineLimitBytes: number;
 }
 
 export class ConfigError extends Error {}
@@ -74,6 +86,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, cwd = process.c
     jobLeaseSeconds: int(env.JOB_LEASE_SECONDS, 'JOB_LEASE_SECONDS', 30, 1, 3600),
     exchangeTimeoutSeconds: int(env.EXCHANGE_TIMEOUT_SECONDS, 'EXCHANGE_TIMEOUT_SECONDS', 3600, 1),
     requestingPayerName: env.PAYER_NAME || 'Requesting payer',
+    pollMinMs: int(env.POLL_MIN_MS, 'POLL_MIN_MS', 1000, 10),
+    pollMaxMs: int(env.POLL_MAX_MS, 'POLL_MAX_MS', 60_000, 10),
+    remoteTimeoutMs: int(env.REMOTE_TIMEOUT_MS, 'REMOTE_TIMEOUT_MS', 30_000, 100),
+    remoteRetries: int(env.REMOTE_RETRIES, 'REMOTE_RETRIES', 5, 0, 20),
+    remoteRetryBaseMs: int(env.REMOTE_RETRY_BASE_MS, 'REMOTE_RETRY_BASE_MS', 500, 1),
+    remoteRetryMaxMs: int(env.REMOTE_RETRY_MAX_MS, 'REMOTE_RETRY_MAX_MS', 30_000, 1),
+    maxLineLength: int(env.MAX_NDJSON_LINE_BYTES, 'MAX_NDJSON_LINE_BYTES', 5 * 1024 * 1024, 1024),
+    archiveInlineLimitBytes: int(env.ARCHIVE_INLINE_LIMIT_BYTES, 'ARCHIVE_INLINE_LIMIT_BYTES', 16 * 1024 * 1024, 0),
   };
   validateConfig(config);
   return config;

@@ -20,6 +20,12 @@ import { MemberMatchService } from './responder/member-match';
 import { ExportFiles } from './responder/export-files';
 import { EXPORT_JOB, ExportJobHandler } from './responder/export-job';
 import { bulkExportRoutes, sweepExpiredExports } from './responder/bulk-export-routes';
+import { SourcePayerRegistry } from './requester/source-payers';
+import { RemotePayerClient } from './requester/remote-payer-client';
+import { Importer } from './requester/importer';
+import { TaskTracker } from './requester/task-tracker';
+import { EXCHANGE_JOB, ExchangeJobHandler } from './requester/exchange-job';
+import { InvokeExportService } from './requester/invoke-export';
 
 /** The package version, found from src/ (ts-jest) and from dist/src/ (npm start) alike. */
 function packageVersion(): string {
@@ -47,6 +53,7 @@ export interface RunningServer {
 export async function startServer(config: AppConfig, logger: Logger = createLogger(config.logLevel)): Promise<RunningServer> {
   validateConfig(config);
   const clients = ClientRegistry.fromFile(config.clientsFile);
+  const payers = SourcePayerRegistry.fromFile(config.sourcePayersFile);
   const db = await openDatabase({ mongodbUri: config.mongodbUri, mongodbDb: config.mongodbDb, dataDir: config.dataDir });
   const registry = new SearchRegistry(RESOURCE_TYPES);
   const store = new ResourceStore(db, registry);
@@ -67,6 +74,43 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
   runner.register(EXPORT_JOB, exportJobs.run);
   const memberMatch = new MemberMatchService(store, logger);
 
+  const remoteClients = new Map<string, RemotePayerClient>();
+  const clientFor = (issuer: string) => {
+    const payer = payers.get(issuer);
+    if (!payer) return undefined;
+    let client = remoteClients.get(payer.issuer);
+    if (!client) {
+      client = new RemotePayerClient(payer, {
+        timeoutMs: config.remoteTimeoutMs,
+        retries: config.remoteRetries,
+        baseRetryDelayMs: config.remoteRetryBaseMs,
+        maxRetryDelayMs: config.remoteRetryMaxMs,
+        logger,
+      });
+      remoteClients.set(payer.issuer, client);
+    }
+    return client;
+  };
+  const tracker = new TaskTracker(store);
+  const invokeExport = new InvokeExportService(db, store, payers, tracker, runner, config.requestingPayerName, logger);
+  const exchanges = new ExchangeJobHandler({
+    store,
+    tracker,
+    importer: new Importer(store, config.maxLineLength),
+    clientFor,
+    payerFor: (issuer) => payers.get(issuer),
+    workDir: path.join(config.dataDir, 'exchanges'),
+    pollMinMs: config.pollMinMs,
+    pollMaxMs: config.pollMaxMs,
+    timeoutMs: config.exchangeTimeoutSeconds * 1000,
+    maxLineLength: config.maxLineLength,
+    archiveInlineLimitBytes: config.archiveInlineLimitBytes,
+    requesterDisplay: config.requestingPayerName,
+    releaseLock: (taskId) => invokeExport.release(taskId),
+    logger,
+  });
+  runner.register(EXCHANGE_JOB, exchanges.run);
+
   const app = buildApp({
     config,
     logger,
@@ -86,12 +130,19 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
           reference: 'http://hl7.org/fhir/us/davinci-hrex/OperationDefinition/member-match',
           handler: (args, { req }) => memberMatch.handle(args.resource, req),
         },
+        {
+          name: 'sdh.s2s.invoke-export',
+          method: 'POST',
+          reference: 'https://smilecdr.com/fhir/OperationDefinition/sdh-s2s-invoke-export',
+          handler: (args, { req }) => invokeExport.handle(args.resource, req),
+        },
       ],
     },
     extraOperations: [{ name: 'export', definition: 'http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export' }],
     typeOperations: {
       Patient: [
         { name: 'member-match', definition: 'http://hl7.org/fhir/us/davinci-hrex/OperationDefinition/member-match' },
+        { name: 'sdh.s2s.invoke-export', definition: 'https://smilecdr.com/fhir/OperationDefinition/sdh-s2s-invoke-export' },
         { name: 'export', definition: 'http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export' },
       ],
       Group: [{ name: 'export', definition: 'http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export' }],
@@ -107,7 +158,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
   runner.start();
   const sweeper = setInterval(() => void sweepExpiredExports(runner, files).catch((err) => logger.warn('export sweep failed', { error: err.message })), 60_000);
   sweeper.unref();
-  logger.info('listening', { base: base.url, engine: db.engine, auth: config.authRequired, clients: clients.size });
+  logger.info('listening', { base: base.url, engine: db.engine, auth: config.authRequired, clients: clients.size, sourcePayers: payers.size });
 
   let stopped = false;
   return {

@@ -61,3 +61,9 @@ export function validateResource(body: unknown, expectedType?: string, partial =
   }
   return resource;
 }
+
+/** Whether the R4 definition of a type has a top-level element (e.g. `identifier`). */
+export function hasElement(type: string, element: string): boolean {
+  const def = (rawSchema as unknown as { definitions: Record<string, { properties?: Record<string, unknown> }> }).definitions[type];
+  return !!def?.properties && element in def.properties;
+}

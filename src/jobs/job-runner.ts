@@ -28,6 +28,13 @@ export interface JobContext<D> {
 /** What a handler may throw to end its job as failed (not retried). */
 export class JobFailure extends Error {}
 
+/** What a handler may throw to be run again after a delay (a transient fault), from its last checkpoint. */
+export class RetryLater extends Error {
+  constructor(readonly delayMs: number, message: string) {
+    super(message);
+  }
+}
+
 export type JobHandler<D = any> = (ctx: JobContext<D>) => Promise<void>;
 
 export interface JobRunnerOptions {
@@ -172,6 +179,12 @@ export class JobRunner {
         // Left for whichever process claims it next.
       } else if (reason instanceof JobCancelled) {
         // Already marked cancelled.
+      } else if (reason instanceof RetryLater) {
+        await this.jobs.updateOne(
+          { _id: job._id, leaseOwner: this.owner, state: 'running' },
+          { state: 'queued', runAfter: Date.now() + reason.delayMs, leaseUntil: 0, error: reason.message, updatedAt: Date.now() },
+        );
+        this.schedule(reason.delayMs);
       } else {
         this.opts.logger.warn('job failed', { job: job._id, kind: job.kind, error: (err as Error).message });
         await this.finish(job._id, 'failed', (err as Error).message);

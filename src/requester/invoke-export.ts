@@ -1,0 +1,213 @@
+import { createHash, randomUUID } from 'node:crypto';
+import type { Request } from 'express';
+import type { Consent, Coverage, Organization, Parameters, ParametersParameter, Resource, Task, TaskInput } from 'fhir/r4';
+import { ResourceStore } from '../store/resource-store';
+import { Collection, Database, DuplicateKeyError, StoredDoc } from '../store/types';
+import { readParameters, readParts, first } from '../fhir/parameters';
+import { validateResource } from '../fhir/validator';
+import { badRequest, conflict, unprocessable } from '../fhir/outcome';
+import { parseFhirDate } from '../fhir/search/fhir-date';
+import { isServedType } from '../fhir/resource-types';
+import { JobRunner } from '../jobs/job-runner';
+import { MEMBER_MATCH_SPECS } from '../responder/member-match';
+import { SourcePayerRegistry } from './source-payers';
+import { DATA_REQUEST_CODE, EXCHANGE_TAG, TaskTracker } from './task-tracker';
+import { EXCHANGE_JOB, ExchangeJobData } from './exchange-job';
+import type { Logger } from '../logger';
+
+const INVOKE_SPECS = [
+  { name: 'localPatient', min: 1, max: 1, type: 'valueReference' },
+  { name: 'sourceIssuerUrl', min: 1, max: 1, type: 'valueString' },
+  { name: 'memberMatch', min: 1, max: 1, type: 'part' },
+  { name: 'export', min: 0, max: 1, type: 'part' },
+] as const;
+
+const EXPORT_PARAMS = new Set(['_type', '_since', '_until', '_typeFilter', '_outputFormat']);
+
+interface LockDoc extends StoredDoc {
+  taskId: string;
+}
+
+export interface InvokeExportRequest {
+  localPatientId: string;
+  issuer: string;
+  memberMatch: Parameters;
+  coverageToLink?: Coverage;
+  consent: Consent;
+  exportParams: Record<string, string[]>;
+}
+
+/** Reads and checks the operation's Parameters; every problem is a 400 naming the parameter. */
+export function parseInvokeExport(body: unknown): InvokeExportRequest {
+  const params = readParameters(body, [...INVOKE_SPECS]);
+  const ref = (first<{ reference: string }>(params, 'localPatient', 'valueReference') as { reference: string }).reference;
+  const m = ref.match(/^Patient\/([A-Za-z0-9\-.]{1,64})$/);
+  if (!m) throw badRequest(`localPatient must reference a local Patient as Patient/{id}, got '${ref}'`, ['Parameters.localPatient']);
+  const issuer = (first<string>(params, 'sourceIssuerUrl', 'valueString') as string).trim();
+  if (!issuer) throw badRequest('sourceIssuerUrl is empty', ['Parameters.sourceIssuerUrl']);
+
+  const matchParts = params.get('memberMatch')?.[0]?.part as ParametersParameter[];
+  const mm = readParts(matchParts, [...MEMBER_MATCH_SPECS], 'memberMatch');
+  const resources: ParametersParameter[] = [];
+  for (const spec of MEMBER_MATCH_SPECS) {
+    const p = mm.get(spec.name)?.[0];
+    if (!p) continue;
+    validateResource(p.resource, p.resource?.resourceType, true);
+    resources.push({ name: spec.name, resource: p.resource });
+  }
+
+  const exportParams: Record<string, string[]> = {};
+  const exportParts = (params.get('export')?.[0]?.part ?? []) as ParametersParameter[];
+  for (const p of exportParts) {
+    if (!p || !EXPORT_PARAMS.has(p.name)) throw badRequest(`export: unsupported parameter '${p?.name}' (use ${[...EXPORT_PARAMS].join(', ')})`, [`export.${p?.name}`]);
+    const value = p.valueString ?? p.valueInstant ?? p.valueDateTime ?? p.valueCode ?? p.valueUri;
+    if (typeof value !== 'string' || !value) throw badRequest(`export: parameter '${p.name}' must have a string value`, [`export.${p.name}`]);
+    if ((p.name === '_since' || p.name === '_until') && !(/T/.test(value) && parseFhirDate(value))) {
+      throw badRequest(`export: ${p.name} must be a FHIR instant such as 2020-01-01T00:00:00Z`, [`export.${p.name}`]);
+    }
+    if (p.name === '_type') {
+      for (const t of value.split(',')) if (!isServedType(t.trim())) throw badRequest(`export: _type names '${t.trim()}', which this server cannot store`, ['export._type']);
+    }
+    if ((p.name === '_since' || p.name === '_until' || p.name === '_outputFormat') && exportParams[p.name]) throw badRequest(`export: ${p.name} may appear only once`, [`export.${p.name}`]);
+    exportParams[p.name] = [...(exportParams[p.name] ?? []), value];
+  }
+
+  return {
+    localPatientId: m[1],
+    issuer,
+    memberMatch: { resourceType: 'Parameters', parameter: resources },
+    coverageToLink: mm.get('CoverageToLink')?.[0]?.resource as Coverage | undefined,
+    consent: mm.get('Consent')?.[0]?.resource as Consent,
+    exportParams,
+  };
+}
+
+const ACTIVE = new Set(['draft', 'requested', 'received', 'accepted', 'ready', 'in-progress', 'on-hold']);
+
+/**
+ * POST Patient/$sdh.s2s.invoke-export: checks the request, records the Task (status requested),
+ * enqueues the exchange keyed by the Task's id, and answers at once. A second exchange for the same
+ * member and source while one is active is refused with 409 naming the running Task.
+ */
+export class InvokeExportService {
+  private readonly locks: Collection<LockDoc>;
+
+  constructor(
+    db: Database,
+    private readonly store: ResourceStore,
+    private readonly payers: SourcePayerRegistry,
+    private readonly tracker: TaskTracker,
+    private readonly runner: JobRunner,
+    private readonly requesterName: string,
+    private readonly logger: Logger,
+  ) {
+    this.locks = db.collection<LockDoc>('exchange_locks');
+  }
+
+  async handle(body: unknown, req: Request): Promise<Task> {
+    const request = parseInvokeExport(body);
+    const payer = this.payers.get(request.issuer);
+    if (!payer) throw unprocessable(`sourceIssuerUrl '${request.issuer}' is not a registered source payer`, 'not-found');
+    if (!(await this.store.readIfExists('Patient', request.localPatientId))) {
+      throw unprocessable(`localPatient Patient/${request.localPatientId} does not exist on this server`, 'not-found');
+    }
+
+    const taskId = randomUUID();
+    await this.lock(request.localPatientId, payer.issuer, taskId);
+    try {
+      const ownerId = `source-payer-${createHash('sha256').update(payer.issuer).digest('hex').slice(0, 32)}`;
+      const owner: Organization = { resourceType: 'Organization', id: ownerId, active: true, name: payer.name ?? payer.issuer, identifier: [{ system: 'urn:ietf:rfc:3986', value: payer.issuer }] };
+      const existingOwner = await this.store.readIfExists('Organization', ownerId);
+      if (!existingOwner || (existingOwner as Organization).name !== owner.name) await this.store.update('Organization', ownerId, owner);
+
+      const consent = await this.store.create(localConsent(request.consent, request.localPatientId, payer.issuer) as Resource);
+      const now = new Date().toISOString();
+      const input: TaskInput[] = [
+        { type: { text: 'sourceIssuerUrl' }, valueUrl: payer.issuer },
+        ...Object.entries(request.exportParams).flatMap(([name, values]) => values.map((v) => ({ type: { text: name }, valueString: v }))),
+      ];
+      const payor = request.coverageToLink?.payor?.[0];
+      const task: Task = {
+        resourceType: 'Task',
+        id: taskId,
+        meta: { tag: [EXCHANGE_TAG] },
+        status: 'requested',
+        intent: 'order',
+        code: DATA_REQUEST_CODE,
+        for: { reference: `Patient/${request.localPatientId}` },
+        focus: { reference: `Consent/${consent.id}` },
+        owner: { reference: `Organization/${ownerId}`, display: owner.name },
+        requester: payor ? { ...payor } : { display: this.requesterName },
+        authoredOn: now,
+        lastModified: now,
+        businessStatus: { text: 'queued' },
+        input,
+        note: [{ time: now, text: `Exchange requested from ${owner.name}` }],
+      };
+      const created = await this.tracker.create(task);
+      const data: ExchangeJobData = {
+        taskId,
+        issuer: payer.issuer,
+        localPatientId: request.localPatientId,
+        memberMatch: request.memberMatch,
+        exportParams: request.exportParams,
+        ownerReference: `Organization/${ownerId}`,
+        startedAt: Date.now(),
+      };
+      await this.runner.enqueue(EXCHANGE_JOB, taskId, data);
+      this.logger.info('exchange requested', { task: taskId, issuer: payer.issuer });
+      req.res?.set('Content-Location', `Task/${taskId}`);
+      return created;
+    } catch (err) {
+      await this.release(taskId);
+      throw err;
+    }
+  }
+
+  private key(patientId: string, issuer: string): string {
+    return createHash('sha256').update(`${patientId}|${issuer}`).digest('hex');
+  }
+
+  /** One active exchange per member and source, across processes: a lock document whose _id is the pair. */
+  private async lock(patientId: string, issuer: string, taskId: string): Promise<void> {
+    const _id = this.key(patientId, issuer);
+    for (let attempt = 0; attempt < 3; attempt++) {
+      try {
+        await this.locks.insertOne({ _id, taskId });
+        return;
+      } catch (err) {
+        if (!(err instanceof DuplicateKeyError)) throw err;
+      }
+      const held = await this.locks.findOne({ _id });
+      if (!held) continue;
+      const task = (await this.store.readIfExists('Task', held.taskId)) as Task | undefined;
+      if (task && ACTIVE.has(task.status)) throw conflict(`An exchange for this member from this source payer is already active: Task/${held.taskId}`);
+      await this.locks.deleteMany({ _id, taskId: held.taskId }); // stale: its exchange has ended
+    }
+    throw conflict('Could not start the exchange: concurrent requests for the same member');
+  }
+
+  async release(taskId: string): Promise<void> {
+    await this.locks.deleteMany({ taskId });
+  }
+}
+
+/** The member's consent as recorded here, the Task's focus: linked to the local Patient and the source payer. */
+function localConsent(submitted: Consent, patientId: string, issuer: string): Consent {
+  return JSON.parse(
+    JSON.stringify({
+      resourceType: 'Consent',
+      status: submitted.status ?? 'active',
+      scope: submitted.scope ?? { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/consentscope', code: 'patient-privacy' }] },
+      category: submitted.category ?? [{ coding: [{ system: 'http://loinc.org', code: '64292-6' }] }],
+      patient: { reference: `Patient/${patientId}` },
+      dateTime: submitted.dateTime ?? new Date().toISOString(),
+      performer: submitted.performer,
+      organization: submitted.organization,
+      sourceReference: undefined,
+      policy: submitted.policy,
+      provision: submitted.provision,
+      identifier: [{ system: 'urn:p2p-fhir-server:consent-for-source', value: issuer }],
+    }),
+  );
+}

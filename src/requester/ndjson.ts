@@ -1,0 +1,35 @@
+import type { Readable } from 'node:stream';
+import split2 from 'split2';
+
+export class NdjsonError extends Error {}
+
+/**
+ * Reads NDJSON resources from a stream, checking each line: valid JSON, a resource of the
+ * expected type, under the size limit. Yields `{ line, resource, raw }`; throws NdjsonError naming the line.
+ */
+export async function* readResources(stream: Readable, opts: { expectedType?: string; maxLineLength: number; label: string }): AsyncGenerator<{ line: number; resource: { resourceType: string; id?: string } & Record<string, unknown>; raw: string }> {
+  const lines = stream.pipe(split2({ maxLength: opts.maxLineLength } as split2.Options));
+  stream.on('error', (err) => lines.destroy(err));
+  let n = 0;
+  try {
+    for await (const raw of lines as AsyncIterable<string>) {
+      n++;
+      if (raw.trim() === '') continue;
+      let resource: unknown;
+      try {
+        resource = JSON.parse(raw);
+      } catch {
+        throw new NdjsonError(`${opts.label} line ${n} is not valid JSON (truncated or corrupt file)`);
+      }
+      const r = resource as { resourceType?: unknown; id?: unknown };
+      if (!r || typeof r !== 'object' || typeof r.resourceType !== 'string') throw new NdjsonError(`${opts.label} line ${n} is not a FHIR resource`);
+      if (opts.expectedType && r.resourceType !== opts.expectedType) throw new NdjsonError(`${opts.label} line ${n} is a ${r.resourceType}, expected ${opts.expectedType}`);
+      if (r.id !== undefined && (typeof r.id !== 'string' || !/^[A-Za-z0-9\-.]{1,64}$/.test(r.id))) throw new NdjsonError(`${opts.label} line ${n} has an invalid id`);
+      yield { line: n, resource: resource as { resourceType: string; id?: string } & Record<string, unknown>, raw };
+    }
+  } catch (err) {
+    if (err instanceof NdjsonError) throw err;
+    if (/maximum buffer|maxLength|too long/i.test((err as Error).message)) throw new NdjsonError(`${opts.label} has a line longer than ${opts.maxLineLength} bytes`);
+    throw err;
+  }
+}

@@ -1,0 +1,48 @@
+import { createHash } from 'node:crypto';
+import type { Resource } from 'fhir/r4';
+
+export interface IdMapping {
+  /** The member's id at the source, and the local Patient it becomes. */
+  sourcePatientId: string;
+  localPatientId: string;
+  /** The source's FHIR base, for absolute references to it. */
+  sourceBase: string;
+  issuer: string;
+}
+
+/**
+ * The local id of a source resource: derived from (issuer, type, source id), so the same record
+ * always lands on the same local resource (importing twice updates, never duplicates) and references
+ * can be rewritten in one streaming pass with no look-up table.
+ */
+export function localIdFor(issuer: string, type: string, sourceId: string): string {
+  return `p2p-${createHash('sha256').update(`${issuer}|${type}|${sourceId}`).digest('hex').slice(0, 40)}`;
+}
+
+const REF = /^(?:(.+)\/)?([A-Z][A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/[^/]+)?$/;
+
+/** Rewrites one reference string; references to other servers, contained resources and URNs are left alone. */
+export function rewriteReference(ref: string, m: IdMapping): string {
+  if (ref.startsWith('#') || ref.startsWith('urn:')) return ref;
+  const match = ref.match(REF);
+  if (!match) return ref;
+  const [, prefix, type, id] = match;
+  if (prefix !== undefined && prefix.replace(/\/+$/, '') !== m.sourceBase.replace(/\/+$/, '')) return ref;
+  if (type === 'Patient' && id === m.sourcePatientId) return `Patient/${m.localPatientId}`;
+  return `${type}/${localIdFor(m.issuer, type, id)}`;
+}
+
+/** A copy of the resource with every `reference` rewritten to local ids. */
+export function rewriteReferences<T extends Resource>(resource: T, m: IdMapping): T {
+  const walk = (value: unknown, key?: string): unknown => {
+    if (typeof value === 'string') return key === 'reference' ? rewriteReference(value, m) : value;
+    if (Array.isArray(value)) return value.map((v) => walk(v));
+    if (value && typeof value === 'object') {
+      const out: Record<string, unknown> = {};
+      for (const [k, v] of Object.entries(value)) out[k] = k === 'contained' ? v : walk(v, k);
+      return out;
+    }
+    return value;
+  };
+  return walk(resource) as T;
+}

@@ -1,0 +1,222 @@
+import axios, { AxiosError, AxiosInstance, AxiosRequestConfig, AxiosResponse } from 'axios';
+import axiosRetry from 'axios-retry';
+import type { Readable } from 'node:stream';
+import type { Identifier, OperationOutcome, Parameters } from 'fhir/r4';
+import { SourcePayer } from './source-payers';
+import { signClientAssertion } from './client-assertion';
+import type { Logger } from '../logger';
+
+/** A failure talking to the source payer. `transient` ones are worth trying again later. */
+export class RemoteError extends Error {
+  constructor(message: string, readonly status: number | undefined, readonly transient: boolean, readonly outcome?: OperationOutcome) {
+    super(message);
+    this.name = 'RemoteError';
+  }
+}
+
+export interface RemoteClientOptions {
+  timeoutMs: number;
+  retries: number;
+  baseRetryDelayMs: number;
+  maxRetryDelayMs: number;
+  logger: Logger;
+}
+
+export interface BulkManifest {
+  transactionTime: string;
+  request: string;
+  requiresAccessToken: boolean;
+  output: { type: string; url: string; count?: number }[];
+  error?: { type: string; url: string }[];
+  link?: { relation: string; url: string }[];
+}
+
+export type ExportStatus = { done: false; progress?: string; retryAfterMs?: number } | { done: true; manifest: BulkManifest };
+
+/** Retry-After as seconds or an HTTP date, in ms; undefined when absent or unreadable. */
+export function parseRetryAfter(value: string | undefined | null, now = Date.now()): number | undefined {
+  if (!value) return undefined;
+  if (/^\d+(\.\d+)?$/.test(value.trim())) return Number(value) * 1000;
+  const at = Date.parse(value);
+  return Number.isNaN(at) ? undefined : Math.max(0, at - now);
+}
+
+/** Bearer tokens for one source payer: SMART Backend Services or client secret, cached and renewed before expiry. */
+export class TokenProvider {
+  private cached?: { token: string; renewAt: number };
+  private endpoint?: string;
+
+  constructor(private readonly payer: SourcePayer, private readonly http: AxiosInstance) {
+    this.endpoint = payer.tokenEndpoint;
+  }
+
+  invalidate(): void {
+    this.cached = undefined;
+  }
+
+  async token(): Promise<string> {
+    if (this.cached && this.cached.renewAt > Date.now()) return this.cached.token;
+    const tokenUrl = await this.tokenEndpoint();
+    const form = new URLSearchParams({ grant_type: 'client_credentials', scope: this.payer.scopes });
+    const headers: Record<string, string> = { 'content-type': 'application/x-www-form-urlencoded', accept: 'application/json' };
+    if (this.payer.clientAuthenticationMode === 'CLIENT_SECRET_BASIC') {
+      const pair = `${encodeURIComponent(this.payer.clientId)}:${encodeURIComponent(this.payer.clientSecret as string)}`;
+      headers.authorization = `Basic ${Buffer.from(pair).toString('base64')}`;
+    } else {
+      form.set('client_assertion_type', 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer');
+      form.set('client_assertion', await signClientAssertion({ clientId: this.payer.clientId, tokenUrl, privateJwk: this.payer.privateKeyJwk as never }));
+    }
+    let res: AxiosResponse;
+    try {
+      res = await this.http.post(tokenUrl, form.toString(), { headers });
+    } catch (err) {
+      throw toRemoteError(err, 'token request');
+    }
+    const { access_token: token, expires_in: expiresIn } = res.data ?? {};
+    if (typeof token !== 'string') throw new RemoteError('the token endpoint answered without an access_token', res.status, false);
+    const lifetimeMs = (Number(expiresIn) || 300) * 1000;
+    this.cached = { token, renewAt: Date.now() + Math.max(lifetimeMs - 60_000, lifetimeMs / 2) };
+    return token;
+  }
+
+  private async tokenEndpoint(): Promise<string> {
+    if (this.endpoint) return this.endpoint;
+    let res: AxiosResponse;
+    try {
+      res = await this.http.get(`${this.payer.fhirBaseUrl}/.well-known/smart-configuration`, { headers: { accept: 'application/json' } });
+    } catch (err) {
+      throw toRemoteError(err, 'SMART discovery');
+    }
+    const endpoint = res.data?.token_endpoint;
+    if (typeof endpoint !== 'string') throw new RemoteError('smart-configuration has no token_endpoint', res.status, false);
+    this.endpoint = endpoint;
+    return endpoint;
+  }
+}
+
+function toRemoteError(err: unknown, what: string): RemoteError {
+  if (err instanceof RemoteError) return err;
+  const e = err as AxiosError;
+  const status = e.response?.status;
+  const data = e.response?.data as { resourceType?: string; issue?: { diagnostics?: string; details?: { text?: string } }[]; error_description?: string } | undefined;
+  const outcome = data?.resourceType === 'OperationOutcome' ? (data as OperationOutcome) : undefined;
+  const detail = outcome?.issue?.[0]?.diagnostics ?? outcome?.issue?.[0]?.details?.text ?? data?.error_description ?? e.message;
+  const transient = status === undefined || status === 429 || status >= 500;
+  return new RemoteError(`${what} failed${status ? ` (HTTP ${status})` : ''}: ${detail}`, status, transient, outcome);
+}
+
+/**
+ * The requesting payer's client for one registered source payer: member-match, bulk export
+ * kick-off, status, downloads and cancel. Network faults, 429 and 5xx are retried with exponential
+ * backoff and jitter, honouring Retry-After; a 401 renews the token once. Only URLs on the source's
+ * own origin are ever followed.
+ */
+export class RemotePayerClient {
+  private readonly http: AxiosInstance;
+  readonly tokens: TokenProvider;
+  private readonly origin: string;
+
+  constructor(readonly payer: SourcePayer, private readonly opts: RemoteClientOptions) {
+    this.origin = new URL(payer.fhirBaseUrl).origin;
+    this.http = axios.create({ timeout: opts.timeoutMs, maxRedirects: 0, decompress: true });
+    axiosRetry(this.http, {
+      retries: opts.retries,
+      shouldResetTimeout: true,
+      retryCondition: (err) => !err.response || err.response.status === 429 || err.response.status >= 500,
+      retryDelay: (n, err) => {
+        const hinted = parseRetryAfter(err.response?.headers?.['retry-after'] as string | undefined);
+        const backoff = Math.min(opts.maxRetryDelayMs, opts.baseRetryDelayMs * 2 ** (n - 1)) * (0.5 + Math.random() / 2);
+        return Math.min(opts.maxRetryDelayMs, hinted ?? backoff);
+      },
+      onRetry: (n, err) => {
+        opts.logger.warn('retrying source payer request', { issuer: payer.issuer, attempt: n, status: err.response?.status, code: err.code });
+      },
+    });
+    this.tokens = new TokenProvider(payer, this.http);
+  }
+
+  /** Whether a URL is on the source payer's own origin (status and file URLs must be). */
+  ownsUrl(url: string): boolean {
+    try {
+      return new URL(url).origin === this.origin;
+    } catch {
+      return false;
+    }
+  }
+
+  private async send<T = unknown>(config: AxiosRequestConfig, what: string, withToken = true): Promise<AxiosResponse<T>> {
+    const url = config.url as string;
+    if (!this.ownsUrl(url)) throw new RemoteError(`${what}: refused to call ${new URL(url).origin}, which is not the source payer's origin`, undefined, false);
+    for (let attempt = 0; ; attempt++) {
+      const headers = { ...(config.headers as Record<string, string>), ...(withToken ? { authorization: `Bearer ${await this.tokens.token()}` } : {}) };
+      try {
+        return await this.http.request<T>({ ...config, headers });
+      } catch (err) {
+        const status = (err as AxiosError).response?.status;
+        if (status === 401 && withToken && attempt === 0) {
+          this.tokens.invalidate();
+          continue;
+        }
+        throw toRemoteError(err, what);
+      }
+    }
+  }
+
+  async memberMatch(params: Parameters): Promise<{ memberId: string; identifier?: Identifier }> {
+    const res = await this.send<Parameters>(
+      { method: 'POST', url: `${this.payer.fhirBaseUrl}/Patient/$member-match`, data: params, headers: { 'content-type': 'application/fhir+json', accept: 'application/fhir+json' } },
+      '$member-match',
+    );
+    const p = res.data?.parameter ?? [];
+    const ref = p.find((x) => x.name === 'MemberId')?.valueReference?.reference;
+    const identifier = p.find((x) => x.name === 'MemberIdentifier')?.valueIdentifier;
+    const memberId = ref?.match(/(?:^|\/)Patient\/([A-Za-z0-9\-.]{1,64})$/)?.[1];
+    if (!memberId) throw new RemoteError('$member-match answered without a MemberId Patient reference', res.status, false);
+    return { memberId, identifier };
+  }
+
+  /** Starts the member's export: Patient/{id}/$export, or POST Patient/$export with `patient` where the first is not served. */
+  async kickoff(memberId: string, params: Record<string, string[]>): Promise<string> {
+    const headers = { accept: 'application/fhir+json', prefer: 'respond-async' };
+    const qs = new URLSearchParams();
+    for (const [k, vs] of Object.entries(params)) for (const v of vs) qs.append(k, v);
+    let res: AxiosResponse;
+    try {
+      const q = qs.toString();
+      res = await this.send({ method: 'GET', url: `${this.payer.fhirBaseUrl}/Patient/${memberId}/$export${q ? `?${q}` : ''}`, headers }, 'export kick-off');
+    } catch (err) {
+      if (!(err instanceof RemoteError) || (err.status !== 404 && err.status !== 405)) throw err;
+      const parameter = [{ name: 'patient', valueReference: { reference: `Patient/${memberId}` } }, ...Object.entries(params).flatMap(([k, vs]) => vs.map((v) => ({ name: k, valueString: v })))];
+      res = await this.send({ method: 'POST', url: `${this.payer.fhirBaseUrl}/Patient/$export`, data: { resourceType: 'Parameters', parameter }, headers: { ...headers, 'content-type': 'application/fhir+json' } }, 'export kick-off');
+    }
+    const location = res.headers['content-location'] as string | undefined;
+    if (res.status !== 202 || !location) throw new RemoteError(`export kick-off answered ${res.status} without a Content-Location`, res.status, false);
+    if (!this.ownsUrl(location)) throw new RemoteError(`export status URL ${new URL(location).origin} is not on the source payer's origin`, res.status, false);
+    return location;
+  }
+
+  async status(statusUrl: string): Promise<ExportStatus> {
+    const res = await this.send<BulkManifest>({ method: 'GET', url: statusUrl, headers: { accept: 'application/json' } }, 'export status');
+    if (res.status === 202) {
+      return { done: false, progress: res.headers['x-progress'] as string | undefined, retryAfterMs: parseRetryAfter(res.headers['retry-after'] as string | undefined) };
+    }
+    const manifest = res.data;
+    if (!manifest || !Array.isArray(manifest.output)) throw new RemoteError('export status answered 200 without a manifest', res.status, false);
+    return { done: true, manifest };
+  }
+
+  /** Streams one file; the token goes along only when the manifest requires it. */
+  async download(url: string, requiresAccessToken: boolean, signal?: AbortSignal): Promise<Readable> {
+    const res = await this.send<Readable>({ method: 'GET', url, responseType: 'stream', headers: { accept: 'application/fhir+ndjson' }, signal }, 'download', requiresAccessToken);
+    return res.data;
+  }
+
+  /** Deletes the export job at the source; best effort (the source expires it anyway). */
+  async cancel(statusUrl: string): Promise<void> {
+    try {
+      await this.send({ method: 'DELETE', url: statusUrl }, 'export delete');
+    } catch (err) {
+      this.opts.logger.warn('could not delete the export at the source', { issuer: this.payer.issuer, error: (err as Error).message });
+    }
+  }
+}

@@ -1,0 +1,90 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import type { JWK } from 'jose';
+
+/** A registered source payer (Smile CDR calls it an "OIDC Server Definition"). Only these are ever called. */
+export interface SourcePayer {
+  issuer: string;
+  fhirBaseUrl: string;
+  /** Discovered from [fhirBaseUrl]/.well-known/smart-configuration when left out. */
+  tokenEndpoint?: string;
+  clientId: string;
+  clientAuthenticationMode: 'PRIVATE_KEY_JWT' | 'CLIENT_SECRET_BASIC';
+  privateKeyJwk?: JWK;
+  privateKeyFile?: string;
+  clientSecret?: string;
+  scopes: string;
+  /** The identifier system under which imported resources keep their id at the source. */
+  responderIdentifierSystem?: string;
+  /** A display name for the Task's owner and the Provenance. */
+  name?: string;
+}
+
+const normalizeIssuer = (s: string) => s.trim().replace(/\/+$/, '');
+
+function checkUrl(value: unknown, what: string, issuer: string): string {
+  if (typeof value !== 'string') throw new Error(`source payer ${issuer}: ${what} is required`);
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new Error(`source payer ${issuer}: ${what} is not a URL`);
+  }
+  if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new Error(`source payer ${issuer}: ${what} must be http(s)`);
+  return value.replace(/\/+$/, '');
+}
+
+export class SourcePayerRegistry {
+  private readonly byIssuer = new Map<string, SourcePayer>();
+
+  constructor(entries: SourcePayer[], baseDir = process.cwd()) {
+    for (const raw of entries) {
+      if (!raw || typeof raw.issuer !== 'string' || !raw.issuer.trim()) throw new Error('every source payer needs an issuer');
+      const issuer = normalizeIssuer(raw.issuer);
+      const entry: SourcePayer = { ...raw, issuer, fhirBaseUrl: checkUrl(raw.fhirBaseUrl, 'fhirBaseUrl', issuer) };
+      if (raw.tokenEndpoint !== undefined) entry.tokenEndpoint = checkUrl(raw.tokenEndpoint, 'tokenEndpoint', issuer);
+      if (typeof raw.clientId !== 'string' || !raw.clientId) throw new Error(`source payer ${issuer}: clientId is required`);
+      if (typeof raw.scopes !== 'string' || !raw.scopes.trim()) throw new Error(`source payer ${issuer}: scopes are required`);
+      if (raw.clientAuthenticationMode === 'PRIVATE_KEY_JWT') {
+        if (!raw.privateKeyJwk && raw.privateKeyFile) {
+          const file = path.resolve(baseDir, raw.privateKeyFile);
+          try {
+            entry.privateKeyJwk = JSON.parse(fs.readFileSync(file, 'utf8'));
+          } catch (err) {
+            throw new Error(`source payer ${issuer}: cannot read privateKeyFile ${file}: ${(err as Error).message}`);
+          }
+        }
+        if (!entry.privateKeyJwk || typeof entry.privateKeyJwk !== 'object' || !('d' in entry.privateKeyJwk)) {
+          throw new Error(`source payer ${issuer}: PRIVATE_KEY_JWT needs a private key (privateKeyJwk or privateKeyFile)`);
+        }
+      } else if (raw.clientAuthenticationMode === 'CLIENT_SECRET_BASIC') {
+        if (typeof raw.clientSecret !== 'string' || !raw.clientSecret) throw new Error(`source payer ${issuer}: CLIENT_SECRET_BASIC needs a clientSecret`);
+      } else {
+        throw new Error(`source payer ${issuer}: clientAuthenticationMode must be PRIVATE_KEY_JWT or CLIENT_SECRET_BASIC`);
+      }
+      if (this.byIssuer.has(issuer)) throw new Error(`source payer ${issuer} is registered twice`);
+      this.byIssuer.set(issuer, entry);
+    }
+  }
+
+  static fromFile(file: string): SourcePayerRegistry {
+    if (!fs.existsSync(file)) return new SourcePayerRegistry([]);
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(fs.readFileSync(file, 'utf8'));
+    } catch (err) {
+      throw new Error(`${file} is not valid JSON: ${(err as Error).message}`);
+    }
+    if (!Array.isArray(parsed)) throw new Error(`${file} must hold an array of source payers`);
+    return new SourcePayerRegistry(parsed as SourcePayer[]);
+  }
+
+  /** Looks a payer up by issuer, ignoring a trailing slash. */
+  get(issuer: string): SourcePayer | undefined {
+    return this.byIssuer.get(normalizeIssuer(issuer));
+  }
+
+  get size(): number {
+    return this.byIssuer.size;
+  }
+}
