@@ -212,7 +212,7 @@ export class ExchangeJobHandler {
       if (f.type === 'OperationOutcome' || imported.includes(f.name)) continue;
       if (await this.d.tracker.isCancelled(data.taskId)) throw new TaskCancelled();
       const result = await this.d.importer.importFile(f.file, f.type, this.mapping(data, payer), system, ctx.signal);
-      counts[f.type] = (counts[f.type] ?? 0) + result.targets.length;
+      if (result.targets.length) counts[f.type] = (counts[f.type] ?? 0) + result.targets.length;
       targets.push(...result.targets);
       imported.push(f.name);
       await ctx.checkpoint({ imported, counts, targets });

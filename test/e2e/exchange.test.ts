@@ -1,5 +1,6 @@
 import { RunningServer } from '../../src/main';
-import { fhir } from '../helpers/server';
+import { fhir, startTestServer } from '../helpers/server';
+import { FaultProxy, startFaultProxy } from '../helpers/fault-proxy';
 import { createLocalPatient, invokeBody, SourcePayerFixture, startRequester, startSource, waitForTask } from '../helpers/payers';
 
 const bundleIds = (b: any) => (b.entry ?? []).filter((e: any) => e.search?.mode === 'match').map((e: any) => e.resource.id).sort();
@@ -80,8 +81,200 @@ describe('payer-to-payer exchange between two servers', () => {
     expect(lines[0].id).toMatch(/^src-/); // unaltered: the source's own ids
   });
 
+  it('running the same exchange again leaves no duplicates', async () => {
+    const m = source.members[2];
+    const local = await createLocalPatient(requester, m);
+    const first = await waitForTask(requester, (await fhir('POST', op, invokeBody(local, m))).body.id);
+    expect(first.status).toBe('completed');
+    const before = await fhir('GET', `${requester.baseUrl}/Observation?patient=${local}`);
+    const second = await waitForTask(requester, (await fhir('POST', op, invokeBody(local, m))).body.id);
+    expect(second.status).toBe('completed');
+    const after = await fhir('GET', `${requester.baseUrl}/Observation?patient=${local}`);
+    expect(bundleIds(after.body)).toEqual(bundleIds(before.body));
+    // Unchanged records are not even rewritten: still version 1.
+    expect(after.body.entry.every((e: any) => e.resource.meta.versionId === '1')).toBe(true);
+  });
+
+  it('ends failed, with the reason, when the source finds no match', async () => {
+    const m = source.members[3];
+    const local = await createLocalPatient(requester, m);
+    const res = await fhir('POST', op, invokeBody(local, { ...m, birthDate: '1900-01-01' }));
+    expect(res.status).toBe(200);
+    const task = await waitForTask(requester, res.body.id);
+    expect(task.status).toBe('failed');
+    expect(task.statusReason.text).toMatch(/no unique match/i);
+    expect((await fhir('GET', `${requester.baseUrl}/Condition?patient=${local}`)).body.total).toBe(0);
+  });
+
+  it('ends failed when the source cannot honour the consent', async () => {
+    const m = source.members[4];
+    const local = await createLocalPatient(requester, m);
+    const task = await waitForTask(requester, (await fhir('POST', op, invokeBody(local, m, { policy: 'everything' }))).body.id);
+    expect(task.status).toBe('failed');
+    expect((await fhir('GET', `${requester.baseUrl}/ExplanationOfBenefit?patient=${local}`)).body.total).toBe(0);
+  });
+
+  it('passes export parameters to the source (_type)', async () => {
+    const m = source.members[5];
+    const local = await createLocalPatient(requester, m);
+    const res = await fhir('POST', op, invokeBody(local, m, { exportParts: [{ name: '_type', valueString: 'Patient,Immunization' }] }));
+    expect(res.body.input).toEqual(expect.arrayContaining([{ type: { text: '_type' }, valueString: 'Patient,Immunization' }]));
+    const task = await waitForTask(requester, res.body.id);
+    expect(task.status).toBe('completed');
+    const counts = task.output.filter((o: any) => o.type.text.startsWith('count:')).map((o: any) => o.type.text);
+    expect(counts).toEqual(['count:Immunization']);
+  });
+
+  it('rejects bad requests with an OperationOutcome and creates nothing', async () => {
+    const m = source.members[0];
+    const local = await createLocalPatient(requester, m);
+    const tasksBefore = (await fhir('GET', `${requester.baseUrl}/Task?_summary=count`)).body.total;
+    const good = invokeBody(local, m);
+    const without = (name: string) => ({ ...good, parameter: good.parameter.filter((p: any) => p.name !== name) });
+    const cases: [string, unknown, number, RegExp][] = [
+      ['malformed JSON', '{"resourceType":', 400, /JSON/],
+      ['not Parameters', { resourceType: 'Patient' }, 400, /Parameters/],
+      ['no localPatient', without('localPatient'), 400, /localPatient/],
+      ['no memberMatch', without('memberMatch'), 400, /memberMatch/],
+      ['repeated sourceIssuerUrl', { ...good, parameter: [...good.parameter, { name: 'sourceIssuerUrl', valueString: 'x' }] }, 400, /sourceIssuerUrl/],
+      ['localPatient of the wrong type', { ...good, parameter: good.parameter.map((p: any) => (p.name === 'localPatient' ? { name: 'localPatient', valueString: 'Patient/1' } : p)) }, 400, /localPatient/],
+      ['MemberPatient missing', { ...good, parameter: good.parameter.map((p: any) => (p.name === 'memberMatch' ? { ...p, part: p.part.filter((x: any) => x.name !== 'MemberPatient') } : p)) }, 400, /MemberPatient/],
+      ['bad _since', invokeBody(local, m, { exportParts: [{ name: '_since', valueString: 'last week' }] }), 400, /_since/],
+      ['unknown local patient', invokeBody('nobody-here', m), 422, /nobody-here/],
+      ['unregistered issuer', invokeBody(local, m, { issuer: 'https://evil.example.com' }), 422, /not a registered source payer/],
+    ];
+    for (const [name, body, status, message] of cases) {
+      const res = await fhir('POST', op, body);
+      expect({ name, status: res.status, type: res.body?.resourceType }).toEqual({ name, status, type: 'OperationOutcome' });
+      expect(res.body.issue[0].diagnostics).toMatch(message);
+    }
+    expect((await fhir('GET', `${requester.baseUrl}/Task?_summary=count`)).body.total).toBe(tasksBefore);
+  });
+
+  it('refuses a second active exchange for the same member and source with 409', async () => {
+    const m = source.members[0];
+    const local = await createLocalPatient(requester, m);
+    const first = await fhir('POST', op, invokeBody(local, m));
+    const second = await fhir('POST', op, invokeBody(local, m));
+    expect(second.status).toBe(409);
+    expect(second.body.issue[0].diagnostics).toContain(`Task/${first.body.id}`);
+    expect((await waitForTask(requester, first.body.id)).status).toBe('completed');
+    expect((await fhir('POST', op, invokeBody(local, m))).status).toBe(200); // free again once done
+  });
+
   async function sourceToken() {
     const { getToken } = await import('../helpers/clients');
     return getToken(source.server.tokenUrl, source.client);
   }
+});
+
+describe('exchange under network faults', () => {
+  let source: SourcePayerFixture;
+  let proxy: FaultProxy;
+  let requester: RunningServer;
+  let op: string;
+
+  beforeAll(async () => {
+    source = await startSource(8);
+    proxy = await startFaultProxy(new URL(source.server.baseUrl).origin);
+    requester = await startRequester({ tokenUrl: source.server.tokenUrl, fhirBaseUrl: `${proxy.url}/4_0_1`, client: source.client }, { jobLeaseSeconds: 1 });
+    op = `${requester.baseUrl}/Patient/$sdh.s2s.invoke-export`;
+  });
+  afterAll(async () => {
+    await requester.stop();
+    await proxy.close();
+    await source.server.stop();
+  });
+  afterEach(() => {
+    for (const k of Object.keys(proxy.faults)) delete (proxy.faults as Record<string, unknown>)[k];
+  });
+
+  it('honours 429 with Retry-After while polling, then completes', async () => {
+    proxy.faults.rateLimitPolls = 2;
+    const m = source.members[0];
+    const local = await createLocalPatient(requester, m);
+    const task = await waitForTask(requester, (await fhir('POST', op, invokeBody(local, m))).body.id);
+    expect(task.status).toBe('completed');
+    expect(proxy.faults.rateLimitPolls).toBe(0);
+    expect(proxy.log.filter((l) => l.startsWith('GET /4_0_1/bulkstatus/')).length).toBeGreaterThanOrEqual(3);
+  });
+
+  it('fails on a truncated NDJSON file and imports nothing from it', async () => {
+    proxy.faults.truncateType = 'ExplanationOfBenefit';
+    const m = source.members[1];
+    const local = await createLocalPatient(requester, m);
+    const task = await waitForTask(requester, (await fhir('POST', op, invokeBody(local, m))).body.id);
+    expect(task.status).toBe('failed');
+    expect(task.statusReason.text).toMatch(/ExplanationOfBenefit file line \d+ is not valid JSON/);
+    expect((await fhir('GET', `${requester.baseUrl}/ExplanationOfBenefit?patient=${local}`)).body.total).toBe(0);
+    expect(proxy.log.some((l) => l.startsWith('DELETE /4_0_1/bulkstatus/'))).toBe(true); // the source's job is cleaned up
+  });
+
+  it('refuses a manifest URL on another origin', async () => {
+    proxy.faults.foreignType = 'Coverage';
+    const m = source.members[2];
+    const local = await createLocalPatient(requester, m);
+    const task = await waitForTask(requester, (await fhir('POST', op, invokeBody(local, m))).body.id);
+    expect(task.status).toBe('failed');
+    expect(task.statusReason.text).toMatch(/Refused to download Coverage from http:\/\/127\.0\.0\.2:9/);
+  });
+
+  it('stops when the Task is cancelled mid-way, and deletes the export at the source', async () => {
+    proxy.faults.holdExport = true;
+    const m = source.members[3];
+    const local = await createLocalPatient(requester, m);
+    const id = (await fhir('POST', op, invokeBody(local, m))).body.id;
+    const running = await waitForTask(requester, id, (t) => t.businessStatus?.text?.includes('held by the test'));
+    const cancel = await fhir('PUT', `${requester.baseUrl}/Task/${id}`, { ...running, status: 'cancelled' }, { 'if-match': `W/"${running.meta.versionId}"` });
+    expect(cancel.status).toBe(200);
+    const task = await waitForTask(requester, id, (t) => (t.note ?? []).some((n: any) => /Cancelled/.test(n.text)));
+    expect(task.status).toBe('cancelled');
+    expect(proxy.log.some((l) => l.startsWith('DELETE /4_0_1/bulkstatus/'))).toBe(true);
+    proxy.faults.holdExport = false;
+    await new Promise((r) => setTimeout(r, 300));
+    expect((await fhir('GET', `${requester.baseUrl}/Task/${id}`)).body.status).toBe('cancelled');
+    expect((await fhir('GET', `${requester.baseUrl}/ExplanationOfBenefit?patient=${local}`)).body.total).toBe(0);
+  });
+
+  it('resumes after a restart of the requesting server, importing nothing twice', async () => {
+    proxy.faults.holdExport = true;
+    const m = source.members[4];
+    const local = await createLocalPatient(requester, m);
+    const id = (await fhir('POST', op, invokeBody(local, m))).body.id;
+    await waitForTask(requester, id, (t) => t.businessStatus?.text?.includes('held by the test'));
+    const { config, port } = requester;
+    await requester.stop();
+    proxy.faults.holdExport = false;
+    requester = await startRequester({ tokenUrl: source.server.tokenUrl, fhirBaseUrl: `${proxy.url}/4_0_1`, client: source.client }, { dataDir: config.dataDir, exportDir: config.exportDir, port, jobLeaseSeconds: 1 });
+    const task = await waitForTask(requester, id);
+    expect(task.status).toBe('completed');
+    const eobs = await fhir('GET', `${requester.baseUrl}/ExplanationOfBenefit?patient=${local}`);
+    expect(eobs.body.total).toBeGreaterThan(0);
+    expect(eobs.body.entry.every((e: any) => e.resource.meta.versionId === '1')).toBe(true);
+    expect(new Set(eobs.body.entry.map((e: any) => e.resource.identifier.find((i: any) => i.system.endsWith('resource-id')).value)).size).toBe(eobs.body.total);
+  });
+});
+
+describe('exchange when the source is down, then back', () => {
+  it('retries, and completes once the source answers again', async () => {
+    const source = await startSource(3);
+    const { port, dataDir } = { port: source.server.port, dataDir: source.server.config.dataDir };
+    const requester = await startRequester({ tokenUrl: source.server.tokenUrl, fhirBaseUrl: source.server.baseUrl, client: source.client });
+    await source.server.stop();
+    let restarted: RunningServer | undefined;
+    try {
+      const m = source.members[0];
+      const local = await createLocalPatient(requester, m);
+      const id = (await fhir('POST', `${requester.baseUrl}/Patient/$sdh.s2s.invoke-export`, invokeBody(local, m))).body.id;
+      const waiting = await waitForTask(requester, id, (t) => (t.note ?? []).some((n: any) => /unavailable/.test(n.text)));
+      expect(waiting.status).toBe('in-progress');
+      restarted = await startTestServer({ dataDir, exportDir: `${dataDir}/exports`, port, authRequired: true, clientsFile: source.clientsFile });
+      const task = await waitForTask(requester, id);
+      expect(task.status).toBe('completed');
+      expect((await fhir('GET', `${requester.baseUrl}/ExplanationOfBenefit?patient=${local}`)).body.total).toBeGreaterThan(0);
+    } finally {
+      await requester.stop();
+      await restarted?.stop();
+    }
+  });
 });
