@@ -1,5 +1,5 @@
 import { RunningServer } from '../../src/main';
-import { fhir, startTestServer } from '../helpers/server';
+import { capturingLogger, fhir, startTestServer } from '../helpers/server';
 import { FaultProxy, startFaultProxy } from '../helpers/fault-proxy';
 import { createLocalPatient, invokeBody, SourcePayerFixture, startRequester, startSource, waitForTask } from '../helpers/payers';
 
@@ -275,6 +275,30 @@ describe('exchange when the source is down, then back', () => {
     } finally {
       await requester.stop();
       await restarted?.stop();
+    }
+  });
+});
+
+describe('log hygiene', () => {
+  it('writes no tokens, keys or member data to the logs of either payer, even at debug level', async () => {
+    const sourceLogs = capturingLogger();
+    const requesterLogs = capturingLogger();
+    const source = await startSource(2, {}, sourceLogs.logger);
+    const requester = await startRequester({ tokenUrl: source.server.tokenUrl, fhirBaseUrl: source.server.baseUrl, client: source.client }, {}, requesterLogs.logger);
+    try {
+      const m = source.members[1];
+      const local = await createLocalPatient(requester, m);
+      const task = await waitForTask(requester, (await fhir('POST', `${requester.baseUrl}/Patient/$sdh.s2s.invoke-export`, invokeBody(local, m))).body.id);
+      expect(task.status).toBe('completed');
+      const all = [...sourceLogs.lines, ...requesterLogs.lines].join('\n');
+      expect(all).toContain('token issued'); // the logs did capture the exchange
+      expect(all).toContain('member-match matched');
+      for (const secret of [m.family, m.given, m.birthDate, m.memberId, 'access_token', 'Bearer ', 'client_assertion', String(source.client.privateJwk.d)]) {
+        expect({ secret, found: all.includes(secret) }).toEqual({ secret, found: false });
+      }
+    } finally {
+      await requester.stop();
+      await source.server.stop();
     }
   });
 });

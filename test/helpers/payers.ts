@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { RunningServer } from '../../src/main';
 import { AppConfig } from '../../src/config';
+import type { Logger } from '../../src/logger';
 import { SyntheticMember } from '../../scripts/synthetic';
 import { seedPopulation } from './seed';
 import { startTestServer, tempDir, fhir } from './server';
@@ -18,15 +19,15 @@ export interface SourcePayerFixture {
 }
 
 /** A source payer: auth on, the requesting payer registered as a client, a seeded population. */
-export async function startSource(members = 5, overrides: Partial<AppConfig> = {}): Promise<SourcePayerFixture> {
+export async function startSource(members = 5, overrides: Partial<AppConfig> = {}, logger?: Logger): Promise<SourcePayerFixture> {
   const { file, clients } = await writeClientsFile([{ clientId: REQUESTER_CLIENT_ID, scopes: 'system/*.read' }]);
-  const server = await startTestServer({ authRequired: true, clientsFile: file, ...overrides });
+  const server = await startTestServer({ authRequired: true, clientsFile: file, ...overrides }, logger);
   const list = members > 0 ? await seedPopulation(server, members) : [];
   return { server, members: list, client: clients[REQUESTER_CLIENT_ID], clientsFile: file };
 }
 
 /** A requesting payer whose registry names the source (optionally reached through a proxy URL). */
-export async function startRequester(source: { tokenUrl: string; fhirBaseUrl: string; client: TestClient }, overrides: Partial<AppConfig> = {}): Promise<RunningServer> {
+export async function startRequester(source: { tokenUrl: string; fhirBaseUrl: string; client: TestClient }, overrides: Partial<AppConfig> = {}, logger?: Logger): Promise<RunningServer> {
   const dir = tempDir('requester-config-');
   const sourcePayersFile = path.join(dir, 'source-payers.json');
   fs.writeFileSync(
@@ -54,7 +55,7 @@ export async function startRequester(source: { tokenUrl: string; fhirBaseUrl: st
     remoteRetryMaxMs: 1500,
     requestingPayerName: 'New Health Plan',
     ...overrides,
-  });
+  }, logger);
 }
 
 export function invokeBody(localPatientId: string, m: SyntheticMember, opts: { policy?: string; exportParts?: unknown[]; issuer?: string } = {}) {

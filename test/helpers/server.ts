@@ -2,7 +2,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { AppConfig, loadConfig } from '../../src/config';
-import { createLogger } from '../../src/logger';
+import { Writable } from 'node:stream';
+import winston from 'winston';
+import { createLogger, Logger } from '../../src/logger';
 import { RunningServer, startServer } from '../../src/main';
 
 export function tempDir(prefix = 'p2p-test-'): string {
@@ -15,8 +17,26 @@ export function testConfig(overrides: Partial<AppConfig> = {}): AppConfig {
   return { ...loadConfig({ HOST: '127.0.0.1', PORT: '0' } as NodeJS.ProcessEnv), dataDir, exportDir: path.join(dataDir, 'exports'), authRequired: false, ...overrides };
 }
 
-export async function startTestServer(overrides: Partial<AppConfig> = {}): Promise<RunningServer> {
-  return startServer(testConfig(overrides), createLogger('error', process.env.TEST_LOGS !== '1'));
+export async function startTestServer(overrides: Partial<AppConfig> = {}, logger?: Logger): Promise<RunningServer> {
+  return startServer(testConfig(overrides), logger ?? createLogger('error', process.env.TEST_LOGS !== '1'));
+}
+
+/** A debug-level logger that keeps every line it writes, for asserting what reaches the logs. */
+export function capturingLogger(): { logger: Logger; lines: string[] } {
+  const lines: string[] = [];
+  const logger = createLogger('debug', true);
+  const stream = new Writable({
+    write(chunk, _enc, done) {
+      lines.push(String(chunk));
+      done();
+    },
+  });
+  logger.add(new winston.transports.Stream({ stream }));
+  logger.silent = false;
+  logger.transports.forEach((t) => {
+    if (t instanceof winston.transports.Console) t.silent = true;
+  });
+  return { logger, lines };
 }
 
 export interface FhirResponse<T = any> {
