@@ -1,4 +1,4 @@
-import fs from 'node:fs';
+import { readJsonArrayFile } from '../json-file';
 import type { JSONWebKeySet } from 'jose';
 
 /** A system client allowed to call this server (a requesting payer), as registered in CLIENTS_FILE. */
@@ -32,15 +32,7 @@ export class ClientRegistry {
 
   /** Reads CLIENTS_FILE; a missing file means no clients. */
   static fromFile(file: string): ClientRegistry {
-    if (!fs.existsSync(file)) return new ClientRegistry([]);
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(fs.readFileSync(file, 'utf8'));
-    } catch (err) {
-      throw new Error(`${file} is not valid JSON: ${(err as Error).message}`);
-    }
-    if (!Array.isArray(parsed)) throw new Error(`${file} must hold an array of clients`);
-    return new ClientRegistry(parsed as RegisteredClient[]);
+    return new ClientRegistry(readJsonArrayFile<RegisteredClient>(file, 'clients'));
   }
 
   get(clientId: string): RegisteredClient | undefined {

@@ -204,7 +204,6 @@ function localConsent(submitted: Consent, patientId: string, issuer: string): Co
       dateTime: submitted.dateTime ?? new Date().toISOString(),
       performer: submitted.performer,
       organization: submitted.organization,
-      sourceReference: undefined,
       policy: submitted.policy,
       provision: submitted.provision,
       identifier: [{ system: 'urn:p2p-fhir-server:consent-for-source', value: issuer }],

@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { JWK } from 'jose';
+import { readJsonArrayFile } from '../json-file';
 
 /** A registered source payer (Smile CDR calls it an "OIDC Server Definition"). Only these are ever called. */
 export interface SourcePayer {
@@ -67,16 +68,9 @@ export class SourcePayerRegistry {
     }
   }
 
+  /** Reads SOURCE_PAYERS_FILE; a missing file means no source payers. */
   static fromFile(file: string): SourcePayerRegistry {
-    if (!fs.existsSync(file)) return new SourcePayerRegistry([]);
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(fs.readFileSync(file, 'utf8'));
-    } catch (err) {
-      throw new Error(`${file} is not valid JSON: ${(err as Error).message}`);
-    }
-    if (!Array.isArray(parsed)) throw new Error(`${file} must hold an array of source payers`);
-    return new SourcePayerRegistry(parsed as SourcePayer[]);
+    return new SourcePayerRegistry(readJsonArrayFile<SourcePayer>(file, 'source payers'));
   }
 
   /** Looks a payer up by issuer, ignoring a trailing slash. */
