@@ -65,6 +65,8 @@ export interface ExchangeDeps {
 
 class ExchangeFailed extends Error {}
 
+const NO_MEMBER_DATA: Parameters = { resourceType: 'Parameters', parameter: [] };
+
 const sleep = (ms: number, signal: AbortSignal) =>
   new Promise<void>((resolve, reject) => {
     const t = setTimeout(resolve, ms);
@@ -115,7 +117,8 @@ export class ExchangeJobHandler {
       if (err instanceof RemoteError && err.status === 422) throw new ExchangeFailed(`The source payer found no unique match: ${err.message.replace(/^.*?: /, '')}`);
       throw err;
     }
-    await ctx.checkpoint({ matched });
+    // The member's demographics are needed for nothing after the match: keep them no longer.
+    await ctx.checkpoint({ matched, memberMatch: NO_MEMBER_DATA });
     const output: TaskOutput[] = [{ type: { text: 'MemberId' }, valueReference: { reference: `${client.payer.fhirBaseUrl}/Patient/${matched.memberId}` } }];
     if (matched.identifier) output.unshift({ type: { text: 'MemberIdentifier' }, valueIdentifier: matched.identifier });
     await this.d.tracker.change(data.taskId, { step: 'exporting', note: 'The source payer matched the member; starting the export', output });
@@ -275,12 +278,15 @@ export class ExchangeJobHandler {
     const total = Object.values(data.counts ?? {}).reduce((a, b) => a + b, 0);
     await this.d.tracker.change(data.taskId, { status: 'completed', step: 'completed', note: `Imported ${total} resources`, output });
     if (data.statusUrl) await client.cancel(data.statusUrl);
-    await this.cleanup(data);
+    await this.cleanup(ctx);
   }
 
-  private async cleanup(data: ExchangeJobData) {
+  /** The exchange is over: drop its work files, free the member's lock, and forget the member's demographics. */
+  private async cleanup(ctx: JobContext<ExchangeJobData>) {
+    const data = ctx.job.data;
     await fs.promises.rm(path.join(this.d.workDir, data.taskId), { recursive: true, force: true });
     await this.d.releaseLock(data.taskId);
+    await ctx.checkpoint({ memberMatch: NO_MEMBER_DATA });
   }
 
   private async handleError(ctx: JobContext<ExchangeJobData>, client: RemotePayerClient | undefined, err: unknown): Promise<void> {
@@ -289,7 +295,7 @@ export class ExchangeJobHandler {
     if (err instanceof TaskCancelled) {
       if (data.statusUrl && client) await client.cancel(data.statusUrl);
       await this.d.tracker.change(data.taskId, { status: 'cancelled', step: 'cancelled', note: 'Cancelled; the export at the source was deleted' }).catch(() => undefined);
-      await this.cleanup(data);
+      await this.cleanup(ctx);
       return;
     }
     if (err instanceof RemoteError && err.transient && Date.now() - data.startedAt < this.d.timeoutMs) {
@@ -306,7 +312,7 @@ export class ExchangeJobHandler {
     await this.d.tracker
       .change(data.taskId, { status: 'failed', step: 'failed', statusReason: reason, note: `Failed: ${reason}` })
       .catch((e) => (e instanceof TaskCancelled ? undefined : Promise.reject(e)));
-    await this.cleanup(data);
+    await this.cleanup(ctx);
   }
 }
 

@@ -40,6 +40,9 @@ describe('payer-to-payer exchange between two servers', () => {
 
     const done = await waitForTask(requester, task.id);
     expect(done.status).toBe('completed');
+    // Once over, the exchange's job keeps no member demographics.
+    const job = await requester.runner.get<{ memberMatch: unknown }>(task.id);
+    expect(JSON.stringify(job?.data)).not.toContain(m.birthDate);
     expect(done.businessStatus.text).toBe('completed');
     expect(done.owner.display).toBe('Source Health Plan');
     expect(done.focus.reference).toMatch(/^Consent\//);
