@@ -1,4 +1,5 @@
 import { createHash, randomUUID } from 'node:crypto';
+import { patientIdOf } from '../fhir/reference';
 import type { Request } from 'express';
 import type { Consent, Coverage, Organization, Parameters, ParametersParameter, Resource, Task, TaskInput } from 'fhir/r4';
 import { ResourceStore } from '../store/resource-store';
@@ -41,8 +42,8 @@ export interface InvokeExportRequest {
 export function parseInvokeExport(body: unknown): InvokeExportRequest {
   const params = readParameters(body, [...INVOKE_SPECS]);
   const ref = (first<{ reference: string }>(params, 'localPatient', 'valueReference') as { reference: string }).reference;
-  const m = ref.match(/^Patient\/([A-Za-z0-9\-.]{1,64})$/);
-  if (!m) throw badRequest(`localPatient must reference a local Patient as Patient/{id}, got '${ref}'`, ['Parameters.localPatient']);
+  const localPatientId = patientIdOf(ref, { relativeOnly: true });
+  if (!localPatientId) throw badRequest(`localPatient must reference a local Patient as Patient/{id}, got '${ref}'`, ['Parameters.localPatient']);
   const issuer = (first<string>(params, 'sourceIssuerUrl', 'valueString') as string).trim();
   if (!issuer) throw badRequest('sourceIssuerUrl is empty', ['Parameters.sourceIssuerUrl']);
 
@@ -73,7 +74,7 @@ export function parseInvokeExport(body: unknown): InvokeExportRequest {
   }
 
   return {
-    localPatientId: m[1],
+    localPatientId,
     issuer,
     memberMatch: { resourceType: 'Parameters', parameter: resources },
     coverageToLink: mm.get('CoverageToLink')?.[0]?.resource as Coverage | undefined,

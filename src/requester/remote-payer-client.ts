@@ -1,4 +1,5 @@
 import axios, { AxiosError, AxiosInstance, AxiosRequestConfig, AxiosResponse } from 'axios';
+import { patientIdOf } from '../fhir/reference';
 import axiosRetry from 'axios-retry';
 import type { Readable } from 'node:stream';
 import type { Identifier, OperationOutcome, Parameters } from 'fhir/r4';
@@ -170,7 +171,7 @@ export class RemotePayerClient {
     const p = res.data?.parameter ?? [];
     const ref = p.find((x) => x.name === 'MemberId')?.valueReference?.reference;
     const identifier = p.find((x) => x.name === 'MemberIdentifier')?.valueIdentifier;
-    const memberId = ref?.match(/(?:^|\/)Patient\/([A-Za-z0-9\-.]{1,64})$/)?.[1];
+    const memberId = patientIdOf(ref);
     if (!memberId) throw new RemoteError('$member-match answered without a MemberId Patient reference', res.status, false);
     return { memberId, identifier };
   }

@@ -1,4 +1,5 @@
 import type { Consent, Group, Resource } from 'fhir/r4';
+import { patientIdOf } from '../fhir/reference';
 import { ResourceStore } from '../store/resource-store';
 import { Filter } from '../store/types';
 import { PatientCompartment } from '../fhir/compartment';
@@ -118,7 +119,7 @@ export class ExportJobHandler {
     const group = (await this.store.readIfExists('Group', groupId)) as Group | undefined;
     if (!group) throw new JobFailure(`Group/${groupId} no longer exists`);
     return (group.member ?? [])
-      .map((m) => m.entity?.reference?.match(/^(?:.*\/)?Patient\/([A-Za-z0-9\-.]{1,64})$/)?.[1])
+      .map((m) => patientIdOf(m.entity?.reference))
       .filter((id): id is string => !!id);
   }
 

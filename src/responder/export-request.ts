@@ -1,4 +1,5 @@
 import type { Parameters } from 'fhir/r4';
+import { patientIdOf } from '../fhir/reference';
 import { badRequest, forbidden } from '../fhir/outcome';
 import { parseFhirDate } from '../fhir/search/fhir-date';
 import { parseSearch } from '../fhir/search/query';
@@ -97,9 +98,9 @@ export function parseExportRequest(args: {
   if (patientParams.length) {
     if (args.level !== 'patient' || args.method !== 'POST' || args.id) throw badRequest(`The 'patient' parameter is allowed only in a POST to Patient/$export`);
     patientIds = patientParams.map((ref) => {
-      const m = ref.match(/^(?:.*\/)?Patient\/([A-Za-z0-9\-.]{1,64})$/);
-      if (!m) throw badRequest(`'patient' must reference a Patient, got '${ref}'`);
-      return m[1];
+      const id = patientIdOf(ref);
+      if (!id) throw badRequest(`'patient' must reference a Patient, got '${ref}'`);
+      return id;
     });
   }
   if (args.level === 'patient' && args.id) patientIds = [args.id];

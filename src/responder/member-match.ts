@@ -1,4 +1,5 @@
 import type { Consent, Coverage, Identifier, Parameters, Patient, Resource } from 'fhir/r4';
+import { patientIdOf } from '../fhir/reference';
 import type { Request } from 'express';
 import { ResourceStore } from '../store/resource-store';
 import { readParameters, first } from '../fhir/parameters';
@@ -83,10 +84,9 @@ export class MemberMatchService {
     const coverages = (await this.store.search('Coverage', { $or: ors }, { limit: 50 })) as Coverage[];
     const out: MatchCandidate[] = [];
     for (const coverage of coverages) {
-      const ref = coverage.beneficiary?.reference ?? '';
-      const m = ref.match(/^(?:.*\/)?Patient\/([A-Za-z0-9\-.]{1,64})$/);
-      if (!m) continue;
-      const patient = (await this.store.readIfExists('Patient', m[1])) as Patient | undefined;
+      const id = patientIdOf(coverage.beneficiary?.reference);
+      if (!id) continue;
+      const patient = (await this.store.readIfExists('Patient', id)) as Patient | undefined;
       if (patient) out.push({ coverage, patient });
     }
     return out;
