@@ -15,24 +15,26 @@ export type ReadParams = Map<string, ParametersParameter[]>;
  * Reads a Parameters body against an operation's declared inputs (as an OperationDefinition would):
  * a missing, repeated or wrongly-typed parameter is a 400 that names it.
  */
-export function readParameters(body: unknown, specs: ParamSpec[], context = 'Parameters', allowUnknown = false): ReadParams {
+export function readParameters(body: unknown, specs: ParamSpec[]): ReadParams {
+  return readParts(parametersOf(body), specs, 'Parameters');
+}
+
+/** The parameters of a body that must be a Parameters resource (else 400). */
+export function parametersOf(body: unknown): ParametersParameter[] {
   if (!body || typeof body !== 'object' || (body as Resource).resourceType !== 'Parameters') {
     throw badRequest(`The body must be a Parameters resource`);
   }
   const params = ((body as Parameters).parameter ?? []) as ParametersParameter[];
-  if (!Array.isArray(params)) throw badRequest(`${context}.parameter must be an array`);
-  return readParts(params, specs, context, allowUnknown);
+  if (!Array.isArray(params)) throw badRequest(`Parameters.parameter must be an array`);
+  return params;
 }
 
-export function readParts(params: ParametersParameter[], specs: ParamSpec[], context: string, allowUnknown = false): ReadParams {
+export function readParts(params: ParametersParameter[], specs: ParamSpec[], context: string): ReadParams {
   const out: ReadParams = new Map();
   for (const p of params) {
     if (!p || typeof p.name !== 'string') throw badRequest(`${context}: every parameter needs a name`);
     const spec = specs.find((s) => s.name === p.name);
-    if (!spec) {
-      if (allowUnknown) continue;
-      throw badRequest(`${context}: unknown parameter '${p.name}'`, [`${context}.${p.name}`]);
-    }
+    if (!spec) throw badRequest(`${context}: unknown parameter '${p.name}'`, [`${context}.${p.name}`]);
     checkType(p, spec, context);
     out.set(p.name, [...(out.get(p.name) ?? []), p]);
   }
@@ -74,6 +76,3 @@ export function first<T = unknown>(params: ReadParams, name: string, key: keyof 
   return params.get(name)?.[0]?.[key] as T | undefined;
 }
 
-export function all<T = unknown>(params: ReadParams, name: string, key: keyof ParametersParameter): T[] {
-  return (params.get(name) ?? []).map((p) => p[key] as T);
-}

@@ -4,13 +4,12 @@ import type { Request } from 'express';
 import type { Consent, Coverage, Organization, Parameters, ParametersParameter, Resource, Task, TaskInput } from 'fhir/r4';
 import { ResourceStore } from '../store/resource-store';
 import { Collection, Database, DuplicateKeyError, StoredDoc } from '../store/types';
-import { readParameters, readParts, first } from '../fhir/parameters';
-import { validateResource } from '../fhir/validator';
+import { readParameters, first } from '../fhir/parameters';
 import { badRequest, conflict, unprocessable } from '../fhir/outcome';
 import { parseFhirDate } from '../fhir/search/fhir-date';
 import { isServedType } from '../fhir/resource-types';
 import { JobRunner } from '../jobs/job-runner';
-import { MEMBER_MATCH_SPECS } from '../responder/member-match';
+import { memberMatchParameters, readMemberMatchParts } from '../responder/member-match';
 import { SourcePayerRegistry } from './source-payers';
 import { DATA_REQUEST_CODE, EXCHANGE_TAG, TaskTracker } from './task-tracker';
 import { EXCHANGE_JOB, ExchangeJobData } from './exchange-job';
@@ -47,15 +46,7 @@ export function parseInvokeExport(body: unknown): InvokeExportRequest {
   const issuer = (first<string>(params, 'sourceIssuerUrl', 'valueString') as string).trim();
   if (!issuer) throw badRequest('sourceIssuerUrl is empty', ['Parameters.sourceIssuerUrl']);
 
-  const matchParts = params.get('memberMatch')?.[0]?.part as ParametersParameter[];
-  const mm = readParts(matchParts, [...MEMBER_MATCH_SPECS], 'memberMatch');
-  const resources: ParametersParameter[] = [];
-  for (const spec of MEMBER_MATCH_SPECS) {
-    const p = mm.get(spec.name)?.[0];
-    if (!p) continue;
-    validateResource(p.resource, p.resource?.resourceType, true);
-    resources.push({ name: spec.name, resource: p.resource });
-  }
+  const memberMatch = readMemberMatchParts(params.get('memberMatch')?.[0]?.part as ParametersParameter[], 'memberMatch');
 
   const exportParams: Record<string, string[]> = {};
   const exportParts = (params.get('export')?.[0]?.part ?? []) as ParametersParameter[];
@@ -76,9 +67,9 @@ export function parseInvokeExport(body: unknown): InvokeExportRequest {
   return {
     localPatientId,
     issuer,
-    memberMatch: { resourceType: 'Parameters', parameter: resources },
-    coverageToLink: mm.get('CoverageToLink')?.[0]?.resource as Coverage | undefined,
-    consent: mm.get('Consent')?.[0]?.resource as Consent,
+    memberMatch: memberMatchParameters(memberMatch),
+    coverageToLink: memberMatch.coverageToLink,
+    consent: memberMatch.consent,
     exportParams,
   };
 }

@@ -1,8 +1,8 @@
-import type { Consent, Coverage, Identifier, Parameters, Patient, Resource } from 'fhir/r4';
+import type { Consent, Coverage, Identifier, Parameters, ParametersParameter, Patient, Resource } from 'fhir/r4';
 import { patientIdOf } from '../fhir/reference';
 import type { Request } from 'express';
 import { ResourceStore } from '../store/resource-store';
-import { readParameters, first } from '../fhir/parameters';
+import { parametersOf, readParts, first } from '../fhir/parameters';
 import { validateResource } from '../fhir/validator';
 import { unprocessable } from '../fhir/outcome';
 import { tokenForms } from '../fhir/search/index-values';
@@ -25,8 +25,17 @@ export interface MemberMatchInput {
 }
 
 /** Reads and checks HRex $member-match inputs; a missing or wrong part is a 400 naming it. */
-export function parseMemberMatch(body: unknown, context = 'Parameters'): MemberMatchInput {
-  const params = readParameters(body, [...MEMBER_MATCH_SPECS], context);
+export function parseMemberMatch(body: unknown): MemberMatchInput {
+  return readMemberMatchParts(parametersOf(body), 'Parameters');
+}
+
+/**
+ * Reads the member-match parts (the body of $member-match, or the `memberMatch` part of
+ * $sdh.s2s.invoke-export): each part once, of its type, structurally valid R4 (missing required
+ * elements tolerated, as HRex's examples have them).
+ */
+export function readMemberMatchParts(parts: ParametersParameter[], context: string): MemberMatchInput {
+  const params = readParts(parts, [...MEMBER_MATCH_SPECS], context);
   const part = <T extends Resource>(name: string) => {
     const r = first<T>(params, name, 'resource');
     return r ? (validateResource(r, r.resourceType, true) as T) : undefined;
@@ -37,6 +46,17 @@ export function parseMemberMatch(body: unknown, context = 'Parameters'): MemberM
     coverageToLink: part<Coverage>('CoverageToLink'),
     consent: part<Consent>('Consent') as Consent,
   };
+}
+
+/** The member-match inputs as the Parameters a source's $member-match takes. */
+export function memberMatchParameters(input: MemberMatchInput): Parameters {
+  const parameter: ParametersParameter[] = [
+    { name: 'MemberPatient', resource: input.patient },
+    { name: 'CoverageToMatch', resource: input.coverageToMatch },
+    ...(input.coverageToLink ? [{ name: 'CoverageToLink', resource: input.coverageToLink }] : []),
+    { name: 'Consent', resource: input.consent },
+  ];
+  return { resourceType: 'Parameters', parameter };
 }
 
 const NO_MATCH = 'No unique member match was found for the submitted demographics and coverage, or the consent cannot be honoured';
