@@ -7,7 +7,8 @@ const { Server: FhirCoreServer } = require('@bluehalo/node-fhir-server-core');
 import { AppConfig } from './config';
 import type { Logger } from './logger';
 import { ResourceService } from './fhir/resource-service';
-import { restRoutes } from './fhir/rest-routes';
+import { restRoutes, TYPE_PARAM, ID_PARAM } from './fhir/rest-routes';
+import { exactBase, Guard, Permission, PUBLIC } from './auth/guard';
 import { capabilityGenerator } from './fhir/capability';
 import { errorHandler, notFoundHandler } from './fhir/errors';
 import { FHIR_JSON } from './fhir/http';
@@ -22,6 +23,8 @@ export interface CoreOperation {
   method: 'POST' | 'GET';
   /** The canonical OperationDefinition, advertised in the CapabilityStatement. */
   reference: string;
+  /** What the caller needs, checked by the guard before the core runs the handler. */
+  permission: Permission;
   handler: (args: { id?: string; resource?: unknown }, ctx: { req: express.Request }) => Promise<unknown>;
 }
 
@@ -31,13 +34,12 @@ export interface AppParts {
   version: string;
   services: Map<string, ResourceService>;
   baseUrl: () => string;
-  /** Routes outside the FHIR base, e.g. the token endpoint. */
+  /** Routes outside the FHIR base, e.g. the token endpoint, and their paths. */
   rootRoutes?: Router[];
-  /** Routes in the FHIR base that need no token (SMART discovery). */
-  publicRoutes?: Router[];
-  /** Checks the caller's token on every other FHIR route. */
-  guard?: RequestHandler;
-  /** Routes in the FHIR base that the core does not fit (async kick-offs, NDJSON files). */
+  rootPaths?: string[];
+  /** The one authentication and authorization guard; every route under the base declares its permission to it. */
+  guard: Guard;
+  /** Routes in the FHIR base that the core does not fit (discovery, async kick-offs, NDJSON files), each guarded. */
   fhirRoutes?: Router[];
   /** Type-level operations, by resource type. */
   operations?: Record<string, CoreOperation[]>;
@@ -78,13 +80,35 @@ function requestLog(logger: Logger): RequestHandler {
   };
 }
 
+/**
+ * The permissions of the routes node-fhir-server-core serves, declared with the same patterns, in
+ * the same order (first match decides), with types and ids restricted to what the core's routes
+ * take: a request only reaches the core through one of these.
+ */
+function coreRoutePermissions(guard: Guard, operations: Record<string, CoreOperation[]>): Router {
+  const router = Router({ caseSensitive: true });
+  for (const [type, ops] of Object.entries(operations)) {
+    for (const op of ops) router[op.method === 'POST' ? 'post' : 'get'](`/${type}/([$])${op.name}`, guard.require(op.permission));
+  }
+  router.get('/metadata', guard.require(PUBLIC));
+  router.get(`/${TYPE_PARAM}/${ID_PARAM}/_history/:version_id`, guard.require({ type: ':type', action: 'r' }));
+  router.get(`/${TYPE_PARAM}/_history`, guard.require({ type: ':type', action: 's' }));
+  router.get(`/${TYPE_PARAM}/${ID_PARAM}/_history`, guard.require({ type: ':type', action: 'r' }));
+  router.get(`/${TYPE_PARAM}/${ID_PARAM}`, guard.require({ type: ':type', action: 'r' }));
+  router.delete(`/${TYPE_PARAM}/${ID_PARAM}`, guard.require({ type: ':type', action: 'd', role: 'service' }));
+  return router;
+}
+
 /** Builds the Express app and the node-fhir-server-core chain. Never listens. */
 export function buildApp(parts: AppParts): Express {
   const { config, logger } = parts;
   const app = express();
   app.disable('x-powered-by');
+  // `/4_0_1/patient/1` is not `/4_0_1/Patient/1`: routes and the permissions declared with them match the same exact text.
+  app.set('case sensitive routing', true);
   app.set('etag', false); // ETags are resource versions, set by the handlers
   app.use(requestLog(logger));
+  app.use(exactBase(FHIR_PATH, parts.rootPaths ?? []));
   app.use(compression());
   const jsonTypes = ['application/json', 'application/fhir+json', 'application/json+fhir', 'application/scim+json'];
   app.use(express.json({ type: jsonTypes, limit: config.bodyLimit, strict: false, reviver: noProtoReviver }));
@@ -124,13 +148,10 @@ export function buildApp(parts: AppParts): Express {
 
   for (const r of parts.rootRoutes ?? []) app.use(r);
   app.use(FHIR_PATH, fhirMediaType);
-  for (const r of parts.publicRoutes ?? []) app.use(FHIR_PATH, r);
-  if (parts.guard) {
-    const guard = parts.guard;
-    app.use(FHIR_PATH, (req, res, next) => (req.path === '/metadata' && req.method === 'GET' ? next() : guard(req, res, next)));
-  }
-  app.use(FHIR_PATH, restRoutes(parts.services, parts.baseUrl));
+  app.use(FHIR_PATH, restRoutes(parts.services, parts.baseUrl, parts.guard));
   for (const r of parts.fhirRoutes ?? []) app.use(FHIR_PATH, r);
+  app.use(FHIR_PATH, coreRoutePermissions(parts.guard, parts.operations ?? {}));
+  app.use(parts.guard.denyUndeclared);
   core.setProfileRoutes();
   app.use(notFoundHandler);
   app.use(errorHandler(logger));

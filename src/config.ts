@@ -14,6 +14,8 @@ export interface AppConfig {
   logLevel: string;
   bodyLimit: string;
   authRequired: boolean;
+  /** Why authentication is on or off, for the start-up log. */
+  authReason?: string;
   clientsFile: string;
   sourcePayersFile: string;
   defaultPageSize: number;
@@ -38,6 +40,9 @@ export interface AppConfig {
   maxLineLength: number;
   /** Received files up to this size are archived inline (as a Binary); larger ones by hash only. */
   archiveInlineLimitBytes: number;
+  /** Brute-force guard on $member-match: failed matches a client may have within the window. */
+  memberMatchMaxFailures: number;
+  memberMatchWindowSeconds: number;
 }
 
 export class ConfigError extends Error {}
@@ -62,21 +67,43 @@ function int(value: string | undefined, name: string, fallback: number, min = 0,
   return n;
 }
 
+/**
+ * Authentication is off only when asked for, or when nothing but this machine can reach the server:
+ * a loopback HOST and no public base URL other than a loopback one. Behind a reverse proxy (a
+ * PUBLIC_BASE_URL elsewhere) it is on, even though the server itself listens on loopback.
+ */
+function authDefault(host: string, publicBaseUrl: string | undefined, explicit: boolean | undefined): { on: boolean; reason: string } {
+  if (explicit !== undefined) return { on: explicit, reason: `AUTH_REQUIRED=${explicit}` };
+  if (!isLoopback(host)) return { on: true, reason: `HOST ${host} is not a loopback address` };
+  if (publicBaseUrl) {
+    let hostname: string;
+    try {
+      hostname = new URL(publicBaseUrl).hostname;
+    } catch {
+      throw new ConfigError(`PUBLIC_BASE_URL must be an absolute URL, got '${publicBaseUrl}'`);
+    }
+    if (!isLoopback(hostname)) return { on: true, reason: `PUBLIC_BASE_URL ${publicBaseUrl} is not on a loopback address` };
+  }
+  return { on: false, reason: 'reachable from loopback only' };
+}
+
 export function loadConfig(env: NodeJS.ProcessEnv = process.env, cwd = process.cwd()): AppConfig {
   const host = env.HOST || '127.0.0.1';
-  const authRequired = bool(env.AUTH_REQUIRED, 'AUTH_REQUIRED') ?? !isLoopback(host);
+  const publicBaseUrl = env.PUBLIC_BASE_URL ? env.PUBLIC_BASE_URL.replace(/\/+$/, '') : undefined;
+  const auth = authDefault(host, publicBaseUrl, bool(env.AUTH_REQUIRED, 'AUTH_REQUIRED'));
   const dataDir = path.resolve(cwd, env.DATA_DIR || 'data');
   const config: AppConfig = {
     host,
     port: int(env.PORT, 'PORT', 3000, 0, 65535),
-    publicBaseUrl: env.PUBLIC_BASE_URL ? env.PUBLIC_BASE_URL.replace(/\/+$/, '') : undefined,
+    publicBaseUrl,
     dataDir,
     exportDir: path.resolve(cwd, env.EXPORT_DIR || path.join(dataDir, 'exports')),
     mongodbUri: env.MONGODB_URI || undefined,
     mongodbDb: env.MONGODB_DB || undefined,
     logLevel: env.LOG_LEVEL || 'info',
     bodyLimit: env.BODY_LIMIT || '10mb',
-    authRequired,
+    authRequired: auth.on,
+    authReason: auth.reason,
     clientsFile: path.resolve(cwd, env.CLIENTS_FILE || 'config/clients.json'),
     sourcePayersFile: path.resolve(cwd, env.SOURCE_PAYERS_FILE || 'config/source-payers.json'),
     defaultPageSize: int(env.DEFAULT_PAGE_SIZE, 'DEFAULT_PAGE_SIZE', 20, 1, 1000),
@@ -94,6 +121,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, cwd = process.c
     remoteRetryMaxMs: int(env.REMOTE_RETRY_MAX_MS, 'REMOTE_RETRY_MAX_MS', 30_000, 1),
     maxLineLength: int(env.MAX_NDJSON_LINE_BYTES, 'MAX_NDJSON_LINE_BYTES', 5 * 1024 * 1024, 1024),
     archiveInlineLimitBytes: int(env.ARCHIVE_INLINE_LIMIT_BYTES, 'ARCHIVE_INLINE_LIMIT_BYTES', 16 * 1024 * 1024, 0),
+    memberMatchMaxFailures: int(env.MEMBER_MATCH_MAX_FAILURES, 'MEMBER_MATCH_MAX_FAILURES', 10, 1),
+    memberMatchWindowSeconds: int(env.MEMBER_MATCH_WINDOW_SECONDS, 'MEMBER_MATCH_WINDOW_SECONDS', 900, 1),
   };
   validateConfig(config);
   return config;

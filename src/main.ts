@@ -14,7 +14,12 @@ import { createResourceService, ResourceService } from './fhir/resource-service'
 import { buildApp } from './app';
 import { ClientRegistry } from './auth/client-registry';
 import { TokenService } from './auth/token-service';
-import { bearerGuard, smartConfigurationRoutes, TOKEN_PATH, tokenRoutes } from './auth/routes';
+import { smartConfigurationRoutes, TOKEN_PATH, tokenRoutes } from './auth/routes';
+import { Guard } from './auth/guard';
+import { GrantStore } from './access/grants';
+import { AccessPolicy } from './access/access-policy';
+import { grantRoutes } from './access/grant-routes';
+import { MatchThrottle } from './responder/match-throttle';
 import { JobRunner } from './jobs/job-runner';
 import { MemberMatchService } from './responder/member-match';
 import { ExportFiles } from './responder/export-files';
@@ -58,21 +63,37 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
   const registry = new SearchRegistry(RESOURCE_TYPES);
   const store = new ResourceStore(db, registry);
   const compartment = new PatientCompartment(registry, RESOURCE_TYPES);
+  const grants = new GrantStore(db);
+  const access = new AccessPolicy(grants, compartment);
   const base = { url: fhirBase(config) };
   const baseUrl = () => base.url;
   const tokenUrl = () => `${base.url.replace(/\/4_0_1$/, '')}${TOKEN_PATH}`;
 
   const services = new Map<string, ResourceService>();
   for (const type of RESOURCE_TYPES) {
-    services.set(type, createResourceService(type, { store, registry, defaultPageSize: config.defaultPageSize, maxPageSize: config.maxPageSize, baseUrl }));
+    services.set(
+      type,
+      createResourceService(type, {
+        store,
+        registry,
+        access,
+        defaultPageSize: config.defaultPageSize,
+        maxPageSize: config.maxPageSize,
+        baseUrl,
+        // Deleting or withdrawing a member's Consent ends the access granted under it, at once.
+        onChange: type === 'Consent' ? (id, resource) => grants.consentChanged(id, resource as never) : undefined,
+      }),
+    );
   }
 
   const tokens = new TokenService(db, clients, config.accessTokenTtlSeconds);
+  const guard = new Guard(tokens, config.authRequired);
   const runner = new JobRunner(db, { leaseMs: config.jobLeaseSeconds * 1000, logger });
   const files = new ExportFiles(config.exportDir);
-  const exportJobs = new ExportJobHandler(store, registry, compartment, files, config.exportFileTtlSeconds * 1000);
+  const exportJobs = new ExportJobHandler(store, registry, compartment, access, files, config.exportFileTtlSeconds * 1000);
   runner.register(EXPORT_JOB, exportJobs.run);
-  const memberMatch = new MemberMatchService(store, logger);
+  const throttle = new MatchThrottle(db, { maxFailures: config.memberMatchMaxFailures, windowMs: config.memberMatchWindowSeconds * 1000 }, logger);
+  const memberMatch = new MemberMatchService(store, grants, throttle, logger);
 
   const remoteClients = new Map<string, RemotePayerClient>();
   const clientFor = (issuer: string) => {
@@ -119,21 +140,29 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
     baseUrl,
     tokenEndpoint: tokenUrl,
     rootRoutes: [tokenRoutes(tokens, tokenUrl, logger)],
-    publicRoutes: [smartConfigurationRoutes(tokenUrl)],
-    guard: bearerGuard(tokens, config.authRequired),
-    fhirRoutes: [bulkExportRoutes({ runner, files, store, registry, compartment, baseUrl, authRequired: config.authRequired })],
+    rootPaths: [TOKEN_PATH],
+    guard,
+    fhirRoutes: [
+      smartConfigurationRoutes(guard, tokenUrl),
+      bulkExportRoutes({ runner, files, store, registry, compartment, access, guard, baseUrl, authRequired: config.authRequired }),
+      grantRoutes(guard, grants, logger),
+    ],
     operations: {
       Patient: [
         {
           name: 'member-match',
           method: 'POST',
           reference: 'http://hl7.org/fhir/us/davinci-hrex/OperationDefinition/member-match',
+          // Partners call it; a match is what grants them access to the member.
+          permission: { type: 'Patient', action: 'r' },
           handler: (args, { req }) => memberMatch.handle(args.resource, req),
         },
         {
           name: 'sdh.s2s.invoke-export',
           method: 'POST',
           reference: 'https://smilecdr.com/fhir/OperationDefinition/sdh-s2s-invoke-export',
+          // The requesting payer's own back office starts exchanges.
+          permission: { type: 'Task', action: 'c', role: 'service' },
           handler: (args, { req }) => invokeExport.handle(args.resource, req),
         },
       ],
@@ -158,7 +187,8 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
   runner.start();
   const sweeper = setInterval(() => void sweepExpiredExports(runner, files).catch((err) => logger.warn('export sweep failed', { error: err.message })), 60_000);
   sweeper.unref();
-  logger.info('listening', { base: base.url, engine: db.engine, auth: config.authRequired, clients: clients.size, sourcePayers: payers.size });
+  logger.info('listening', { base: base.url, engine: db.engine, sourcePayers: payers.size });
+  logger.info(`authentication ${config.authRequired ? 'ON' : 'OFF'} (${config.authReason ?? 'as configured'})`, { clients: clients.roles() });
 
   let stopped = false;
   return {

@@ -14,6 +14,19 @@ export interface RegisteredClient {
   scopes: string;
   /** Display name, used in Provenance and logs. */
   name?: string;
+  /**
+   * `partner`: another payer, which sees only the members it matched, while their consent is in
+   * force (the default for key-based clients). `service`: a back-office system, which sees all
+   * that its scopes allow (the default for client_secret_basic clients).
+   */
+  role?: Role;
+}
+
+export type Role = 'partner' | 'service';
+
+/** A client's role as registered, or its default. */
+export function roleOf(client: RegisteredClient): Role {
+  return client.role ?? (client.clientSecret !== undefined ? 'service' : 'partner');
 }
 
 export class ClientRegistry {
@@ -25,6 +38,7 @@ export class ClientRegistry {
       const kinds = [c.jwks, c.jwksUrl, c.clientSecret].filter((x) => x !== undefined).length;
       if (kinds !== 1) throw new Error(`client ${c.clientId}: give exactly one of jwks, jwksUrl or clientSecret`);
       if (typeof c.scopes !== 'string' || !c.scopes.trim()) throw new Error(`client ${c.clientId}: scopes are required`);
+      if (c.role !== undefined && c.role !== 'partner' && c.role !== 'service') throw new Error(`client ${c.clientId}: role must be partner or service`);
       if (this.clients.has(c.clientId)) throw new Error(`client ${c.clientId} is registered twice`);
       this.clients.set(c.clientId, c);
     }
@@ -41,5 +55,12 @@ export class ClientRegistry {
 
   get size(): number {
     return this.clients.size;
+  }
+
+  /** How many clients have each role, for the start-up log. */
+  roles(): Record<Role, number> {
+    const out: Record<Role, number> = { partner: 0, service: 0 };
+    for (const c of this.clients.values()) out[roleOf(c)]++;
+    return out;
   }
 }

@@ -1,13 +1,14 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import { createLocalJWKSet, createRemoteJWKSet, decodeJwt, jwtVerify, JWTVerifyGetKey } from 'jose';
+import { createLocalJWKSet, createRemoteJWKSet, decodeJwt, decodeProtectedHeader, jwtVerify, JWTVerifyGetKey } from 'jose';
 import { Collection, Database, DuplicateKeyError, StoredDoc } from '../store/types';
-import { ClientRegistry, RegisteredClient } from './client-registry';
+import { ClientRegistry, RegisteredClient, Role, roleOf } from './client-registry';
 import { grantable } from './scopes';
 
 export const ASSERTION_TYPE = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer';
 export const SIGNING_ALGS = ['RS384', 'ES384'];
 const MAX_ASSERTION_LIFETIME_S = 300;
-const CLOCK_SKEW_S = 60;
+/** Clock skew accepted between the client and this server, on the assertion's `exp` (and `nbf`/`iat` when present). */
+export const CLOCK_SKEW_S = 60;
 
 /** An OAuth error answer: `{error, error_description}` with its HTTP status. */
 export class OAuthError extends Error {
@@ -16,14 +17,20 @@ export class OAuthError extends Error {
   }
 }
 
+/** A failed client authentication: always 401 invalid_client, whatever was wrong. */
+export const invalidClient = (description = 'client authentication failed') => new OAuthError(401, 'invalid_client', description);
+
+/** Who is calling, as established by a bearer token. */
 export interface AccessContext {
   clientId: string;
   scope: string;
+  role: Role;
 }
 
 interface TokenDoc extends StoredDoc {
   clientId: string;
   scope: string;
+  role: Role;
   exp: number;
 }
 interface JtiDoc extends StoredDoc {
@@ -48,7 +55,7 @@ export class TokenService {
   }
 
   /** Handles a token request's form fields; `basic` is the decoded Authorization: Basic pair, if any. */
-  async issue(form: Record<string, unknown>, tokenUrl: string, basic?: { id: string; secret: string }): Promise<{ access_token: string; token_type: 'bearer'; expires_in: number; scope: string }> {
+  async issue(form: Record<string, unknown>, tokenUrl: string, basic?: { id: string; secret: string }): Promise<{ clientId: string; body: { access_token: string; token_type: 'bearer'; expires_in: number; scope: string } }> {
     if (form.grant_type !== 'client_credentials') throw new OAuthError(400, 'unsupported_grant_type', 'grant_type must be client_credentials');
     const client = basic ? this.checkSecret(basic) : await this.checkAssertion(form, tokenUrl);
     const requested = typeof form.scope === 'string' ? form.scope : '';
@@ -57,38 +64,47 @@ export class TokenService {
     if (granted.length === 0) throw new OAuthError(400, 'invalid_scope', 'none of the requested scopes may be granted to this client');
     const token = randomBytes(32).toString('base64url');
     const scope = granted.join(' ');
-    await this.tokens.insertOne({ _id: sha256(token), clientId: client.clientId, scope, exp: Date.now() + this.ttlSeconds * 1000 });
+    await this.tokens.insertOne({ _id: sha256(token), clientId: client.clientId, scope, role: roleOf(client), exp: Date.now() + this.ttlSeconds * 1000 });
     void this.tokens.deleteMany({ exp: { $lt: Date.now() } }).catch(() => undefined);
-    return { access_token: token, token_type: 'bearer', expires_in: this.ttlSeconds, scope };
+    return { clientId: client.clientId, body: { access_token: token, token_type: 'bearer', expires_in: this.ttlSeconds, scope } };
   }
 
   /** The client and scopes behind a bearer token, or undefined if unknown or expired. */
   async introspect(token: string): Promise<AccessContext | undefined> {
     const doc = await this.tokens.findOne({ _id: sha256(token) });
     if (!doc || doc.exp < Date.now()) return undefined;
-    return { clientId: doc.clientId, scope: doc.scope };
+    // A token from before roles existed is a partner's: the narrower view.
+    return { clientId: doc.clientId, scope: doc.scope, role: doc.role ?? 'partner' };
   }
 
+  /**
+   * Compares digests of equal length, so neither the time taken nor the answer tells anything about
+   * the registered secret's length; an unknown client costs the same comparison.
+   */
   private checkSecret(basic: { id: string; secret: string }): RegisteredClient {
     const client = this.clients.get(basic.id);
-    const expected = client?.clientSecret;
-    const ok = !!expected && expected.length === basic.secret.length && timingSafeEqual(Buffer.from(expected), Buffer.from(basic.secret));
-    if (!client || !ok) throw new OAuthError(401, 'invalid_client', 'client authentication failed');
+    const expected = createHash('sha256').update(client?.clientSecret ?? randomBytes(32)).digest();
+    const given = createHash('sha256').update(basic.secret).digest();
+    const ok = timingSafeEqual(expected, given) && client?.clientSecret !== undefined;
+    if (!client || !ok) throw invalidClient();
     return client;
   }
 
   private async checkAssertion(form: Record<string, unknown>, tokenUrl: string): Promise<RegisteredClient> {
     if (form.client_assertion_type !== ASSERTION_TYPE || typeof form.client_assertion !== 'string') {
-      throw new OAuthError(400, 'invalid_request', `client_assertion_type must be ${ASSERTION_TYPE} with a client_assertion`);
+      throw invalidClient(`client_assertion_type must be ${ASSERTION_TYPE} with a client_assertion`);
     }
     let claims: ReturnType<typeof decodeJwt>;
+    let kid: unknown;
     try {
       claims = decodeJwt(form.client_assertion);
+      kid = decodeProtectedHeader(form.client_assertion).kid;
     } catch {
-      throw new OAuthError(400, 'invalid_client', 'client_assertion is not a JWT');
+      throw invalidClient('client_assertion is not a JWT');
     }
+    if (typeof kid !== 'string' || !kid) throw invalidClient('client_assertion has no kid in its header');
     const client = typeof claims.iss === 'string' ? this.clients.get(claims.iss) : undefined;
-    if (!client || (!client.jwks && !client.jwksUrl)) throw new OAuthError(400, 'invalid_client', 'unknown client');
+    if (!client || (!client.jwks && !client.jwksUrl)) throw invalidClient('unknown client');
     let payload;
     try {
       ({ payload } = await jwtVerify(form.client_assertion, this.keySet(client), {
@@ -100,11 +116,11 @@ export class TokenService {
         clockTolerance: CLOCK_SKEW_S,
       }));
     } catch (err) {
-      throw new OAuthError(400, 'invalid_client', `client_assertion rejected: ${(err as Error).message}`);
+      throw invalidClient(`client_assertion rejected: ${(err as Error).message}`);
     }
     const now = Math.floor(Date.now() / 1000);
     if ((payload.exp as number) > now + MAX_ASSERTION_LIFETIME_S + CLOCK_SKEW_S) {
-      throw new OAuthError(400, 'invalid_client', 'client_assertion exp is more than 5 minutes ahead');
+      throw invalidClient('client_assertion exp is more than 5 minutes ahead');
     }
     try {
       await this.jtis.insertOne({ _id: `${client.clientId}|${payload.jti}`, exp: ((payload.exp as number) + CLOCK_SKEW_S) * 1000 });

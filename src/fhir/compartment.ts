@@ -5,6 +5,9 @@ import { evaluatePath } from './search/fhirpath-lite';
 import { referenceValues } from './search/index-values';
 import { Filter } from '../store/types';
 
+/** Types outside the Patient compartment that member data references (directory data): exported along with it, and readable by partners. */
+export const SUPPORTING_TYPES = ['Practitioner', 'PractitionerRole', 'Organization', 'Location', 'Medication'];
+
 /**
  * The Patient compartment, from the official R4 CompartmentDefinition: for each type, the reference
  * search parameters that put a resource in a patient's compartment.

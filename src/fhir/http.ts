@@ -1,4 +1,5 @@
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
+import { badRequest } from './outcome';
 
 /** Express 4 does not catch rejected promises: route every async handler's failure to the error handler. */
 export function asyncHandler(fn: (req: Request, res: Response, next: NextFunction) => Promise<unknown>): RequestHandler {
@@ -19,9 +20,26 @@ export function preferStrict(req: Request): boolean {
   return /handling\s*=\s*strict/i.test(req.get('prefer') ?? '');
 }
 
-/** `W/"3"` or `"3"` or `3` → `3`. */
-export function parseETag(value: string | undefined): string | undefined {
-  if (!value) return undefined;
-  const m = value.trim().match(/^(?:W\/)?"?([^"]*)"?$/);
-  return m ? m[1] : undefined;
+/** What an If-Match header asks: any current version (`*`), or one of the listed versions. */
+export type IfMatch = '*' | string[];
+
+const ENTITY_TAG = /^(?:W\/)?"([\x21\x23-\x7e\x80-\xff]*)"$/;
+
+/**
+ * Parses If-Match per RFC 9110 §13.1.1: `*`, or a comma-separated list of entity tags, weak or
+ * strong (`W/"3"`, `"3"`); FHIR's versions are weak tags, compared by their opaque value. Anything
+ * else is a 400, so a malformed precondition never lets a write land unchecked.
+ */
+export function parseIfMatch(value: string | undefined): IfMatch | undefined {
+  if (value === undefined) return undefined;
+  const trimmed = value.trim();
+  if (trimmed === '*') return '*';
+  const tags = trimmed.split(',').map((t) => t.trim());
+  const versions: string[] = [];
+  for (const tag of tags) {
+    const m = tag.match(ENTITY_TAG);
+    if (!m) throw badRequest(`If-Match must be * or a list of entity tags such as W/"3", got '${value}'`);
+    versions.push(m[1]);
+  }
+  return versions;
 }

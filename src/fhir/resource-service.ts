@@ -4,18 +4,23 @@ import { ResourceStore, WriteResult } from '../store/resource-store';
 import { SearchRegistry } from './search/registry';
 import { parseSearch, RawQuery } from './search/query';
 import { historyBundle, searchBundle } from './bundle';
-import { badRequest, notFound } from './outcome';
+import { badRequest, FhirError, notFound } from './outcome';
 import { ID_PATTERN } from './resource-types';
 import { validateResource } from './validator';
-import { parseETag, preferStrict } from './http';
+import { parseIfMatch, preferStrict } from './http';
+import { INTERNAL_PREFIX, internalMarkers, sameInternalMarkers } from './internal-markers';
+import { AccessPolicy, AccessScope } from '../access/access-policy';
 
 export interface ResourceServiceDeps {
   store: ResourceStore;
   registry: SearchRegistry;
+  access: AccessPolicy;
   defaultPageSize: number;
   maxPageSize: number;
   /** The FHIR base URL for links in answers to this request. */
   baseUrl: (req: Request) => string;
+  /** Told after a resource of this type is written or deleted (undefined), e.g. to keep grants in step with Consents. */
+  onChange?: (id: string, resource: Resource | undefined) => Promise<void>;
 }
 
 interface CoreArgs {
@@ -40,12 +45,35 @@ function subset(resource: Resource, elements: string[]): Resource {
   return out;
 }
 
+/** A client may send back unchanged the server's own codes and identifiers, never add or alter them. */
+function checkInternalMarkers(type: string, incoming: Resource, existing: Resource | undefined): void {
+  if (existing ? sameInternalMarkers(incoming, existing) : internalMarkers(incoming).length === 0) return;
+  throw badRequest(`${type}: codes and identifiers under ${INTERNAL_PREFIX} are set by this server only; send them back unchanged or not at all`);
+}
+
 /**
  * One generic service for every resource type, in the shape node-fhir-server-core expects of a
  * profile's service (its function names decide which interactions the core routes and advertises).
+ * Every read goes through the caller's access scope: a resource the caller may not see is 404, as
+ * one that does not exist, and is absent from searches and histories.
  */
 export function createResourceService(type: string, deps: ResourceServiceDeps) {
   const { store, registry } = deps;
+  const scopeOf = (req: Request) => deps.access.scopeFor(req.access);
+  const hidden = () => notFound(`${type} is not known`);
+
+  /** The current version if the caller may see it; a hidden or deleted one is 404 to a partner. */
+  async function visible(scope: AccessScope, id: string): Promise<Resource> {
+    let resource: Resource;
+    try {
+      resource = await store.read(type, id);
+    } catch (err) {
+      if (scope.members && err instanceof FhirError && err.status === 410) throw notFound(`${type}/${id} is not known`);
+      throw err;
+    }
+    if (!scope.canSee(resource)) throw notFound(`${type}/${id} is not known`);
+    return resource;
+  }
 
   const service = {
     /** The CapabilityStatement entry for this type: what is really served. */
@@ -61,11 +89,19 @@ export function createResourceService(type: string, deps: ResourceServiceDeps) {
       searchParam: [...registry.params(type).values()].map((p) => ({ name: p.code, definition: p.url, type: p.type })),
     }),
 
-    searchById: async (args: CoreArgs) => store.read(type, checkId(type, args.id)),
+    searchById: async (args: CoreArgs, { req }: CoreContext) => visible(await scopeOf(req), checkId(type, args.id)),
 
-    searchByVersionId: async (args: CoreArgs) => store.vread(type, checkId(type, args.id), String(args.version_id ?? '')),
+    searchByVersionId: async (args: CoreArgs, { req }: CoreContext) => {
+      const scope = await scopeOf(req);
+      const id = checkId(type, args.id);
+      if (scope.members) await visible(scope, id);
+      const version = await store.vread(type, id, String(args.version_id ?? ''));
+      if (!scope.canSee(version)) throw hidden();
+      return version;
+    },
 
     search: async (_args: CoreArgs, { req }: CoreContext) => {
+      const scope = await scopeOf(req);
       const query = (req.method === 'POST' ? { ...req.query, ...(req.body ?? {}) } : req.query) as RawQuery;
       const sr = parseSearch(registry, type, query, {
         strict: preferStrict(req),
@@ -73,50 +109,76 @@ export function createResourceService(type: string, deps: ResourceServiceDeps) {
         maxCount: deps.maxPageSize,
       });
       const base = deps.baseUrl(req);
+      const restriction = scope.filter(type);
+      const filter = restriction === null ? null : Object.keys(restriction).length ? { $and: [sr.filter, restriction] } : sr.filter;
       if (sr.summaryCount) {
-        const total = await store.count(type, sr.filter);
+        const total = filter ? await store.count(type, filter) : 0;
         return searchBundle({ base, type, resources: [], total, selfParams: sr.applied, offset: 0, count: 0, hasMore: false, warnings: sr.warnings });
       }
-      const [found, total] = await Promise.all([
-        sr.count === 0 ? Promise.resolve([]) : store.search(type, sr.filter, { sort: sr.sort, skip: sr.offset, limit: sr.count + 1 }),
-        sr.total === 'accurate' ? store.count(type, sr.filter) : Promise.resolve(undefined),
-      ]);
+      const [found, total] = filter
+        ? await Promise.all([
+            sr.count === 0 ? Promise.resolve([]) : store.search(type, filter, { sort: sr.sort, skip: sr.offset, limit: sr.count + 1 }),
+            sr.total === 'accurate' ? store.count(type, filter) : Promise.resolve(undefined),
+          ])
+        : [[], sr.total === 'accurate' ? 0 : undefined];
       const hasMore = found.length > sr.count;
-      let resources = found.slice(0, sr.count);
+      let resources = found.slice(0, sr.count).filter((r) => scope.canSee(r));
       if (sr.elements) resources = resources.map((r) => subset(r, sr.elements as string[]));
       return searchBundle({ base, type, resources, total, selfParams: sr.applied, offset: sr.offset, count: sr.count, hasMore, warnings: sr.warnings });
     },
 
-    history: async (_args: CoreArgs, { req }: CoreContext) => historyFor(undefined, req),
+    history: async (_args: CoreArgs, { req }: CoreContext) => {
+      const scope = await scopeOf(req);
+      if (!scope.members) return historyFor(scope, req, {});
+      // A partner's type history is the history of the resources it may see now.
+      const restriction = scope.filter(type);
+      const ids: string[] = [];
+      if (restriction) for await (const r of store.stream(type, restriction)) ids.push(r.id as string);
+      return historyFor(scope, req, { ids });
+    },
 
     historyById: async (args: CoreArgs, { req }: CoreContext) => {
+      const scope = await scopeOf(req);
       const id = checkId(type, args.id);
-      const result = await historyFor(id, req);
+      if (scope.members) await visible(scope, id);
+      const result = await historyFor(scope, req, { id });
       if (result.total === 0) throw notFound(`${type}/${id} is not known`);
       return result;
     },
 
     create: async (_args: CoreArgs, { req }: CoreContext): Promise<WriteResult> => {
       const resource = validateResource(req.body, type);
+      checkInternalMarkers(type, resource, undefined);
       const { id: _ignored, ...rest } = resource;
-      return { resource: await store.create(rest as Resource), created: true };
+      const created = await store.create(rest as Resource);
+      await deps.onChange?.(created.id as string, created);
+      return { resource: created, created: true };
     },
 
     update: async (args: CoreArgs, { req }: CoreContext): Promise<WriteResult> => {
       const id = args.id ?? '';
       if (!ID_PATTERN.test(id)) throw badRequest(`Invalid resource id '${id}'`);
+      const ifMatch = parseIfMatch(req.get('if-match'));
       const resource = validateResource(req.body, type);
       if (resource.id !== id) throw badRequest(`The body's id (${resource.id ?? 'none'}) must equal the id in the URL (${id})`, [`${type}.id`]);
-      return store.update(type, id, resource, parseETag(req.get('if-match')));
+      const existing = await store.readIfExists(type, id);
+      checkInternalMarkers(type, resource, existing);
+      // Where the server's markers are at stake, the write lands only on the version they were checked against.
+      const pinned = existing && internalMarkers(existing).length ? [existing.meta?.versionId as string] : undefined;
+      const result = await store.update(type, id, resource, ifMatch ?? pinned);
+      await deps.onChange?.(id, result.resource);
+      return result;
     },
 
     remove: async (args: CoreArgs) => {
-      const version = await store.delete(type, checkId(type, args.id));
+      const id = checkId(type, args.id);
+      const version = await store.delete(type, id);
+      await deps.onChange?.(id, undefined);
       return version ? { deleted: `W/"${version}"` } : {};
     },
   };
 
-  async function historyFor(id: string | undefined, req: Request) {
+  async function historyFor(scope: AccessScope, req: Request, which: { id?: string; ids?: string[] }) {
     const q = req.query as Record<string, string | undefined>;
     const count = Math.min(Number(q._count) || deps.defaultPageSize, deps.maxPageSize);
     const offset = Number(q._offset) || 0;
@@ -125,8 +187,10 @@ export function createResourceService(type: string, deps: ResourceServiceDeps) {
       since = Date.parse(q._since);
       if (Number.isNaN(since)) throw badRequest(`_since must be an instant, got '${q._since}'`);
     }
-    const { entries, total } = await store.historyOf(type, id, { since, count, offset });
-    return historyBundle(deps.baseUrl(req), entries, total);
+    const { entries, total } = await store.historyOf(type, which.id, { since, count, offset, ids: which.ids });
+    // A partner sees the versions it may see; a deletion carries no data.
+    const shown = scope.members ? entries.filter((e) => (e.resource ? scope.canSee(e.resource) : !!which.id)) : entries;
+    return historyBundle(deps.baseUrl(req), shown, total);
   }
 
   return service;

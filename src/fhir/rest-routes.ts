@@ -1,9 +1,15 @@
 import { Router, Request, Response } from 'express';
 import type { Resource } from 'fhir/r4';
 import { asyncHandler, sendResource } from './http';
-import { isServedType } from './resource-types';
+import { ID_PATTERN, isServedType, RESOURCE_TYPES } from './resource-types';
+import { Guard } from '../auth/guard';
 import { ResourceService } from './resource-service';
 import { outcome } from './outcome';
+
+/** A route's `:type`, only the types served (so `metadata` or `%50atient` never stand in for one). */
+export const TYPE_PARAM = `:type(${RESOURCE_TYPES.join('|')})`;
+/** A route's `:id`, only a valid FHIR id (so `_history` or `$export` never stand in for one). */
+export const ID_PARAM = `:id(${ID_PATTERN.source.replace(/^\^|\$$/g, '')})`;
 
 /**
  * Create, update and search, mounted ahead of node-fhir-server-core's own routes for them: FHIR
@@ -11,8 +17,8 @@ import { outcome } from './outcome';
  * core's response helper does not give, and search must see repeated parameters
  * (`date=ge2020&date=lt2021`), which the core's argument sanitiser rejects.
  */
-export function restRoutes(services: Map<string, ResourceService>, baseUrl: (req: Request) => string): Router {
-  const router = Router();
+export function restRoutes(services: Map<string, ResourceService>, baseUrl: (req: Request) => string, guard: Guard): Router {
+  const router = Router({ caseSensitive: true });
 
   const respond = (req: Request, res: Response, resource: Resource, status: number) => {
     const location = `${baseUrl(req)}/${resource.resourceType}/${resource.id}/_history/${resource.meta?.versionId}`;
@@ -35,11 +41,12 @@ export function restRoutes(services: Map<string, ResourceService>, baseUrl: (req
     if (!service) return next();
     sendResource(res, 200, await service.search({}, { req }));
   });
-  router.get('/:type', search);
-  router.post('/:type/_search', search);
+  router.get(`/${TYPE_PARAM}`, guard.require({ type: ':type', action: 's' }), search);
+  router.post(`/${TYPE_PARAM}/_search`, guard.require({ type: ':type', action: 's' }), search);
 
   router.post(
-    '/:type',
+    `/${TYPE_PARAM}`,
+    guard.require({ type: ':type', action: 'c', role: 'service' }),
     asyncHandler(async (req, res, next) => {
       const service = serviceFor(req.params.type);
       if (!service) return next();
@@ -49,7 +56,8 @@ export function restRoutes(services: Map<string, ResourceService>, baseUrl: (req
   );
 
   router.put(
-    '/:type/:id',
+    `/${TYPE_PARAM}/${ID_PARAM}`,
+    guard.require({ type: ':type', action: 'u', role: 'service' }),
     asyncHandler(async (req, res, next) => {
       const service = serviceFor(req.params.type);
       if (!service) return next();

@@ -24,9 +24,20 @@ const INVOKE_SPECS = [
 
 const EXPORT_PARAMS = new Set(['_type', '_since', '_until', '_typeFilter', '_outputFormat']);
 
+/**
+ * One active exchange per (local patient, source). The lock is taken by inserting this document
+ * (its _id is the pair), so exactly one request wins; it is `pending` while that request creates
+ * the Task and the job, for at most PENDING_MS, then `active` until the exchange ends.
+ */
 interface LockDoc extends StoredDoc {
   taskId: string;
+  state: 'pending' | 'active';
+  pendingUntil: number;
 }
+
+const PENDING_MS = 60_000;
+const TERMINAL_JOB = new Set(['completed', 'failed', 'cancelled']);
+const TERMINAL_TASK = new Set(['completed', 'failed', 'cancelled', 'rejected', 'entered-in-error']);
 
 export interface InvokeExportRequest {
   localPatientId: string;
@@ -74,8 +85,6 @@ export function parseInvokeExport(body: unknown): InvokeExportRequest {
   };
 }
 
-const ACTIVE = new Set(['draft', 'requested', 'received', 'accepted', 'ready', 'in-progress', 'on-hold']);
-
 /**
  * POST Patient/$sdh.s2s.invoke-export: checks the request, records the Task (status requested),
  * enqueues the exchange keyed by the Task's id, and answers at once. A second exchange for the same
@@ -105,7 +114,7 @@ export class InvokeExportService {
     }
 
     const taskId = randomUUID();
-    await this.lock(request.localPatientId, payer.issuer, taskId);
+    const lockId = await this.lock(request.localPatientId, payer.issuer, taskId);
     try {
       const ownerId = `source-payer-${createHash('sha256').update(payer.issuer).digest('hex').slice(0, 32)}`;
       const owner: Organization = { resourceType: 'Organization', id: ownerId, active: true, name: payer.name ?? payer.issuer, identifier: [{ system: 'urn:ietf:rfc:3986', value: payer.issuer }] };
@@ -147,6 +156,7 @@ export class InvokeExportService {
         startedAt: Date.now(),
       };
       await this.runner.enqueue(EXCHANGE_JOB, taskId, data);
+      await this.locks.updateOne({ _id: lockId, taskId }, { state: 'active' });
       this.logger.info('exchange requested', { task: taskId, issuer: payer.issuer });
       req.res?.set('Content-Location', `Task/${taskId}`);
       return created;
@@ -160,23 +170,35 @@ export class InvokeExportService {
     return createHash('sha256').update(`${patientId}|${issuer}`).digest('hex');
   }
 
-  /** One active exchange per member and source, across processes: a lock document whose _id is the pair. */
-  private async lock(patientId: string, issuer: string, taskId: string): Promise<void> {
+  /**
+   * One active exchange per member and source, across processes. Taking the lock is one atomic
+   * insert; a held lock is stale only when it says so itself (pending past its deadline: its request
+   * died before creating the job) or its job has ended (the exchange could not release it).
+   */
+  private async lock(patientId: string, issuer: string, taskId: string): Promise<string> {
     const _id = this.key(patientId, issuer);
     for (let attempt = 0; attempt < 3; attempt++) {
       try {
-        await this.locks.insertOne({ _id, taskId });
-        return;
+        await this.locks.insertOne({ _id, taskId, state: 'pending', pendingUntil: Date.now() + PENDING_MS });
+        return _id;
       } catch (err) {
         if (!(err instanceof DuplicateKeyError)) throw err;
       }
       const held = await this.locks.findOne({ _id });
       if (!held) continue;
-      const task = (await this.store.readIfExists('Task', held.taskId)) as Task | undefined;
-      if (task && ACTIVE.has(task.status)) throw conflict(`An exchange for this member from this source payer is already active: Task/${held.taskId}`);
-      await this.locks.deleteMany({ _id, taskId: held.taskId }); // stale: its exchange has ended
+      if (!(await this.isStale(held))) throw conflict(`An exchange for this member from this source payer is already active: Task/${held.taskId}`);
+      await this.locks.deleteMany({ _id, taskId: held.taskId });
     }
     throw conflict('Could not start the exchange: concurrent requests for the same member');
+  }
+
+  private async isStale(lock: LockDoc): Promise<boolean> {
+    if (lock.state === 'pending') return lock.pendingUntil < Date.now();
+    // Active: the Task and the job exist; the exchange is over once either has ended.
+    const job = await this.runner.get(lock.taskId);
+    if (!job || TERMINAL_JOB.has(job.state)) return true;
+    const task = (await this.store.readIfExists('Task', lock.taskId)) as Task | undefined;
+    return !task || TERMINAL_TASK.has(task.status);
   }
 
   async release(taskId: string): Promise<void> {

@@ -8,6 +8,9 @@ import { RESOURCE_TYPES } from '../fhir/resource-types';
 import { PatientCompartment } from '../fhir/compartment';
 import { ResourceStore } from '../store/resource-store';
 import { JobDoc, JobRunner } from '../jobs/job-runner';
+import { AccessPolicy } from '../access/access-policy';
+import { AUTHENTICATED, Guard } from '../auth/guard';
+import { allows } from '../auth/scopes';
 import { ExportFiles } from './export-files';
 import { ExportLevel, kickoffParams, parseExportRequest } from './export-request';
 import { EXPORT_JOB, ExportJobData, SUPPORTING_TYPES } from './export-job';
@@ -18,13 +21,16 @@ export interface BulkExportDeps {
   store: ResourceStore;
   registry: SearchRegistry;
   compartment: PatientCompartment;
+  access: AccessPolicy;
+  guard: Guard;
   baseUrl: () => string;
   authRequired: boolean;
 }
 
 /** Bulk Data Access 2.0 export: kick-off at system, Patient, Patient/{id} and Group/{id}; status; files. */
 export function bulkExportRoutes(deps: BulkExportDeps): Router {
-  const router = Router();
+  const router = Router({ caseSensitive: true });
+  const { guard } = deps;
   const patientTypes = [...deps.compartment.types(), ...SUPPORTING_TYPES];
   const systemTypes = RESOURCE_TYPES.filter((t) => t !== 'Binary');
 
@@ -34,7 +40,11 @@ export function bulkExportRoutes(deps: BulkExportDeps): Router {
       const accept = req.get('accept');
       if (accept && !/application\/(fhir\+)?json|\*\/\*/.test(accept)) throw badRequest(`Accept must be application/fhir+json, got '${accept}'`);
       const id = req.params.id;
-      if (id) await deps.store.read(level === 'group' ? 'Group' : 'Patient', id);
+      if (id) {
+        // A partner learns nothing of a member or group it may not see: the same 404 as for none.
+        const target = await deps.store.read(level === 'group' ? 'Group' : 'Patient', id);
+        if (!(await deps.access.scopeFor(req.access)).canSee(target)) throw notFound(`${target.resourceType}/${id} is not known`);
+      }
       const request = parseExportRequest({
         level,
         method: req.method,
@@ -48,6 +58,7 @@ export function bulkExportRoutes(deps: BulkExportDeps): Router {
       const jobId = randomUUID();
       const data: ExportJobData = {
         owner: req.access?.clientId ?? 'anonymous',
+        role: req.access?.role ?? 'service',
         requestUrl: `${deps.baseUrl()}${req.path}${req.url.includes('?') ? req.url.slice(req.url.indexOf('?')) : ''}`,
         request,
         transactionTime: new Date().toISOString(),
@@ -57,11 +68,12 @@ export function bulkExportRoutes(deps: BulkExportDeps): Router {
       sendResource(res, 202, outcome('information', 'informational', 'Export accepted; poll the Content-Location for its status'));
     });
 
+  // Any client may start an export; the types it may read and the members it may see decide what it gets.
   for (const method of ['get', 'post'] as const) {
-    router[method]('/([$])export', kickoff('system'));
-    router[method]('/Patient/([$])export', kickoff('patient'));
-    router[method]('/Patient/:id/([$])export', kickoff('patient'));
-    router[method]('/Group/:id/([$])export', kickoff('group'));
+    router[method]('/([$])export', guard.require(AUTHENTICATED), kickoff('system'));
+    router[method]('/Patient/([$])export', guard.require(AUTHENTICATED), kickoff('patient'));
+    router[method]('/Patient/:id/([$])export', guard.require(AUTHENTICATED), kickoff('patient'));
+    router[method]('/Group/:id/([$])export', guard.require(AUTHENTICATED), kickoff('group'));
   }
 
   /** The caller's job: 404 if unknown, 403 if another client's. */
@@ -74,6 +86,7 @@ export function bulkExportRoutes(deps: BulkExportDeps): Router {
 
   router.get(
     '/bulkstatus/:id',
+    guard.require(AUTHENTICATED),
     asyncHandler(async (req, res) => {
       const job = await ownJob(req);
       switch (job.state) {
@@ -104,6 +117,7 @@ export function bulkExportRoutes(deps: BulkExportDeps): Router {
 
   router.delete(
     '/bulkstatus/:id',
+    guard.require(AUTHENTICATED),
     asyncHandler(async (req, res) => {
       const job = await ownJob(req);
       await deps.runner.cancel(job._id);
@@ -115,11 +129,18 @@ export function bulkExportRoutes(deps: BulkExportDeps): Router {
 
   router.get(
     '/bulkfiles/:id/:name',
+    guard.require(AUTHENTICATED),
     asyncHandler(async (req, res) => {
       const job = await ownJob(req);
       if (job.state !== 'completed') throw notFound('No such file');
       if ((job.data.expiresAt ?? 0) < Date.now()) throw gone('This export has expired');
       const entry = (job.data.output ?? []).find((o) => o.name === req.params.name);
+      if (entry && !allows(req.access?.scope ?? '', entry.type, 'r')) throw forbidden(`The token's scopes do not allow reading ${entry.type}`);
+      // Consent is judged again at every download: a member whose grant ended closes the whole export.
+      const scope = await deps.access.scopeFor(req.access);
+      if (scope.members && (job.data.members ?? []).some((m) => !scope.members?.has(m))) {
+        throw forbidden('The consent of a member in this export is no longer in force');
+      }
       const file = entry && deps.files.pathOf(job._id, entry.name);
       if (!file || !fs.existsSync(file)) throw notFound('No such file');
       res.status(200).type('application/fhir+ndjson');

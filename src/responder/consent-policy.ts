@@ -12,14 +12,19 @@ export function consentPolicy(consent: Consent, now: Date): { policy: ConsentPol
   const kinds = new Set(uris.map((u) => (u.endsWith('#sensitive') ? 'sensitive' : u.endsWith('#regular') ? 'regular' : 'other')));
   if (kinds.size === 0) return { problem: 'consent names no policy' };
   if (kinds.has('other') || kinds.size > 1) return { problem: 'consent policy must be exactly one of #regular or #sensitive' };
-  const period = consent.provision?.period;
-  if (period) {
-    const t = now.getTime();
-    if (period.start && Date.parse(period.start) > t) return { problem: 'consent period has not begun' };
-    // A period end given as a date covers that whole day.
-    if (period.end && endOf(period.end) < t) return { problem: 'consent period has ended' };
-  }
+  const { start, end } = consentPeriod(consent);
+  const t = now.getTime();
+  if (start !== undefined && start > t) return { problem: 'consent period has not begun' };
+  if (end !== undefined && end < t) return { problem: 'consent period has ended' };
   return { policy: kinds.has('sensitive') ? 'sensitive' : 'regular' };
+}
+
+/** The consent's period as epoch ms; a period end given as a date covers that whole day. */
+export function consentPeriod(consent: Consent): { start?: number; end?: number } {
+  const period = consent.provision?.period;
+  const start = period?.start ? Date.parse(period.start) : undefined;
+  const end = period?.end ? endOf(period.end) : undefined;
+  return { start: Number.isNaN(start) ? undefined : start, end: Number.isNaN(end) ? undefined : end };
 }
 
 function endOf(value: string): number {
@@ -33,6 +38,9 @@ const SENSITIVE_SYSTEMS = new Set([
   'http://hl7.org/fhir/v3/ActCode',
   'http://hl7.org/fhir/v3/Confidentiality',
 ]);
+
+/** The `_security` search tokens of the sensitive labels, as the search index holds them (`system|code`, `|code`). */
+export const SENSITIVE_SECURITY_TOKENS: string[] = [...SENSITIVE_CODES].flatMap((code) => [`|${code}`, ...[...SENSITIVE_SYSTEMS].map((system) => `${system}|${code}`)]);
 
 /** Whether a resource is labelled sensitive in meta.security (v3 ActCode ETH, HIV, PSY…, or confidentiality R/V). */
 export function isSensitive(resource: Resource): boolean {

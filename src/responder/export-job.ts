@@ -1,19 +1,18 @@
-import type { Consent, Group, Resource } from 'fhir/r4';
+import type { Group } from 'fhir/r4';
 import { patientIdOf } from '../fhir/reference';
 import { ResourceStore } from '../store/resource-store';
 import { Filter } from '../store/types';
-import { PatientCompartment } from '../fhir/compartment';
+import { PatientCompartment, SUPPORTING_TYPES } from '../fhir/compartment';
 import { JobContext, JobFailure } from '../jobs/job-runner';
-import { ConsentPolicy, consentPolicy, isSensitive } from './consent-policy';
-import { CLIENT_TAG_SYSTEM } from './member-match';
+import { AccessPolicy } from '../access/access-policy';
+import type { Role } from '../auth/client-registry';
 import { ExportFiles } from './export-files';
 import { compileTypeFilter, ExportRequest } from './export-request';
 import { SearchRegistry } from '../fhir/search/registry';
 
 export const EXPORT_JOB = 'bulk-export';
 
-/** Types outside the Patient compartment that a patient-level export brings along when referenced, so the data still resolves. */
-export const SUPPORTING_TYPES = ['Practitioner', 'PractitionerRole', 'Organization', 'Location', 'Medication'];
+export { SUPPORTING_TYPES };
 
 export interface ExportOutput {
   type: string;
@@ -22,7 +21,11 @@ export interface ExportOutput {
 }
 
 export interface ExportJobData {
+  /** The client that started the export, and its role then: only it reads the status and files. */
   owner: string;
+  role: Role;
+  /** For a partner, the members whose data the files hold (each one's grant is checked again at every download). */
+  members?: string[];
   requestUrl: string;
   request: ExportRequest;
   transactionTime: string;
@@ -33,15 +36,17 @@ export interface ExportJobData {
 
 /**
  * Runs one bulk export: streams each type's matching resources from the store into NDJSON files,
- * honouring each member's consent (a `#regular` consent, or none on file, leaves out resources
- * labelled sensitive), then adds the practitioners, organizations, locations and medications the
- * exported data references. A restarted job starts its files afresh.
+ * then adds the practitioners, organizations, locations and medications the exported data
+ * references. What goes in is what the owner may see when the job runs: a partner's export covers
+ * only the members it holds a grant for now (whatever level it was started at), and only what each
+ * one's consent allows. A restarted job starts its files afresh.
  */
 export class ExportJobHandler {
   constructor(
     private readonly store: ResourceStore,
     private readonly registry: SearchRegistry,
     private readonly compartment: PatientCompartment,
+    private readonly access: AccessPolicy,
     private readonly files: ExportFiles,
     private readonly fileTtlMs: number,
     private readonly now: () => Date = () => new Date(),
@@ -52,16 +57,23 @@ export class ExportJobHandler {
     const data = job.data;
     const req = data.request;
     await this.files.reset(job._id);
-    const patientLevel = req.level !== 'system';
-    const patientIds = req.level === 'group' ? await this.groupMembers(req.groupId as string) : req.patientIds;
-    const policies = new Map<string, ConsentPolicy>();
+    const scope = await this.access.scopeFor({ clientId: data.owner, role: data.role ?? 'partner' });
+    let patientIds = req.level === 'group' ? await this.groupMembers(req.groupId as string) : req.patientIds;
+    if (scope.members) {
+      const granted = scope.members;
+      patientIds = (patientIds ?? [...granted.keys()]).filter((id) => granted.has(id));
+      await ctx.checkpoint({ members: patientIds });
+    }
+    const patientLevel = req.level !== 'system' || !!scope.members;
     const referenced = new Map<string, Set<string>>();
     const output: ExportOutput[] = [];
     const until = req.until ?? Date.parse(data.transactionTime);
 
     const mainTypes = patientLevel ? req.types.filter((t) => this.compartment.has(t)) : req.types;
     for (const [i, type] of mainTypes.entries()) {
-      const conditions: Filter[] = [{ lu: { $lte: until } }];
+      const visible = scope.filter(type);
+      if (visible === null) continue;
+      const conditions: Filter[] = [{ lu: { $lte: until } }, visible];
       if (patientLevel) conditions.push(this.compartment.filter(type, patientIds));
       if (req.since !== undefined) conditions.push({ lu: { $gt: req.since } });
       const tf = (req.typeFilters[type] ?? []).map((q) => compileTypeFilter(this.registry, type, q));
@@ -69,7 +81,7 @@ export class ExportJobHandler {
       const writer = this.files.open(job._id, `${type}.ndjson`);
       for await (const resource of this.store.stream(type, { $and: conditions })) {
         if (signal.aborted) throw signal.reason;
-        if (patientLevel && isSensitive(resource) && !(await this.mayShareSensitive(resource, data.owner, policies))) continue;
+        if (!scope.canSee(resource)) continue;
         await writer.write(resource);
         if (patientLevel) collectReferences(resource, referenced);
       }
@@ -86,7 +98,7 @@ export class ExportJobHandler {
         if (ids.length === 0) continue;
         const writer = this.files.open(job._id, `${type}.ndjson`);
         for (let i = 0; i < ids.length; i += 500) {
-          for await (const resource of this.store.stream(type, { _id: { $in: ids.slice(i, i + 500) } })) await writer.write(resource);
+          for await (const resource of this.store.stream(type, { _id: { $in: ids.slice(i, i + 500) } })) if (scope.canSee(resource)) await writer.write(resource);
         }
         await writer.close();
         if (writer.count > 0) output.push({ type, name: `${type}.ndjson`, count: writer.count });
@@ -121,32 +133,6 @@ export class ExportJobHandler {
     return (group.member ?? [])
       .map((m) => patientIdOf(m.entity?.reference))
       .filter((id): id is string => !!id);
-  }
-
-  /** A sensitive resource is shared only if every member it belongs to gave this client a `#sensitive` consent. */
-  private async mayShareSensitive(resource: Resource, owner: string, cache: Map<string, ConsentPolicy>): Promise<boolean> {
-    const patients = this.compartment.patientsOf(resource);
-    if (patients.length === 0) return false;
-    for (const id of patients) {
-      let policy = cache.get(id);
-      if (!policy) {
-        policy = await this.policyFor(id, owner);
-        cache.set(id, policy);
-      }
-      if (policy !== 'sensitive') return false;
-    }
-    return true;
-  }
-
-  private async policyFor(patientId: string, owner: string): Promise<ConsentPolicy> {
-    const [latest] = (await this.store.search(
-      'Consent',
-      { $and: [{ 's.patient': `Patient/${patientId}` }, { 's._tag': `${CLIENT_TAG_SYSTEM}|${owner}` }] },
-      { sort: { lu: -1 }, limit: 1 },
-    )) as Consent[];
-    if (!latest) return 'regular';
-    const result = consentPolicy(latest, this.now());
-    return 'policy' in result ? result.policy : 'regular';
   }
 }
 

@@ -8,6 +8,9 @@ import { unprocessable } from '../fhir/outcome';
 import { tokenForms } from '../fhir/search/index-values';
 import { consentPolicy } from './consent-policy';
 import { coverageKeys, MatchCandidate, matchMember } from './member-matcher';
+import { MatchThrottle } from './match-throttle';
+import { GrantStore } from '../access/grants';
+import { CLIENT_TAG_SYSTEM } from '../fhir/internal-markers';
 import type { Logger } from '../logger';
 
 export const MEMBER_MATCH_SPECS = [
@@ -60,32 +63,41 @@ export function memberMatchParameters(input: MemberMatchInput): Parameters {
 }
 
 const NO_MATCH = 'No unique member match was found for the submitted demographics and coverage, or the consent cannot be honoured';
-export const CLIENT_TAG_SYSTEM = 'urn:p2p-fhir-server:client';
 export const MB_TYPE = { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v2-0203', code: 'MB' }] };
 
 /**
  * HRex $member-match, served by the source payer. Any failure to match, or a consent this payer
- * cannot honour, is the same 422, so a caller learns nothing about which members exist.
+ * cannot honour, is the same 422, so a caller learns nothing about which members exist; failures
+ * count towards the caller's brute-force limit. A match records the Consent and grants the caller
+ * access to that member under it.
  */
 export class MemberMatchService {
-  constructor(private readonly store: ResourceStore, private readonly logger: Logger, private readonly now: () => Date = () => new Date()) {}
+  constructor(
+    private readonly store: ResourceStore,
+    private readonly grants: GrantStore,
+    private readonly throttle: MatchThrottle,
+    private readonly logger: Logger,
+    private readonly now: () => Date = () => new Date(),
+  ) {}
 
   async handle(body: unknown, req: Request): Promise<Parameters> {
+    const clientId = req.access?.clientId ?? 'anonymous';
+    await this.throttle.check(clientId);
     const input = parseMemberMatch(body);
+    const refuse = async (log: string, detail: Record<string, unknown>) => {
+      this.logger.info(log, { client: clientId, ...detail });
+      await this.throttle.failed(clientId);
+      return unprocessable(NO_MATCH);
+    };
     const consent = consentPolicy(input.consent, this.now());
-    if ('problem' in consent) {
-      this.logger.info('member-match refused', { reason: 'consent' });
-      throw unprocessable(NO_MATCH);
-    }
+    if ('problem' in consent) throw await refuse('member-match refused', { reason: 'consent' });
     const candidates = await this.candidates(input.coverageToMatch);
     const { matched } = matchMember(input.patient, candidates);
-    if (matched.length !== 1) {
-      this.logger.info('member-match found no unique member', { candidates: candidates.length, matches: matched.length });
-      throw unprocessable(NO_MATCH);
-    }
+    if (matched.length !== 1) throw await refuse('member-match found no unique member', { candidates: candidates.length, matches: matched.length });
     const { patient, coverage } = matched[0];
-    await this.recordConsent(input.consent, patient, req.access?.clientId ?? 'anonymous');
-    this.logger.info('member-match matched', { patient: patient.id });
+    const recorded = await this.recordConsent(input.consent, patient, clientId);
+    await this.grants.grant(clientId, patient.id as string, recorded);
+    this.logger.info('member-match matched', { client: clientId, patient: patient.id });
     return {
       resourceType: 'Parameters',
       parameter: [
@@ -112,8 +124,8 @@ export class MemberMatchService {
     return out;
   }
 
-  /** Stores the accepted Consent against the matched member, so the export can honour it. */
-  private async recordConsent(submitted: Consent, patient: Patient, clientId: string): Promise<void> {
+  /** Stores the accepted Consent against the matched member, tagged with the client it was given to. */
+  private async recordConsent(submitted: Consent, patient: Patient, clientId: string): Promise<Consent & { id: string }> {
     const consent: Consent = {
       resourceType: 'Consent',
       meta: { tag: [{ system: CLIENT_TAG_SYSTEM, code: clientId }] },
@@ -127,7 +139,7 @@ export class MemberMatchService {
       policy: submitted.policy,
       provision: submitted.provision,
     };
-    await this.store.create(JSON.parse(JSON.stringify(consent)) as Resource);
+    return (await this.store.create(JSON.parse(JSON.stringify(consent)) as Resource)) as Consent & { id: string };
   }
 }
 

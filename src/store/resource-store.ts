@@ -73,18 +73,22 @@ export class ResourceStore {
     return result.resource;
   }
 
-  /** Creates or updates `type/id`; with `ifMatch` (a versionId) the write lands only on that version (else 412). */
-  async update(type: string, id: string, resource: Resource, ifMatch?: string): Promise<WriteResult> {
-    return this.write(type, id, resource, { ifMatch });
+  /**
+   * Creates or updates `type/id`. With `ifMatch` the write lands only on a current version it names
+   * (a versionId, or a list of them), or with `*` only on an existing resource; else 412.
+   */
+  async update(type: string, id: string, resource: Resource, ifMatch?: string | string[] | '*'): Promise<WriteResult> {
+    return this.write(type, id, resource, { ifMatch: typeof ifMatch === 'string' && ifMatch !== '*' ? [ifMatch] : ifMatch });
   }
 
-  private async write(type: string, id: string, resource: Resource, opts: { mustCreate?: boolean; ifMatch?: string }): Promise<WriteResult> {
+  private async write(type: string, id: string, resource: Resource, opts: { mustCreate?: boolean; ifMatch?: string[] | '*' }): Promise<WriteResult> {
     await this.ensureIndexes(type);
     const current = this.current(type);
     for (let attempt = 0; attempt < MAX_WRITE_RETRIES; attempt++) {
       const existing = opts.mustCreate ? null : await current.findOne({ _id: id });
-      if (opts.ifMatch !== undefined && String(existing?.v ?? '') !== opts.ifMatch) {
-        throw preconditionFailed(`Version conflict: ${type}/${id} is at version ${existing?.v ?? 'none'}, If-Match named ${opts.ifMatch}`);
+      if (opts.ifMatch !== undefined && !(existing && (opts.ifMatch === '*' || opts.ifMatch.includes(String(existing.v))))) {
+        const named = opts.ifMatch === '*' ? 'any version' : opts.ifMatch.join(', ');
+        throw preconditionFailed(`Version conflict: ${type}/${id} is at version ${existing?.v ?? 'none'}, If-Match named ${named}`);
       }
       const version = existing ? existing.v + 1 : await this.nextVersionAfterDelete(type, id);
       const lastUpdated = this.now();
@@ -159,9 +163,11 @@ export class ResourceStore {
     throw preconditionFailed(`Too many concurrent writes to ${type}/${id}`);
   }
 
-  async historyOf(type: string, id: string | undefined, opts: { since?: number; count: number; offset: number }): Promise<{ entries: HistoryEntry[]; total: number }> {
+  /** A resource's history (or a type's, or that of the resources `ids`), newest first. */
+  async historyOf(type: string, id: string | undefined, opts: { since?: number; count: number; offset: number; ids?: string[] }): Promise<{ entries: HistoryEntry[]; total: number }> {
     const filter: Filter = {};
     if (id) filter.id = id;
+    else if (opts.ids) filter.id = { $in: opts.ids };
     if (opts.since !== undefined) filter.lu = { $gte: opts.since };
     const coll = this.history(type);
     const [docs, total] = await Promise.all([

@@ -13,17 +13,17 @@ export interface TestClient {
 
 /** Writes a clients file with freshly generated key pairs (and optional secret clients); returns its path and the private keys. */
 export async function writeClientsFile(
-  specs: { clientId: string; scopes: string; alg?: 'ES384' | 'RS384'; secret?: string }[],
+  specs: { clientId: string; scopes: string; alg?: 'ES384' | 'RS384'; secret?: string; role?: 'partner' | 'service' }[],
 ): Promise<{ file: string; clients: Record<string, TestClient> }> {
   const entries: RegisteredClient[] = [];
   const clients: Record<string, TestClient> = {};
   for (const s of specs) {
     if (s.secret) {
-      entries.push({ clientId: s.clientId, clientSecret: s.secret, scopes: s.scopes });
+      entries.push({ clientId: s.clientId, clientSecret: s.secret, scopes: s.scopes, ...(s.role ? { role: s.role } : {}) });
       continue;
     }
     const { publicJwk, privateJwk } = await generateClientKeys(s.alg ?? 'ES384');
-    entries.push({ clientId: s.clientId, jwks: { keys: [publicJwk] }, scopes: s.scopes });
+    entries.push({ clientId: s.clientId, jwks: { keys: [publicJwk] }, scopes: s.scopes, ...(s.role ? { role: s.role } : {}) });
     clients[s.clientId] = { clientId: s.clientId, privateJwk };
   }
   const file = path.join(tempDir('clients-'), 'clients.json');

@@ -91,7 +91,7 @@ describe('SMART Backend Services authorization', () => {
     ];
     for (const [name, assertion, error] of cases) {
       const res = await requestToken(server.tokenUrl, assertionForm(assertion));
-      expect({ name, status: res.status, error: res.body.error }).toEqual({ name, status: 400, error });
+      expect({ name, status: res.status, error: res.body.error }).toEqual({ name, status: 401, error });
     }
     const once = await customAssertion(own, { jti: 'the-same-jti' });
     expect((await requestToken(server.tokenUrl, assertionForm(once))).status).toBe(200);

@@ -1,7 +1,7 @@
 import { RunningServer } from '../../src/main';
 import { SyntheticMember } from '../../scripts/synthetic';
 import { fhir, startTestServer } from '../helpers/server';
-import { memberMatchBody, seedPopulation } from '../helpers/seed';
+import { seedPopulation } from '../helpers/seed';
 import { download, downloadAll, exportAll, kickoff, poll } from '../helpers/bulk';
 import { getToken, TestClient, writeClientsFile } from '../helpers/clients';
 
@@ -65,15 +65,6 @@ describe('Bulk Data export', () => {
     expect(filtered.Observation.length).toBeGreaterThan(0);
   });
 
-  it('leaves out sensitive records under a #regular consent (or none) and includes them under #sensitive', async () => {
-    const m = members[0]; // every third member has a PSY-labelled Condition
-    const regular = await downloadAll((await exportAll(`${base}/Patient/${m.patientId}/$export?_type=Condition`)).manifest);
-    expect(regular.Condition.some((c: { meta?: { security?: { code: string }[] } }) => c.meta?.security?.some((s) => s.code === 'PSY'))).toBe(false);
-    expect((await fhir('POST', `${base}/Patient/$member-match`, memberMatchBody(m, { policy: 'sensitive' }))).status).toBe(200);
-    const sensitive = await downloadAll((await exportAll(`${base}/Patient/${m.patientId}/$export?_type=Condition`)).manifest);
-    expect(sensitive.Condition.length).toBe(regular.Condition.length + 1);
-  });
-
   it('rejects bad kick-offs with an OperationOutcome', async () => {
     const cases: [string, Parameters<typeof kickoff>[1], number][] = [
       [`${base}/Patient/$export`, { headers: { prefer: '' } }, 400],
@@ -126,9 +117,9 @@ describe('Bulk Data export with authorization', () => {
 
   beforeAll(async () => {
     const written = await writeClientsFile([
-      { clientId: 'payer-a', scopes: 'system/*.read' },
-      { clientId: 'payer-b', scopes: 'system/*.read' },
-      { clientId: 'payer-narrow', scopes: 'system/Patient.read' },
+      { clientId: 'payer-a', scopes: 'system/*.read', role: 'service' },
+      { clientId: 'payer-b', scopes: 'system/*.read', role: 'service' },
+      { clientId: 'payer-narrow', scopes: 'system/Patient.read', role: 'service' },
     ]);
     clients = written.clients;
     server = await startTestServer({ authRequired: true, clientsFile: written.file });

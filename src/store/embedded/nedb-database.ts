@@ -8,6 +8,27 @@ import { Collection, Database, DuplicateKeyError, Filter, FindOptions, StoredDoc
  * when no directory is given). NeDB runs MongoDB-style filters and serialises operations
  * per datastore, which makes a conditional update atomic within this process.
  */
+/**
+ * NeDB reads `{field: {$nin: [...]}}` on an array field as "some element is not listed", where
+ * MongoDB (and the store's contract) means "no element is listed": say it NeDB's way.
+ */
+export function toNedbFilter(filter: unknown): unknown {
+  if (Array.isArray(filter)) return filter.map(toNedbFilter);
+  if (!filter || typeof filter !== 'object') return filter;
+  const out: Record<string, unknown> = {};
+  const nots: unknown[] = [];
+  for (const [k, v] of Object.entries(filter)) {
+    if (k.startsWith('$')) out[k] = toNedbFilter(v);
+    else if (v && typeof v === 'object' && !Array.isArray(v) && '$nin' in v) {
+      const { $nin, ...rest } = v as Record<string, unknown>;
+      nots.push({ $not: { [k]: { $in: $nin } } });
+      if (Object.keys(rest).length) out[k] = rest;
+    } else out[k] = v;
+  }
+  if (nots.length === 0) return out;
+  return Object.keys(out).length ? { $and: [out, ...nots] } : nots.length === 1 ? nots[0] : { $and: nots };
+}
+
 class NedbCollection<T extends StoredDoc> implements Collection<T> {
   private ready: Promise<Datastore<T>>;
 
@@ -34,12 +55,12 @@ class NedbCollection<T extends StoredDoc> implements Collection<T> {
 
   async findOne(filter: Filter): Promise<T | null> {
     const ds = await this.ds();
-    return (await ds.findOneAsync(filter)) as T | null;
+    return (await ds.findOneAsync(toNedbFilter(filter) as Filter)) as T | null;
   }
 
   async find(filter: Filter, options: FindOptions = {}): Promise<T[]> {
     const ds = await this.ds();
-    let cursor = ds.findAsync(filter);
+    let cursor = ds.findAsync(toNedbFilter(filter) as Filter);
     if (options.sort) cursor = cursor.sort(options.sort);
     if (options.skip) cursor = cursor.skip(options.skip);
     if (options.limit) cursor = cursor.limit(options.limit);
@@ -48,13 +69,13 @@ class NedbCollection<T extends StoredDoc> implements Collection<T> {
 
   async count(filter: Filter): Promise<number> {
     const ds = await this.ds();
-    return ds.countAsync(filter);
+    return ds.countAsync(toNedbFilter(filter) as Filter);
   }
 
   async replaceOne(filter: Filter, doc: T, options: { upsert?: boolean } = {}): Promise<number> {
     const ds = await this.ds();
     try {
-      const { numAffected } = await ds.updateAsync(filter, doc, { upsert: !!options.upsert, multi: false });
+      const { numAffected } = await ds.updateAsync(toNedbFilter(filter) as Filter, doc, { upsert: !!options.upsert, multi: false });
       return numAffected;
     } catch (err) {
       throw mapError(err);
@@ -64,7 +85,7 @@ class NedbCollection<T extends StoredDoc> implements Collection<T> {
   async updateOne(filter: Filter, set: Record<string, unknown>): Promise<number> {
     const ds = await this.ds();
     try {
-      const { numAffected } = await ds.updateAsync(filter, { $set: set }, { multi: false });
+      const { numAffected } = await ds.updateAsync(toNedbFilter(filter) as Filter, { $set: set }, { multi: false });
       return numAffected;
     } catch (err) {
       throw mapError(err);
@@ -73,7 +94,7 @@ class NedbCollection<T extends StoredDoc> implements Collection<T> {
 
   async deleteMany(filter: Filter): Promise<number> {
     const ds = await this.ds();
-    return ds.removeAsync(filter, { multi: true });
+    return ds.removeAsync(toNedbFilter(filter) as Filter, { multi: true });
   }
 
   async createIndex(fields: string[], options: { unique?: boolean } = {}): Promise<void> {

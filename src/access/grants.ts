@@ -1,0 +1,132 @@
+import type { Consent } from 'fhir/r4';
+import { Collection, Database, StoredDoc } from '../store/types';
+import { ConsentPolicy, consentPeriod, consentPolicy } from '../responder/consent-policy';
+
+/** What a partner may see of one member: written only by the server, after the partner's own successful $member-match. */
+export interface Grant extends StoredDoc {
+  clientId: string;
+  patientId: string;
+  policy: ConsentPolicy;
+  /** The consent's period, epoch ms; open ends are absent. */
+  start?: number;
+  end?: number;
+  /** The Consent recorded by the match; deleting it revokes the grant. */
+  consentId: string;
+  grantedAt: number;
+  revokedAt?: number;
+}
+
+export interface GrantInfo {
+  clientId: string;
+  patientId: string;
+  policy: ConsentPolicy;
+  start?: string;
+  end?: string;
+  consentId: string;
+  grantedAt: string;
+  revokedAt?: string;
+  active: boolean;
+}
+
+/**
+ * The grants collection, keyed by (client, member). No REST route writes it: only a match records a
+ * grant, and only the member's Consent being deleted or withdrawn, or a service client, revokes one.
+ */
+export class GrantStore {
+  private readonly grants: Collection<Grant>;
+  private indexed?: Promise<void>;
+
+  constructor(db: Database, private readonly now: () => Date = () => new Date()) {
+    this.grants = db.collection<Grant>('access_grants');
+  }
+
+  private async ready(): Promise<Collection<Grant>> {
+    this.indexed ??= (async () => {
+      await this.grants.createIndex(['clientId']);
+      await this.grants.createIndex(['patientId']);
+      await this.grants.createIndex(['consentId']);
+    })();
+    await this.indexed;
+    return this.grants;
+  }
+
+  /** Records (or renews) a partner's access to a member under the consent it submitted. */
+  async grant(clientId: string, patientId: string, consent: Consent & { id: string }): Promise<void> {
+    const judged = consentPolicy(consent, this.now());
+    if (!('policy' in judged)) throw new Error(`cannot grant under a consent that cannot be honoured: ${judged.problem}`);
+    const { start, end } = consentPeriod(consent);
+    const doc: Grant = { _id: `${clientId}|${patientId}`, clientId, patientId, policy: judged.policy, consentId: consent.id, grantedAt: this.now().getTime() };
+    if (start !== undefined) doc.start = start;
+    if (end !== undefined) doc.end = end;
+    await (await this.ready()).replaceOne({ _id: doc._id }, doc, { upsert: true });
+  }
+
+  /** The members a client may see now, with the policy of each one's consent. */
+  async activeFor(clientId: string): Promise<Map<string, ConsentPolicy>> {
+    const t = this.now().getTime();
+    const docs = await (await this.ready()).find({ clientId, revokedAt: { $exists: false } });
+    const out = new Map<string, ConsentPolicy>();
+    for (const g of docs) if (isActive(g, t)) out.set(g.patientId, g.policy);
+    return out;
+  }
+
+  /** Revokes a member's grants (one client's, or every client's); returns how many were active. */
+  async revoke(patientId: string, clientId?: string): Promise<number> {
+    const filter: Record<string, unknown> = { patientId, revokedAt: { $exists: false } };
+    if (clientId !== undefined) filter.clientId = clientId;
+    return this.revokeWhere(filter);
+  }
+
+  /** Keeps grants in step with their Consent: deleted or no longer honourable revokes, a changed policy or period applies. */
+  async consentChanged(consentId: string, consent?: Consent): Promise<void> {
+    const filter = { consentId, revokedAt: { $exists: false } };
+    if (!consent) {
+      await this.revokeWhere(filter);
+      return;
+    }
+    const judged = consentPolicy(consent, this.now());
+    if (!('policy' in judged)) {
+      await this.revokeWhere(filter);
+      return;
+    }
+    const { start, end } = consentPeriod(consent);
+    const grants = await this.ready();
+    for (const g of await grants.find(filter)) {
+      const next: Grant = { ...g, policy: judged.policy };
+      delete next.start;
+      delete next.end;
+      if (start !== undefined) next.start = start;
+      if (end !== undefined) next.end = end;
+      await grants.replaceOne({ _id: g._id, revokedAt: { $exists: false } }, next);
+    }
+  }
+
+  async list(patientId: string): Promise<GrantInfo[]> {
+    const t = this.now().getTime();
+    const iso = (n?: number) => (n === undefined ? undefined : new Date(n).toISOString());
+    const docs = await (await this.ready()).find({ patientId }, { sort: { grantedAt: 1 } });
+    return docs.map((g) => ({
+      clientId: g.clientId,
+      patientId: g.patientId,
+      policy: g.policy,
+      start: iso(g.start),
+      end: iso(g.end),
+      consentId: g.consentId,
+      grantedAt: iso(g.grantedAt) as string,
+      revokedAt: iso(g.revokedAt),
+      active: g.revokedAt === undefined && isActive(g, t),
+    }));
+  }
+
+  private async revokeWhere(filter: Record<string, unknown>): Promise<number> {
+    const grants = await this.ready();
+    const t = this.now().getTime();
+    let n = 0;
+    for (const g of await grants.find(filter)) n += await grants.updateOne({ _id: g._id, revokedAt: { $exists: false } }, { revokedAt: t });
+    return n;
+  }
+}
+
+function isActive(g: Grant, t: number): boolean {
+  return g.revokedAt === undefined && (g.start === undefined || g.start <= t) && (g.end === undefined || g.end >= t);
+}
