@@ -1,7 +1,7 @@
 /**
  * Registers a requesting payer as a client of this server (the source side):
  *   npm run register-client -- --client-id payer-a [--scopes "system/*.read"] [--alg ES384|RS384]
- *     [--clients-file config/clients.json] [--keys-dir keys]
+ *     [--role partner|service] [--clients-file config/clients.json] [--keys-dir keys]
  * Adds the public key to the clients file and writes the private key for the requesting payer to
  * keys/<client-id>.private.jwk.json (mode 600), then prints the source-payer entry it would use.
  */
@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { generateClientKeys, SigningAlg } from '../src/auth/keys';
-import { ClientRegistry, RegisteredClient } from '../src/auth/client-registry';
+import { ClientRegistry, RegisteredClient, roleOf } from '../src/auth/client-registry';
 
 async function main() {
   const { values } = parseArgs({
@@ -20,21 +20,24 @@ async function main() {
       'clients-file': { type: 'string', default: process.env.CLIENTS_FILE || 'config/clients.json' },
       'keys-dir': { type: 'string', default: 'keys' },
       secret: { type: 'string' },
+      role: { type: 'string' },
     },
   });
   const clientId = values['client-id'];
   if (!clientId || !/^[A-Za-z0-9._-]{1,64}$/.test(clientId)) throw new Error('--client-id is required (letters, digits, . _ -)');
   if (values.alg !== 'ES384' && values.alg !== 'RS384') throw new Error('--alg must be ES384 or RS384');
+  if (values.role !== undefined && values.role !== 'partner' && values.role !== 'service') throw new Error('--role must be partner or service');
+  const role = values.role ? { role: values.role as 'partner' | 'service' } : {};
   const file = path.resolve(values['clients-file'] as string);
   const existing: RegisteredClient[] = fs.existsSync(file) ? JSON.parse(fs.readFileSync(file, 'utf8')) : [];
   const others = existing.filter((c) => c.clientId !== clientId);
 
   let entry: RegisteredClient;
   if (values.secret) {
-    entry = { clientId, clientSecret: values.secret, scopes: values.scopes as string };
+    entry = { clientId, clientSecret: values.secret, scopes: values.scopes as string, ...role };
   } else {
     const { publicJwk, privateJwk } = await generateClientKeys(values.alg as SigningAlg);
-    entry = { clientId, jwks: { keys: [publicJwk] }, scopes: values.scopes as string };
+    entry = { clientId, jwks: { keys: [publicJwk] }, scopes: values.scopes as string, ...role };
     const keysDir = path.resolve(values['keys-dir'] as string);
     fs.mkdirSync(keysDir, { recursive: true });
     const keyFile = path.join(keysDir, `${clientId}.private.jwk.json`);
@@ -44,7 +47,7 @@ async function main() {
   new ClientRegistry([...others, entry]); // validates
   fs.mkdirSync(path.dirname(file), { recursive: true });
   fs.writeFileSync(file, JSON.stringify([...others, entry], null, 2) + '\n');
-  console.log(`Registered client ${clientId} in ${file}`);
+  console.log(`Registered client ${clientId} (${roleOf(entry)}) in ${file}`);
 }
 
 main().catch((err) => {

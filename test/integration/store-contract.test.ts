@@ -123,6 +123,16 @@ describe.each(engines)('store contract on $name', (engine) => {
     expect(ids(await search(store, 'ExplanationOfBenefit', { patient: 'b' }))).toEqual([]);
   });
 
+  it('reads $nin on an array field as "none of its elements is listed" (the access filter relies on it)', async () => {
+    const labelled = (id: string, codes: string[]) => ({ resourceType: 'Condition', id, subject: { reference: 'Patient/p' }, ...(codes.length ? { meta: { security: codes.map((code) => ({ system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code })) } } : {}) }) as Resource;
+    await store.update('Condition', 'none', labelled('none', []));
+    await store.update('Condition', 'psy', labelled('psy', ['PSY']));
+    await store.update('Condition', 'mixed', labelled('mixed', ['PSY', 'TBOO']));
+    await store.update('Condition', 'other', labelled('other', ['TBOO']));
+    const found = await store.search('Condition', { 's._security': { $nin: ['http://terminology.hl7.org/CodeSystem/v3-ActCode|PSY'] } });
+    expect(found.map((r) => r.id).sort()).toEqual(['none', 'other']);
+  });
+
   it('streams a large result in pages', async () => {
     for (let i = 0; i < 23; i++) await store.update('Observation', `o${String(i).padStart(2, '0')}`, { resourceType: 'Observation', id: `o${String(i).padStart(2, '0')}`, status: 'final', code: { text: 'x' } } as Resource);
     const seen: string[] = [];
