@@ -40,6 +40,14 @@ export interface AppConfig {
   maxLineLength: number;
   /** Received files up to this size are archived inline (as a Binary); larger ones by hash only. */
   archiveInlineLimitBytes: number;
+  /** Limits on what one exchange takes from a source payer. */
+  exchangeMaxFileBytes: number;
+  exchangeMaxBytes: number;
+  downloadIdleTimeoutMs: number;
+  manifestMaxPages: number;
+  manifestMaxFiles: number;
+  /** Runs of one background job before it is given up (transient faults are retried until then). */
+  jobMaxAttempts: number;
   /** Brute-force guard on $member-match: failed matches a client may have within the window. */
   memberMatchMaxFailures: number;
   memberMatchWindowSeconds: number;
@@ -121,6 +129,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, cwd = process.c
     remoteRetryMaxMs: int(env.REMOTE_RETRY_MAX_MS, 'REMOTE_RETRY_MAX_MS', 30_000, 1),
     maxLineLength: int(env.MAX_NDJSON_LINE_BYTES, 'MAX_NDJSON_LINE_BYTES', 5 * 1024 * 1024, 1024),
     archiveInlineLimitBytes: int(env.ARCHIVE_INLINE_LIMIT_BYTES, 'ARCHIVE_INLINE_LIMIT_BYTES', 16 * 1024 * 1024, 0),
+    exchangeMaxFileBytes: int(env.EXCHANGE_MAX_FILE_BYTES, 'EXCHANGE_MAX_FILE_BYTES', 1024 * 1024 * 1024, 1024),
+    exchangeMaxBytes: int(env.EXCHANGE_MAX_BYTES, 'EXCHANGE_MAX_BYTES', 4 * 1024 * 1024 * 1024, 1024),
+    downloadIdleTimeoutMs: int(env.DOWNLOAD_IDLE_TIMEOUT_MS, 'DOWNLOAD_IDLE_TIMEOUT_MS', 60_000, 100),
+    manifestMaxPages: int(env.MANIFEST_MAX_PAGES, 'MANIFEST_MAX_PAGES', 100, 1),
+    manifestMaxFiles: int(env.MANIFEST_MAX_FILES, 'MANIFEST_MAX_FILES', 10_000, 1),
+    jobMaxAttempts: int(env.JOB_MAX_ATTEMPTS, 'JOB_MAX_ATTEMPTS', 25, 1),
     memberMatchMaxFailures: int(env.MEMBER_MATCH_MAX_FAILURES, 'MEMBER_MATCH_MAX_FAILURES', 10, 1),
     memberMatchWindowSeconds: int(env.MEMBER_MATCH_WINDOW_SECONDS, 'MEMBER_MATCH_WINDOW_SECONDS', 900, 1),
   };

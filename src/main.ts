@@ -29,7 +29,8 @@ import { SourcePayerRegistry } from './requester/source-payers';
 import { RemotePayerClient } from './requester/remote-payer-client';
 import { Importer } from './requester/importer';
 import { TaskTracker } from './requester/task-tracker';
-import { EXCHANGE_JOB, ExchangeJobHandler } from './requester/exchange-job';
+import { EXCHANGE_JOB, ExchangeJobData, ExchangeJobHandler } from './requester/exchange-job';
+import { ImportJournal } from './requester/import-journal';
 import { InvokeExportService } from './requester/invoke-export';
 
 /** The package version, found from src/ (ts-jest) and from dist/src/ (npm start) alike. */
@@ -88,7 +89,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
 
   const tokens = new TokenService(db, clients, config.accessTokenTtlSeconds);
   const guard = new Guard(tokens, config.authRequired);
-  const runner = new JobRunner(db, { leaseMs: config.jobLeaseSeconds * 1000, logger });
+  const runner = new JobRunner(db, { leaseMs: config.jobLeaseSeconds * 1000, maxAttempts: config.jobMaxAttempts, logger });
   const files = new ExportFiles(config.exportDir);
   const exportJobs = new ExportJobHandler(store, registry, compartment, access, files, config.exportFileTtlSeconds * 1000);
   runner.register(EXPORT_JOB, exportJobs.run);
@@ -114,23 +115,36 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
   };
   const tracker = new TaskTracker(store);
   const invokeExport = new InvokeExportService(db, store, payers, tracker, runner, config.requestingPayerName, logger);
+  const journal = new ImportJournal(db, store, logger);
   const exchanges = new ExchangeJobHandler({
     store,
     tracker,
-    importer: new Importer(store, config.maxLineLength),
-    clientFor,
+    importer: new Importer(store, journal, config.maxLineLength),
+    journal,
+    remoteFor: clientFor,
     payerFor: (issuer) => payers.get(issuer),
     workDir: path.join(config.dataDir, 'exchanges'),
     pollMinMs: config.pollMinMs,
     pollMaxMs: config.pollMaxMs,
     timeoutMs: config.exchangeTimeoutSeconds * 1000,
-    maxLineLength: config.maxLineLength,
+    maxAttempts: config.jobMaxAttempts - 1,
+    limits: {
+      maxFileBytes: config.exchangeMaxFileBytes,
+      maxExchangeBytes: config.exchangeMaxBytes,
+      idleTimeoutMs: config.downloadIdleTimeoutMs,
+      maxManifestPages: config.manifestMaxPages,
+      maxManifestFiles: config.manifestMaxFiles,
+      maxLineLength: config.maxLineLength,
+    },
     archiveInlineLimitBytes: config.archiveInlineLimitBytes,
     requesterDisplay: config.requestingPayerName,
     releaseLock: (taskId) => invokeExport.release(taskId),
     logger,
   });
-  runner.register(EXCHANGE_JOB, exchanges.run);
+  runner.register<ExchangeJobData>(EXCHANGE_JOB, exchanges.run, async (job, reason) => {
+    await exchanges.giveUp(job, reason);
+    await runner.update(job._id, { 'data.memberMatch': { resourceType: 'Parameters', parameter: [] } });
+  });
 
   const app = buildApp({
     config,

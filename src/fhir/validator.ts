@@ -67,3 +67,10 @@ export function hasElement(type: string, element: string): boolean {
   const def = (rawSchema as unknown as { definitions: Record<string, { properties?: Record<string, unknown> }> }).definitions[type];
   return !!def?.properties && element in def.properties;
 }
+
+const RESOURCE_TYPE_NAMES = new Set(Object.keys((rawSchema as unknown as { discriminator: { mapping: Record<string, string> } }).discriminator.mapping));
+
+/** Whether a name is an R4 resource type (whether or not this server stores it). */
+export function isFhirResourceType(name: unknown): name is string {
+  return typeof name === 'string' && RESOURCE_TYPE_NAMES.has(name);
+}

@@ -41,8 +41,12 @@ export interface JobRunnerOptions {
   leaseMs: number;
   pollMs?: number;
   concurrency?: number;
+  /** Runs of one job (claims, including ones whose process died, and retries) before it is marked failed. */
+  maxAttempts?: number;
   logger: Logger;
 }
+
+const DEFAULT_MAX_ATTEMPTS = 25;
 
 /**
  * A durable job queue in the store. Jobs are claimed with a lease (an atomic conditional update),
@@ -53,6 +57,7 @@ export class JobRunner {
   private readonly jobs: Collection<JobDoc>;
   private readonly owner = randomUUID();
   private readonly handlers = new Map<string, JobHandler>();
+  private readonly giveUps = new Map<string, (job: JobDoc, reason: string) => Promise<void>>();
   private readonly running = new Map<string, AbortController>();
   private timer?: NodeJS.Timeout;
   private stopped = true;
@@ -62,8 +67,10 @@ export class JobRunner {
     this.jobs = db.collection<JobDoc>('jobs');
   }
 
-  register<D>(kind: string, handler: JobHandler<D>): void {
+  /** `onGiveUp` is told when a job of this kind is given up after too many attempts, to clean up after it. */
+  register<D>(kind: string, handler: JobHandler<D>, onGiveUp?: (job: JobDoc<D>, reason: string) => Promise<void>): void {
     this.handlers.set(kind, handler as JobHandler);
+    if (onGiveUp) this.giveUps.set(kind, onGiveUp as (job: JobDoc, reason: string) => Promise<void>);
   }
 
   /** Enqueues a job under a caller-chosen id; enqueueing the same id twice is harmless. */
@@ -121,12 +128,19 @@ export class JobRunner {
     if (!this.stopped) this.schedule(0);
   }
 
+  /** Nothing escapes the loop: a failed tick is logged and the next one comes later. */
   private schedule(ms: number) {
     if (this.timer) clearTimeout(this.timer);
     this.timer = setTimeout(() => {
-      this.ticking = this.tick().finally(() => {
-        if (!this.stopped) this.schedule(this.opts.pollMs ?? 500);
-      });
+      let next = this.opts.pollMs ?? 500;
+      this.ticking = this.tick()
+        .catch((err) => {
+          next = Math.max(next, 5000);
+          this.opts.logger.error('job runner tick failed; backing off', { error: (err as Error).message });
+        })
+        .finally(() => {
+          if (!this.stopped) this.schedule(next);
+        });
     }, ms);
     this.timer.unref?.();
   }
@@ -141,12 +155,23 @@ export class JobRunner {
     );
     for (const job of candidates) {
       if (this.running.has(job._id)) continue;
+      if (job.attempts >= (this.opts.maxAttempts ?? DEFAULT_MAX_ATTEMPTS)) {
+        // A job that keeps failing, or keeps taking its process down, is given up rather than retried forever.
+        const reason = `gave up after ${job.attempts} attempts${job.error ? `; last error: ${job.error}` : ''}`;
+        const ended = await this.jobs.updateOne({ _id: job._id, leaseUntil: job.leaseUntil, state: { $in: ['queued', 'running'] } }, { state: 'failed', error: reason, leaseUntil: 0, updatedAt: now });
+        this.opts.logger.warn('job given up', { job: job._id, kind: job.kind, attempts: job.attempts });
+        const onGiveUp = this.giveUps.get(job.kind);
+        if (ended && onGiveUp) await onGiveUp(job, reason).catch((err) => this.opts.logger.error('cleaning up a given-up job failed', { job: job._id, error: (err as Error).message }));
+        continue;
+      }
       const claimed = await this.jobs.updateOne(
         { _id: job._id, leaseUntil: job.leaseUntil, state: { $in: ['queued', 'running'] } },
         { state: 'running', leaseOwner: this.owner, leaseUntil: now + this.opts.leaseMs, attempts: job.attempts + 1, updatedAt: now },
       );
       if (claimed === 0) continue; // another process got it
-      void this.run({ ...job, state: 'running', leaseOwner: this.owner, leaseUntil: now + this.opts.leaseMs, attempts: job.attempts + 1 });
+      void this.run({ ...job, state: 'running', leaseOwner: this.owner, leaseUntil: now + this.opts.leaseMs, attempts: job.attempts + 1 }).catch((err) =>
+        this.opts.logger.error('job bookkeeping failed', { job: job._id, kind: job.kind, error: (err as Error).message }),
+      );
     }
   }
 
@@ -179,15 +204,15 @@ export class JobRunner {
         // Left for whichever process claims it next.
       } else if (reason instanceof JobCancelled) {
         // Already marked cancelled.
-      } else if (reason instanceof RetryLater) {
+      } else if (reason instanceof RetryLater && job.attempts < (this.opts.maxAttempts ?? DEFAULT_MAX_ATTEMPTS)) {
         await this.jobs.updateOne(
           { _id: job._id, leaseOwner: this.owner, state: 'running' },
           { state: 'queued', runAfter: Date.now() + reason.delayMs, leaseUntil: 0, error: reason.message, updatedAt: Date.now() },
         );
         this.schedule(reason.delayMs);
       } else {
-        this.opts.logger.warn('job failed', { job: job._id, kind: job.kind, error: (err as Error).message });
-        await this.finish(job._id, 'failed', (err as Error).message);
+        this.opts.logger.warn('job failed', { job: job._id, kind: job.kind, error: (err as Error)?.message });
+        await this.finish(job._id, 'failed', String((err as Error)?.message ?? err));
       }
     } finally {
       clearInterval(heartbeat);

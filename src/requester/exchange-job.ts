@@ -1,23 +1,45 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { createHash } from 'node:crypto';
-import { once } from 'node:events';
-import type { Binary, DocumentReference, Identifier, Parameters, Provenance, Reference, TaskOutput } from 'fhir/r4';
+import type { Identifier, Parameters, Reference, TaskOutput } from 'fhir/r4';
 import { ResourceStore } from '../store/resource-store';
-import { JobContext, RetryLater } from '../jobs/job-runner';
+import { JobContext, JobDoc, RetryLater } from '../jobs/job-runner';
 import type { Logger } from '../logger';
-import { BulkManifest, RemoteError, RemotePayerClient } from './remote-payer-client';
+import { isServedType, RESOURCE_TYPES } from '../fhir/resource-types';
+import { isFhirResourceType, validateResource } from '../fhir/validator';
+import { FhirError } from '../fhir/outcome';
+import { BulkManifest, parseRetryAfter, RemoteError, RemotePayer } from './remote-payer-client';
 import { SourcePayer } from './source-payers';
 import { TaskCancelled, TaskTracker } from './task-tracker';
 import { Importer } from './importer';
-import { NdjsonError, readResources } from './ndjson';
-import { IdMapping, localIdFor } from './reference-rewriter';
+import { IdMapping } from './reference-rewriter';
+import { ImportJournal } from './import-journal';
+import { downloadTo } from './downloader';
+import { archiveOf, provenanceOf } from './archive';
+import { classify, ExchangeFailed, LimitReached } from './exchange-errors';
+import { NdjsonError } from './ndjson';
 
 export const EXCHANGE_JOB = 'p2p-exchange';
 
+/** Step 1's result: who the member is at the source. */
+export interface Matched {
+  memberId: string;
+  identifier?: Identifier;
+}
+
+/** Step 3's result: the manifest, checked: every type a FHIR type, every URL on the source's origin. */
+export interface CheckedManifest {
+  requiresAccessToken: boolean;
+  /** Files to download, in order; `kind: error` ones hold the source's OperationOutcomes. */
+  files: { type: string; url: string; count?: number; kind: 'output' | 'error' }[];
+  /** Types this server does not store, with the resources the manifest announced for each. */
+  skipped: Record<string, number>;
+}
+
 export interface DownloadedFile {
+  /** Our own name for it: its position in the manifest. */
   name: string;
   type: string;
+  kind: 'output' | 'error';
   file: string;
   count: number;
   size: number;
@@ -29,297 +51,354 @@ export interface ExchangeJobData {
   taskId: string;
   issuer: string;
   localPatientId: string;
-  /** What the source's $member-match receives. Kept in the job store only, never logged or put on the Task. */
+  /** What the source's $member-match receives. Kept in the job store only, never logged or put on the Task; emptied once matched. */
   memberMatch: Parameters;
   exportParams: Record<string, string[]>;
   ownerReference: string;
   startedAt: number;
   started?: boolean;
-  matched?: { memberId: string; identifier?: Identifier };
-  statusUrl?: string;
-  lastProgress?: string;
-  manifest?: BulkManifest;
-  downloaded?: DownloadedFile[];
-  sourceErrors?: string[];
-  imported?: string[];
-  counts?: Record<string, number>;
-  targets?: string[];
+  matched?: Matched;
+  exportStarted?: { statusUrl: string; lastProgress?: string };
+  manifest?: CheckedManifest;
+  downloads?: { files: DownloadedFile[]; bytes: number; sourceErrors: string[]; done?: boolean };
+  imports?: { files: string[]; counts: Record<string, number> };
+}
+
+export interface ExchangeLimits {
+  maxFileBytes: number;
+  maxExchangeBytes: number;
+  idleTimeoutMs: number;
+  maxManifestPages: number;
+  maxManifestFiles: number;
+  maxLineLength: number;
 }
 
 export interface ExchangeDeps {
   store: ResourceStore;
   tracker: TaskTracker;
   importer: Importer;
-  clientFor: (issuer: string) => RemotePayerClient | undefined;
+  journal: ImportJournal;
+  remoteFor: (issuer: string) => RemotePayer | undefined;
   payerFor: (issuer: string) => SourcePayer | undefined;
   workDir: string;
   pollMinMs: number;
   pollMaxMs: number;
   timeoutMs: number;
-  maxLineLength: number;
+  /** Transient faults are retried (by the job, with backoff) until this many attempts. */
+  maxAttempts: number;
+  limits: ExchangeLimits;
   archiveInlineLimitBytes: number;
   requesterDisplay: string;
   releaseLock: (taskId: string) => Promise<void>;
   logger: Logger;
 }
 
-class ExchangeFailed extends Error {}
-
 const NO_MEMBER_DATA: Parameters = { resourceType: 'Parameters', parameter: [] };
 
-const sleep = (ms: number, signal: AbortSignal) =>
-  new Promise<void>((resolve, reject) => {
-    const t = setTimeout(resolve, ms);
-    signal.addEventListener('abort', () => {
+/** Waits, or stops early when the signal aborts; leaves no listener behind. */
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    if (signal.aborted) return reject(signal.reason);
+    const onAbort = () => {
       clearTimeout(t);
       reject(signal.reason);
-    }, { once: true });
+    };
+    const t = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal.addEventListener('abort', onAbort, { once: true });
   });
+}
+
+function safeOrigin(url: unknown): string {
+  try {
+    return new URL(String(url)).origin;
+  } catch {
+    return 'an invalid URL';
+  }
+}
 
 /**
- * The requesting payer's exchange, run in the background: token → $member-match → export of the
- * member → poll → download (validated) → import with Provenance → Task completed. Every step is
- * checkpointed; transient faults at the source are retried later; a cancelled Task stops it.
+ * The requesting payer's exchange, run in the background:
+ *   match → kick off the export → poll for the manifest → download and check every file →
+ *   import with the undo journal → archive and Provenance → Task completed.
+ * Each step's result is checkpointed; a transient fault at the source is retried later by the job;
+ * a cancelled Task stops it; a failed or cancelled exchange rolls back whatever it imported.
  */
 export class ExchangeJobHandler {
   constructor(private readonly d: ExchangeDeps) {}
 
   run = async (ctx: JobContext<ExchangeJobData>): Promise<void> => {
     const data = ctx.job.data;
-    const { tracker } = this.d;
-    const client = this.d.clientFor(data.issuer);
+    const remote = this.d.remoteFor(data.issuer);
     const payer = this.d.payerFor(data.issuer);
     try {
-      if (await tracker.isCancelled(data.taskId)) throw new TaskCancelled();
-      if (!client || !payer) throw new ExchangeFailed(`the source payer ${data.issuer} is no longer registered`);
+      if (await this.d.tracker.isCancelled(data.taskId)) throw new TaskCancelled();
+      if (!remote || !payer) throw new ExchangeFailed(`the source payer ${data.issuer} is no longer registered`);
       if (!data.started) {
-        await tracker.change(data.taskId, { status: 'in-progress', step: 'matching', note: `Started; asking ${payer.name ?? data.issuer} to match the member` });
+        await this.d.tracker.change(data.taskId, { status: 'in-progress', step: 'matching', note: `Started; asking ${payer.name ?? data.issuer} to match the member` });
         await ctx.checkpoint({ started: true });
       }
-      await this.match(ctx, client);
-      await this.kickoff(ctx, client);
-      await this.poll(ctx, client);
-      await this.download(ctx, client);
-      await this.importAll(ctx, payer);
-      await this.finish(ctx, client, payer);
+      const matched = data.matched ?? (await this.match(ctx, remote));
+      const started = data.exportStarted ?? (await this.kickoff(ctx, remote, matched));
+      const manifest = data.manifest ?? (await this.poll(ctx, remote, started.statusUrl));
+      const mapping: IdMapping = { sourcePatientId: matched.memberId, localPatientId: data.localPatientId, sourceBase: payer.fhirBaseUrl, issuer: data.issuer };
+      const files = data.downloads?.done ? data.downloads.files : await this.download(ctx, remote, manifest, mapping, payer);
+      await this.importAll(ctx, files, mapping, payer);
+      await this.finish(ctx, remote, payer, files, mapping);
     } catch (err) {
-      await this.handleError(ctx, client, err);
+      await this.handleError(ctx, remote, err);
     }
   };
 
-  private async match(ctx: JobContext<ExchangeJobData>, client: RemotePayerClient) {
+  private deadline(data: ExchangeJobData): number {
+    return data.startedAt + this.d.timeoutMs;
+  }
+
+  private checkDeadline(data: ExchangeJobData, doing: string) {
+    if (Date.now() > this.deadline(data)) throw new LimitReached(`Gave up: the exchange did not finish within ${Math.round(this.d.timeoutMs / 1000)} s (while ${doing})`);
+  }
+
+  private async match(ctx: JobContext<ExchangeJobData>, remote: RemotePayer): Promise<Matched> {
     const data = ctx.job.data;
-    if (data.matched) return;
-    let matched: { memberId: string; identifier?: Identifier };
+    let matched: Matched;
     try {
-      matched = await client.memberMatch(data.memberMatch);
+      matched = await remote.memberMatch(data.memberMatch);
     } catch (err) {
       if (err instanceof RemoteError && err.status === 422) throw new ExchangeFailed(`The source payer found no unique match: ${err.message.replace(/^.*?: /, '')}`);
       throw err;
     }
     // The member's demographics are needed for nothing after the match: keep them no longer.
     await ctx.checkpoint({ matched, memberMatch: NO_MEMBER_DATA });
-    const output: TaskOutput[] = [{ type: { text: 'MemberId' }, valueReference: { reference: `${client.payer.fhirBaseUrl}/Patient/${matched.memberId}` } }];
+    const output: TaskOutput[] = [{ type: { text: 'MemberId' }, valueReference: { reference: `${remote.payer.fhirBaseUrl}/Patient/${matched.memberId}` } }];
     if (matched.identifier) output.unshift({ type: { text: 'MemberIdentifier' }, valueIdentifier: matched.identifier });
     await this.d.tracker.change(data.taskId, { step: 'exporting', note: 'The source payer matched the member; starting the export', output });
+    return matched;
   }
 
-  private async kickoff(ctx: JobContext<ExchangeJobData>, client: RemotePayerClient) {
+  private async kickoff(ctx: JobContext<ExchangeJobData>, remote: RemotePayer, matched: Matched) {
     const data = ctx.job.data;
-    if (data.statusUrl || data.manifest) return;
-    const statusUrl = await client.kickoff(data.matched?.memberId as string, data.exportParams);
-    await ctx.checkpoint({ statusUrl });
+    // Ask for what this server stores, unless the request chose.
+    const params = data.exportParams._type ? data.exportParams : { ...data.exportParams, _type: [DEFAULT_TYPES.join(',')] };
+    const exportStarted = { statusUrl: await remote.kickoff(matched.memberId, params) };
+    await ctx.checkpoint({ exportStarted });
     await this.d.tracker.change(data.taskId, { note: 'Export started at the source payer' });
+    return exportStarted;
   }
 
-  private async poll(ctx: JobContext<ExchangeJobData>, client: RemotePayerClient) {
+  private async poll(ctx: JobContext<ExchangeJobData>, remote: RemotePayer, statusUrl: string): Promise<CheckedManifest> {
     const data = ctx.job.data;
-    while (!data.manifest) {
+    for (;;) {
       if (await this.d.tracker.isCancelled(data.taskId)) throw new TaskCancelled();
-      if (Date.now() - data.startedAt > this.d.timeoutMs) throw new ExchangeFailed(`Gave up: the source's export did not finish within ${Math.round(this.d.timeoutMs / 1000)} s`);
-      const status = await client.status(data.statusUrl as string);
+      this.checkDeadline(data, 'waiting for the export');
+      const status = await remote.status(statusUrl);
       if (status.done) {
-        let manifest = status.manifest;
-        // Follow paged manifests (link next), staying on the source's origin.
-        for (let next = manifest.link?.find((l) => l.relation === 'next')?.url; next; ) {
-          const page = await client.status(next);
-          if (!page.done) break;
-          manifest = { ...manifest, output: [...manifest.output, ...page.manifest.output], error: [...(manifest.error ?? []), ...(page.manifest.error ?? [])] };
-          next = page.manifest.link?.find((l) => l.relation === 'next')?.url;
-        }
+        const manifest = this.checkManifest(remote, await this.allPages(remote, status.manifest, statusUrl));
         await ctx.checkpoint({ manifest });
-        await this.d.tracker.change(data.taskId, { step: 'downloading', note: `Export ready: ${manifest.output.length} file(s)` });
-        return;
+        const skipped = Object.keys(manifest.skipped);
+        await this.d.tracker.change(data.taskId, {
+          step: 'downloading',
+          note: `Export ready: ${manifest.files.length} file(s)` + (skipped.length ? `; not stored here, skipped: ${skipped.join(', ')}` : ''),
+        });
+        return manifest;
       }
-      if (status.progress && status.progress !== data.lastProgress) {
+      if (status.progress && status.progress !== data.exportStarted?.lastProgress) {
         await this.d.tracker.change(data.taskId, { step: 'exporting', detail: status.progress });
-        await ctx.checkpoint({ lastProgress: status.progress });
+        await ctx.checkpoint({ exportStarted: { statusUrl, lastProgress: status.progress } });
       }
       const wait = Math.min(this.d.pollMaxMs, Math.max(this.d.pollMinMs, status.retryAfterMs ?? this.d.pollMinMs));
-      await sleep(wait, ctx.signal);
+      await sleep(Math.min(wait, Math.max(0, this.deadline(data) - Date.now()) + 1), ctx.signal);
     }
   }
 
-  private async download(ctx: JobContext<ExchangeJobData>, client: RemotePayerClient) {
+  /** Follows `link next` within the page limit, never the same page twice. */
+  private async allPages(remote: RemotePayer, first: BulkManifest, statusUrl: string): Promise<BulkManifest> {
+    let manifest = first;
+    const seen = new Set([statusUrl]);
+    for (let next = nextLink(first); next; next = nextLink(manifest)) {
+      if (seen.has(next)) throw new ExchangeFailed('The manifest pages link back to a page already read');
+      if (seen.size >= this.d.limits.maxManifestPages) throw new LimitReached(`The manifest has more than ${this.d.limits.maxManifestPages} pages`);
+      seen.add(next);
+      const page = await remote.status(next);
+      if (!page.done) throw new ExchangeFailed('A manifest page answered as if the export were still running');
+      manifest = { ...manifest, output: [...manifest.output, ...page.manifest.output], error: [...(manifest.error ?? []), ...(page.manifest.error ?? [])], link: page.manifest.link };
+      if (manifest.output.length + (manifest.error?.length ?? 0) > this.d.limits.maxManifestFiles) break;
+    }
+    return manifest;
+  }
+
+  private checkManifest(remote: RemotePayer, manifest: BulkManifest): CheckedManifest {
+    type Entry = { type?: unknown; url?: unknown; count?: unknown; kind: 'output' | 'error' };
+    const entries: Entry[] = [...(Array.isArray(manifest.output) ? manifest.output : []).map((o) => ({ ...o, kind: 'output' as const })), ...(Array.isArray(manifest.error) ? manifest.error : []).map((o) => ({ ...o, kind: 'error' as const }))];
+    if (entries.length > this.d.limits.maxManifestFiles) throw new LimitReached(`The manifest lists more than ${this.d.limits.maxManifestFiles} files`);
+    const checked: CheckedManifest = { requiresAccessToken: manifest.requiresAccessToken !== false, files: [], skipped: {} };
+    for (const e of entries) {
+      if (!e || typeof e !== 'object' || !isFhirResourceType(e.type)) throw new ExchangeFailed(`The manifest names a file type that is not a FHIR resource type: ${JSON.stringify(String(e?.type)).slice(0, 80)}`);
+      if (typeof e.url !== 'string' || !remote.ownsUrl(e.url)) throw new ExchangeFailed(`Refused to download ${e.type} from ${safeOrigin(e.url)}: not the source payer's origin`);
+      const count = typeof e.count === 'number' && Number.isInteger(e.count) && e.count >= 0 ? e.count : undefined;
+      if (e.kind === 'output' && !isServedType(e.type)) {
+        checked.skipped[e.type] = (checked.skipped[e.type] ?? 0) + (count ?? 0);
+        continue;
+      }
+      checked.files.push({ type: e.type, url: e.url, count, kind: e.kind });
+    }
+    return checked;
+  }
+
+  /** Downloads every file, checking each resource before it is kept; nothing is stored yet. */
+  private async download(ctx: JobContext<ExchangeJobData>, remote: RemotePayer, manifest: CheckedManifest, mapping: IdMapping, payer: SourcePayer): Promise<DownloadedFile[]> {
     const data = ctx.job.data;
-    const manifest = data.manifest as BulkManifest;
-    const downloaded = [...(data.downloaded ?? [])];
-    const sourceErrors = [...(data.sourceErrors ?? [])];
+    const state = { files: [...(data.downloads?.files ?? [])], bytes: data.downloads?.bytes ?? 0, sourceErrors: [...(data.downloads?.sourceErrors ?? [])] };
     const dir = path.join(this.d.workDir, data.taskId);
     await fs.promises.mkdir(dir, { recursive: true });
-    const entries = [...manifest.output.map((o) => ({ ...o, kind: 'output' as const })), ...(manifest.error ?? []).map((o) => ({ ...o, kind: 'error' as const }))];
-    for (const [i, entry] of entries.entries()) {
-      const name = `${String(i).padStart(3, '0')}-${entry.kind}-${entry.type}.ndjson`;
-      if (downloaded.some((f) => f.name === name)) continue;
-      if (!client.ownsUrl(entry.url)) throw new ExchangeFailed(`Refused to download ${entry.type} from ${safeOrigin(entry.url)}: not the source payer's origin`);
+    const identifierSystem = payer.responderIdentifierSystem ?? `${payer.issuer}/resource-id`;
+    for (const [i, entry] of manifest.files.entries()) {
+      const name = `${String(i).padStart(5, '0')}.ndjson`;
+      if (state.files.some((f) => f.name === name)) continue;
       if (await this.d.tracker.isCancelled(data.taskId)) throw new TaskCancelled();
-      const file = path.join(dir, name);
-      const stream = await client.download(entry.url, manifest.requiresAccessToken !== false, ctx.signal);
-      const out = fs.createWriteStream(file);
-      const hash = createHash('sha1');
-      let count = 0;
-      let size = 0;
-      try {
-        for await (const { resource, raw } of readResources(stream, { expectedType: entry.kind === 'error' ? 'OperationOutcome' : entry.type, maxLineLength: this.d.maxLineLength, label: `the ${entry.type} file` })) {
-          const line = `${raw}\n`;
-          hash.update(line);
-          size += Buffer.byteLength(line);
-          count++;
-          if (entry.kind === 'error') sourceErrors.push(String((resource.issue as { diagnostics?: string }[] | undefined)?.[0]?.diagnostics ?? 'unspecified error'));
-          if (!out.write(line)) await once(out, 'drain');
-        }
-      } finally {
-        await new Promise<void>((resolve) => out.end(() => resolve()));
+      this.checkDeadline(data, `downloading ${entry.type}`);
+      const label = `the ${entry.type} ${entry.kind === 'error' ? 'error ' : ''}file`;
+      const expectedType = entry.kind === 'error' ? 'OperationOutcome' : entry.type;
+      const errors: string[] = [];
+      const stream = await remote.download(entry.url, manifest.requiresAccessToken, ctx.signal);
+      const got = await downloadTo(stream, path.join(dir, name), {
+        label,
+        expectedType,
+        limits: { ...this.d.limits, remainingBytes: this.d.limits.maxExchangeBytes - state.bytes, deadline: this.deadline(data) },
+        check: (resource, line) => {
+          try {
+            validateResource(resource, expectedType);
+          } catch (err) {
+            if (err instanceof FhirError) throw new ExchangeFailed(`${label} line ${line} is not valid FHIR R4: ${err.message}`);
+            throw err;
+          }
+          if (entry.kind === 'error') errors.push(String((resource.issue as { diagnostics?: string }[] | undefined)?.[0]?.diagnostics ?? 'unspecified error').slice(0, 500));
+          else this.d.importer.prepare(resource as never, mapping, identifierSystem);
+        },
+      });
+      if (entry.kind === 'output' && entry.count !== undefined && entry.count !== got.count) {
+        throw new NdjsonError(`${label} holds ${got.count} resources, the manifest announced ${entry.count} (truncated download?)`);
       }
-      const expected = (entry as { count?: number }).count;
-      if (entry.kind === 'output' && typeof expected === 'number' && expected !== count) {
-        throw new NdjsonError(`the ${entry.type} file holds ${count} resources, the manifest announced ${expected} (truncated download?)`);
-      }
-      downloaded.push({ name, type: entry.kind === 'error' ? 'OperationOutcome' : entry.type, file, count, size, sha1: hash.digest('base64') });
-      await ctx.checkpoint({ downloaded, sourceErrors });
+      state.files.push({ name, type: expectedType, kind: entry.kind, file: path.join(dir, name), ...got });
+      state.bytes += got.size;
+      state.sourceErrors.push(...errors.slice(0, 100));
+      await ctx.checkpoint({ downloads: state });
     }
-    await this.d.tracker.change(data.taskId, { step: 'importing', note: `Downloaded ${downloaded.length} file(s), ${downloaded.reduce((n, f) => n + f.count, 0)} resources` + (sourceErrors.length ? `; the source reported ${sourceErrors.length} error(s)` : '') });
+    await ctx.checkpoint({ downloads: { ...state, done: true } });
+    const total = state.files.filter((f) => f.kind === 'output').reduce((n, f) => n + f.count, 0);
+    await this.d.tracker.change(data.taskId, { step: 'importing', note: `Downloaded and checked ${state.files.length} file(s), ${total} resources` + (state.sourceErrors.length ? `; the source reported ${state.sourceErrors.length} error(s)` : '') });
+    return state.files;
   }
 
-  private mapping(data: ExchangeJobData, payer: SourcePayer): IdMapping {
-    return { sourcePatientId: data.matched?.memberId as string, localPatientId: data.localPatientId, sourceBase: payer.fhirBaseUrl, issuer: data.issuer };
-  }
-
-  private async importAll(ctx: JobContext<ExchangeJobData>, payer: SourcePayer) {
+  private async importAll(ctx: JobContext<ExchangeJobData>, files: DownloadedFile[], mapping: IdMapping, payer: SourcePayer) {
     const data = ctx.job.data;
-    const imported = [...(data.imported ?? [])];
-    const counts = { ...(data.counts ?? {}) };
-    const targets = [...(data.targets ?? [])];
+    const state = { files: [...(data.imports?.files ?? [])], counts: { ...(data.imports?.counts ?? {}) } };
     const system = payer.responderIdentifierSystem ?? `${payer.issuer}/resource-id`;
-    for (const f of data.downloaded ?? []) {
-      if (f.type === 'OperationOutcome' || imported.includes(f.name)) continue;
+    for (const f of files) {
+      if (f.kind === 'error' || state.files.includes(f.name)) continue;
       if (await this.d.tracker.isCancelled(data.taskId)) throw new TaskCancelled();
-      const result = await this.d.importer.importFile(f.file, f.type, this.mapping(data, payer), system, ctx.signal);
-      if (result.targets.length) counts[f.type] = (counts[f.type] ?? 0) + result.targets.length;
-      targets.push(...result.targets);
-      imported.push(f.name);
-      await ctx.checkpoint({ imported, counts, targets });
+      const result = await this.d.importer.importFile(f.file, f.type, mapping, system, { taskId: data.taskId, signal: ctx.signal, deadline: this.deadline(data) });
+      if (result.count) state.counts[f.type] = (state.counts[f.type] ?? 0) + result.count;
+      state.files.push(f.name);
+      await ctx.checkpoint({ imports: state });
     }
   }
 
-  private async finish(ctx: JobContext<ExchangeJobData>, client: RemotePayerClient, payer: SourcePayer) {
+  private async finish(ctx: JobContext<ExchangeJobData>, remote: RemotePayer, payer: SourcePayer, files: DownloadedFile[], mapping: IdMapping) {
     const data = ctx.job.data;
-    const { store } = this.d;
+    const { store, journal } = this.d;
     const now = new Date().toISOString();
+    const sourceName = payer.name ?? payer.issuer;
     const archived: Reference[] = [];
-    for (const f of data.downloaded ?? []) {
-      const binaryId = localIdFor('archive', data.taskId, `${f.name}#binary`);
-      const docId = localIdFor('archive', data.taskId, f.name);
-      const inline = f.size <= this.d.archiveInlineLimitBytes;
-      if (inline) {
-        const binary: Binary = { resourceType: 'Binary', id: binaryId, contentType: 'application/fhir+ndjson', data: (await fs.promises.readFile(f.file)).toString('base64') };
-        await store.update('Binary', binaryId, binary);
-      }
-      const doc: DocumentReference = {
-        resourceType: 'DocumentReference',
-        id: docId,
-        status: 'current',
-        type: { text: 'Payer-to-payer data as received' },
-        category: [{ coding: [{ system: 'urn:p2p-fhir-server:document', code: 'p2p-received-file' }] }],
-        subject: { reference: `Patient/${data.localPatientId}` },
-        date: now,
-        author: [{ reference: data.ownerReference, display: payer.name ?? payer.issuer }],
-        description: `${f.type} file from ${payer.issuer}: ${f.count} resources${inline ? '' : ' (over the inline archive limit: hash and size only)'}`,
-        content: [{ attachment: { contentType: 'application/fhir+ndjson', ...(inline ? { url: `Binary/${binaryId}` } : {}), size: f.size, hash: f.sha1, title: f.name } }],
-        context: { related: [{ reference: `Task/${data.taskId}` }] },
-      };
-      await store.update('DocumentReference', docId, doc);
-      archived.push({ reference: `DocumentReference/${docId}` });
+    for (const f of files) {
+      const content = f.size <= this.d.archiveInlineLimitBytes ? await fs.promises.readFile(f.file) : undefined;
+      const { binary, doc } = archiveOf({ taskId: data.taskId, name: f.name, type: f.type, count: f.count, size: f.size, sha1: f.sha1, content, localPatientId: data.localPatientId, ownerReference: data.ownerReference, sourceName, issuer: data.issuer, now });
+      if (binary) await journal.write(data.taskId, 'Binary', binary.id as string, () => store.update('Binary', binary.id as string, binary));
+      await journal.write(data.taskId, 'DocumentReference', doc.id as string, () => store.update('DocumentReference', doc.id as string, doc));
+      archived.push({ reference: `DocumentReference/${doc.id}` });
     }
 
-    const provenanceId = localIdFor('provenance', data.taskId, data.issuer);
-    const targets = data.targets?.length ? data.targets : [`Patient/${data.localPatientId}`];
-    const provenance: Provenance = {
-      resourceType: 'Provenance',
-      id: provenanceId,
-      target: targets.map((reference) => ({ reference })),
-      recorded: now,
-      activity: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-DataOperation', code: 'CREATE', display: 'create' }], text: 'Payer-to-payer import' },
-      reason: [{ text: 'Da Vinci PDex payer-to-payer exchange' }],
-      agent: [
-        { type: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/provenance-participant-type', code: 'author' }] }, who: { reference: data.ownerReference, display: payer.name ?? payer.issuer } },
-        { type: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/provenance-participant-type', code: 'performer' }] }, who: { display: this.d.requesterDisplay } },
-      ],
-      entity: [{ role: 'source', what: { reference: `Task/${data.taskId}` } }, ...archived.map((what) => ({ role: 'source' as const, what }))],
-    };
-    await store.update('Provenance', provenanceId, provenance);
+    const targets: string[] = [];
+    const system = payer.responderIdentifierSystem ?? `${payer.issuer}/resource-id`;
+    for (const f of files) {
+      if (f.kind === 'output') for await (const r of this.d.importer.localResources(f.file, f.type, mapping, system)) targets.push(`${r.resourceType}/${r.id}`);
+    }
+    if (targets.length === 0) targets.push(`Patient/${data.localPatientId}`);
+    const provenance = provenanceOf({ taskId: data.taskId, issuer: data.issuer, targets, archived, ownerReference: data.ownerReference, sourceName, requesterDisplay: this.d.requesterDisplay, now });
+    await journal.write(data.taskId, 'Provenance', provenance.id as string, () => store.update('Provenance', provenance.id as string, provenance));
 
+    const counts = data.imports?.counts ?? {};
     const output: TaskOutput[] = [
-      ...Object.entries(data.counts ?? {}).map(([type, n]) => ({ type: { text: `count:${type}` }, valueInteger: n })),
-      { type: { text: 'Provenance' }, valueReference: { reference: `Provenance/${provenanceId}` } },
+      ...Object.entries(counts).map(([type, n]) => ({ type: { text: `count:${type}` }, valueInteger: n })),
+      ...Object.entries(data.manifest?.skipped ?? {}).map(([type, n]) => ({ type: { text: `skipped:${type}` }, valueInteger: n })),
+      { type: { text: 'Provenance' }, valueReference: { reference: `Provenance/${provenance.id}` } },
       ...archived.map((r) => ({ type: { text: 'received-file' }, valueReference: r })),
-      ...(data.sourceErrors ?? []).map((e) => ({ type: { text: 'source-error' }, valueString: e })),
+      ...(data.downloads?.sourceErrors ?? []).map((e) => ({ type: { text: 'source-error' }, valueString: e })),
     ];
-    const total = Object.values(data.counts ?? {}).reduce((a, b) => a + b, 0);
+    const total = Object.values(counts).reduce((a, b) => a + b, 0);
     await this.d.tracker.change(data.taskId, { status: 'completed', step: 'completed', note: `Imported ${total} resources`, output });
-    if (data.statusUrl) await client.cancel(data.statusUrl);
-    await this.cleanup(ctx);
-  }
-
-  /** The exchange is over: drop its work files, free the member's lock, and forget the member's demographics. */
-  private async cleanup(ctx: JobContext<ExchangeJobData>) {
-    const data = ctx.job.data;
-    await fs.promises.rm(path.join(this.d.workDir, data.taskId), { recursive: true, force: true });
-    await this.d.releaseLock(data.taskId);
+    await journal.forget(data.taskId);
+    this.d.logger.info('exchange ended', { task: data.taskId, issuer: data.issuer, outcome: 'completed', counts });
+    if (data.exportStarted) await remote.cancel(data.exportStarted.statusUrl);
+    await this.cleanup(ctx.job);
     await ctx.checkpoint({ memberMatch: NO_MEMBER_DATA });
   }
 
-  private async handleError(ctx: JobContext<ExchangeJobData>, client: RemotePayerClient | undefined, err: unknown): Promise<void> {
+  /** The exchange is over: drop its work files, free the member's lock, and forget the member's demographics. */
+  private async cleanup(job: JobDoc<ExchangeJobData>) {
+    await fs.promises.rm(path.join(this.d.workDir, job.data.taskId), { recursive: true, force: true });
+    await this.d.releaseLock(job.data.taskId);
+  }
+
+  /** Ends the exchange as failed or cancelled: nothing it imported stays, and the Task says why. */
+  private async end(job: JobDoc<ExchangeJobData>, remote: RemotePayer | undefined, outcome: 'failed' | 'cancelled', reason: string) {
+    const data = job.data;
+    if (data.exportStarted && remote) await remote.cancel(data.exportStarted.statusUrl).catch(() => undefined);
+    const removed = await this.d.journal.rollback(data.taskId);
+    const undone = removed ? `; ${removed} imported resource(s) removed` : '';
+    const change =
+      outcome === 'cancelled'
+        ? { status: 'cancelled' as const, step: 'cancelled' as const, note: `Cancelled; the export at the source was deleted${undone}` }
+        : { status: 'failed' as const, step: 'failed' as const, statusReason: reason, note: `Failed: ${reason}${undone}` };
+    await this.d.tracker.change(data.taskId, change).catch((e) => (e instanceof TaskCancelled ? undefined : Promise.reject(e)));
+    this.d.logger.info('exchange ended', { task: data.taskId, issuer: data.issuer, outcome, reason: outcome === 'failed' ? reason : undefined, removed });
+    await this.cleanup(job);
+  }
+
+  private async handleError(ctx: JobContext<ExchangeJobData>, remote: RemotePayer | undefined, err: unknown): Promise<void> {
     const data = ctx.job.data;
     if (ctx.signal.aborted) throw ctx.signal.reason; // stopping or lease lost: another run resumes
     if (err instanceof TaskCancelled) {
-      if (data.statusUrl && client) await client.cancel(data.statusUrl);
-      await this.d.tracker.change(data.taskId, { status: 'cancelled', step: 'cancelled', note: 'Cancelled; the export at the source was deleted' }).catch(() => undefined);
-      await this.cleanup(ctx);
+      await this.end(ctx.job, remote, 'cancelled', 'cancelled');
+      await ctx.checkpoint({ memberMatch: NO_MEMBER_DATA });
       return;
     }
-    if (err instanceof RemoteError && err.transient && Date.now() - data.startedAt < this.d.timeoutMs) {
-      const delay = Math.min(this.d.pollMaxMs, Math.max(this.d.pollMinMs, 1000 * 2 ** Math.min(ctx.job.attempts, 6)));
-      this.d.logger.warn('exchange will retry', { task: data.taskId, status: err.status });
-      await this.d.tracker.change(data.taskId, { note: `The source payer is unavailable (${err.status ? `HTTP ${err.status}` : 'network error'}); retrying` }).catch(() => undefined);
-      throw new RetryLater(delay, err.message);
+    const verdict = classify(err);
+    if (verdict.kind === 'transient' && Date.now() < this.deadline(data) && ctx.job.attempts < this.d.maxAttempts) {
+      const hinted = err instanceof RemoteError ? parseRetryAfter(err.retryAfter) : undefined;
+      const delay = Math.min(this.d.pollMaxMs, Math.max(this.d.pollMinMs, hinted ?? 1000 * 2 ** Math.min(ctx.job.attempts, 6)));
+      this.d.logger.warn('exchange will retry', { task: data.taskId, status: verdict.status });
+      const what = verdict.status ? `HTTP ${verdict.status}` : 'network error';
+      await this.d.tracker.change(data.taskId, { detail: `waiting for the source: ${what}, retrying`, note: `The source payer is unavailable (${what}); retrying in ${Math.round(delay / 1000)} s` }).catch(() => undefined);
+      throw new RetryLater(delay, verdict.reason);
     }
-    const reason = err instanceof ExchangeFailed || err instanceof NdjsonError || err instanceof RemoteError ? err.message : 'internal error';
-    if (!(err instanceof ExchangeFailed || err instanceof NdjsonError || err instanceof RemoteError)) {
-      this.d.logger.error('exchange failed', { task: data.taskId, error: (err as Error).message, stack: (err as Error).stack });
-    }
-    if (data.statusUrl && client) await client.cancel(data.statusUrl);
-    await this.d.tracker
-      .change(data.taskId, { status: 'failed', step: 'failed', statusReason: reason, note: `Failed: ${reason}` })
-      .catch((e) => (e instanceof TaskCancelled ? undefined : Promise.reject(e)));
-    await this.cleanup(ctx);
+    const reason = verdict.kind === 'transient' ? `${verdict.reason} (gave up after ${ctx.job.attempts} attempts)` : verdict.reason;
+    if (verdict.kind === 'failed' && !verdict.expected) this.d.logger.error('exchange failed', { task: data.taskId, error: (err as Error)?.message, stack: (err as Error)?.stack });
+    await this.end(ctx.job, remote, 'failed', reason);
+    await ctx.checkpoint({ memberMatch: NO_MEMBER_DATA });
   }
+
+  /** The job runner gave the exchange up (it kept failing, or kept taking its process down). */
+  giveUp = async (job: JobDoc<ExchangeJobData>, reason: string): Promise<void> => {
+    await this.end(job, this.d.remoteFor(job.data.issuer), 'failed', reason);
+  };
 }
 
-function safeOrigin(url: string): string {
-  try {
-    return new URL(url).origin;
-  } catch {
-    return 'an invalid URL';
-  }
+/** What an exchange asks the source for when the request names no `_type`: every type this server stores but Binary. */
+export const DEFAULT_TYPES: string[] = RESOURCE_TYPES.filter((t) => t !== 'Binary');
+
+function nextLink(m: BulkManifest): string | undefined {
+  const link = Array.isArray(m.link) ? m.link.find((l) => l?.relation === 'next')?.url : undefined;
+  return typeof link === 'string' ? link : undefined;
 }

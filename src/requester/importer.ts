@@ -2,34 +2,63 @@ import fs from 'node:fs';
 import { isDeepStrictEqual } from 'node:util';
 import type { Resource } from 'fhir/r4';
 import { ResourceStore } from '../store/resource-store';
-import { isServedType } from '../fhir/resource-types';
 import { hasElement } from '../fhir/validator';
+import { stripInternalMarkers } from '../fhir/internal-markers';
 import { IdMapping, localIdFor, rewriteReferences } from './reference-rewriter';
-import { readResources, NdjsonError } from './ndjson';
+import { readResources } from './ndjson';
+import { ImportRefused, LimitReached } from './exchange-errors';
+import { ImportJournal } from './import-journal';
 
 export const IMPORT_TAG_SYSTEM = 'urn:p2p-fhir-server:imported-from';
 
 export interface ImportResult {
-  /** Resources written or confirmed unchanged, as `Type/id` (local). */
-  targets: string[];
+  /** Resources written or confirmed unchanged. */
+  count: number;
   written: number;
   unchanged: number;
 }
 
+const PATIENT_REF = /(?:^|\/)Patient\/[^/]+(?:\/_history\/[^/]+)?$/;
+
+/** Every `reference` string in a resource, contained resources included. */
+function references(value: unknown, out: string[] = []): string[] {
+  if (Array.isArray(value)) value.forEach((v) => references(v, out));
+  else if (value && typeof value === 'object') {
+    for (const [k, v] of Object.entries(value)) {
+      if (k === 'reference' && typeof v === 'string') out.push(v);
+      else if (typeof v === 'object') references(v, out);
+    }
+  }
+  return out;
+}
+
 /**
- * Imports one validated NDJSON file from the source into the local store, linked to the local
- * member: the member's Patient stays the local one; every other resource gets its deterministic
- * local id, references rewritten, and keeps its origin (the source id under the responder identifier
- * system, and meta.source). A record identical to what is stored is not written again.
+ * Imports files from the source into the local store, linked to the local member: the member's
+ * Patient stays the local one; every other resource gets its deterministic local id, references
+ * rewritten (contained resources' too), the server's own markers stripped, and keeps its origin
+ * (the source id under the responder identifier system, and meta.source). What the source may not
+ * send is refused (`prepare`, run when each file is downloaded, before anything is stored): another
+ * person's Patient, or a reference to any Patient here but the member. A record identical to what
+ * is stored is not written again; every write goes through the exchange's undo journal.
  */
 export class Importer {
-  constructor(private readonly store: ResourceStore, private readonly maxLineLength: number) {}
+  constructor(private readonly store: ResourceStore, private readonly journal: ImportJournal, private readonly maxLineLength: number) {}
 
-  transform(resource: Resource & { id?: string }, m: IdMapping, identifierSystem: string): Resource | undefined {
+  /** The local form of one resource as received, or undefined for the member's own Patient; throws ImportRefused. */
+  prepare(resource: Resource & { id?: string }, m: IdMapping, identifierSystem: string): Resource | undefined {
     const type = resource.resourceType;
-    const sourceId = resource.id as string;
-    if (type === 'Patient' && sourceId === m.sourcePatientId) return undefined; // the member is the local Patient
-    const out = rewriteReferences(resource, m) as Resource & { identifier?: { system?: string; value?: string }[] };
+    const sourceId = resource.id;
+    if (typeof sourceId !== 'string') throw new ImportRefused(`a ${type} from the source has no id`);
+    if (type === 'Patient') {
+      if (sourceId === m.sourcePatientId) return undefined; // the member is the local Patient
+      throw new ImportRefused(`the source sent a Patient other than the matched member (Patient/${sourceId})`);
+    }
+    const out = rewriteReferences(stripInternalMarkers(resource), m) as Resource & { identifier?: { system?: string; value?: string }[] };
+    for (const ref of references(out)) {
+      if (PATIENT_REF.test(ref) && ref !== `Patient/${m.localPatientId}` && !/^Patient\/p2p-[0-9a-f]+$/.test(ref)) {
+        throw new ImportRefused(`a ${type} from the source refers to a patient other than the member (${ref.startsWith('Patient/') ? ref : 'an absolute Patient reference'})`);
+      }
+    }
     out.id = localIdFor(m.issuer, type, sourceId);
     if (hasElement(type, 'identifier')) {
       const origin = { system: identifierSystem, value: sourceId };
@@ -40,27 +69,31 @@ export class Importer {
     out.meta = {
       ...meta,
       source: `${m.sourceBase}/${type}/${sourceId}`,
-      tag: [...(meta.tag ?? []).filter((t) => t.system !== IMPORT_TAG_SYSTEM), { system: IMPORT_TAG_SYSTEM, code: m.issuer }],
+      tag: [...(meta.tag ?? []), { system: IMPORT_TAG_SYSTEM, code: m.issuer }],
     };
     return out;
   }
 
-  async importFile(file: string, type: string, m: IdMapping, identifierSystem: string, signal?: AbortSignal): Promise<ImportResult> {
-    if (!isServedType(type)) throw new NdjsonError(`the source sent ${type}, which this server does not store`);
-    const result: ImportResult = { targets: [], written: 0, unchanged: 0 };
+  /** The local resources a downloaded file becomes, one at a time (the file was checked when downloaded). */
+  async *localResources(file: string, type: string, m: IdMapping, identifierSystem: string): AsyncGenerator<Resource> {
     for await (const { resource } of readResources(fs.createReadStream(file), { expectedType: type, maxLineLength: this.maxLineLength, label: type })) {
-      if (signal?.aborted) throw signal.reason;
-      if (typeof resource.id !== 'string') throw new NdjsonError(`a ${type} from the source has no id`);
-      const local = this.transform(resource as unknown as Resource, m, identifierSystem);
-      if (!local) continue;
+      const local = this.prepare(resource as unknown as Resource, m, identifierSystem);
+      if (local) yield local;
+    }
+  }
+
+  async importFile(file: string, type: string, m: IdMapping, identifierSystem: string, opts: { taskId: string; signal?: AbortSignal; deadline: number }): Promise<ImportResult> {
+    const result: ImportResult = { count: 0, written: 0, unchanged: 0 };
+    for await (const local of this.localResources(file, type, m, identifierSystem)) {
+      if (opts.signal?.aborted) throw opts.signal.reason;
+      if (Date.now() > opts.deadline) throw new LimitReached(`the exchange's deadline passed while importing ${type}`);
       const existing = await this.store.readIfExists(type, local.id as string);
-      const same = existing && isDeepStrictEqual(withoutVersion(existing), withoutVersion(local));
-      if (same) result.unchanged++;
+      if (existing && isDeepStrictEqual(withoutVersion(existing), withoutVersion(local))) result.unchanged++;
       else {
-        await this.store.update(type, local.id as string, local);
+        await this.journal.write(opts.taskId, type, local.id as string, () => this.store.update(type, local.id as string, local));
         result.written++;
       }
-      result.targets.push(`${type}/${local.id}`);
+      result.count++;
     }
     return result;
   }

@@ -3,6 +3,14 @@ import split2 from 'split2';
 
 export class NdjsonError extends Error {}
 
+class ForbiddenKey extends Error {}
+
+/** Keys that reach an object's prototype are refused in data from a source, as they are on REST. */
+function noProto(key: string, value: unknown): unknown {
+  if (key === '__proto__' || (key === 'constructor' && value && typeof value === 'object' && 'prototype' in value)) throw new ForbiddenKey(key);
+  return value;
+}
+
 /**
  * Reads NDJSON resources from a stream, checking each line: valid JSON, a resource of the
  * expected type, under the size limit. Yields `{ line, resource, raw }`; throws NdjsonError naming the line.
@@ -17,8 +25,9 @@ export async function* readResources(stream: Readable, opts: { expectedType?: st
       if (raw.trim() === '') continue;
       let resource: unknown;
       try {
-        resource = JSON.parse(raw);
-      } catch {
+        resource = JSON.parse(raw, noProto);
+      } catch (err) {
+        if (err instanceof ForbiddenKey) throw new NdjsonError(`${opts.label} line ${n} holds the forbidden key '${err.message}'`);
         throw new NdjsonError(`${opts.label} line ${n} is not valid JSON (truncated or corrupt file)`);
       }
       const r = resource as { resourceType?: unknown; id?: unknown };

@@ -32,14 +32,14 @@ export function rewriteReference(ref: string, m: IdMapping): string {
   return `${type}/${localIdFor(m.issuer, type, id)}`;
 }
 
-/** A copy of the resource with every `reference` rewritten to local ids. */
+/** A copy of the resource with every `reference` rewritten to local ids, inside contained resources too (`#` ones stay). */
 export function rewriteReferences<T extends Resource>(resource: T, m: IdMapping): T {
   const walk = (value: unknown, key?: string): unknown => {
     if (typeof value === 'string') return key === 'reference' ? rewriteReference(value, m) : value;
     if (Array.isArray(value)) return value.map((v) => walk(v));
     if (value && typeof value === 'object') {
       const out: Record<string, unknown> = {};
-      for (const [k, v] of Object.entries(value)) out[k] = k === 'contained' ? v : walk(v, k);
+      for (const [k, v] of Object.entries(value)) out[k] = walk(v, k);
       return out;
     }
     return value;

@@ -9,7 +9,7 @@ import type { Logger } from '../logger';
 
 /** A failure talking to the source payer. `transient` ones are worth trying again later. */
 export class RemoteError extends Error {
-  constructor(message: string, readonly status: number | undefined, readonly transient: boolean, readonly outcome?: OperationOutcome) {
+  constructor(message: string, readonly status: number | undefined, readonly transient: boolean, readonly outcome?: OperationOutcome, readonly retryAfter?: string) {
     super(message);
     this.name = 'RemoteError';
   }
@@ -34,20 +34,47 @@ export interface BulkManifest {
 
 export type ExportStatus = { done: false; progress?: string; retryAfterMs?: number } | { done: true; manifest: BulkManifest };
 
-/** Retry-After as seconds or an HTTP date, in ms; undefined when absent or unreadable. */
+/**
+ * Retry-After in ms from now: delta seconds or an HTTP date (RFC 9110), and the epoch seconds or
+ * milliseconds SMART's reference bulk-data-server sends; undefined when absent or unreadable.
+ */
 export function parseRetryAfter(value: string | undefined | null, now = Date.now()): number | undefined {
   if (!value) return undefined;
-  if (/^\d+(\.\d+)?$/.test(value.trim())) return Number(value) * 1000;
-  const at = Date.parse(value);
+  const v = value.trim();
+  if (/^\d+(\.\d+)?$/.test(v)) {
+    const n = Number(v);
+    if (n >= 1e12) return Math.max(0, n - now); // epoch milliseconds
+    if (n >= 1e9) return Math.max(0, n * 1000 - now); // epoch seconds
+    return n * 1000;
+  }
+  const at = Date.parse(v);
   return Number.isNaN(at) ? undefined : Math.max(0, at - now);
 }
+
+/**
+ * What the exchange needs of a source payer. The exchange is written against this, so it can be
+ * tested with a fake; `RemotePayerClient` is the real one.
+ */
+export interface RemotePayer {
+  readonly payer: SourcePayer;
+  /** Whether a URL is on the source's own origin (the only one the exchange calls with a token). */
+  ownsUrl(url: string): boolean;
+  memberMatch(params: Parameters): Promise<{ memberId: string; identifier?: Identifier }>;
+  kickoff(memberId: string, params: Record<string, string[]>): Promise<string>;
+  status(statusUrl: string): Promise<ExportStatus>;
+  download(url: string, requiresAccessToken: boolean, signal?: AbortSignal): Promise<Readable>;
+  cancel(statusUrl: string): Promise<void>;
+}
+
+/** A request the HTTP layer may retry by itself: idempotent GETs only (status, files, discovery). Others are sent once. */
+const retryable = (retries: number) => ({ 'axios-retry': { retries } });
 
 /** Bearer tokens for one source payer: SMART Backend Services or client secret, cached and renewed before expiry. */
 export class TokenProvider {
   private cached?: { token: string; renewAt: number };
   private endpoint?: string;
 
-  constructor(private readonly payer: SourcePayer, private readonly http: AxiosInstance) {
+  constructor(private readonly payer: SourcePayer, private readonly http: AxiosInstance, private readonly retries = 0) {
     this.endpoint = payer.tokenEndpoint;
   }
 
@@ -84,12 +111,22 @@ export class TokenProvider {
     if (this.endpoint) return this.endpoint;
     let res: AxiosResponse;
     try {
-      res = await this.http.get(`${this.payer.fhirBaseUrl}/.well-known/smart-configuration`, { headers: { accept: 'application/json' } });
+      res = await this.http.get(`${this.payer.fhirBaseUrl}/.well-known/smart-configuration`, { headers: { accept: 'application/json' }, ...retryable(this.retries) });
     } catch (err) {
       throw toRemoteError(err, 'SMART discovery');
     }
     const endpoint = res.data?.token_endpoint;
     if (typeof endpoint !== 'string') throw new RemoteError('smart-configuration has no token_endpoint', res.status, false);
+    // Our credentials go only to the payer's own origin: a discovery document cannot send them elsewhere.
+    let origin: string;
+    try {
+      origin = new URL(endpoint).origin;
+    } catch {
+      throw new RemoteError('smart-configuration has a token_endpoint that is not a URL', res.status, false);
+    }
+    if (origin !== new URL(this.payer.fhirBaseUrl).origin) {
+      throw new RemoteError(`the discovered token_endpoint is on ${origin}, not on the source payer's origin; configure tokenEndpoint for this payer to use it`, res.status, false);
+    }
     this.endpoint = endpoint;
     return endpoint;
   }
@@ -103,7 +140,8 @@ function toRemoteError(err: unknown, what: string): RemoteError {
   const outcome = data?.resourceType === 'OperationOutcome' ? (data as OperationOutcome) : undefined;
   const detail = outcome?.issue?.[0]?.diagnostics ?? outcome?.issue?.[0]?.details?.text ?? data?.error_description ?? e.message;
   const transient = status === undefined || status === 429 || status >= 500;
-  return new RemoteError(`${what} failed${status ? ` (HTTP ${status})` : ''}: ${detail}`, status, transient, outcome);
+  const retryAfter = e.response?.headers?.['retry-after'];
+  return new RemoteError(`${what} failed${status ? ` (HTTP ${status})` : ''}: ${String(detail).slice(0, 300)}`, status, transient, outcome, typeof retryAfter === 'string' ? retryAfter : undefined);
 }
 
 /**
@@ -112,7 +150,7 @@ function toRemoteError(err: unknown, what: string): RemoteError {
  * backoff and jitter, honouring Retry-After; a 401 renews the token once. Only URLs on the source's
  * own origin are ever followed.
  */
-export class RemotePayerClient {
+export class RemotePayerClient implements RemotePayer {
   private readonly http: AxiosInstance;
   readonly tokens: TokenProvider;
   private readonly origin: string;
@@ -120,10 +158,12 @@ export class RemotePayerClient {
   constructor(readonly payer: SourcePayer, private readonly opts: RemoteClientOptions) {
     this.origin = new URL(payer.fhirBaseUrl).origin;
     this.http = axios.create({ timeout: opts.timeoutMs, maxRedirects: 0, decompress: true });
+    // The one in-request retry policy: idempotent GETs only. POSTs ($member-match, token) and the
+    // export kick-off are never re-sent here; the exchange job decides about them, with backoff.
     axiosRetry(this.http, {
-      retries: opts.retries,
+      retries: 0,
       shouldResetTimeout: true,
-      retryCondition: (err) => !err.response || err.response.status === 429 || err.response.status >= 500,
+      retryCondition: (err) => err.config?.method === 'get' && (!err.response || err.response.status === 429 || err.response.status >= 500),
       retryDelay: (n, err) => {
         const hinted = parseRetryAfter(err.response?.headers?.['retry-after'] as string | undefined);
         const backoff = Math.min(opts.maxRetryDelayMs, opts.baseRetryDelayMs * 2 ** (n - 1)) * (0.5 + Math.random() / 2);
@@ -133,7 +173,7 @@ export class RemotePayerClient {
         opts.logger.warn('retrying source payer request', { issuer: payer.issuer, attempt: n, status: err.response?.status, code: err.code });
       },
     });
-    this.tokens = new TokenProvider(payer, this.http);
+    this.tokens = new TokenProvider(payer, this.http, opts.retries);
   }
 
   /** Whether a URL is on the source payer's own origin (status and file URLs must be). */
@@ -184,7 +224,7 @@ export class RemotePayerClient {
     let res: AxiosResponse;
     try {
       const q = qs.toString();
-      res = await this.send({ method: 'GET', url: `${this.payer.fhirBaseUrl}/Patient/${memberId}/$export${q ? `?${q}` : ''}`, headers }, 'export kick-off');
+      res = await this.send({ method: 'GET', url: `${this.payer.fhirBaseUrl}/Patient/${encodeURIComponent(memberId)}/$export${q ? `?${q}` : ''}`, headers }, 'export kick-off');
     } catch (err) {
       if (!(err instanceof RemoteError) || (err.status !== 404 && err.status !== 405)) throw err;
       const parameter = [{ name: 'patient', valueReference: { reference: `Patient/${memberId}` } }, ...Object.entries(params).flatMap(([k, vs]) => vs.map((v) => ({ name: k, valueString: v })))];
@@ -197,7 +237,7 @@ export class RemotePayerClient {
   }
 
   async status(statusUrl: string): Promise<ExportStatus> {
-    const res = await this.send<BulkManifest>({ method: 'GET', url: statusUrl, headers: { accept: 'application/json' } }, 'export status');
+    const res = await this.send<BulkManifest>({ method: 'GET', url: statusUrl, headers: { accept: 'application/json' }, ...retryable(this.opts.retries) }, 'export status');
     if (res.status === 202) {
       return { done: false, progress: res.headers['x-progress'] as string | undefined, retryAfterMs: parseRetryAfter(res.headers['retry-after'] as string | undefined) };
     }
@@ -208,7 +248,7 @@ export class RemotePayerClient {
 
   /** Streams one file; the token goes along only when the manifest requires it. */
   async download(url: string, requiresAccessToken: boolean, signal?: AbortSignal): Promise<Readable> {
-    const res = await this.send<Readable>({ method: 'GET', url, responseType: 'stream', headers: { accept: 'application/fhir+ndjson' }, signal }, 'download', requiresAccessToken);
+    const res = await this.send<Readable>({ method: 'GET', url, responseType: 'stream', headers: { accept: 'application/fhir+ndjson' }, signal, ...retryable(this.opts.retries) }, 'download', requiresAccessToken);
     return res.data;
   }
 

@@ -54,9 +54,10 @@ export class TaskTracker {
       const time = this.now().toISOString();
       const next: Task = { ...task, lastModified: time };
       if (change.status) next.status = change.status;
-      if (change.step) {
-        const text = change.detail ? `${change.step}: ${change.detail}` : change.step;
-        next.businessStatus = { coding: [{ system: STEP_SYSTEM, code: change.step }], text };
+      const step = change.step ?? (change.detail ? task.businessStatus?.coding?.find((c) => c.system === STEP_SYSTEM)?.code : undefined);
+      if (step) {
+        const text = change.detail ? `${step}: ${change.detail}` : step;
+        next.businessStatus = { coding: [{ system: STEP_SYSTEM, code: step }], text };
       }
       if (change.statusReason) next.statusReason = { text: change.statusReason };
       if (change.note) next.note = [...(task.note ?? []), { time, text: change.note }];

@@ -127,6 +127,38 @@ export class ResourceStore {
     return last ? last.v + 1 : 1;
   }
 
+  /**
+   * Where a resource's versions stand: its current version (null if none) and the highest version
+   * in its history. An undo journal records this before a write, so `revert` can go back to it.
+   */
+  async versionState(type: string, id: string): Promise<{ current: number | null; floor: number }> {
+    const doc = await this.current(type).findOne({ _id: id });
+    if (doc) return { current: doc.v, floor: doc.v };
+    const [last] = await this.history(type).find({ id }, { sort: { v: -1 }, limit: 1 });
+    return { current: null, floor: last?.v ?? 0 };
+  }
+
+  /**
+   * Undoes writes as if they never happened: the versions after `floor` leave the history, and the
+   * resource is back at version `current` (or gone again when it had none). Only when nobody else
+   * wrote since: `expected` names the latest version the undone writes made (undefined: any after floor).
+   */
+  async revert(type: string, id: string, to: { current: number | null; floor: number }, expected?: number): Promise<boolean> {
+    const currentColl = this.current(type);
+    const doc = await currentColl.findOne({ _id: id });
+    if (!doc || doc.v <= to.floor || (expected !== undefined && doc.v !== expected)) return false;
+    if (to.current === null) {
+      if ((await currentColl.deleteMany({ _id: id, v: doc.v })) === 0) return false;
+    } else {
+      const prev = await this.history(type).findOne({ _id: `${id}/${to.current}` });
+      if (!prev?.res) return false;
+      const restored: CurrentDoc = { _id: id, v: prev.v, lu: prev.lu, res: prev.res, ...buildSearchIndex(this.registry, prev.res as never) };
+      if ((await currentColl.replaceOne({ _id: id, v: doc.v }, restored)) === 0) return false;
+    }
+    await this.history(type).deleteMany({ id, v: { $gt: to.floor } });
+    return true;
+  }
+
   /** The current version; 404 if it never existed, 410 if deleted. */
   async read(type: string, id: string): Promise<Resource> {
     const doc = await this.current(type).findOne({ _id: id });

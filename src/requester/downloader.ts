@@ -1,0 +1,98 @@
+import fs from 'node:fs';
+import { createHash } from 'node:crypto';
+import { once } from 'node:events';
+import { Transform, TransformCallback, Readable } from 'node:stream';
+import { readResources } from './ndjson';
+import { LimitReached } from './exchange-errors';
+
+export interface DownloadLimits {
+  /** Bytes one file may hold. */
+  maxFileBytes: number;
+  /** Bytes the exchange may still receive, all files together. */
+  remainingBytes: number;
+  /** How long a download may go without receiving a byte. */
+  idleTimeoutMs: number;
+  /** The exchange's deadline (epoch ms). */
+  deadline: number;
+  maxLineLength: number;
+}
+
+export interface Downloaded {
+  count: number;
+  size: number;
+  sha1: string;
+}
+
+/** Counts bytes and watches the clock as data arrives; stops the download at the first limit reached. */
+class Limiter extends Transform {
+  bytes = 0;
+  private idle?: NodeJS.Timeout;
+  private readonly deadline: NodeJS.Timeout;
+
+  constructor(private readonly label: string, private readonly limits: DownloadLimits) {
+    super();
+    this.deadline = setTimeout(() => this.destroy(new LimitReached(`the exchange's deadline passed while downloading ${label}`)), Math.max(0, limits.deadline - Date.now()));
+    this.armIdle();
+  }
+
+  private armIdle() {
+    if (this.idle) clearTimeout(this.idle);
+    this.idle = setTimeout(() => this.destroy(new LimitReached(`the source sent nothing for ${Math.round(this.limits.idleTimeoutMs / 1000)} s while sending ${this.label}`)), this.limits.idleTimeoutMs);
+  }
+
+  _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback) {
+    this.armIdle();
+    this.bytes += chunk.length;
+    if (this.bytes > this.limits.maxFileBytes) return done(new LimitReached(`${this.label} is larger than the limit of ${this.limits.maxFileBytes} bytes per file`));
+    if (this.bytes > this.limits.remainingBytes) return done(new LimitReached(`the exchange received more than its limit of bytes (while downloading ${this.label})`));
+    done(null, chunk);
+  }
+
+  _flush(done: TransformCallback) {
+    this.stopTimers();
+    done();
+  }
+
+  _destroy(err: Error | null, done: (error: Error | null) => void) {
+    this.stopTimers();
+    done(err);
+  }
+
+  private stopTimers() {
+    if (this.idle) clearTimeout(this.idle);
+    clearTimeout(this.deadline);
+  }
+}
+
+/**
+ * Streams one NDJSON file from the source to a work file of ours, within the limits, checking each
+ * line (JSON, no prototype keys, the expected type, then `check`, which throws to refuse it) before
+ * it is written. The file name is the caller's: nothing the source sends names a file.
+ */
+export async function downloadTo(source: Readable, file: string, opts: { label: string; expectedType: string; limits: DownloadLimits; check: (resource: Record<string, unknown>, line: number) => void }): Promise<Downloaded> {
+  const limiter = new Limiter(opts.label, opts.limits);
+  source.on('error', (err) => limiter.destroy(err));
+  limiter.on('error', () => source.destroy());
+  source.pipe(limiter);
+  const out = fs.createWriteStream(file, { flags: 'w', mode: 0o600 });
+  const outFailed = new Promise<never>((_resolve, reject) => out.once('error', reject));
+  outFailed.catch(() => undefined);
+  const hash = createHash('sha1');
+  let count = 0;
+  let size = 0;
+  try {
+    for await (const { resource, raw, line } of readResources(limiter, { expectedType: opts.expectedType, maxLineLength: opts.limits.maxLineLength, label: opts.label })) {
+      opts.check(resource, line);
+      const text = `${raw}\n`;
+      hash.update(text);
+      size += Buffer.byteLength(text);
+      count++;
+      if (!out.write(text)) await Promise.race([once(out, 'drain'), outFailed]);
+    }
+  } finally {
+    source.destroy();
+    limiter.destroy();
+    await new Promise<void>((resolve) => out.end(() => resolve()));
+  }
+  return { count, size, sha1: hash.digest('base64') };
+}

@@ -1,0 +1,24 @@
+import { RemoteError } from './remote-payer-client';
+import { NdjsonError } from './ndjson';
+
+/** The exchange cannot succeed: it fails with this message as the Task's statusReason. */
+export class ExchangeFailed extends Error {}
+
+/** Data from the source that this server refuses to store (another person's record, a reference to a local patient…). */
+export class ImportRefused extends ExchangeFailed {}
+
+/** A limit was reached (bytes, time, pages): the exchange fails saying which. */
+export class LimitReached extends ExchangeFailed {}
+
+export type Classified = { kind: 'transient'; reason: string; status?: number } | { kind: 'failed'; reason: string; expected: boolean };
+
+/**
+ * The one place an exchange's errors are judged: a transient fault at the source (network, 429,
+ * 5xx) is worth another try later; everything else ends the exchange, with the reason the Task
+ * shows. An unexpected error is reported as an internal error, its detail kept for the log.
+ */
+export function classify(err: unknown): Classified {
+  if (err instanceof RemoteError) return err.transient ? { kind: 'transient', reason: err.message, status: err.status } : { kind: 'failed', reason: err.message, expected: true };
+  if (err instanceof ExchangeFailed || err instanceof NdjsonError) return { kind: 'failed', reason: err.message, expected: true };
+  return { kind: 'failed', reason: 'internal error', expected: false };
+}
