@@ -28,7 +28,7 @@ import { bulkExportRoutes, sweepExpiredExports } from './responder/bulk-export-r
 import { SourcePayerRegistry } from './requester/source-payers';
 import { RemotePayerClient } from './requester/remote-payer-client';
 import { Importer } from './requester/importer';
-import { TaskTracker } from './requester/task-tracker';
+import { checkClientTaskWrite, TaskTracker } from './requester/task-tracker';
 import { EXCHANGE_JOB, ExchangeJobData, ExchangeJobHandler } from './requester/exchange-job';
 import { ImportJournal } from './requester/import-journal';
 import { InvokeExportService } from './requester/invoke-export';
@@ -83,6 +83,8 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
         baseUrl,
         // Deleting or withdrawing a member's Consent ends the access granted under it, at once.
         onChange: type === 'Consent' ? (id, resource) => grants.consentChanged(id, resource as never) : undefined,
+        // Clients may cancel an exchange Task, nothing more.
+        beforeWrite: type === 'Task' ? checkClientTaskWrite : undefined,
       }),
     );
   }

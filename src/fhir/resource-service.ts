@@ -21,6 +21,8 @@ export interface ResourceServiceDeps {
   baseUrl: (req: Request) => string;
   /** Told after a resource of this type is written or deleted (undefined), e.g. to keep grants in step with Consents. */
   onChange?: (id: string, resource: Resource | undefined) => Promise<void>;
+  /** Asked before a client updates (or deletes: `incoming` undefined) an existing resource; throws to refuse. */
+  beforeWrite?: (existing: Resource, incoming: Resource | undefined) => void;
 }
 
 interface CoreArgs {
@@ -162,6 +164,7 @@ export function createResourceService(type: string, deps: ResourceServiceDeps) {
       const resource = validateResource(req.body, type);
       if (resource.id !== id) throw badRequest(`The body's id (${resource.id ?? 'none'}) must equal the id in the URL (${id})`, [`${type}.id`]);
       const existing = await store.readIfExists(type, id);
+      if (existing) deps.beforeWrite?.(existing, resource);
       checkInternalMarkers(type, resource, existing);
       // Where the server's markers are at stake, the write lands only on the version they were checked against.
       const pinned = existing && internalMarkers(existing).length ? [existing.meta?.versionId as string] : undefined;
@@ -172,6 +175,8 @@ export function createResourceService(type: string, deps: ResourceServiceDeps) {
 
     remove: async (args: CoreArgs) => {
       const id = checkId(type, args.id);
+      const existing = deps.beforeWrite ? await store.readIfExists(type, id) : undefined;
+      if (existing) deps.beforeWrite?.(existing, undefined);
       const version = await store.delete(type, id);
       await deps.onChange?.(id, undefined);
       return version ? { deleted: `W/"${version}"` } : {};

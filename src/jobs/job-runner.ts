@@ -157,11 +157,7 @@ export class JobRunner {
       if (this.running.has(job._id)) continue;
       if (job.attempts >= (this.opts.maxAttempts ?? DEFAULT_MAX_ATTEMPTS)) {
         // A job that keeps failing, or keeps taking its process down, is given up rather than retried forever.
-        const reason = `gave up after ${job.attempts} attempts${job.error ? `; last error: ${job.error}` : ''}`;
-        const ended = await this.jobs.updateOne({ _id: job._id, leaseUntil: job.leaseUntil, state: { $in: ['queued', 'running'] } }, { state: 'failed', error: reason, leaseUntil: 0, updatedAt: now });
-        this.opts.logger.warn('job given up', { job: job._id, kind: job.kind, attempts: job.attempts });
-        const onGiveUp = this.giveUps.get(job.kind);
-        if (ended && onGiveUp) await onGiveUp(job, reason).catch((err) => this.opts.logger.error('cleaning up a given-up job failed', { job: job._id, error: (err as Error).message }));
+        await this.giveUp(job, `gave up after ${job.attempts} attempts${job.error ? `; last error: ${job.error}` : ''}`, { leaseUntil: job.leaseUntil, state: { $in: ['queued', 'running'] } });
         continue;
       }
       const claimed = await this.jobs.updateOne(
@@ -204,7 +200,9 @@ export class JobRunner {
         // Left for whichever process claims it next.
       } else if (reason instanceof JobCancelled) {
         // Already marked cancelled.
-      } else if (reason instanceof RetryLater && job.attempts < (this.opts.maxAttempts ?? DEFAULT_MAX_ATTEMPTS)) {
+      } else if (reason instanceof RetryLater && job.attempts >= (this.opts.maxAttempts ?? DEFAULT_MAX_ATTEMPTS)) {
+        await this.giveUp(job, `gave up after ${job.attempts} attempts; last error: ${reason.message}`, { leaseOwner: this.owner, state: 'running' });
+      } else if (reason instanceof RetryLater) {
         await this.jobs.updateOne(
           { _id: job._id, leaseOwner: this.owner, state: 'running' },
           { state: 'queued', runAfter: Date.now() + reason.delayMs, leaseUntil: 0, error: reason.message, updatedAt: Date.now() },
@@ -218,6 +216,14 @@ export class JobRunner {
       clearInterval(heartbeat);
       this.running.delete(job._id);
     }
+  }
+
+  /** Marks a job failed for good (if it is still as `where` says) and tells its kind's clean-up. */
+  private async giveUp(job: JobDoc, reason: string, where: Record<string, unknown>): Promise<void> {
+    const ended = await this.jobs.updateOne({ _id: job._id, ...where }, { state: 'failed', error: reason, leaseUntil: 0, updatedAt: Date.now() });
+    this.opts.logger.warn('job given up', { job: job._id, kind: job.kind, attempts: job.attempts });
+    const onGiveUp = this.giveUps.get(job.kind);
+    if (ended && onGiveUp) await onGiveUp(job, reason).catch((err) => this.opts.logger.error('cleaning up a given-up job failed', { job: job._id, error: (err as Error).message }));
   }
 
   private async finish(id: string, state: JobState, error?: string) {

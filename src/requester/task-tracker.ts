@@ -1,6 +1,7 @@
-import type { Task, TaskOutput } from 'fhir/r4';
+import { isDeepStrictEqual } from 'node:util';
+import type { Resource, Task, TaskOutput } from 'fhir/r4';
 import { ResourceStore } from '../store/resource-store';
-import { FhirError } from '../fhir/outcome';
+import { conflict, FhirError, unprocessable } from '../fhir/outcome';
 
 export const DATA_REQUEST_CODE = { coding: [{ system: 'http://hl7.org/fhir/us/davinci-hrex/CodeSystem/hrex-temp', code: 'data-request' }] };
 /** Marks the Tasks the exchange manages, so they can be searched apart from other Tasks (`_tag=`). */
@@ -72,4 +73,25 @@ export class TaskTracker {
     }
     throw new Error(`could not update Task/${id}: too many concurrent writes`);
   }
+}
+
+const ENDED = new Set(['completed', 'failed', 'cancelled', 'rejected', 'entered-in-error']);
+
+/**
+ * What a client may do to an exchange Task: cancel it while it is active, changing nothing else
+ * (If-Match is honoured by the update itself). Anything else would make the Task say what did not
+ * happen: 409 once the exchange has ended, 422 for any other change.
+ */
+export function checkClientTaskWrite(existing: Task | Resource, incoming: Task | Resource | undefined): void {
+  const current = existing as Task;
+  if (!(current.meta?.tag ?? []).some((t) => t.system === EXCHANGE_TAG.system && t.code === EXCHANGE_TAG.code)) return;
+  if (!incoming) throw conflict(`Task/${current.id} tracks a payer-to-payer exchange and cannot be deleted`);
+  if (ENDED.has(current.status)) throw conflict(`Task/${current.id}: the exchange has ended (${current.status}); it can no longer be changed`);
+  const next = incoming as Task;
+  if (next.status !== 'cancelled') throw unprocessable(`Task/${current.id} tracks a payer-to-payer exchange: a client may only set its status to cancelled`);
+  const rest = (t: Task) => {
+    const { meta: _m, status: _s, statusReason: _r, lastModified: _l, ...others } = t;
+    return JSON.parse(JSON.stringify(others));
+  };
+  if (!isDeepStrictEqual(rest(current), rest(next))) throw unprocessable(`Task/${current.id} tracks a payer-to-payer exchange: cancelling it may change nothing but its status`);
 }

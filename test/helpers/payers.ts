@@ -37,7 +37,7 @@ export async function startRequester(source: { tokenUrl: string; fhirBaseUrl: st
         issuer: SOURCE_ISSUER,
         name: 'Source Health Plan',
         fhirBaseUrl: source.fhirBaseUrl,
-        tokenEndpoint: source.tokenUrl,
+        ...(source.tokenUrl ? { tokenEndpoint: source.tokenUrl } : {}),
         clientId: source.client.clientId,
         clientAuthenticationMode: 'PRIVATE_KEY_JWT',
         privateKeyJwk: source.client.privateJwk,

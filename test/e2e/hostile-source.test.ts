@@ -1,0 +1,221 @@
+import fs from 'node:fs';
+import http from 'node:http';
+import path from 'node:path';
+import type { AddressInfo } from 'node:net';
+import { RunningServer } from '../../src/main';
+import { generateClientKeys } from '../../src/auth/keys';
+import { SyntheticMember } from '../../scripts/synthetic';
+import { fhir } from '../helpers/server';
+import { FakeSource, ndjson, startFakeSource } from '../helpers/fake-source';
+import { createLocalPatient, invokeBody, startRequester, waitForTask } from '../helpers/payers';
+
+/**
+ * The requesting side against a source payer that lies about types, sizes, URLs and members. Each
+ * case asserts the Task's reason, that nothing was stored, that nothing was written outside
+ * DATA_DIR, and that the server keeps serving.
+ */
+const member = { patientId: 'm1', memberId: 'MEM-1', family: 'Hostile', given: 'Hal', birthDate: '1970-01-01', gender: 'male' } as SyntheticMember;
+const condition = (id: string, extra: Record<string, unknown> = {}) => ({ resourceType: 'Condition', id, subject: { reference: 'Patient/m1' }, code: { text: `condition ${id}` }, ...extra });
+
+function listFiles(dir: string): string[] {
+  if (!fs.existsSync(dir)) return [];
+  return fs.readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? listFiles(path.join(dir, e.name)) : [path.join(dir, e.name)]));
+}
+
+describe('a hostile source payer', () => {
+  let fake: FakeSource;
+  let requester: RunningServer;
+  let local: string;
+  const overrides = { pollMinMs: 20, pollMaxMs: 200, exchangeMaxFileBytes: 64 * 1024, downloadIdleTimeoutMs: 700, manifestMaxPages: 5 };
+
+  beforeAll(async () => {
+    fake = await startFakeSource();
+    const { privateJwk } = await generateClientKeys();
+    requester = await startRequester({ tokenUrl: '', fhirBaseUrl: fake.base, client: { clientId: 'us', privateJwk } }, overrides);
+    local = await createLocalPatient(requester, member);
+    // A patient of this server that no exchange may touch.
+    await fhir('PUT', `${requester.baseUrl}/Patient/victim-local`, { resourceType: 'Patient', id: 'victim-local', name: [{ family: 'Victim' }] });
+  });
+  afterAll(async () => {
+    await requester.stop();
+    await fake.close();
+  });
+  beforeEach(() => {
+    fake.files = {};
+    fake.output = [];
+    fake.manifest = undefined;
+    fake.smartConfiguration = undefined;
+    fake.memberMatch = undefined;
+    fake.file = undefined;
+  });
+
+  async function exchange(): Promise<any> {
+    const res = await fhir('POST', `${requester.baseUrl}/Patient/$sdh.s2s.invoke-export`, invokeBody(local, member, { issuer: 'https://source-payer.example.com' }));
+    expect(res.status).toBe(200);
+    return waitForTask(requester, res.body.id, undefined, 20000);
+  }
+
+  async function storedConditions(): Promise<number> {
+    return (await fhir('GET', `${requester.baseUrl}/Condition?_summary=count`)).body.total;
+  }
+
+  async function expectFailedLeavingNothing(reason: RegExp) {
+    const before = await storedConditions();
+    const task = await exchange();
+    expect({ status: task.status, reason: task.statusReason?.text }).toEqual({ status: 'failed', reason: expect.stringMatching(reason) });
+    expect(await storedConditions()).toBe(before);
+    expect((await fhir('GET', `${requester.baseUrl}/Condition?patient=victim-local`)).body.total).toBe(0);
+    expect((await fhir('GET', `${requester.baseUrl}/metadata`)).status).toBe(200);
+    return task;
+  }
+
+  it('names no file after the manifest: a traversal type fails the exchange and writes nothing outside DATA_DIR', async () => {
+    const root = path.dirname(requester.config.dataDir);
+    const before = new Set(listFiles(root).filter((f) => f.includes('pwned')));
+    fake.output = [{ type: '../../../../../pwned', name: 'x' }, { type: 'Condition/../../x', name: 'y' }];
+    fake.files = { x: ndjson([condition('c1')]), y: ndjson([condition('c2')]) };
+    await expectFailedLeavingNothing(/not a FHIR resource type/);
+    expect(listFiles(root).filter((f) => f.includes('pwned') && !before.has(f))).toEqual([]);
+    expect(listFiles(path.join(requester.config.dataDir, 'exchanges'))).toEqual([]);
+  });
+
+  it('sends our credentials only to the source: a discovered token endpoint on another origin fails the exchange', async () => {
+    const seen: string[] = [];
+    const elsewhere = http.createServer((req, res) => {
+      seen.push(`${req.method} ${req.url} ${req.headers.authorization ?? ''}`);
+      res.end('{}');
+    });
+    await new Promise<void>((resolve) => elsewhere.listen(0, '127.0.0.1', resolve));
+    // A requester that has not yet discovered this source's token endpoint.
+    const { privateJwk } = await generateClientKeys();
+    const fresh = await startRequester({ tokenUrl: '', fhirBaseUrl: fake.base, client: { clientId: 'us', privateJwk } }, overrides);
+    try {
+      fake.smartConfiguration = () => ({ token_endpoint: `http://127.0.0.1:${(elsewhere.address() as AddressInfo).port}/steal` });
+      fake.log.length = 0;
+      const patient = await createLocalPatient(fresh, member);
+      const res = await fhir('POST', `${fresh.baseUrl}/Patient/$sdh.s2s.invoke-export`, invokeBody(patient, member, { issuer: 'https://source-payer.example.com' }));
+      const task = await waitForTask(fresh, res.body.id);
+      expect({ status: task.status, reason: task.statusReason?.text }).toEqual({ status: 'failed', reason: expect.stringMatching(/token_endpoint is on http:\/\/127\.0\.0\.1:\d+, not on the source payer's origin/) });
+      expect(seen).toEqual([]);
+      expect(fake.log).toEqual(['GET /fhir/.well-known/smart-configuration']);
+    } finally {
+      await fresh.stop();
+      elsewhere.close();
+      elsewhere.closeAllConnections();
+    }
+  });
+
+  it('bounds what it receives: a never-ending file, a trickling one, and manifests that page forever', async () => {
+    fake.output = [{ type: 'Condition', name: 'endless' }];
+    fake.file = (name, res) => {
+      if (name !== 'endless') return false;
+      res.writeHead(200, { 'content-type': 'application/fhir+ndjson' });
+      const chunk = ndjson(Array.from({ length: 50 }, (_, i) => condition(`e${i}`)));
+      const pump = () => {
+        while (res.write(chunk));
+        res.once('drain', pump);
+      };
+      res.on('close', () => res.removeAllListeners('drain'));
+      pump();
+      return true;
+    };
+    await expectFailedLeavingNothing(/larger than the limit of 65536 bytes per file/);
+
+    fake.output = [{ type: 'Condition', name: 'trickle' }];
+    fake.file = (name, res) => {
+      res.writeHead(200, { 'content-type': 'application/fhir+ndjson' });
+      res.write('{');
+      const t = setInterval(() => res.write(' '), 2000);
+      res.on('close', () => clearInterval(t));
+      return true;
+    };
+    await expectFailedLeavingNothing(/sent nothing for/);
+
+    fake.manifest = () => ({ transactionTime: 'x', request: 'x', requiresAccessToken: true, output: [], error: [], link: [{ relation: 'next', url: `${fake.base}/status` }] });
+    await expectFailedLeavingNothing(/link back to a page already read/);
+    let page = 0;
+    fake.manifest = () => ({ transactionTime: 'x', request: 'x', requiresAccessToken: true, output: [], error: [], link: [{ relation: 'next', url: `${fake.base}/status?page=${++page}` }] });
+    await expectFailedLeavingNothing(/more than 5 pages/);
+  });
+
+  it('checks every record before storing anything: invalid elements, prototype keys, another person, a local patient', async () => {
+    const cases: [string, unknown[], RegExp][] = [
+      ['invalid element', [condition('ok1'), condition('bad', { bogus: 1 })], /line 2 is not valid FHIR R4: .*bogus/],
+      ['prototype key', [condition('ok1'), { ...condition('bad'), constructor: { prototype: { polluted: true } } }], /forbidden key 'constructor'/],
+      ['a second Patient', [{ resourceType: 'Patient', id: 'm1' }, { resourceType: 'Patient', id: 'stranger', name: [{ family: 'Stranger' }] }], /a Patient other than the matched member/],
+      ['a local patient by absolute URL', [condition('abs', { subject: { reference: `${requester.baseUrl}/Patient/victim-local` } })], /refers to a patient other than the member/],
+      ['a local patient inside a contained resource', [condition('cont', { contained: [{ resourceType: 'Observation', id: 'o', status: 'final', code: { text: 'x' }, subject: { reference: `${requester.baseUrl}/Patient/victim-local` } }] })], /refers to a patient other than the member/],
+    ];
+    for (const [name, resources, reason] of cases) {
+      const type = (resources[resources.length - 1] as { resourceType: string }).resourceType;
+      fake.output = [{ type: 'Condition', name: 'good' }, { type, name: 'bad' }];
+      fake.files = { good: ndjson([condition('fine')]), bad: ndjson(resources) };
+      const task = await expectFailedLeavingNothing(reason);
+      expect({ name, reason: task.statusReason.text }).toEqual({ name, reason: expect.stringMatching(reason) });
+    }
+    expect((await fhir('GET', `${requester.baseUrl}/Patient?name=Stranger`)).body.total).toBe(0);
+    expect(({} as Record<string, unknown>).polluted).toBeUndefined();
+  });
+
+  it('skips and reports types it does not store, asks for the types it stores by default, and imports the rest', async () => {
+    fake.output = [{ type: 'Claim', name: 'claims', count: 7 }, { type: 'Condition', name: 'conds', count: 2 }];
+    fake.files = { claims: ndjson([{ resourceType: 'Claim', id: 'x' }]), conds: ndjson([condition('k1'), condition('k2')]) };
+    const task = await exchange();
+    expect(task.status).toBe('completed');
+    const out = Object.fromEntries(task.output.map((o: any) => [o.type.text, o.valueInteger]));
+    expect(out['skipped:Claim']).toBe(7);
+    expect(out['count:Condition']).toBe(2);
+    expect(fake.log).not.toContain('GET /fhir/files/claims');
+    const kickoff = fake.log.find((l) => l.includes('/$export'));
+    expect(kickoff).toBeDefined();
+  });
+
+  it('sends $member-match once per attempt: the HTTP layer never re-sends a POST', async () => {
+    let calls = 0;
+    fake.memberMatch = (res) => {
+      calls++;
+      res.writeHead(503, { 'content-type': 'application/fhir+json', 'retry-after': '1' });
+      res.end('{"resourceType":"OperationOutcome","issue":[]}');
+    };
+    const res = await fhir('POST', `${requester.baseUrl}/Patient/$sdh.s2s.invoke-export`, invokeBody(local, member, { issuer: 'https://source-payer.example.com' }));
+    const waiting = await waitForTask(requester, res.body.id, (t) => /waiting for the source: HTTP 503, retrying/.test(t.businessStatus?.text ?? ''));
+    expect(calls).toBe(1);
+    expect(waiting.status).toBe('in-progress');
+    const cancel = await fhir('PUT', `${requester.baseUrl}/Task/${waiting.id}`, { ...waiting, status: 'cancelled' }, { 'if-match': `W/"${waiting.meta.versionId}"` });
+    expect(cancel.status).toBe(200);
+    expect((await waitForTask(requester, waiting.id)).status).toBe('cancelled');
+  });
+
+  it('lets clients cancel an active exchange Task and nothing else', async () => {
+    fake.output = [{ type: 'Condition', name: 'conds' }];
+    fake.files = { conds: ndjson([condition('t1')]) };
+    const done = await exchange();
+    expect(done.status).toBe('completed');
+    const url = `${requester.baseUrl}/Task/${done.id}`;
+    expect((await fhir('PUT', url, { ...done, status: 'cancelled' })).status).toBe(409);
+    expect((await fhir('DELETE', url)).status).toBe(409);
+    fake.memberMatch = (res) => {
+      res.writeHead(503, { 'retry-after': '1' });
+      res.end();
+    };
+    const res = await fhir('POST', `${requester.baseUrl}/Patient/$sdh.s2s.invoke-export`, invokeBody(local, member, { issuer: 'https://source-payer.example.com' }));
+    const running = await waitForTask(requester, res.body.id, (t) => t.status === 'in-progress');
+    const runningUrl = `${requester.baseUrl}/Task/${running.id}`;
+    expect((await fhir('PUT', runningUrl, { ...running, status: 'completed' })).status).toBe(422);
+    expect((await fhir('PUT', runningUrl, { ...running, status: 'cancelled', for: { reference: 'Patient/victim-local' } })).status).toBe(422);
+    expect((await fhir('PUT', runningUrl, { ...running, status: 'cancelled' }, { 'if-match': 'W/"1"' })).status).toBe(412);
+    const latest = (await fhir('GET', runningUrl)).body;
+    expect((await fhir('PUT', runningUrl, { ...latest, status: 'cancelled' }, { 'if-match': `W/"${latest.meta.versionId}"` })).status).toBe(200);
+    expect((await waitForTask(requester, running.id)).status).toBe('cancelled');
+  });
+
+  it('restarts cleanly after hostile exchanges, and keeps serving', async () => {
+    const { config, port } = requester;
+    await requester.stop();
+    const { privateJwk } = await generateClientKeys();
+    requester = await startRequester({ tokenUrl: '', fhirBaseUrl: fake.base, client: { clientId: 'us', privateJwk } }, { ...overrides, dataDir: config.dataDir, exportDir: config.exportDir, port });
+    await new Promise((r) => setTimeout(r, 1500));
+    expect((await fhir('GET', `${requester.baseUrl}/metadata`)).status).toBe(200);
+    expect((await fhir('GET', `${requester.baseUrl}/Patient/${local}`)).status).toBe(200);
+  });
+});

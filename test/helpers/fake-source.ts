@@ -1,0 +1,88 @@
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+/**
+ * A source payer on loopback that answers the way a broken or hostile one would. Each route's
+ * answer is a function the test sets; by default it behaves: token, match (member `m1`), a 202
+ * kick-off, and a manifest of the `files` it holds.
+ */
+export interface FakeSource {
+  origin: string;
+  base: string;
+  /** Every request, as `METHOD path`. */
+  log: string[];
+  /** The Authorization headers received, by path. */
+  auth: Record<string, string | undefined>;
+  /** NDJSON bodies by file name, served at `${base}/files/{name}`. */
+  files: Record<string, string>;
+  /** The manifest's `output` (urls default to the file of the same name). */
+  output: { type: string; name?: string; url?: string; count?: number }[];
+  manifest?: (req: http.IncomingMessage) => unknown;
+  smartConfiguration?: () => unknown;
+  memberMatch?: (res: http.ServerResponse) => void;
+  file?: (name: string, res: http.ServerResponse) => boolean;
+  close(): Promise<void>;
+}
+
+const line = (r: unknown) => `${JSON.stringify(r)}\n`;
+export const ndjson = (rs: unknown[]) => rs.map(line).join('');
+
+export async function startFakeSource(): Promise<FakeSource> {
+  const server = http.createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const base = `${origin}/fhir`;
+  const fake: FakeSource = {
+    origin,
+    base,
+    log: [],
+    auth: {},
+    files: {},
+    output: [],
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
+  const json = (res: http.ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}) => {
+    res.writeHead(status, { 'content-type': 'application/json', ...headers });
+    res.end(JSON.stringify(body));
+  };
+  server.on('request', async (req, res) => {
+    for await (const _ of req) void _;
+    const url = new URL(req.url ?? '/', origin);
+    fake.log.push(`${req.method} ${url.pathname}`);
+    fake.auth[url.pathname] = req.headers.authorization;
+    const p = url.pathname;
+    if (p === '/fhir/.well-known/smart-configuration') return json(res, 200, fake.smartConfiguration?.() ?? { token_endpoint: `${origin}/token` });
+    if (p === '/token') return json(res, 200, { access_token: 'fake-token', token_type: 'bearer', expires_in: 300 });
+    if (p === '/fhir/Patient/$member-match') {
+      if (fake.memberMatch) return fake.memberMatch(res);
+      return json(res, 200, { resourceType: 'Parameters', parameter: [{ name: 'MemberId', valueReference: { reference: 'Patient/m1' } }] });
+    }
+    if (p === '/fhir/Patient/m1/$export') {
+      res.writeHead(202, { 'content-location': `${base}/status` });
+      return res.end();
+    }
+    if (p.startsWith('/fhir/status')) {
+      const body = fake.manifest?.(req) ?? {
+        transactionTime: new Date().toISOString(),
+        request: `${base}/Patient/m1/$export`,
+        requiresAccessToken: true,
+        output: fake.output.map((o) => ({ type: o.type, url: o.url ?? `${base}/files/${o.name ?? o.type}`, ...(o.count !== undefined ? { count: o.count } : {}) })),
+        error: [],
+      };
+      return json(res, 200, body);
+    }
+    if (p.startsWith('/fhir/files/')) {
+      const name = decodeURIComponent(p.slice('/fhir/files/'.length));
+      if (fake.file?.(name, res)) return;
+      if (!(name in fake.files)) return json(res, 404, { resourceType: 'OperationOutcome', issue: [] });
+      res.writeHead(200, { 'content-type': 'application/fhir+ndjson' });
+      return res.end(fake.files[name]);
+    }
+    json(res, 404, { resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'not-found', diagnostics: p }] });
+  });
+  return fake;
+}
