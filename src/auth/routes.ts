@@ -22,7 +22,6 @@ export function tokenRoutes(tokens: TokenService, tokenUrl: () => string, logger
         logger.warn('token refused', { error: err.error });
         if (err.status === 401) res.set('WWW-Authenticate', 'Basic realm="token"');
         res.status(err.status).json({ error: err.error, error_description: err.message });
-        return;
       }
     }),
   );

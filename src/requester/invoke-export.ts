@@ -11,7 +11,7 @@ import { isServedType } from '../fhir/resource-types';
 import { JobRunner } from '../jobs/job-runner';
 import { memberMatchParameters, readMemberMatchParts } from '../responder/member-match';
 import { SourcePayerRegistry } from './source-payers';
-import { DATA_REQUEST_CODE, EXCHANGE_TAG, TaskTracker } from './task-tracker';
+import { DATA_REQUEST_CODE, EXCHANGE_TAG, isTaskEnded, TaskTracker } from './task-tracker';
 import { EXCHANGE_JOB, ExchangeJobData } from './exchange-job';
 import type { Logger } from '../logger';
 
@@ -37,7 +37,6 @@ interface LockDoc extends StoredDoc {
 
 const PENDING_MS = 60_000;
 const TERMINAL_JOB = new Set(['completed', 'failed', 'cancelled']);
-const TERMINAL_TASK = new Set(['completed', 'failed', 'cancelled', 'rejected', 'entered-in-error']);
 
 export interface InvokeExportRequest {
   localPatientId: string;
@@ -198,7 +197,7 @@ export class InvokeExportService {
     const job = await this.runner.get(lock.taskId);
     if (!job || TERMINAL_JOB.has(job.state)) return true;
     const task = (await this.store.readIfExists('Task', lock.taskId)) as Task | undefined;
-    return !task || TERMINAL_TASK.has(task.status);
+    return !task || isTaskEnded(task);
   }
 
   async release(taskId: string): Promise<void> {

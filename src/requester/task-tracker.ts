@@ -77,6 +77,11 @@ export class TaskTracker {
 
 const ENDED = new Set(['completed', 'failed', 'cancelled', 'rejected', 'entered-in-error']);
 
+/** Whether a Task's status says its work is over. */
+export function isTaskEnded(task: Pick<Task, 'status'>): boolean {
+  return ENDED.has(task.status);
+}
+
 /**
  * What a client may do to an exchange Task: cancel it while it is active, changing nothing else
  * (If-Match is honoured by the update itself). Anything else would make the Task say what did not
@@ -86,7 +91,7 @@ export function checkClientTaskWrite(existing: Task | Resource, incoming: Task |
   const current = existing as Task;
   if (!(current.meta?.tag ?? []).some((t) => t.system === EXCHANGE_TAG.system && t.code === EXCHANGE_TAG.code)) return;
   if (!incoming) throw conflict(`Task/${current.id} tracks a payer-to-payer exchange and cannot be deleted`);
-  if (ENDED.has(current.status)) throw conflict(`Task/${current.id}: the exchange has ended (${current.status}); it can no longer be changed`);
+  if (isTaskEnded(current)) throw conflict(`Task/${current.id}: the exchange has ended (${current.status}); it can no longer be changed`);
   const next = incoming as Task;
   if (next.status !== 'cancelled') throw unprocessable(`Task/${current.id} tracks a payer-to-payer exchange: a client may only set its status to cancelled`);
   const rest = (t: Task) => {

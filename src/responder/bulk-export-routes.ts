@@ -5,7 +5,7 @@ import { asyncHandler, sendResource } from '../fhir/http';
 import { badRequest, FhirError, forbidden, gone, notFound, outcome } from '../fhir/outcome';
 import { SearchRegistry } from '../fhir/search/registry';
 import { RESOURCE_TYPES } from '../fhir/resource-types';
-import { PatientCompartment } from '../fhir/compartment';
+import { PatientCompartment, SUPPORTING_TYPES } from '../fhir/compartment';
 import { ResourceStore } from '../store/resource-store';
 import { JobDoc, JobRunner } from '../jobs/job-runner';
 import { AccessPolicy } from '../access/access-policy';
@@ -13,7 +13,7 @@ import { AUTHENTICATED, Guard } from '../auth/guard';
 import { allows } from '../auth/scopes';
 import { ExportFiles } from './export-files';
 import { ExportLevel, kickoffParams, parseExportRequest } from './export-request';
-import { EXPORT_JOB, ExportJobData, SUPPORTING_TYPES } from './export-job';
+import { EXPORT_JOB, ExportJobData } from './export-job';
 
 export interface BulkExportDeps {
   runner: JobRunner;

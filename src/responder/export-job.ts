@@ -12,7 +12,6 @@ import { SearchRegistry } from '../fhir/search/registry';
 
 export const EXPORT_JOB = 'bulk-export';
 
-export { SUPPORTING_TYPES };
 
 export interface ExportOutput {
   type: string;

@@ -166,8 +166,11 @@ describe('a hostile source payer', () => {
     expect(out['skipped:Claim']).toBe(7);
     expect(out['count:Condition']).toBe(2);
     expect(fake.log).not.toContain('GET /fhir/files/claims');
-    const kickoff = fake.log.find((l) => l.includes('/$export'));
-    expect(kickoff).toBeDefined();
+    // No _type in the request: the source is asked for what this server stores, Binary aside.
+    const asked = (fake.exportQuery?.get('_type') ?? '').split(',');
+    expect(asked).toEqual(expect.arrayContaining(['Patient', 'Condition', 'ExplanationOfBenefit', 'Coverage']));
+    expect(asked).not.toContain('Binary');
+    expect(asked).not.toContain('Claim');
   });
 
   it('sends $member-match once per attempt: the HTTP layer never re-sends a POST', async () => {

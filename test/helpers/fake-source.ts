@@ -11,6 +11,8 @@ export interface FakeSource {
   base: string;
   /** Every request, as `METHOD path`. */
   log: string[];
+  /** The query of the last export kick-off. */
+  exportQuery?: URLSearchParams;
   /** The Authorization headers received, by path. */
   auth: Record<string, string | undefined>;
   /** NDJSON bodies by file name, served at `${base}/files/{name}`. */
@@ -62,6 +64,7 @@ export async function startFakeSource(): Promise<FakeSource> {
       return json(res, 200, { resourceType: 'Parameters', parameter: [{ name: 'MemberId', valueReference: { reference: 'Patient/m1' } }] });
     }
     if (p === '/fhir/Patient/m1/$export') {
+      fake.exportQuery = url.searchParams;
       res.writeHead(202, { 'content-location': `${base}/status` });
       return res.end();
     }
