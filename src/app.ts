@@ -1,6 +1,6 @@
 import express, { Express, RequestHandler, Router } from 'express';
 import compression from 'compression';
-import type { CapabilityStatementRestResourceOperation } from 'fhir/r4';
+import type { ServedOperation } from './conformance/operation-definitions';
 // node-fhir-server-core ships no type declarations
 // eslint-disable-next-line @typescript-eslint/no-var-requires
 const { Server: FhirCoreServer } = require('@bluehalo/node-fhir-server-core');
@@ -21,8 +21,6 @@ export interface CoreOperation {
   /** The operation's name as in the URL, without `$`, e.g. `member-match`. */
   name: string;
   method: 'POST' | 'GET';
-  /** The canonical OperationDefinition, advertised in the CapabilityStatement. */
-  reference: string;
   /** What the caller needs, checked by the guard before the core runs the handler. */
   permission: Permission;
   handler: (args: { id?: string; resource?: unknown }, ctx: { req: express.Request }) => Promise<unknown>;
@@ -43,8 +41,8 @@ export interface AppParts {
   fhirRoutes?: Router[];
   /** Type-level operations, by resource type. */
   operations?: Record<string, CoreOperation[]>;
-  extraOperations?: CapabilityStatementRestResourceOperation[];
-  typeOperations?: Record<string, CapabilityStatementRestResourceOperation[]>;
+  /** Every operation served (here or in `fhirRoutes`), as the CapabilityStatement advertises them. */
+  servedOperations: () => ServedOperation[];
   tokenEndpoint?: () => string;
 }
 
@@ -122,7 +120,7 @@ export function buildApp(parts: AppParts): Express {
     profiles[type] = {
       service: serviceModule,
       versions: ['4_0_1'],
-      operation: ops.map((op) => ({ name: op.name, route: `/$${op.name}`, method: op.method, reference: op.reference })),
+      operation: ops.map((op) => ({ name: op.name, route: `/$${op.name}`, method: op.method })),
     };
   }
   const core = new FhirCoreServer(
@@ -134,9 +132,9 @@ export function buildApp(parts: AppParts): Express {
         base: parts.baseUrl,
         authRequired: config.authRequired,
         tokenEndpoint: parts.tokenEndpoint,
-        extraOperations: parts.extraOperations ?? [],
-        typeOperations: parts.typeOperations ?? {},
+        operations: parts.servedOperations,
         version: parts.version,
+        publisher: config.requestingPayerName,
       }),
     },
     app,

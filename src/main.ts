@@ -24,6 +24,7 @@ import { JobRunner } from './jobs/job-runner';
 import { MemberMatchService } from './responder/member-match';
 import { ExportFiles } from './responder/export-files';
 import { EXPORT_JOB, ExportJobHandler } from './responder/export-job';
+import { everythingRoutes } from './responder/everything';
 import { bulkExportRoutes, sweepExpiredExports } from './responder/bulk-export-routes';
 import { SourcePayerRegistry } from './requester/source-payers';
 import { RemotePayerClient } from './requester/remote-payer-client';
@@ -32,6 +33,8 @@ import { checkClientTaskWrite, TaskTracker } from './requester/task-tracker';
 import { EXCHANGE_JOB, ExchangeJobData, ExchangeJobHandler } from './requester/exchange-job';
 import { ImportJournal } from './requester/import-journal';
 import { InvokeExportService } from './requester/invoke-export';
+import { servedOperations } from './conformance/operation-definitions';
+import { definitionRoutes } from './conformance/definition-routes';
 
 /** The package version, found from src/ (ts-jest) and from dist/src/ (npm start) alike. */
 function packageVersion(): string {
@@ -68,6 +71,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
   const access = new AccessPolicy(grants, compartment);
   const base = { url: fhirBase(config) };
   const baseUrl = () => base.url;
+  const operations = () => servedOperations(base.url);
   const tokenUrl = () => `${base.url.replace(/\/4_0_1$/, '')}${TOKEN_PATH}`;
 
   const services = new Map<string, ResourceService>();
@@ -161,14 +165,15 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
     fhirRoutes: [
       smartConfigurationRoutes(guard, tokenUrl),
       bulkExportRoutes({ runner, files, store, registry, compartment, access, guard, baseUrl, authRequired: config.authRequired }),
+      everythingRoutes({ store, compartment, access, guard, baseUrl, defaultPageSize: config.defaultPageSize, maxPageSize: config.maxPageSize }),
       grantRoutes(guard, grants, logger),
+      definitionRoutes(guard, operations, baseUrl),
     ],
     operations: {
       Patient: [
         {
           name: 'member-match',
           method: 'POST',
-          reference: 'http://hl7.org/fhir/us/davinci-hrex/OperationDefinition/member-match',
           // Partners call it; a match is what grants them access to the member.
           permission: { type: 'Patient', action: 'r' },
           handler: (args, { req }) => memberMatch.handle(args.resource, req),
@@ -176,22 +181,13 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
         {
           name: 'sdh.s2s.invoke-export',
           method: 'POST',
-          reference: 'https://smilecdr.com/fhir/OperationDefinition/sdh-s2s-invoke-export',
           // The requesting payer's own back office starts exchanges.
           permission: { type: 'Task', action: 'c', role: 'service' },
           handler: (args, { req }) => invokeExport.handle(args.resource, req),
         },
       ],
     },
-    extraOperations: [{ name: 'export', definition: 'http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export' }],
-    typeOperations: {
-      Patient: [
-        { name: 'member-match', definition: 'http://hl7.org/fhir/us/davinci-hrex/OperationDefinition/member-match' },
-        { name: 'sdh.s2s.invoke-export', definition: 'https://smilecdr.com/fhir/OperationDefinition/sdh-s2s-invoke-export' },
-        { name: 'export', definition: 'http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export' },
-      ],
-      Group: [{ name: 'export', definition: 'http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export' }],
-    },
+    servedOperations: operations,
   });
   const server = http.createServer(app);
   await new Promise<void>((resolve, reject) => {

@@ -1,56 +1,77 @@
-import type { CapabilityStatement, CapabilityStatementRestResourceOperation } from 'fhir/r4';
+import type { CapabilityStatement, CapabilityStatementRest, CapabilityStatementRestResource, CapabilityStatementRestResourceOperation } from 'fhir/r4';
+import type { ServedOperation } from '../conformance/operation-definitions';
 
 export interface CapabilityOptions {
   base: () => string;
   authRequired: boolean;
   tokenEndpoint?: () => string;
-  /** System- and type-level operations served outside the core's profile routes (bulk export). */
-  extraOperations: CapabilityStatementRestResourceOperation[];
-  /** Operations on a resource type, added to its entry. */
-  typeOperations: Record<string, CapabilityStatementRestResourceOperation[]>;
+  /** Every operation served, with where; the statement advertises each exactly there. */
+  operations: () => ServedOperation[];
   version: string;
+  /** Who runs this server (the payer). */
+  publisher: string;
 }
 
+/** The Implementation Guides whose server side this server implements, and the statements it instantiates. */
+export const IMPLEMENTATION_GUIDES = [
+  'http://hl7.org/fhir/us/davinci-hrex/ImplementationGuide/hl7.fhir.us.davinci-hrex',
+  'http://hl7.org/fhir/us/davinci-pdex/ImplementationGuide/hl7.fhir.us.davinci-pdex',
+  'http://hl7.org/fhir/uv/bulkdata/ImplementationGuide/hl7.fhir.uv.bulkdata',
+];
+export const INSTANTIATES = ['http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data', 'http://hl7.org/fhir/us/davinci-pdex/CapabilityStatement/pdex-server'];
+
+const operationEntry = (op: ServedOperation): CapabilityStatementRestResourceOperation => ({ name: op.name, definition: op.canonical });
+
 /**
- * A statementGenerator for node-fhir-server-core: the core assembles the resource entries from
- * the profiles' services; this adds what the core does not know (security, bulk export).
+ * A statementGenerator for node-fhir-server-core: the core lists the resource types and the
+ * interactions their services implement; this builds the statement around them: operations where
+ * they are served (system or type, definitions as canonical strings), SMART security when auth is
+ * on, and nothing that is not served (no system history, no system-level type operations).
  */
 export function capabilityGenerator(opts: CapabilityOptions) {
   return () => ({
-    makeStatement: (rest: Record<string, unknown>): CapabilityStatement => {
-      const resources = ((rest.resource as Record<string, unknown>[]) ?? []).map((r) => {
-        const ops = opts.typeOperations[r.type as string];
-        return ops ? { ...r, operation: ops } : r;
+    makeStatement: (core: Record<string, unknown>): CapabilityStatement => {
+      const operations = opts.operations();
+      const resources = ((core.resource as CapabilityStatementRestResource[]) ?? []).map((r) => {
+        // The core's own entry, without any operation it put there: ours are listed below.
+        const { operation: _ignored, ...entry } = r as CapabilityStatementRestResource & { operation?: unknown };
+        const ops = operations.filter((op) => op.levels.types?.includes(r.type)).map(operationEntry);
+        return ops.length ? { ...entry, operation: ops } : entry;
       });
-      const restEntry: Record<string, unknown> = {
+      const rest: CapabilityStatementRest = {
         mode: 'server',
+        documentation: 'Payer-to-payer exchange: source side ($member-match, $everything, bulk $export) and requesting side ($sdh.s2s.invoke-export)',
         resource: resources,
-        interaction: [{ code: 'history-system' }],
-        operation: [...((rest.operation as CapabilityStatementRestResourceOperation[]) ?? []), ...opts.extraOperations],
+        operation: operations.filter((op) => op.levels.system).map(operationEntry),
       };
       if (opts.authRequired && opts.tokenEndpoint) {
-        restEntry.security = {
+        rest.security = {
           cors: true,
           service: [{ coding: [{ system: 'http://terminology.hl7.org/CodeSystem/restful-security-service', code: 'SMART-on-FHIR' }] }],
-          extension: [
-            {
-              url: 'http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris',
-              extension: [{ url: 'token', valueUri: opts.tokenEndpoint() }],
-            },
-          ],
+          description: 'SMART Backend Services (client_credentials with a signed JWT assertion, or client_secret_basic); see .well-known/smart-configuration',
+          extension: [{ url: 'http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris', extension: [{ url: 'token', valueUri: opts.tokenEndpoint() }] }],
         };
       }
       return {
         resourceType: 'CapabilityStatement',
+        url: `${opts.base()}/metadata`,
+        version: opts.version,
+        name: 'P2PFhirServer',
+        title: 'Payer-to-payer FHIR server',
         status: 'active',
+        experimental: false,
         date: new Date().toISOString(),
+        publisher: opts.publisher,
+        description: 'FHIR R4 server for the Da Vinci payer-to-payer exchange (HRex $member-match, PDex, Bulk Data export)',
         kind: 'instance',
+        instantiates: INSTANTIATES,
         software: { name: 'p2p-fhir-server', version: opts.version },
         implementation: { description: 'FHIR R4 server for the Da Vinci payer-to-payer exchange', url: opts.base() },
         fhirVersion: '4.0.1',
-        format: ['application/fhir+json', 'application/json'],
-        rest: [restEntry as never],
-      } as CapabilityStatement;
+        format: ['application/fhir+json', 'json'],
+        implementationGuide: IMPLEMENTATION_GUIDES,
+        rest: [rest],
+      };
     },
     securityStatement: () => ({}),
   });

@@ -8,6 +8,25 @@ import { Filter } from '../store/types';
 /** Types outside the Patient compartment that member data references (directory data): exported along with it, and readable by partners. */
 export const SUPPORTING_TYPES = ['Practitioner', 'PractitionerRole', 'Organization', 'Location', 'Medication'];
 
+const SUPPORTING_REF = new RegExp(`^(${SUPPORTING_TYPES.join('|')})/([A-Za-z0-9\\-.]{1,64})$`);
+
+/** Adds the ids of the supporting resources (directory data) that a resource references, by type, to `into`. */
+export function collectSupportingReferences(value: unknown, into: Map<string, Set<string>>): void {
+  if (Array.isArray(value)) {
+    for (const v of value) collectSupportingReferences(v, into);
+  } else if (value && typeof value === 'object') {
+    for (const [k, v] of Object.entries(value)) {
+      if (k === 'reference' && typeof v === 'string') {
+        const m = v.match(SUPPORTING_REF);
+        if (m) {
+          if (!into.has(m[1])) into.set(m[1], new Set());
+          into.get(m[1])?.add(m[2]);
+        }
+      } else if (typeof v === 'object') collectSupportingReferences(v, into);
+    }
+  }
+}
+
 /**
  * The Patient compartment, from the official R4 CompartmentDefinition: for each type, the reference
  * search parameters that put a resource in a patient's compartment.

@@ -2,7 +2,7 @@ import type { Group } from 'fhir/r4';
 import { patientIdOf } from '../fhir/reference';
 import { ResourceStore } from '../store/resource-store';
 import { Filter } from '../store/types';
-import { PatientCompartment, SUPPORTING_TYPES } from '../fhir/compartment';
+import { collectSupportingReferences, PatientCompartment, SUPPORTING_TYPES } from '../fhir/compartment';
 import { JobContext, JobFailure } from '../jobs/job-runner';
 import { AccessPolicy } from '../access/access-policy';
 import type { Role } from '../auth/client-registry';
@@ -82,7 +82,7 @@ export class ExportJobHandler {
         if (signal.aborted) throw signal.reason;
         if (!scope.canSee(resource)) continue;
         await writer.write(resource);
-        if (patientLevel) collectReferences(resource, referenced);
+        if (patientLevel) collectSupportingReferences(resource, referenced);
       }
       await writer.close();
       if (writer.count > 0) output.push({ type, name: `${type}.ndjson`, count: writer.count });
@@ -119,7 +119,7 @@ export class ExportJobHandler {
         pending.forEach((id) => seen.add(id));
         for (let i = 0; i < pending.length; i += 500) {
           if (signal.aborted) throw signal.reason;
-          for await (const r of this.store.stream(type, { _id: { $in: pending.slice(i, i + 500) } })) collectReferences(r, referenced);
+          for await (const r of this.store.stream(type, { _id: { $in: pending.slice(i, i + 500) } })) collectSupportingReferences(r, referenced);
         }
       }
       if (!progressed) return;
@@ -132,21 +132,5 @@ export class ExportJobHandler {
     return (group.member ?? [])
       .map((m) => patientIdOf(m.entity?.reference))
       .filter((id): id is string => !!id);
-  }
-}
-
-function collectReferences(value: unknown, into: Map<string, Set<string>>): void {
-  if (Array.isArray(value)) {
-    for (const v of value) collectReferences(v, into);
-  } else if (value && typeof value === 'object') {
-    for (const [k, v] of Object.entries(value)) {
-      if (k === 'reference' && typeof v === 'string') {
-        const m = v.match(/^(Practitioner|PractitionerRole|Organization|Location|Medication)\/([A-Za-z0-9\-.]{1,64})$/);
-        if (m) {
-          if (!into.has(m[1])) into.set(m[1], new Set());
-          into.get(m[1])?.add(m[2]);
-        }
-      } else if (typeof v === 'object') collectReferences(v, into);
-    }
   }
 }

@@ -63,7 +63,16 @@ export function memberMatchParameters(input: MemberMatchInput): Parameters {
 }
 
 const NO_MATCH = 'No unique member match was found for the submitted demographics and coverage, or the consent cannot be honoured';
-export const MB_TYPE = { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v2-0203', code: 'MB' }] };
+/**
+ * MemberIdentifier's type: HRex 1.0 (what Inferno validates) fixes v2-0203#MB, HRex 1.1+ fixes
+ * hrex-temp#UMB; both are patterns, so one CodeableConcept with both codings satisfies both.
+ */
+export const MEMBER_IDENTIFIER_TYPE = {
+  coding: [
+    { system: 'http://terminology.hl7.org/CodeSystem/v2-0203', code: 'MB' },
+    { system: 'http://hl7.org/fhir/us/davinci-hrex/CodeSystem/hrex-temp', code: 'UMB' },
+  ],
+};
 
 /**
  * HRex $member-match, served by the source payer. Any failure to match, or a consent this payer
@@ -143,9 +152,13 @@ export class MemberMatchService {
   }
 }
 
+/**
+ * The member's identifier here: one of the Patient's own (its member number, typed MB or UMB, else
+ * its first), so `Patient?identifier=<value>` finds the member; failing those, the coverage's.
+ */
 function memberIdentifier(patient: Patient, coverage: Coverage): Identifier {
-  const mb = (patient.identifier ?? []).find((i) => i.type?.coding?.some((c) => c.code === 'MB'));
-  const source = mb ?? coverage.identifier?.[0];
-  if (source?.value) return { type: MB_TYPE, system: source.system, value: source.value };
-  return { type: MB_TYPE, value: coverage.subscriberId ?? (patient.id as string) };
+  const own = (patient.identifier ?? []).filter((i) => i.value);
+  const source = own.find((i) => i.type?.coding?.some((c) => c.code === 'MB' || c.code === 'UMB')) ?? own[0] ?? coverage.identifier?.find((i) => i.value);
+  if (source?.value) return { type: MEMBER_IDENTIFIER_TYPE, ...(source.system ? { system: source.system } : {}), value: source.value };
+  return { type: MEMBER_IDENTIFIER_TYPE, value: coverage.subscriberId ?? (patient.id as string) };
 }

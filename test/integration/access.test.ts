@@ -162,6 +162,47 @@ describe('source side access model', () => {
     }
   });
 
+  it('Patient/{id}/$everything: the same access model as export, page by page', async () => {
+    /** Every page of $everything, following next links; match and include entries apart. */
+    const everythingOf = async (who: Who, patientId: string, count = 7) => {
+      const match: any[] = [];
+      const include = new Map<string, any>();
+      let pages = 0;
+      for (let url: string | undefined = `${base}/Patient/${patientId}/$everything?_count=${count}`; url; pages++) {
+        const res = await fhir('GET', url, undefined, auth(who));
+        if (res.status !== 200) return { status: res.status, match, include: [...include.values()], pages };
+        for (const e of res.body.entry ?? []) (e.search.mode === 'match' ? match.push(e.resource) : include.set(`${e.resource.resourceType}/${e.resource.id}`, e.resource));
+        url = res.body.link?.find((l: any) => l.relation === 'next')?.url;
+      }
+      return { status: 200, match, include: [...include.values()], pages };
+    };
+    for (const who of [...PARTNERS, 'service'] as Who[]) {
+      const exported = await exportAs(who, `Patient/$export`);
+      const got = await everythingOf(who, member.patientId);
+      const granted = who === 'service' || (exported.data.Patient ?? []).length > 0;
+      expect({ who, status: got.status }).toEqual({ who, status: granted ? 200 : 404 });
+      if (!granted) continue;
+      // The compartment, exactly as a member-level export gives it; nothing twice across pages.
+      const compartment = Object.entries(exported.data)
+        .filter(([type]) => !['Practitioner', 'PractitionerRole', 'Organization', 'Location', 'Medication'].includes(type))
+        .flatMap(([, rs]) => rs)
+        .filter((r) => who !== 'service' || JSON.stringify(r).includes(`Patient/${member.patientId}"`) || r.id === member.patientId);
+      expect({ who, match: ids(got.match) }).toEqual({ who, match: ids(compartment) });
+      expect(new Set(ids(got.match)).size).toBe(got.match.length);
+      expect(got.match.filter((r) => r.resourceType === 'Patient').map((r) => r.id)).toEqual([member.patientId]);
+      expect(got.pages).toBeGreaterThan(1);
+      // Every directory resource a matched one references is included, and nothing the partner may not see.
+      const refs = new Set<string>();
+      JSON.stringify(got.match, (k, v) => (k === 'reference' && /^(Practitioner|PractitionerRole|Organization|Location|Medication)\//.test(v) ? refs.add(v) && v : v));
+      expect(ids(got.include)).toEqual([...refs].sort());
+    }
+    // Another member is as unknown to a partner as a member that does not exist.
+    expect((await everythingOf('regular', other.patientId)).status).toBe(404);
+    expect((await everythingOf('service', other.patientId)).status).toBe(200);
+    expect((await fhir('GET', `${base}/Patient/${member.patientId}/$everything?_count=0`, undefined, auth('service'))).status).toBe(400);
+    expect((await fhir('GET', `${base}/Patient/${member.patientId}/$everything?_cursor=Nope:1`, undefined, auth('service'))).status).toBe(400);
+  });
+
   it('file downloads: the token must still read the type, and the consent must still be in force', async () => {
     const { manifest } = await exportAll(`${base}/Patient/${member.patientId}/$export?_type=Patient,Condition`, { token: tokens.regular });
     const url = (type: string) => manifest.output.find((o: any) => o.type === type).url;

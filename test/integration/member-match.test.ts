@@ -22,7 +22,7 @@ describe('HRex $member-match', () => {
     expect(res.status).toBe(200);
     expect(res.headers.get('content-type')).toMatch(/^application\/fhir\+json/);
     const byName = Object.fromEntries(res.body.parameter.map((p: { name: string }) => [p.name, p]));
-    expect(byName.MemberIdentifier.valueIdentifier).toMatchObject({ value: m.memberId, type: { coding: [{ code: 'MB' }] } });
+    expect(byName.MemberIdentifier.valueIdentifier).toMatchObject({ value: m.memberId, type: { coding: [{ code: 'MB' }, { code: 'UMB' }] } });
     expect(byName.MemberId.valueReference.reference).toBe(`Patient/${m.patientId}`);
     const consents = await fhir('GET', `${server.baseUrl}/Consent?patient=Patient/${m.patientId}`);
     expect(consents.body.total).toBe(1);

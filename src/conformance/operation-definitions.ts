@@ -1,0 +1,201 @@
+import type { OperationDefinition, OperationDefinitionParameter } from 'fhir/r4';
+
+/** Where an operation is served: at the system level, on types (`Patient/$x`), on instances (`Patient/{id}/$x`). */
+export interface OperationLevels {
+  system?: boolean;
+  types?: string[];
+  instance?: boolean;
+}
+
+/** One operation this server serves: its name in URLs (no `$`), its canonical, where it is served, and its definition. */
+export interface ServedOperation {
+  name: string;
+  canonical: string;
+  levels: OperationLevels;
+  definition: OperationDefinition;
+}
+
+type Use = 'in' | 'out';
+const param = (name: string, use: Use, min: number, max: string, type: string | undefined, documentation: string, part?: OperationDefinitionParameter[]): OperationDefinitionParameter => ({
+  name,
+  use,
+  min,
+  max,
+  ...(type ? { type } : {}),
+  documentation,
+  ...(part ? { part } : {}),
+});
+
+const BULK = 'http://hl7.org/fhir/uv/bulkdata/OperationDefinition';
+export const CANONICALS = {
+  memberMatch: 'http://hl7.org/fhir/us/davinci-hrex/OperationDefinition/member-match',
+  everything: 'http://hl7.org/fhir/OperationDefinition/Patient-everything',
+  export: `${BULK}/export`,
+  patientExport: `${BULK}/patient-export`,
+  groupExport: `${BULK}/group-export`,
+};
+
+/** The kick-off parameters this server takes, at every export level. */
+function exportParameters(level: 'system' | 'patient' | 'group'): OperationDefinitionParameter[] {
+  return [
+    param('_outputFormat', 'in', 0, '1', 'string', 'application/fhir+ndjson (also application/ndjson and ndjson), the default'),
+    param('_since', 'in', 0, '1', 'instant', 'Only resources changed after this instant'),
+    param('_until', 'in', 0, '1', 'instant', 'Only resources changed up to this instant'),
+    param('_type', 'in', 0, '*', 'string', 'Comma-separated resource types; default: every type the caller may read'),
+    param('_typeFilter', 'in', 0, '*', 'string', 'A search on one type, e.g. Observation?category=laboratory'),
+    ...(level === 'patient' ? [param('patient', 'in', 0, '*', 'Reference', 'In a POST to Patient/$export: the members to export')] : []),
+  ];
+}
+
+function definition(args: {
+  id: string;
+  url: string;
+  name: string;
+  title: string;
+  code: string;
+  levels: OperationLevels;
+  description: string;
+  affectsState?: boolean;
+  parameter: OperationDefinitionParameter[];
+}): OperationDefinition {
+  return {
+    resourceType: 'OperationDefinition',
+    id: args.id,
+    url: args.url,
+    name: args.name,
+    title: args.title,
+    status: 'active',
+    kind: 'operation',
+    description: args.description,
+    affectsState: args.affectsState ?? false,
+    code: args.code,
+    ...(args.levels.types?.length ? { resource: args.levels.types } : {}),
+    system: !!args.levels.system,
+    type: !!args.levels.types?.length && !args.levels.instance,
+    instance: !!args.levels.instance,
+    parameter: args.parameter,
+  };
+}
+
+/**
+ * The operations this server serves, with their OperationDefinitions as served at
+ * `[base]/OperationDefinition/{id}`. Standard operations keep their official canonical; this
+ * server's own operations take a canonical under its own base, where they resolve.
+ */
+export function servedOperations(base: string): ServedOperation[] {
+  const own = (id: string) => `${base}/OperationDefinition/${id}`;
+  const ops: [string, OperationDefinition][] = [
+    [
+      'member-match',
+      definition({
+        id: 'member-match',
+        url: CANONICALS.memberMatch,
+        name: 'MemberMatch',
+        title: 'HRex $member-match, as served here',
+        code: 'member-match',
+        levels: { types: ['Patient'] },
+        affectsState: true,
+        description:
+          'Finds the one member whose demographics and coverage match, records the Consent and grants the caller access to that member under it. No match, several, or a consent that cannot be honoured: 422. Repeated failures are throttled (429).',
+        parameter: [
+          param('MemberPatient', 'in', 1, '1', 'Patient', 'The member as the requesting payer knows them'),
+          param('Consent', 'in', 1, '1', 'Consent', 'The member\'s consent to the exchange (HRex consent: #regular or #sensitive policy, provision.period)'),
+          param('CoverageToMatch', 'in', 1, '1', 'Coverage', 'The coverage at this (the old) payer'),
+          param('CoverageToLink', 'in', 0, '1', 'Coverage', 'The coverage at the requesting (new) payer'),
+          param('MemberIdentifier', 'out', 1, '1', 'Identifier', 'The member\'s identifier here, typed v2-0203#MB and hrex-temp#UMB'),
+          param('MemberId', 'out', 0, '1', 'Reference', 'The member\'s Patient here'),
+        ],
+      }),
+    ],
+    [
+      'everything',
+      definition({
+        id: 'Patient-everything',
+        url: CANONICALS.everything,
+        name: 'PatientEverything',
+        title: 'Patient $everything, as served here',
+        code: 'everything',
+        levels: { types: ['Patient'], instance: true },
+        description: 'The member\'s compartment and the practitioners, organizations, locations and medications it references, in pages; for a partner only what the member\'s consent allows.',
+        parameter: [
+          param('_since', 'in', 0, '1', 'instant', 'Only resources changed after this instant'),
+          param('_type', 'in', 0, '*', 'code', 'Comma-separated resource types to include'),
+          param('_count', 'in', 0, '1', 'integer', 'Resources per page; follow the Bundle\'s next link for more'),
+          param('return', 'out', 1, '1', 'Bundle', 'A searchset Bundle'),
+        ],
+      }),
+    ],
+    [
+      'export',
+      definition({ id: 'export', url: CANONICALS.export, name: 'BulkDataExport', title: 'Bulk Data system $export', code: 'export', levels: { system: true }, description: 'Asynchronous export of every resource the caller may read, as NDJSON.', parameter: exportParameters('system') }),
+    ],
+    [
+      'export',
+      definition({ id: 'patient-export', url: CANONICALS.patientExport, name: 'PatientLevelExport', title: 'Bulk Data Patient $export', code: 'export', levels: { types: ['Patient'] }, description: 'Asynchronous export of the members\' compartments (all members the caller may see, or those named), as NDJSON; also served at Patient/{id}/$export.', parameter: exportParameters('patient') }),
+    ],
+    [
+      'export',
+      definition({ id: 'group-export', url: CANONICALS.groupExport, name: 'GroupLevelExport', title: 'Bulk Data Group $export', code: 'export', levels: { types: ['Group'], instance: true }, description: 'Asynchronous export of the compartments of a Group\'s members, as NDJSON.', parameter: exportParameters('group') }),
+    ],
+    [
+      'sdh.s2s.invoke-export',
+      definition({
+        id: 'sdh-s2s-invoke-export',
+        url: own('sdh-s2s-invoke-export'),
+        name: 'InvokeExport',
+        title: 'Payer-to-payer exchange ($sdh.s2s.invoke-export)',
+        code: 'sdh.s2s.invoke-export',
+        levels: { types: ['Patient'] },
+        affectsState: true,
+        description:
+          'Starts, in the background, a payer-to-payer exchange from a registered source payer: $member-match there, a bulk export of the member\'s data, import linked to the local Patient with Provenance. Answers the Task that tracks it, with Content-Location: Task/{id}.',
+        parameter: [
+          param('localPatient', 'in', 1, '1', 'Reference', 'The member\'s Patient here; must exist'),
+          param('sourceIssuerUrl', 'in', 1, '1', 'string', 'The issuer of a registered source payer'),
+          param('memberMatch', 'in', 1, '1', undefined, 'Sent to the source\'s $member-match as they are', [
+            param('MemberPatient', 'in', 1, '1', 'Patient', 'The member'),
+            param('CoverageToMatch', 'in', 1, '1', 'Coverage', 'The coverage at the source payer'),
+            param('CoverageToLink', 'in', 0, '1', 'Coverage', 'The coverage here'),
+            param('Consent', 'in', 1, '1', 'Consent', 'The member\'s consent'),
+          ]),
+          param('export', 'in', 0, '1', undefined, 'Passed to the source\'s export', [
+            param('_type', 'in', 0, '*', 'string', 'Types to ask for; default: every type this server stores but Binary'),
+            param('_since', 'in', 0, '1', 'string', 'Only resources changed after this instant'),
+            param('_until', 'in', 0, '1', 'string', 'Only resources changed up to this instant'),
+            param('_typeFilter', 'in', 0, '*', 'string', 'A search on one type'),
+            param('_outputFormat', 'in', 0, '1', 'string', 'application/fhir+ndjson'),
+          ]),
+          param('return', 'out', 1, '1', 'Task', 'The exchange\'s Task'),
+        ],
+      }),
+    ],
+    [
+      'access-grants',
+      definition({
+        id: 'access-grants',
+        url: own('access-grants'),
+        name: 'AccessGrants',
+        title: 'The partners granted access to a member',
+        code: 'access-grants',
+        levels: { types: ['Patient'], instance: true },
+        description: 'Lists, for service clients, the partner payers that matched this member and the consent each holds.',
+        parameter: [param('return', 'out', 1, '1', 'Parameters', 'One `grant` part per partner')],
+      }),
+    ],
+    [
+      'revoke-access',
+      definition({
+        id: 'revoke-access',
+        url: own('revoke-access'),
+        name: 'RevokeAccess',
+        title: 'End a partner\'s access to a member',
+        code: 'revoke-access',
+        levels: { types: ['Patient'], instance: true },
+        affectsState: true,
+        description: 'For service clients: ends the access a partner payer holds to this member.',
+        parameter: [param('client', 'in', 0, '1', 'string', 'The partner\'s client id; every partner when left out'), param('return', 'out', 1, '1', 'OperationOutcome', 'What was revoked')],
+      }),
+    ],
+  ];
+  return ops.map(([name, def]) => ({ name, canonical: def.url as string, levels: { system: def.system, types: def.resource, instance: def.instance }, definition: def }));
+}
