@@ -162,19 +162,34 @@ export class ExchangeJobHandler {
 
   private async match(ctx: JobContext<ExchangeJobData>, remote: RemotePayer): Promise<Matched> {
     const data = ctx.job.data;
-    let matched: Matched;
+    let answer: Awaited<ReturnType<RemotePayer['memberMatch']>>;
     try {
-      matched = await remote.memberMatch(data.memberMatch);
+      answer = await remote.memberMatch(data.memberMatch);
     } catch (err) {
       if (err instanceof RemoteError && err.status === 422) throw new ExchangeFailed(`The source payer found no unique match: ${err.message.replace(/^.*?: /, '')}`);
       throw err;
     }
+    const matched: Matched = { memberId: answer.memberId ?? (await this.findMember(remote, answer.identifier as Identifier)), identifier: answer.identifier };
     // The member's demographics are needed for nothing after the match: keep them no longer.
     await ctx.checkpoint({ matched, memberMatch: NO_MEMBER_DATA });
     const output: TaskOutput[] = [{ type: { text: 'MemberId' }, valueReference: { reference: `${remote.payer.fhirBaseUrl}/Patient/${matched.memberId}` } }];
     if (matched.identifier) output.unshift({ type: { text: 'MemberIdentifier' }, valueIdentifier: matched.identifier });
     await this.d.tracker.change(data.taskId, { step: 'exporting', note: 'The source payer matched the member; starting the export', output });
     return matched;
+  }
+
+  /**
+   * The member's Patient at the source when $member-match answered MemberIdentifier only (MemberId
+   * is 0..1 in HRex): `Patient?identifier=system|value`, then the bare value; exactly one Patient.
+   */
+  private async findMember(remote: RemotePayer, identifier: Identifier): Promise<string> {
+    const tokens = [...(identifier.system ? [`${identifier.system}|${identifier.value}`] : []), identifier.value as string];
+    for (const token of tokens) {
+      const ids = await remote.patientsByIdentifier(token);
+      if (ids.length === 1) return ids[0];
+      if (ids.length > 1) throw new ExchangeFailed(`The source payer answered $member-match without a MemberId, and its MemberIdentifier finds ${ids.length} Patients there`);
+    }
+    throw new ExchangeFailed('The source payer answered $member-match without a MemberId, and its MemberIdentifier finds no Patient there');
   }
 
   private async kickoff(ctx: JobContext<ExchangeJobData>, remote: RemotePayer, matched: Matched) {
@@ -235,7 +250,7 @@ export class ExchangeJobHandler {
     const checked: CheckedManifest = { requiresAccessToken: manifest.requiresAccessToken !== false, files: [], skipped: {} };
     for (const e of entries) {
       if (!e || typeof e !== 'object' || !isFhirResourceType(e.type)) throw new ExchangeFailed(`The manifest names a file type that is not a FHIR resource type: ${JSON.stringify(String(e?.type)).slice(0, 80)}`);
-      if (typeof e.url !== 'string' || !remote.ownsUrl(e.url)) throw new ExchangeFailed(`Refused to download ${e.type} from ${safeOrigin(e.url)}: not the source payer's origin`);
+      if (typeof e.url !== 'string' || !remote.mayDownload(e.url)) throw new ExchangeFailed(`Refused to download ${e.type} from ${safeOrigin(e.url)}: not the source payer's origin or one of its fileOrigins`);
       const count = typeof e.count === 'number' && Number.isInteger(e.count) && e.count >= 0 ? e.count : undefined;
       if (e.kind === 'output' && !isServedType(e.type)) {
         checked.skipped[e.type] = (checked.skipped[e.type] ?? 0) + (count ?? 0);
@@ -339,7 +354,7 @@ export class ExchangeJobHandler {
     const total = Object.values(counts).reduce((a, b) => a + b, 0);
     await this.d.tracker.change(data.taskId, { status: 'completed', step: 'completed', note: `Imported ${total} resources`, output });
     await journal.forget(data.taskId);
-    this.d.logger.info('exchange ended', { task: data.taskId, issuer: data.issuer, outcome: 'completed', counts });
+    this.d.logger.info('exchange ended', { task: data.taskId, issuer: data.issuer, outcome: 'completed', files: files.length, counts, skipped: data.manifest?.skipped ?? {} });
     if (data.exportStarted) await remote.cancel(data.exportStarted.statusUrl);
     await this.cleanup(ctx.job);
     await ctx.checkpoint({ memberMatch: NO_MEMBER_DATA });
@@ -362,7 +377,8 @@ export class ExchangeJobHandler {
         ? { status: 'cancelled' as const, step: 'cancelled' as const, note: `Cancelled; the export at the source was deleted${undone}` }
         : { status: 'failed' as const, step: 'failed' as const, statusReason: reason, note: `Failed: ${reason}${undone}` };
     await this.d.tracker.change(data.taskId, change).catch((e) => (e instanceof TaskCancelled ? undefined : Promise.reject(e)));
-    this.d.logger.info('exchange ended', { task: data.taskId, issuer: data.issuer, outcome, reason: outcome === 'failed' ? reason : undefined, removed });
+    const files = data.downloads?.files.length ?? 0;
+    this.d.logger.info('exchange ended', { task: data.taskId, issuer: data.issuer, outcome, reason: outcome === 'failed' ? reason : undefined, files, counts: data.imports?.counts ?? {}, removed });
     await this.cleanup(job);
   }
 

@@ -59,7 +59,12 @@ export interface RemotePayer {
   readonly payer: SourcePayer;
   /** Whether a URL is on the source's own origin (the only one the exchange calls with a token). */
   ownsUrl(url: string): boolean;
-  memberMatch(params: Parameters): Promise<{ memberId: string; identifier?: Identifier }>;
+  /** Whether a file may be downloaded from this URL: the source's origin, or one of its configured `fileOrigins`. */
+  mayDownload(url: string): boolean;
+  /** HRex $member-match; `memberId` is absent when the source answers MemberIdentifier only (MemberId is 0..1). */
+  memberMatch(params: Parameters): Promise<{ memberId?: string; identifier?: Identifier }>;
+  /** The ids of the source's Patients that `Patient?identifier={token}` finds. */
+  patientsByIdentifier(token: string): Promise<string[]>;
   kickoff(memberId: string, params: Record<string, string[]>): Promise<string>;
   status(statusUrl: string): Promise<ExportStatus>;
   download(url: string, requiresAccessToken: boolean, signal?: AbortSignal): Promise<Readable>;
@@ -68,6 +73,20 @@ export interface RemotePayer {
 
 /** A request the HTTP layer may retry by itself: idempotent GETs only (status, files, discovery). Others are sent once. */
 const retryable = (retries: number) => ({ 'axios-retry': { retries } });
+
+/** Redirects followed on GETs (status and files): at most this many, each to an allowed origin. */
+export const MAX_REDIRECTS = 5;
+const REDIRECTS = new Set([301, 302, 303, 307, 308]);
+const isRedirect = (status: number) => REDIRECTS.has(status);
+
+function originOf(url: string): string | undefined {
+  try {
+    const u = new URL(url);
+    return u.protocol === 'https:' || u.protocol === 'http:' ? u.origin : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 /** Bearer tokens for one source payer: SMART Backend Services or client secret, cached and renewed before expiry. */
 export class TokenProvider {
@@ -176,18 +195,44 @@ export class RemotePayerClient implements RemotePayer {
     this.tokens = new TokenProvider(payer, this.http, opts.retries);
   }
 
-  /** Whether a URL is on the source payer's own origin (status and file URLs must be). */
+  /** Whether a URL is on the source payer's own origin (the status URL must be; only it gets the token). */
   ownsUrl(url: string): boolean {
-    try {
-      return new URL(url).origin === this.origin;
-    } catch {
-      return false;
+    return originOf(url) === this.origin;
+  }
+
+  mayDownload(url: string): boolean {
+    const origin = originOf(url);
+    return origin === this.origin || (!!origin && (this.payer.fileOrigins ?? []).includes(origin));
+  }
+
+  /**
+   * Sends one request to the source. Only URLs on allowed origins are called: the source's own, and
+   * for file downloads its configured `fileOrigins`; the bearer token goes to its own origin only.
+   * GETs follow up to MAX_REDIRECTS redirects under the same rules; other methods follow none.
+   */
+  private async send<T = unknown>(config: AxiosRequestConfig, what: string, opts: { withToken?: boolean; files?: boolean } = {}): Promise<AxiosResponse<T>> {
+    const withToken = opts.withToken ?? true;
+    const allowed = (url: string) => (opts.files ? this.mayDownload(url) : this.ownsUrl(url));
+    const follows = (config.method ?? 'GET').toUpperCase() === 'GET';
+    let url = config.url as string;
+    for (let hops = 0; ; hops++) {
+      if (!allowed(url)) throw new RemoteError(`${what}: refused to call ${originOf(url) ?? 'a URL that is not http(s)'}, which is not ${opts.files ? "the source payer's origin or one of its fileOrigins" : "the source payer's origin"}`, undefined, false);
+      const res = await this.sendOnce<T>({ ...config, url, ...(follows ? { validateStatus: (s: number) => (s >= 200 && s < 300) || isRedirect(s) } : {}) }, what, withToken && this.ownsUrl(url));
+      if (!isRedirect(res.status)) return res;
+      (res.data as { destroy?: () => void } | undefined)?.destroy?.();
+      const location = res.headers.location as string | undefined;
+      if (!location) throw new RemoteError(`${what}: a ${res.status} redirect without a Location`, res.status, false);
+      if (hops >= MAX_REDIRECTS) throw new RemoteError(`${what}: more than ${MAX_REDIRECTS} redirects`, res.status, false);
+      try {
+        url = new URL(location, url).toString();
+      } catch {
+        throw new RemoteError(`${what}: a redirect to something that is not a URL`, res.status, false);
+      }
     }
   }
 
-  private async send<T = unknown>(config: AxiosRequestConfig, what: string, withToken = true): Promise<AxiosResponse<T>> {
-    const url = config.url as string;
-    if (!this.ownsUrl(url)) throw new RemoteError(`${what}: refused to call ${new URL(url).origin}, which is not the source payer's origin`, undefined, false);
+  /** One HTTP exchange; a 401 renews the token and tries once more. */
+  private async sendOnce<T>(config: AxiosRequestConfig, what: string, withToken: boolean): Promise<AxiosResponse<T>> {
     for (let attempt = 0; ; attempt++) {
       const headers = { ...(config.headers as Record<string, string>), ...(withToken ? { authorization: `Bearer ${await this.tokens.token()}` } : {}) };
       try {
@@ -203,7 +248,7 @@ export class RemotePayerClient implements RemotePayer {
     }
   }
 
-  async memberMatch(params: Parameters): Promise<{ memberId: string; identifier?: Identifier }> {
+  async memberMatch(params: Parameters): Promise<{ memberId?: string; identifier?: Identifier }> {
     const res = await this.send<Parameters>(
       { method: 'POST', url: `${this.payer.fhirBaseUrl}/Patient/$member-match`, data: params, headers: { 'content-type': 'application/fhir+json', accept: 'application/fhir+json' } },
       '$member-match',
@@ -212,8 +257,19 @@ export class RemotePayerClient implements RemotePayer {
     const ref = p.find((x) => x.name === 'MemberId')?.valueReference?.reference;
     const identifier = p.find((x) => x.name === 'MemberIdentifier')?.valueIdentifier;
     const memberId = patientIdOf(ref);
-    if (!memberId) throw new RemoteError('$member-match answered without a MemberId Patient reference', res.status, false);
+    if (!memberId && !identifier?.value) throw new RemoteError('$member-match answered with neither a MemberId nor a MemberIdentifier', res.status, false);
     return { memberId, identifier };
+  }
+
+  async patientsByIdentifier(token: string): Promise<string[]> {
+    const url = `${this.payer.fhirBaseUrl}/Patient?identifier=${encodeURIComponent(token)}`;
+    const res = await this.send<{ resourceType?: string; entry?: { resource?: { resourceType?: string; id?: unknown }; search?: { mode?: string } }[] }>(
+      { method: 'GET', url, headers: { accept: 'application/fhir+json' }, ...retryable(this.opts.retries) },
+      'Patient search',
+    );
+    if (res.data?.resourceType !== 'Bundle') throw new RemoteError('the Patient search did not answer a Bundle', res.status, false);
+    const ids = (res.data.entry ?? []).filter((e) => e.resource?.resourceType === 'Patient' && (e.search?.mode ?? 'match') === 'match').map((e) => e.resource?.id);
+    return [...new Set(ids.filter((id): id is string => typeof id === 'string'))];
   }
 
   /** Starts the member's export: Patient/{id}/$export, or POST Patient/$export with `patient` where the first is not served. */
@@ -232,7 +288,7 @@ export class RemotePayerClient implements RemotePayer {
     }
     const location = res.headers['content-location'] as string | undefined;
     if (res.status !== 202 || !location) throw new RemoteError(`export kick-off answered ${res.status} without a Content-Location`, res.status, false);
-    if (!this.ownsUrl(location)) throw new RemoteError(`export status URL ${new URL(location).origin} is not on the source payer's origin`, res.status, false);
+    if (!this.ownsUrl(location)) throw new RemoteError(`export status URL ${originOf(location) ?? location.slice(0, 80)} is not on the source payer's origin`, res.status, false);
     return location;
   }
 
@@ -246,9 +302,9 @@ export class RemotePayerClient implements RemotePayer {
     return { done: true, manifest };
   }
 
-  /** Streams one file; the token goes along only when the manifest requires it. */
+  /** Streams one file; the token goes along only when the manifest requires it, and only to the source's own origin. */
   async download(url: string, requiresAccessToken: boolean, signal?: AbortSignal): Promise<Readable> {
-    const res = await this.send<Readable>({ method: 'GET', url, responseType: 'stream', headers: { accept: 'application/fhir+ndjson' }, signal, ...retryable(this.opts.retries) }, 'download', requiresAccessToken);
+    const res = await this.send<Readable>({ method: 'GET', url, responseType: 'stream', headers: { accept: 'application/fhir+ndjson' }, signal, ...retryable(this.opts.retries) }, 'download', { withToken: requiresAccessToken, files: true });
     return res.data;
   }
 

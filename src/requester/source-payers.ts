@@ -19,6 +19,11 @@ export interface SourcePayer {
   responderIdentifierSystem?: string;
   /** A display name for the Task's owner and the Provenance. */
   name?: string;
+  /**
+   * Other origins (`https://files.example.com`) the source hosts export files on, or redirects file
+   * downloads to. Files are downloaded from them without our token; no other origin is ever called.
+   */
+  fileOrigins?: string[];
 }
 
 const normalizeIssuer = (s: string) => s.trim().replace(/\/+$/, '');
@@ -44,6 +49,14 @@ export class SourcePayerRegistry {
       const issuer = normalizeIssuer(raw.issuer);
       const entry: SourcePayer = { ...raw, issuer, fhirBaseUrl: checkUrl(raw.fhirBaseUrl, 'fhirBaseUrl', issuer) };
       if (raw.tokenEndpoint !== undefined) entry.tokenEndpoint = checkUrl(raw.tokenEndpoint, 'tokenEndpoint', issuer);
+      if (raw.fileOrigins !== undefined) {
+        if (!Array.isArray(raw.fileOrigins)) throw new Error(`source payer ${issuer}: fileOrigins must be a list of origins`);
+        entry.fileOrigins = raw.fileOrigins.map((o) => {
+          const url = checkUrl(o, 'each of fileOrigins', issuer);
+          if (new URL(url).origin !== url) throw new Error(`source payer ${issuer}: fileOrigins takes origins (scheme, host and port, no path), got '${o}'`);
+          return url;
+        });
+      }
       if (typeof raw.clientId !== 'string' || !raw.clientId) throw new Error(`source payer ${issuer}: clientId is required`);
       if (typeof raw.scopes !== 'string' || !raw.scopes.trim()) throw new Error(`source payer ${issuer}: scopes are required`);
       if (raw.clientAuthenticationMode === 'PRIVATE_KEY_JWT') {

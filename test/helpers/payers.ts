@@ -27,7 +27,7 @@ export async function startSource(members = 5, overrides: Partial<AppConfig> = {
 }
 
 /** A requesting payer whose registry names the source (optionally reached through a proxy URL). */
-export async function startRequester(source: { tokenUrl: string; fhirBaseUrl: string; client: TestClient }, overrides: Partial<AppConfig> = {}, logger?: Logger): Promise<RunningServer> {
+export async function startRequester(source: { tokenUrl: string; fhirBaseUrl: string; client: TestClient; payer?: Record<string, unknown> }, overrides: Partial<AppConfig> = {}, logger?: Logger): Promise<RunningServer> {
   const dir = tempDir('requester-config-');
   const sourcePayersFile = path.join(dir, 'source-payers.json');
   fs.writeFileSync(
@@ -43,6 +43,7 @@ export async function startRequester(source: { tokenUrl: string; fhirBaseUrl: st
         privateKeyJwk: source.client.privateJwk,
         scopes: 'system/*.read',
         responderIdentifierSystem: `${SOURCE_ISSUER}/resource-id`,
+        ...(source.payer ?? {}),
       },
     ]),
   );
