@@ -17,6 +17,7 @@ import { downloadTo } from './downloader';
 import { archiveOf, provenanceOf } from './archive';
 import { classify, ExchangeFailed, LimitReached } from './exchange-errors';
 import { NdjsonError } from './ndjson';
+import { findMember } from './member-lookup';
 
 export const EXCHANGE_JOB = 'p2p-exchange';
 
@@ -169,27 +170,13 @@ export class ExchangeJobHandler {
       if (err instanceof RemoteError && err.status === 422) throw new ExchangeFailed(`The source payer found no unique match: ${err.message.replace(/^.*?: /, '')}`);
       throw err;
     }
-    const matched: Matched = { memberId: answer.memberId ?? (await this.findMember(remote, answer.identifier as Identifier)), identifier: answer.identifier };
+    const matched: Matched = { memberId: answer.memberId ?? (await findMember(remote, answer.identifier as Identifier)), identifier: answer.identifier };
     // The member's demographics are needed for nothing after the match: keep them no longer.
     await ctx.checkpoint({ matched, memberMatch: NO_MEMBER_DATA });
     const output: TaskOutput[] = [{ type: { text: 'MemberId' }, valueReference: { reference: `${remote.payer.fhirBaseUrl}/Patient/${matched.memberId}` } }];
     if (matched.identifier) output.unshift({ type: { text: 'MemberIdentifier' }, valueIdentifier: matched.identifier });
     await this.d.tracker.change(data.taskId, { step: 'exporting', note: 'The source payer matched the member; starting the export', output });
     return matched;
-  }
-
-  /**
-   * The member's Patient at the source when $member-match answered MemberIdentifier only (MemberId
-   * is 0..1 in HRex): `Patient?identifier=system|value`, then the bare value; exactly one Patient.
-   */
-  private async findMember(remote: RemotePayer, identifier: Identifier): Promise<string> {
-    const tokens = [...(identifier.system ? [`${identifier.system}|${identifier.value}`] : []), identifier.value as string];
-    for (const token of tokens) {
-      const ids = await remote.patientsByIdentifier(token);
-      if (ids.length === 1) return ids[0];
-      if (ids.length > 1) throw new ExchangeFailed(`The source payer answered $member-match without a MemberId, and its MemberIdentifier finds ${ids.length} Patients there`);
-    }
-    throw new ExchangeFailed('The source payer answered $member-match without a MemberId, and its MemberIdentifier finds no Patient there');
   }
 
   private async kickoff(ctx: JobContext<ExchangeJobData>, remote: RemotePayer, matched: Matched) {

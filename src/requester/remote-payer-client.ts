@@ -210,7 +210,7 @@ export class RemotePayerClient implements RemotePayer {
    * for file downloads its configured `fileOrigins`; the bearer token goes to its own origin only.
    * GETs follow up to MAX_REDIRECTS redirects under the same rules; other methods follow none.
    */
-  private async send<T = unknown>(config: AxiosRequestConfig, what: string, opts: { withToken?: boolean; files?: boolean } = {}): Promise<AxiosResponse<T>> {
+  async request<T = unknown>(config: AxiosRequestConfig, what: string, opts: { withToken?: boolean; files?: boolean } = {}): Promise<AxiosResponse<T>> {
     const withToken = opts.withToken ?? true;
     const allowed = (url: string) => (opts.files ? this.mayDownload(url) : this.ownsUrl(url));
     const follows = (config.method ?? 'GET').toUpperCase() === 'GET';
@@ -249,7 +249,7 @@ export class RemotePayerClient implements RemotePayer {
   }
 
   async memberMatch(params: Parameters): Promise<{ memberId?: string; identifier?: Identifier }> {
-    const res = await this.send<Parameters>(
+    const res = await this.request<Parameters>(
       { method: 'POST', url: `${this.payer.fhirBaseUrl}/Patient/$member-match`, data: params, headers: { 'content-type': 'application/fhir+json', accept: 'application/fhir+json' } },
       '$member-match',
     );
@@ -263,7 +263,7 @@ export class RemotePayerClient implements RemotePayer {
 
   async patientsByIdentifier(token: string): Promise<string[]> {
     const url = `${this.payer.fhirBaseUrl}/Patient?identifier=${encodeURIComponent(token)}`;
-    const res = await this.send<{ resourceType?: string; entry?: { resource?: { resourceType?: string; id?: unknown }; search?: { mode?: string } }[] }>(
+    const res = await this.request<{ resourceType?: string; entry?: { resource?: { resourceType?: string; id?: unknown }; search?: { mode?: string } }[] }>(
       { method: 'GET', url, headers: { accept: 'application/fhir+json' }, ...retryable(this.opts.retries) },
       'Patient search',
     );
@@ -280,11 +280,11 @@ export class RemotePayerClient implements RemotePayer {
     let res: AxiosResponse;
     try {
       const q = qs.toString();
-      res = await this.send({ method: 'GET', url: `${this.payer.fhirBaseUrl}/Patient/${encodeURIComponent(memberId)}/$export${q ? `?${q}` : ''}`, headers }, 'export kick-off');
+      res = await this.request({ method: 'GET', url: `${this.payer.fhirBaseUrl}/Patient/${encodeURIComponent(memberId)}/$export${q ? `?${q}` : ''}`, headers }, 'export kick-off');
     } catch (err) {
       if (!(err instanceof RemoteError) || (err.status !== 404 && err.status !== 405)) throw err;
       const parameter = [{ name: 'patient', valueReference: { reference: `Patient/${memberId}` } }, ...Object.entries(params).flatMap(([k, vs]) => vs.map((v) => ({ name: k, valueString: v })))];
-      res = await this.send({ method: 'POST', url: `${this.payer.fhirBaseUrl}/Patient/$export`, data: { resourceType: 'Parameters', parameter }, headers: { ...headers, 'content-type': 'application/fhir+json' } }, 'export kick-off');
+      res = await this.request({ method: 'POST', url: `${this.payer.fhirBaseUrl}/Patient/$export`, data: { resourceType: 'Parameters', parameter }, headers: { ...headers, 'content-type': 'application/fhir+json' } }, 'export kick-off');
     }
     const location = res.headers['content-location'] as string | undefined;
     if (res.status !== 202 || !location) throw new RemoteError(`export kick-off answered ${res.status} without a Content-Location`, res.status, false);
@@ -293,7 +293,7 @@ export class RemotePayerClient implements RemotePayer {
   }
 
   async status(statusUrl: string): Promise<ExportStatus> {
-    const res = await this.send<BulkManifest>({ method: 'GET', url: statusUrl, headers: { accept: 'application/json' }, ...retryable(this.opts.retries) }, 'export status');
+    const res = await this.request<BulkManifest>({ method: 'GET', url: statusUrl, headers: { accept: 'application/json' }, ...retryable(this.opts.retries) }, 'export status');
     if (res.status === 202) {
       return { done: false, progress: res.headers['x-progress'] as string | undefined, retryAfterMs: parseRetryAfter(res.headers['retry-after'] as string | undefined) };
     }
@@ -304,14 +304,14 @@ export class RemotePayerClient implements RemotePayer {
 
   /** Streams one file; the token goes along only when the manifest requires it, and only to the source's own origin. */
   async download(url: string, requiresAccessToken: boolean, signal?: AbortSignal): Promise<Readable> {
-    const res = await this.send<Readable>({ method: 'GET', url, responseType: 'stream', headers: { accept: 'application/fhir+ndjson' }, signal, ...retryable(this.opts.retries) }, 'download', { withToken: requiresAccessToken, files: true });
+    const res = await this.request<Readable>({ method: 'GET', url, responseType: 'stream', headers: { accept: 'application/fhir+ndjson' }, signal, ...retryable(this.opts.retries) }, 'download', { withToken: requiresAccessToken, files: true });
     return res.data;
   }
 
   /** Deletes the export job at the source; best effort (the source expires it anyway). */
   async cancel(statusUrl: string): Promise<void> {
     try {
-      await this.send({ method: 'DELETE', url: statusUrl }, 'export delete');
+      await this.request({ method: 'DELETE', url: statusUrl }, 'export delete');
     } catch (err) {
       this.opts.logger.warn('could not delete the export at the source', { issuer: this.payer.issuer, error: (err as Error).message });
     }

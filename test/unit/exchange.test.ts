@@ -1,3 +1,4 @@
+import { findMember } from '../../src/requester/member-lookup';
 import { Readable } from 'node:stream';
 import type { Resource, Task } from 'fhir/r4';
 import { NedbDatabase } from '../../src/store/embedded/nedb-database';
@@ -144,5 +145,23 @@ describe('the job runner contains every fault', () => {
     expect((await runner.get('f1'))?.state).toBe('failed');
     expect(unhandled).toEqual([]);
     await db.close();
+  });
+});
+
+describe('finding the member when $member-match answers MemberIdentifier only', () => {
+  const remoteFinding = (found: Record<string, string[]>) => {
+    const asked: string[] = [];
+    const remote = { ...fakeRemote({}), patientsByIdentifier: async (token: string) => (asked.push(token), found[token] ?? []) };
+    return { remote, asked };
+  };
+  it('tries system|value, then the bare value, and wants exactly one Patient', async () => {
+    const one = remoteFinding({ '99999': ['p1'] });
+    await expect(findMember(one.remote, { system: 'http://plan/member', value: '99999' })).resolves.toBe('p1');
+    expect(one.asked).toEqual(['http://plan/member|99999', '99999']);
+    const exact = remoteFinding({ 'http://plan/member|99999': ['p2'], '99999': ['p1', 'p2'] });
+    await expect(findMember(exact.remote, { system: 'http://plan/member', value: '99999' })).resolves.toBe('p2');
+    expect(exact.asked).toEqual(['http://plan/member|99999']);
+    await expect(findMember(remoteFinding({ '99999': ['p1', 'p2'] }).remote, { value: '99999' })).rejects.toThrow(/finds 2 Patients/);
+    await expect(findMember(remoteFinding({}).remote, { value: '99999' })).rejects.toThrow(/finds no Patient/);
   });
 });
