@@ -4,7 +4,7 @@ import { ResourceStore, WriteResult } from '../store/resource-store';
 import { SearchRegistry } from './search/registry';
 import { parseSearch, RawQuery } from './search/query';
 import { historyBundle, searchBundle } from './bundle';
-import { badRequest, FhirError, notFound } from './outcome';
+import { badRequest, FhirError, notFound, preconditionFailed } from './outcome';
 import { ID_PATTERN } from './resource-types';
 import { validateResource } from './validator';
 import { parseIfMatch, preferStrict } from './http';
@@ -164,6 +164,10 @@ export function createResourceService(type: string, deps: ResourceServiceDeps) {
       const resource = validateResource(req.body, type);
       if (resource.id !== id) throw badRequest(`The body's id (${resource.id ?? 'none'}) must equal the id in the URL (${id})`, [`${type}.id`]);
       const existing = await store.readIfExists(type, id);
+      // A stale copy is a version conflict before anything else is judged.
+      if (existing && Array.isArray(ifMatch) && !ifMatch.includes(existing.meta?.versionId as string)) {
+        throw preconditionFailed(`Version conflict: ${type}/${id} is at version ${existing.meta?.versionId}, If-Match named ${ifMatch.join(', ')}`);
+      }
       if (existing) deps.beforeWrite?.(existing, resource);
       checkInternalMarkers(type, resource, existing);
       // Where the server's markers are at stake, the write lands only on the version they were checked against.

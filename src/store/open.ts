@@ -1,9 +1,9 @@
 import { Database } from './types';
-import { NedbDatabase } from './embedded/nedb-database';
+import { SqliteDatabase } from './sqlite/sqlite-database';
 import { MongoDatabase } from './mongo/mongo-database';
 
 /** MongoDB when a URI is given, the embedded engine under dataDir otherwise (or in memory if dataDir is undefined). */
 export async function openDatabase(opts: { mongodbUri?: string; mongodbDb?: string; dataDir?: string }): Promise<Database> {
   if (opts.mongodbUri) return MongoDatabase.connect(opts.mongodbUri, opts.mongodbDb);
-  return new NedbDatabase(opts.dataDir);
+  return new SqliteDatabase(opts.dataDir);
 }

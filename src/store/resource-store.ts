@@ -61,11 +61,11 @@ export class ResourceStore {
     if (this.indexed.has(type)) return;
     this.indexed.add(type);
     const c = this.current(type);
+    // Every search parameter's values, in one wildcard index (multikey, as MongoDB's `$**`).
+    await c.createIndex(['s.$**']);
     await c.createIndex(['lu']);
-    for (const def of this.registry.params(type).values()) {
-      if (def.type === 'reference' || def.code === 'identifier') await c.createIndex([`s.${def.code}`]);
-    }
-    await this.history(type).createIndex(['id']);
+    await this.history(type).createIndex(['id', 'v']);
+    await this.history(type).createIndex(['lu']);
   }
 
   async create(resource: Resource, id: string = randomUUID()): Promise<Resource> {
@@ -224,6 +224,7 @@ export class ResourceStore {
   }
 
   async count(type: string, filter: Filter): Promise<number> {
+    await this.ensureIndexes(type);
     return this.current(type).count(filter);
   }
 

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Resource } from 'fhir/r4';
 import { Database } from '../../src/store/types';
-import { NedbDatabase } from '../../src/store/embedded/nedb-database';
+import { SqliteDatabase } from '../../src/store/sqlite/sqlite-database';
 import { MongoDatabase } from '../../src/store/mongo/mongo-database';
 import { ResourceStore } from '../../src/store/resource-store';
 import { SearchRegistry } from '../../src/fhir/search/registry';
@@ -23,17 +23,17 @@ interface Engine {
 const engines: Engine[] = [];
 const embeddedDirs = new Map<Database, string>();
 engines.push({
-  name: 'embedded (NeDB)',
+  name: 'embedded (SQLite)',
   async open() {
     const dir = tempDir('store-');
-    const db = new NedbDatabase(dir);
+    const db = new SqliteDatabase(dir);
     embeddedDirs.set(db, dir);
     return db;
   },
   async reopen(db) {
     const dir = embeddedDirs.get(db) as string;
     await db.close();
-    const again = new NedbDatabase(dir);
+    const again = new SqliteDatabase(dir);
     embeddedDirs.set(again, dir);
     return again;
   },

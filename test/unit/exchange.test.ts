@@ -1,7 +1,7 @@
 import { findMember } from '../../src/requester/member-lookup';
 import { Readable } from 'node:stream';
 import type { Resource, Task } from 'fhir/r4';
-import { NedbDatabase } from '../../src/store/embedded/nedb-database';
+import { SqliteDatabase } from '../../src/store/sqlite/sqlite-database';
 import { ResourceStore } from '../../src/store/resource-store';
 import { SearchRegistry } from '../../src/fhir/search/registry';
 import { RESOURCE_TYPES } from '../../src/fhir/resource-types';
@@ -38,7 +38,7 @@ function fakeRemote(files: Record<string, unknown[]>): RemotePayer {
 
 describe('an exchange that fails while importing its last file', () => {
   it('leaves none of its writes behind: created records vanish with their history, updated ones are back at their previous version', async () => {
-    const db = new NedbDatabase(undefined);
+    const db = new SqliteDatabase(undefined);
     const store = new ResourceStore(db, new SearchRegistry(RESOURCE_TYPES));
     const tracker = new TaskTracker(store);
     const journal = new ImportJournal(db, store, logger);
@@ -110,7 +110,7 @@ describe('Retry-After', () => {
 
 describe('the job runner contains every fault', () => {
   it('survives a failing query in its loop, and gives up a job that keeps failing, telling its kind', async () => {
-    const db = new NedbDatabase(undefined);
+    const db = new SqliteDatabase(undefined);
     const unhandled: unknown[] = [];
     const onUnhandled = (e: unknown) => unhandled.push(e);
     process.on('unhandledRejection', onUnhandled);

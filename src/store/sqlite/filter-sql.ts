@@ -1,0 +1,253 @@
+import { Filter, SortSpec } from '../types';
+
+/**
+ * Compiles the store's MongoDB-style filters to SQLite, for a collection stored as
+ * `(rid INTEGER PRIMARY KEY, id TEXT UNIQUE, doc TEXT)` with, for each wildcard-indexed subtree
+ * (`s.$**`), a side table of `(rid, p, v, h)` rows: one per value of each field `p` under it (`v` the
+ * value, or the low end of a `{lo, hi}` range with `h` its high end), as MongoDB's multikey and
+ * wildcard indexes hold them. Conditions on such a field become `rid IN (SELECT rid FROM side …)`,
+ * served by the side table's `(p, v)` index; other fields are read from the document as scalars with
+ * `json_extract` (served by an expression index where one was created).
+ */
+export interface CollectionLayout {
+  table: string;
+  /** Wildcard-indexed subtrees, e.g. `s`, and their side tables. */
+  wildcards: Map<string, string>;
+}
+
+export interface Compiled {
+  sql: string;
+  params: unknown[];
+}
+
+const SIMPLE_KEY = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+/** `a.b.c-d` as a JSON path for json_extract: `$.a.b."c-d"`. */
+export function jsonPath(field: string): string {
+  return '$' + field.split('.').map((k) => (SIMPLE_KEY.test(k) ? `.${k}` : `."${k.replace(/"/g, '""')}"`)).join('');
+}
+
+export const quoteIdent = (name: string) => `"${name.replace(/"/g, '""')}"`;
+
+/** A value as SQLite binds it: booleans as 1/0 (json_extract reads JSON true/false so), the rest as is. */
+export function sqlValue(v: unknown): unknown {
+  if (typeof v === 'boolean') return v ? 1 : 0;
+  if (v === undefined) return null;
+  return v;
+}
+
+/** The literal prefix of a regular expression `^literal`, or undefined when it is not one. */
+export function regexPrefix(re: RegExp): string | undefined {
+  if (re.flags.replace(/[gu]/g, '')) return undefined;
+  const m = re.source.match(/^\^((?:\\[^A-Za-z0-9]|[^\\^$.*+?()[\]{}|])*)$/);
+  return m ? m[1].replace(/\\(.)/g, '$1') : undefined;
+}
+
+/** Just past every string that starts with `prefix` (in SQLite's binary order of UTF-8). */
+export const PREFIX_END = '\u{10FFFF}';
+
+type Ops = Record<string, unknown>;
+const isOps = (v: unknown): v is Ops => !!v && typeof v === 'object' && !Array.isArray(v) && !(v instanceof RegExp) && Object.keys(v).length > 0 && Object.keys(v).every((k) => k.startsWith('$'));
+
+export class FilterCompiler {
+  constructor(private readonly layout: CollectionLayout) {}
+
+  compile(filter: Filter): Compiled {
+    const params: unknown[] = [];
+    const sql = this.node(filter, params);
+    return { sql, params };
+  }
+
+  orderBy(sort: SortSpec | undefined): string {
+    if (!sort || Object.keys(sort).length === 0) return '';
+    return ' ORDER BY ' + Object.entries(sort).map(([f, dir]) => `${f === '_id' ? 'id' : `json_extract(doc, '${jsonPath(f)}')`} ${dir === -1 ? 'DESC' : 'ASC'}`).join(', ');
+  }
+
+  private node(filter: Filter, params: unknown[]): string {
+    const parts: string[] = [];
+    for (const [key, value] of Object.entries(filter)) {
+      if (key === '$and' || key === '$or') {
+        const list = value as Filter[];
+        if (list.length === 0) parts.push(key === '$and' ? '1' : '0');
+        else parts.push(`(${list.map((f) => this.node(f, params)).join(key === '$and' ? ' AND ' : ' OR ')})`);
+      } else if (key === '$nor') {
+        parts.push(`NOT (${(value as Filter[]).map((f) => this.node(f, params)).join(' OR ')})`);
+      } else if (key.startsWith('$')) {
+        throw new Error(`unsupported filter operator ${key}`);
+      } else {
+        parts.push(this.field(key, value, params));
+      }
+    }
+    return parts.length === 0 ? '1' : parts.length === 1 ? parts[0] : `(${parts.join(' AND ')})`;
+  }
+
+  private wildcardOf(field: string): { side: string; p: string } | undefined {
+    const dot = field.indexOf('.');
+    if (dot < 0) return undefined;
+    const side = this.layout.wildcards.get(field.slice(0, dot));
+    return side ? { side, p: field.slice(dot + 1) } : undefined;
+  }
+
+  private field(field: string, value: unknown, params: unknown[]): string {
+    const wc = this.wildcardOf(field);
+    if (wc) return this.wildcardField(wc.side, wc.p, value, params);
+    const expr = field === '_id' ? 'id' : `json_extract(doc, '${jsonPath(field)}')`;
+    return this.scalar(expr, field, value, params);
+  }
+
+  /** A condition on a scalar expression (MongoDB semantics for scalars; a missing field is NULL). */
+  private scalar(expr: string, field: string, value: unknown, params: unknown[]): string {
+    if (value instanceof RegExp) return this.regex(expr, value, params);
+    if (!isOps(value)) {
+      if (value === null) return `${expr} IS NULL`;
+      if (typeof value === 'object') throw new Error(`unsupported equality on an object for ${field}`);
+      params.push(sqlValue(value));
+      return `${expr} = ?`;
+    }
+    const parts: string[] = [];
+    for (const [op, arg] of Object.entries(value)) {
+      switch (op) {
+        case '$in':
+        case '$nin': {
+          const list = arg as unknown[];
+          if (list.length === 0) {
+            parts.push(op === '$in' ? '0' : '1');
+            break;
+          }
+          params.push(...list.map(sqlValue));
+          const inList = `${expr} IN (${list.map(() => '?').join(', ')})`;
+          parts.push(op === '$in' ? inList : `(${expr} IS NULL OR NOT ${inList})`);
+          break;
+        }
+        case '$ne':
+          if (arg === null) parts.push(`${expr} IS NOT NULL`);
+          else {
+            params.push(sqlValue(arg));
+            parts.push(`(${expr} IS NULL OR ${expr} <> ?)`);
+          }
+          break;
+        case '$gt':
+        case '$gte':
+        case '$lt':
+        case '$lte':
+          params.push(sqlValue(arg));
+          parts.push(`${expr} ${{ $gt: '>', $gte: '>=', $lt: '<', $lte: '<=' }[op]} ?`);
+          break;
+        case '$exists':
+          parts.push(field === '_id' ? (arg ? '1' : '0') : `json_type(doc, '${jsonPath(field)}') IS ${arg ? 'NOT ' : ''}NULL`);
+          break;
+        case '$regex':
+          parts.push(this.regex(expr, arg instanceof RegExp ? arg : new RegExp(String(arg)), params));
+          break;
+        default:
+          throw new Error(`unsupported operator ${op} on ${field}`);
+      }
+    }
+    return parts.length === 1 ? parts[0] : `(${parts.join(' AND ')})`;
+  }
+
+  private regex(expr: string, re: RegExp, params: unknown[]): string {
+    const prefix = regexPrefix(re);
+    if (prefix !== undefined) {
+      params.push(prefix, prefix + PREFIX_END);
+      return `(${expr} >= ? AND ${expr} < ?)`;
+    }
+    params.push(re.source, re.flags);
+    return `regexp_match(?, ?, ${expr})`;
+  }
+
+  /**
+   * A condition on a field of a wildcard-indexed subtree, where a document matches when one of the
+   * field's values does (MongoDB's array semantics); `$nin`, `$ne` and `$exists: false` match when
+   * none does.
+   */
+  private wildcardField(side: string, p: string, value: unknown, params: unknown[]): string {
+    const t = quoteIdent(side);
+    const some = (cond: string, condParams: unknown[]) => {
+      params.push(p, ...condParams);
+      return `rid IN (SELECT rid FROM ${t} WHERE p = ?${cond ? ` AND ${cond}` : ''})`;
+    };
+    const none = (cond: string, condParams: unknown[]) => {
+      params.push(p, ...condParams);
+      return `rid NOT IN (SELECT rid FROM ${t} WHERE p = ?${cond ? ` AND ${cond}` : ''})`;
+    };
+    if (value instanceof RegExp) {
+      const local: unknown[] = [];
+      const cond = this.regex('v', value, local);
+      return some(cond, local);
+    }
+    if (!isOps(value)) {
+      if (value === null) return none('', []);
+      return some('v = ?', [sqlValue(value)]);
+    }
+    const parts: string[] = [];
+    const ranges: string[] = [];
+    const rangeParams: unknown[] = [];
+    for (const [op, arg] of Object.entries(value)) {
+      switch (op) {
+        case '$in': {
+          const list = arg as unknown[];
+          parts.push(list.length ? some(`v IN (${list.map(() => '?').join(', ')})`, list.map(sqlValue)) : '0');
+          break;
+        }
+        case '$nin': {
+          const list = arg as unknown[];
+          if (list.length) parts.push(none(`v IN (${list.map(() => '?').join(', ')})`, list.map(sqlValue)));
+          break;
+        }
+        case '$ne':
+          parts.push(arg === null ? some('', []) : none('v = ?', [sqlValue(arg)]));
+          break;
+        case '$exists':
+          parts.push(arg ? some('', []) : none('', []));
+          break;
+        case '$gt':
+        case '$gte':
+        case '$lt':
+        case '$lte':
+          // Several bounds in one operator object hold for one and the same value.
+          ranges.push(`v ${{ $gt: '>', $gte: '>=', $lt: '<', $lte: '<=' }[op]} ?`);
+          rangeParams.push(sqlValue(arg));
+          break;
+        case '$regex': {
+          const local: unknown[] = [];
+          const cond = this.regex('v', arg instanceof RegExp ? arg : new RegExp(String(arg)), local);
+          parts.push(some(cond, local));
+          break;
+        }
+        case '$elemMatch': {
+          // A range value {lo, hi}: conditions on lo read v, on hi read h, all on one value.
+          const conds: string[] = [];
+          const local: unknown[] = [];
+          const walk = (f: Filter) => {
+            for (const [k, c] of Object.entries(f)) {
+              if (k === '$or') {
+                const branches = (c as Filter[]).map((b) => {
+                  const before = conds.length;
+                  walk(b);
+                  return conds.splice(before).join(' AND ') || '1';
+                });
+                conds.push(`(${branches.join(' OR ')})`);
+              } else if (k === 'lo' || k === 'hi') {
+                const col = k === 'lo' ? 'v' : 'h';
+                for (const [o, bound] of Object.entries(c as Ops)) {
+                  const sqlOp = { $gt: '>', $gte: '>=', $lt: '<', $lte: '<=' }[o];
+                  if (!sqlOp) throw new Error(`unsupported operator ${o} in $elemMatch`);
+                  conds.push(`${col} ${sqlOp} ?`);
+                  local.push(sqlValue(bound));
+                }
+              } else throw new Error(`unsupported $elemMatch field ${k}`);
+            }
+          };
+          walk(arg as Filter);
+          parts.push(some(conds.join(' AND '), local));
+          break;
+        }
+        default:
+          throw new Error(`unsupported operator ${op} on ${p}`);
+      }
+    }
+    if (ranges.length) parts.push(some(ranges.join(' AND '), rangeParams));
+    return parts.length === 1 ? parts[0] : `(${parts.join(' AND ')})`;
+  }
+}

@@ -1,0 +1,256 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import BetterSqlite3 from 'better-sqlite3';
+import { Collection, Database, DuplicateKeyError, Filter, FindOptions, StoredDoc } from '../types';
+import { CollectionLayout, FilterCompiler, jsonPath, quoteIdent, sqlValue } from './filter-sql';
+
+type Db = BetterSqlite3.Database;
+type Row = { rid: number; doc: string };
+const WILDCARD = /^([A-Za-z_][A-Za-z0-9_]*)\.\$\*\*$/;
+
+/**
+ * One collection: a table of `(rid, id, doc)` (the document as JSON, `_id` as `id`), expression
+ * indexes for the scalar fields indexed, and for each wildcard index (`s.$**`) a side table holding
+ * one row per value of every field under it. Each operation is one statement or one immediate
+ * transaction, so a conditional update is atomic across processes sharing the file.
+ * A wildcard-indexed subtree is kept in the side table only: matched on, never returned.
+ */
+class SqliteCollection<T extends StoredDoc> implements Collection<T> {
+  private readonly layout: CollectionLayout;
+  private compiler: FilterCompiler;
+  private readonly statements = new Map<string, BetterSqlite3.Statement>();
+
+  constructor(private readonly db: Db, name: string) {
+    this.layout = { table: `c_${name}`, wildcards: new Map() };
+    const t = quoteIdent(this.layout.table);
+    db.exec(`CREATE TABLE IF NOT EXISTS ${t} (rid INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, doc TEXT NOT NULL)`);
+    // Wildcard indexes persist as their side tables: find them again after a restart.
+    const prefix = `${this.layout.table}__`;
+    for (const { name: side } of db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE ? ESCAPE '\\'`).all(`${prefix.replace(/_/g, '\\_')}%`) as { name: string }[]) {
+      this.layout.wildcards.set(side.slice(prefix.length), side);
+    }
+    this.compiler = new FilterCompiler(this.layout);
+  }
+
+  private stmt(sql: string): BetterSqlite3.Statement {
+    let s = this.statements.get(sql);
+    if (!s) {
+      s = this.db.prepare(sql);
+      this.statements.set(sql, s);
+    }
+    return s;
+  }
+
+  private get t(): string {
+    return quoteIdent(this.layout.table);
+  }
+
+  /** The document as stored (without its wildcard subtrees) and the side rows for them. */
+  private split(doc: T): { json: string; rows: [string, string, unknown, unknown][] } {
+    const { _id, ...rest } = doc as StoredDoc;
+    void _id;
+    const rows: [string, string, unknown, unknown][] = [];
+    for (const [field, side] of this.layout.wildcards) {
+      const subtree = rest[field] as Record<string, unknown> | undefined;
+      delete rest[field];
+      if (!subtree || typeof subtree !== 'object') continue;
+      for (const [p, values] of Object.entries(subtree)) {
+        for (const v of Array.isArray(values) ? values : [values]) {
+          if (v && typeof v === 'object' && 'lo' in v) rows.push([side, p, (v as { lo: unknown }).lo, (v as { hi: unknown }).hi]);
+          else rows.push([side, p, sqlValue(v), null]);
+        }
+      }
+    }
+    return { json: JSON.stringify(rest), rows };
+  }
+
+  private writeSide(rid: number, rows: [string, string, unknown, unknown][], replacing: boolean) {
+    if (replacing) for (const side of this.layout.wildcards.values()) this.stmt(`DELETE FROM ${quoteIdent(side)} WHERE rid = ?`).run(rid);
+    for (const [side, p, v, h] of rows) this.stmt(`INSERT INTO ${quoteIdent(side)} (rid, p, v, h) VALUES (?, ?, ?, ?)`).run(rid, p, v, h);
+  }
+
+  private insertSync(doc: T) {
+    const { json, rows } = this.split(doc);
+    let rid: number;
+    try {
+      rid = Number(this.stmt(`INSERT INTO ${this.t} (id, doc) VALUES (?, ?)`).run(doc._id, json).lastInsertRowid);
+    } catch (err) {
+      throw mapError(err);
+    }
+    this.writeSide(rid, rows, false);
+  }
+
+  private parse(row: Row & { id: string }): T {
+    return { _id: row.id, ...JSON.parse(row.doc) } as T;
+  }
+
+  private firstRid(filter: Filter): number | undefined {
+    const { sql, params } = this.compiler.compile(filter);
+    const row = this.stmt(`SELECT rid FROM ${this.t} WHERE ${sql} LIMIT 1`).get(...params) as { rid: number } | undefined;
+    return row?.rid;
+  }
+
+  private tx<R>(fn: () => R): R {
+    return this.db.transaction(fn).immediate();
+  }
+
+  async insertOne(doc: T): Promise<void> {
+    this.tx(() => this.insertSync(doc));
+  }
+
+  /** Inserts many documents in one transaction: all or none. */
+  async insertMany(docs: T[]): Promise<void> {
+    this.tx(() => docs.forEach((d) => this.insertSync(d)));
+  }
+
+  async findOne(filter: Filter): Promise<T | null> {
+    const [doc] = await this.find(filter, { limit: 1 });
+    return doc ?? null;
+  }
+
+  async find(filter: Filter, options: FindOptions = {}): Promise<T[]> {
+    const { sql, params } = this.compiler.compile(filter);
+    let q = `SELECT id, doc FROM ${this.t} WHERE ${sql}${this.compiler.orderBy(options.sort)}`;
+    if (options.limit || options.skip) {
+      q += ' LIMIT ? OFFSET ?';
+      params.push(options.limit || -1, options.skip ?? 0);
+    }
+    return (this.stmt(q).all(...params) as (Row & { id: string })[]).map((r) => this.parse(r));
+  }
+
+  async count(filter: Filter): Promise<number> {
+    const { sql, params } = this.compiler.compile(filter);
+    return (this.stmt(`SELECT count(*) AS n FROM ${this.t} WHERE ${sql}`).get(...params) as { n: number }).n;
+  }
+
+  async replaceOne(filter: Filter, doc: T, options: { upsert?: boolean } = {}): Promise<number> {
+    return this.tx(() => {
+      const rid = this.firstRid(filter);
+      if (rid === undefined) {
+        if (!options.upsert) return 0;
+        this.insertSync(doc);
+        return 1;
+      }
+      const { json, rows } = this.split(doc);
+      try {
+        this.stmt(`UPDATE ${this.t} SET id = ?, doc = ? WHERE rid = ?`).run(doc._id, json, rid);
+      } catch (err) {
+        throw mapError(err);
+      }
+      this.writeSide(rid, rows, true);
+      return 1;
+    });
+  }
+
+  async updateOne(filter: Filter, set: Record<string, unknown>): Promise<number> {
+    const entries = Object.entries(set);
+    if (entries.some(([k]) => k === '_id' || this.layout.wildcards.has(k.split('.')[0]))) throw new Error('updateOne cannot $set _id or a wildcard-indexed field');
+    return this.tx(() => {
+      const rid = this.firstRid(filter);
+      if (rid === undefined) return 0;
+      if (entries.length) {
+        const assignments = entries.map(() => '?, json(?)').join(', ');
+        const params = entries.flatMap(([k, v]) => [jsonPath(k), JSON.stringify(v === undefined ? null : v)]);
+        try {
+          this.stmt(`UPDATE ${this.t} SET doc = json_set(doc, ${assignments}) WHERE rid = ?`).run(...params, rid);
+        } catch (err) {
+          throw mapError(err);
+        }
+      }
+      return 1;
+    });
+  }
+
+  async deleteMany(filter: Filter): Promise<number> {
+    const { sql, params } = this.compiler.compile(filter);
+    return this.tx(() => {
+      const rids = (this.stmt(`SELECT rid FROM ${this.t} WHERE ${sql}`).all(...params) as { rid: number }[]).map((r) => r.rid);
+      for (const rid of rids) {
+        this.stmt(`DELETE FROM ${this.t} WHERE rid = ?`).run(rid);
+        for (const side of this.layout.wildcards.values()) this.stmt(`DELETE FROM ${quoteIdent(side)} WHERE rid = ?`).run(rid);
+      }
+      return rids.length;
+    });
+  }
+
+  async createIndex(fields: string[], options: { unique?: boolean } = {}): Promise<void> {
+    const wild = fields.length === 1 ? fields[0].match(WILDCARD) : null;
+    if (wild) {
+      if (this.layout.wildcards.has(wild[1])) return;
+      if ((this.stmt(`SELECT count(*) AS n FROM ${this.t}`).get() as { n: number }).n > 0) throw new Error(`a wildcard index on ${wild[1]} must be created before the first document`);
+      const side = `${this.layout.table}__${wild[1]}`;
+      const s = quoteIdent(side);
+      this.db.exec(
+        `CREATE TABLE IF NOT EXISTS ${s} (rid INTEGER NOT NULL, p TEXT NOT NULL, v, h);` +
+          `CREATE INDEX IF NOT EXISTS ${quoteIdent(`${side}_pv`)} ON ${s} (p, v, h, rid);` +
+          `CREATE INDEX IF NOT EXISTS ${quoteIdent(`${side}_rid`)} ON ${s} (rid);`,
+      );
+      this.layout.wildcards.set(wild[1], side);
+      this.compiler = new FilterCompiler(this.layout);
+      this.statements.clear();
+      return;
+    }
+    const exprs = fields.map((f) => (f === '_id' ? 'id' : `json_extract(doc, '${jsonPath(f)}')`));
+    const name = `${this.layout.table}_${fields.join('_').replace(/[^A-Za-z0-9_]/g, '_')}${options.unique ? '_u' : ''}`;
+    this.db.exec(`CREATE ${options.unique ? 'UNIQUE ' : ''}INDEX IF NOT EXISTS ${quoteIdent(name)} ON ${this.t} (${exprs.join(', ')})`);
+  }
+}
+
+function mapError(err: unknown): unknown {
+  const code = (err as { code?: string })?.code;
+  if (code === 'SQLITE_CONSTRAINT_UNIQUE' || code === 'SQLITE_CONSTRAINT_PRIMARYKEY') return new DuplicateKeyError((err as Error).message);
+  return err;
+}
+
+/**
+ * The embedded engine: SQLite through better-sqlite3, one file `store.sqlite` under DATA_DIR (or in
+ * memory when none is given). Data lives on disk, not in memory; WAL journaling, so readers never
+ * wait for the writer and a write is durable once acknowledged, even if the process is killed
+ * (`synchronous=NORMAL`: an OS crash may lose the last transactions, never corrupt the file).
+ * Several processes may share the file.
+ */
+export class SqliteDatabase implements Database {
+  readonly engine = 'embedded' as const;
+  private readonly db: Db;
+  private readonly collections = new Map<string, SqliteCollection<StoredDoc>>();
+
+  constructor(dataDir: string | undefined) {
+    if (dataDir) fs.mkdirSync(dataDir, { recursive: true });
+    this.db = new BetterSqlite3(dataDir ? path.join(dataDir, 'store.sqlite') : ':memory:');
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('synchronous = NORMAL');
+    this.db.pragma('busy_timeout = 10000');
+    this.db.pragma('cache_size = -32000'); // 32 MB of page cache
+    this.db.pragma('temp_store = MEMORY');
+    const cache = new Map<string, RegExp>();
+    this.db.function('regexp_match', { deterministic: true }, (source: unknown, flags: unknown, value: unknown) => {
+      if (typeof value !== 'string') return 0;
+      const key = `${flags}/${source}`;
+      let re = cache.get(key);
+      if (!re) {
+        re = new RegExp(String(source), String(flags));
+        if (cache.size > 1000) cache.clear();
+        cache.set(key, re);
+      }
+      return re.test(value) ? 1 : 0;
+    });
+  }
+
+  collection<T extends StoredDoc = StoredDoc>(name: string): Collection<T> {
+    if (!/^[A-Za-z0-9_.-]+$/.test(name)) throw new Error(`invalid collection name ${name}`);
+    let c = this.collections.get(name);
+    if (!c) {
+      c = new SqliteCollection<StoredDoc>(this.db, name);
+      this.collections.set(name, c);
+    }
+    return c as unknown as Collection<T>;
+  }
+
+  async close(): Promise<void> {
+    this.collections.clear();
+    if (this.db.open) {
+      this.db.pragma('optimize');
+      this.db.close();
+    }
+  }
+}
