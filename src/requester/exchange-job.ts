@@ -145,8 +145,16 @@ export class ExchangeJobHandler {
       const started = data.exportStarted ?? (await this.kickoff(ctx, remote, matched));
       const manifest = data.manifest ?? (await this.poll(ctx, remote, started.statusUrl));
       const mapping: IdMapping = { sourcePatientId: matched.memberId, localPatientId: data.localPatientId, sourceBase: payer.fhirBaseUrl, issuer: data.issuer };
-      const files = data.downloads?.done ? data.downloads.files : await this.download(ctx, remote, manifest, mapping, payer);
-      await this.importAll(ctx, files, mapping, payer);
+      // Each file is imported once it is downloaded and checked, while the next one downloads.
+      const imports = new ImportQueue((f) => this.importOne(ctx, f, mapping, payer));
+      let files: DownloadedFile[];
+      try {
+        files = data.downloads?.done ? data.downloads.files : await this.download(ctx, remote, manifest, mapping, payer, imports);
+        for (const f of files) imports.add(f);
+      } finally {
+        await imports.settled();
+      }
+      await imports.drain();
       await this.finish(ctx, remote, payer, files, mapping);
     } catch (err) {
       await this.handleError(ctx, remote, err);
@@ -249,7 +257,7 @@ export class ExchangeJobHandler {
   }
 
   /** Downloads every file, checking each resource before it is kept; nothing is stored yet. */
-  private async download(ctx: JobContext<ExchangeJobData>, remote: RemotePayer, manifest: CheckedManifest, mapping: IdMapping, payer: SourcePayer): Promise<DownloadedFile[]> {
+  private async download(ctx: JobContext<ExchangeJobData>, remote: RemotePayer, manifest: CheckedManifest, mapping: IdMapping, payer: SourcePayer, imports: ImportQueue): Promise<DownloadedFile[]> {
     const data = ctx.job.data;
     const state = { files: [...(data.downloads?.files ?? [])], bytes: data.downloads?.bytes ?? 0, sourceErrors: [...(data.downloads?.sourceErrors ?? [])] };
     const dir = path.join(this.d.workDir, data.taskId);
@@ -258,6 +266,7 @@ export class ExchangeJobHandler {
     for (const [i, entry] of manifest.files.entries()) {
       const name = `${String(i).padStart(5, '0')}.ndjson`;
       if (state.files.some((f) => f.name === name)) continue;
+      imports.check();
       if (await this.d.tracker.isCancelled(data.taskId)) throw new TaskCancelled();
       this.checkDeadline(data, `downloading ${entry.type}`);
       const label = `the ${entry.type} ${entry.kind === 'error' ? 'error ' : ''}file`;
@@ -282,10 +291,12 @@ export class ExchangeJobHandler {
       if (entry.kind === 'output' && entry.count !== undefined && entry.count !== got.count) {
         throw new NdjsonError(`${label} holds ${got.count} resources, the manifest announced ${entry.count} (truncated download?)`);
       }
-      state.files.push({ name, type: expectedType, kind: entry.kind, file: path.join(dir, name), ...got });
+      const downloaded: DownloadedFile = { name, type: expectedType, kind: entry.kind, file: path.join(dir, name), ...got };
+      state.files.push(downloaded);
       state.bytes += got.size;
       state.sourceErrors.push(...errors.slice(0, 100));
       await ctx.checkpoint({ downloads: state });
+      imports.add(downloaded);
     }
     await ctx.checkpoint({ downloads: { ...state, done: true } });
     const total = state.files.filter((f) => f.kind === 'output').reduce((n, f) => n + f.count, 0);
@@ -293,18 +304,17 @@ export class ExchangeJobHandler {
     return state.files;
   }
 
-  private async importAll(ctx: JobContext<ExchangeJobData>, files: DownloadedFile[], mapping: IdMapping, payer: SourcePayer) {
+  /** Imports one downloaded file (once: a file imported before is skipped) and checkpoints it. */
+  private async importOne(ctx: JobContext<ExchangeJobData>, f: DownloadedFile, mapping: IdMapping, payer: SourcePayer): Promise<void> {
     const data = ctx.job.data;
     const state = { files: [...(data.imports?.files ?? [])], counts: { ...(data.imports?.counts ?? {}) } };
+    if (f.kind === 'error' || state.files.includes(f.name)) return;
+    if (await this.d.tracker.isCancelled(data.taskId)) throw new TaskCancelled();
     const system = payer.responderIdentifierSystem ?? `${payer.issuer}/resource-id`;
-    for (const f of files) {
-      if (f.kind === 'error' || state.files.includes(f.name)) continue;
-      if (await this.d.tracker.isCancelled(data.taskId)) throw new TaskCancelled();
-      const result = await this.d.importer.importFile(f.file, f.type, mapping, system, { taskId: data.taskId, signal: ctx.signal, deadline: this.deadline(data) });
-      if (result.count) state.counts[f.type] = (state.counts[f.type] ?? 0) + result.count;
-      state.files.push(f.name);
-      await ctx.checkpoint({ imports: state });
-    }
+    const result = await this.d.importer.importFile(f.file, f.type, mapping, system, { taskId: data.taskId, signal: ctx.signal, deadline: this.deadline(data) });
+    if (result.count) state.counts[f.type] = (state.counts[f.type] ?? 0) + result.count;
+    state.files.push(f.name);
+    await ctx.checkpoint({ imports: state });
   }
 
   private async finish(ctx: JobContext<ExchangeJobData>, remote: RemotePayer, payer: SourcePayer, files: DownloadedFile[], mapping: IdMapping) {
@@ -322,9 +332,8 @@ export class ExchangeJobHandler {
     }
 
     const targets: string[] = [];
-    const system = payer.responderIdentifierSystem ?? `${payer.issuer}/resource-id`;
     for (const f of files) {
-      if (f.kind === 'output') for await (const r of this.d.importer.localResources(f.file, f.type, mapping, system)) targets.push(`${r.resourceType}/${r.id}`);
+      if (f.kind === 'output') for await (const ref of this.d.importer.localReferences(f.file, f.type, mapping)) targets.push(ref);
     }
     if (targets.length === 0) targets.push(`Patient/${data.localPatientId}`);
     const provenance = provenanceOf({ taskId: data.taskId, issuer: data.issuer, targets, archived, ownerReference: data.ownerReference, sourceName, requesterDisplay: this.d.requesterDisplay, now });
@@ -396,6 +405,42 @@ export class ExchangeJobHandler {
   giveUp = async (job: JobDoc<ExchangeJobData>, reason: string): Promise<void> => {
     await this.end(job, this.d.remoteFor(job.data.issuer), 'failed', reason);
   };
+}
+
+/**
+ * Imports files one after another, in the background of the downloads: `add` queues a file,
+ * `check` throws an import's failure at once (so downloading stops), `settled` waits for the import
+ * under way (before anything is rolled back), `drain` waits for all and throws a failure.
+ */
+class ImportQueue {
+  private chain: Promise<void> = Promise.resolve();
+  private failure?: { error: unknown };
+
+  constructor(private readonly importOne: (f: DownloadedFile) => Promise<void>) {}
+
+  add(f: DownloadedFile): void {
+    this.chain = this.chain.then(async () => {
+      if (this.failure) return;
+      try {
+        await this.importOne(f);
+      } catch (error) {
+        this.failure = { error };
+      }
+    });
+  }
+
+  check(): void {
+    if (this.failure) throw this.failure.error;
+  }
+
+  settled(): Promise<void> {
+    return this.chain;
+  }
+
+  async drain(): Promise<void> {
+    await this.chain;
+    this.check();
+  }
 }
 
 /** What an exchange asks the source for when the request names no `_type`: every type this server stores but Binary. */

@@ -1,6 +1,8 @@
 import { Collection, Database, DuplicateKeyError, StoredDoc } from '../store/types';
-import { ResourceStore } from '../store/resource-store';
+import { PlannedWrite, ResourceStore } from '../store/resource-store';
 import type { Logger } from '../logger';
+
+const JOURNAL = 'exchange_journal';
 
 interface JournalDoc extends StoredDoc {
   taskId: string;
@@ -22,8 +24,8 @@ export class ImportJournal {
   private readonly docs: Collection<JournalDoc>;
   private indexed?: Promise<void>;
 
-  constructor(db: Database, private readonly store: ResourceStore, private readonly logger: Logger) {
-    this.docs = db.collection<JournalDoc>('exchange_journal');
+  constructor(private readonly db: Database, private readonly store: ResourceStore, private readonly logger: Logger) {
+    this.docs = db.collection<JournalDoc>(JOURNAL);
   }
 
   private async ready(): Promise<Collection<JournalDoc>> {
@@ -45,13 +47,32 @@ export class ImportJournal {
     await docs.updateOne({ _id }, { wrote: Number(resource.meta?.versionId) });
   }
 
+  /**
+   * Writes a planned batch through the journal: notes where each changed resource stood and the
+   * version it is to get (in one batch; a resource this exchange wrote before keeps its first note),
+   * writes the batch, then corrects the note of any resource that got another version.
+   */
+  async writeMany(taskId: string, type: string, plans: PlannedWrite[]): Promise<Map<string, number>> {
+    const docs = await this.ready();
+    const changed = plans.filter((p) => p.changed);
+    if (changed.length === 0) return new Map();
+    await this.db.bulkWrite(changed.map((p) => ({ collection: JOURNAL, insert: { _id: `${taskId}|${type}|${p.id}`, taskId, type, id: p.id, before: p.before, wrote: p.version } })));
+    const versions = await this.store.applyWrites(type, plans);
+    for (const p of changed) {
+      const got = versions.get(p.id);
+      if (got !== p.version) await docs.updateOne({ _id: `${taskId}|${type}|${p.id}` }, { wrote: got });
+    }
+    return versions;
+  }
+
   /** Undoes every write of the exchange; returns how many resources were put back. */
   async rollback(taskId: string): Promise<number> {
     const docs = await this.ready();
     let reverted = 0;
     for (const d of await docs.find({ taskId })) {
-      if (await this.store.revert(d.type, d.id, d.before, d.wrote)) reverted++;
-      else this.logger.warn('exchange rollback left a resource that changed since', { task: taskId, type: d.type });
+      const outcome = await this.store.revert(d.type, d.id, d.before, d.wrote);
+      if (outcome === 'reverted') reverted++;
+      else if (outcome === 'changed') this.logger.warn('exchange rollback left a resource that changed since', { task: taskId, type: d.type });
       await docs.deleteMany({ _id: d._id });
     }
     return reverted;

@@ -1,5 +1,4 @@
 import fs from 'node:fs';
-import { isDeepStrictEqual } from 'node:util';
 import type { Resource } from 'fhir/r4';
 import { ResourceStore } from '../store/resource-store';
 import { hasElement } from '../fhir/validator';
@@ -74,32 +73,43 @@ export class Importer {
     return out;
   }
 
-  /** The local resources a downloaded file becomes, one at a time (the file was checked when downloaded). */
-  async *localResources(file: string, type: string, m: IdMapping, identifierSystem: string): AsyncGenerator<Resource> {
+  /** The local references (`Type/id`) of the resources a downloaded file imported (the member's own Patient is not one), without rewriting them. */
+  async *localReferences(file: string, type: string, m: IdMapping): AsyncGenerator<string> {
     for await (const { resource } of readResources(fs.createReadStream(file), { expectedType: type, maxLineLength: this.maxLineLength, label: type })) {
-      const local = this.prepare(resource as unknown as Resource, m, identifierSystem);
-      if (local) yield local;
+      const id = resource.id as string;
+      if (!(type === 'Patient' && id === m.sourcePatientId)) yield `${type}/${localIdFor(m.issuer, type, id)}`;
     }
   }
 
-  async importFile(file: string, type: string, m: IdMapping, identifierSystem: string, opts: { taskId: string; signal?: AbortSignal; deadline: number }): Promise<ImportResult> {
+  /**
+   * Imports a downloaded file in chunks: each chunk's resources are planned together (two queries),
+   * the unchanged ones skipped, and the rest written in one batch through the undo journal.
+   */
+  async importFile(file: string, type: string, m: IdMapping, identifierSystem: string, opts: { taskId: string; signal?: AbortSignal; deadline: number; chunkSize?: number }): Promise<ImportResult> {
     const result: ImportResult = { count: 0, written: 0, unchanged: 0 };
-    for await (const local of this.localResources(file, type, m, identifierSystem)) {
+    const size = opts.chunkSize ?? 500;
+    let chunk: Resource[] = [];
+    const flush = async () => {
+      if (chunk.length === 0) return;
       if (opts.signal?.aborted) throw opts.signal.reason;
       if (Date.now() > opts.deadline) throw new LimitReached(`the exchange's deadline passed while importing ${type}`);
-      const existing = await this.store.readIfExists(type, local.id as string);
-      if (existing && isDeepStrictEqual(withoutVersion(existing), withoutVersion(local))) result.unchanged++;
-      else {
-        await this.journal.write(opts.taskId, type, local.id as string, () => this.store.update(type, local.id as string, local));
-        result.written++;
-      }
-      result.count++;
+      // A source may list one record twice in a file: the last one stands.
+      const byId = new Map(chunk.map((r) => [r.id as string, r]));
+      const plans = await this.store.planWrites(type, [...byId.values()]);
+      await this.journal.writeMany(opts.taskId, type, plans);
+      const written = plans.filter((p) => p.changed).length;
+      result.written += written;
+      result.unchanged += plans.length - written;
+      result.count += chunk.length;
+      chunk = [];
+    };
+    for await (const { resource } of readResources(fs.createReadStream(file), { expectedType: type, maxLineLength: this.maxLineLength, label: type })) {
+      const local = this.prepare(resource as unknown as Resource, m, identifierSystem);
+      if (!local) continue;
+      chunk.push(local);
+      if (chunk.length >= size) await flush();
     }
+    await flush();
     return result;
   }
-}
-
-function withoutVersion(r: Resource): unknown {
-  const { versionId: _v, lastUpdated: _l, ...meta } = r.meta ?? {};
-  return { ...r, meta };
 }

@@ -1,6 +1,6 @@
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import type { Resource } from 'fhir/r4';
-import { Collection, Database, DuplicateKeyError, Filter, SortSpec, StoredDoc } from './types';
+import { BulkOp, Collection, Database, DuplicateKeyError, Filter, SortSpec, StoredDoc } from './types';
 import { buildSearchIndex, SearchIndex } from '../fhir/search/index-values';
 import { SearchRegistry } from '../fhir/search/registry';
 import { gone, notFound, preconditionFailed } from '../fhir/outcome';
@@ -9,6 +9,8 @@ import { gone, notFound, preconditionFailed } from '../fhir/outcome';
 interface CurrentDoc extends StoredDoc {
   v: number;
   lu: number;
+  /** The content's hash (all but meta.versionId and meta.lastUpdated): an unchanged resource is not written again. */
+  h: string;
   res: Resource;
   s: SearchIndex['s'];
   k: SearchIndex['k'];
@@ -35,6 +37,24 @@ export interface HistoryEntry {
 export interface WriteResult {
   resource: Resource;
   created: boolean;
+}
+
+/** One resource of a batch write, as planned: where it stands, and whether its content changes. */
+export interface PlannedWrite {
+  id: string;
+  resource: Resource;
+  /** Its current version (null if none) and the highest version in its history. */
+  before: { current: number | null; floor: number };
+  /** False when the stored resource already has this content: nothing is written. */
+  changed: boolean;
+  /** The version the write creates. */
+  version: number;
+}
+
+/** The hash of a resource's content, leaving out what every write changes. */
+export function contentHash(resource: Resource): string {
+  const { versionId: _v, lastUpdated: _l, ...meta } = resource.meta ?? {};
+  return createHash('sha1').update(JSON.stringify({ ...resource, meta })).digest('base64');
 }
 
 const MAX_WRITE_RETRIES = 20;
@@ -93,7 +113,7 @@ export class ResourceStore {
       const version = existing ? existing.v + 1 : await this.nextVersionAfterDelete(type, id);
       const lastUpdated = this.now();
       const stored = withMeta(resource, id, version, lastUpdated);
-      const doc: CurrentDoc = { _id: id, v: version, lu: lastUpdated.getTime(), res: stored, ...buildSearchIndex(this.registry, stored as never) };
+      const doc = this.currentDoc(id, version, lastUpdated.getTime(), stored);
       try {
         if (existing) {
           // Lands only if nobody wrote a newer version since we read it.
@@ -122,6 +142,58 @@ export class ResourceStore {
     throw preconditionFailed(`Too many concurrent writes to ${type}/${id}`);
   }
 
+  private currentDoc(id: string, v: number, lu: number, res: Resource): CurrentDoc {
+    return { _id: id, v, lu, h: contentHash(res), res, ...buildSearchIndex(this.registry, res as never) };
+  }
+
+  /**
+   * Plans a batch of writes of one type with two queries, whatever its size: each resource's
+   * current version and content hash, and for those with none, the highest version in their history.
+   */
+  async planWrites(type: string, resources: Resource[]): Promise<PlannedWrite[]> {
+    await this.ensureIndexes(type);
+    const ids = resources.map((r) => r.id as string);
+    const current = new Map((await this.current(type).find({ _id: { $in: ids } }, { fields: ['v', 'h'] })).map((d) => [d._id, d]));
+    const missing = ids.filter((id) => !current.has(id));
+    const floors = new Map<string, number>();
+    if (missing.length) {
+      for (const h of await this.history(type).find({ id: { $in: missing } }, { fields: ['id', 'v'] })) floors.set(h.id, Math.max(floors.get(h.id) ?? 0, h.v));
+    }
+    return resources.map((resource) => {
+      const id = resource.id as string;
+      const doc = current.get(id);
+      if (doc) return { id, resource, before: { current: doc.v, floor: doc.v }, changed: doc.h !== contentHash(resource), version: doc.v + 1 };
+      const floor = floors.get(id) ?? 0;
+      return { id, resource, before: { current: null, floor }, changed: true, version: floor + 1 };
+    });
+  }
+
+  /**
+   * Writes the changed resources of a plan in one batch (one transaction on the embedded engine),
+   * each with its history entry; a resource someone else wrote since it was planned is written on
+   * its own afterwards. Answers the version each changed resource got.
+   */
+  async applyWrites(type: string, plans: PlannedWrite[]): Promise<Map<string, number>> {
+    const changed = plans.filter((p) => p.changed);
+    const lastUpdated = this.now();
+    const ops: BulkOp[] = [];
+    for (const p of changed) {
+      const stored = withMeta(p.resource, p.id, p.version, lastUpdated);
+      const doc = this.currentDoc(p.id, p.version, lastUpdated.getTime(), stored);
+      const at = ops.length;
+      ops.push(p.before.current === null ? { collection: type, insert: doc } : { collection: type, replace: doc, filter: { _id: p.id, v: p.before.current } });
+      const _id = `${p.id}/${p.version}`;
+      ops.push({ collection: `${type}_history`, after: at, replace: { _id, id: p.id, v: p.version, lu: doc.lu, res: stored }, filter: { _id }, upsert: true });
+    }
+    const applied = ops.length ? await this.db.bulkWrite(ops) : [];
+    const versions = new Map<string, number>();
+    for (const [i, p] of changed.entries()) {
+      if (applied[2 * i]) versions.set(p.id, p.version);
+      else versions.set(p.id, Number((await this.update(type, p.id, p.resource)).resource.meta?.versionId));
+    }
+    return versions;
+  }
+
   private async nextVersionAfterDelete(type: string, id: string): Promise<number> {
     const [last] = await this.history(type).find({ id }, { sort: { v: -1 }, limit: 1 });
     return last ? last.v + 1 : 1;
@@ -143,20 +215,25 @@ export class ResourceStore {
    * resource is back at version `current` (or gone again when it had none). Only when nobody else
    * wrote since: `expected` names the latest version the undone writes made (undefined: any after floor).
    */
-  async revert(type: string, id: string, to: { current: number | null; floor: number }, expected?: number): Promise<boolean> {
+  async revert(type: string, id: string, to: { current: number | null; floor: number }, expected?: number): Promise<'reverted' | 'untouched' | 'changed'> {
     const currentColl = this.current(type);
     const doc = await currentColl.findOne({ _id: id });
-    if (!doc || doc.v <= to.floor || (expected !== undefined && doc.v !== expected)) return false;
+    if (!doc || doc.v <= to.floor) {
+      // Nothing was written after the floor (a planned write that never happened), or it was deleted since.
+      const [last] = await this.history(type).find({ id }, { sort: { v: -1 }, limit: 1, fields: ['v'] });
+      return (last?.v ?? 0) <= to.floor ? 'untouched' : 'changed';
+    }
+    if (expected !== undefined && doc.v !== expected) return 'changed';
     if (to.current === null) {
-      if ((await currentColl.deleteMany({ _id: id, v: doc.v })) === 0) return false;
+      if ((await currentColl.deleteMany({ _id: id, v: doc.v })) === 0) return 'changed';
     } else {
       const prev = await this.history(type).findOne({ _id: `${id}/${to.current}` });
-      if (!prev?.res) return false;
-      const restored: CurrentDoc = { _id: id, v: prev.v, lu: prev.lu, res: prev.res, ...buildSearchIndex(this.registry, prev.res as never) };
-      if ((await currentColl.replaceOne({ _id: id, v: doc.v }, restored)) === 0) return false;
+      if (!prev?.res) return 'changed';
+      const restored = this.currentDoc(id, prev.v, prev.lu, prev.res);
+      if ((await currentColl.replaceOne({ _id: id, v: doc.v }, restored)) === 0) return 'changed';
     }
     await this.history(type).deleteMany({ id, v: { $gt: to.floor } });
-    return true;
+    return 'reverted';
   }
 
   /** The current version; 404 if it never existed, 410 if deleted. */

@@ -10,7 +10,16 @@ export interface FindOptions {
   sort?: SortSpec;
   skip?: number;
   limit?: number;
+  /** Top-level fields to return (with `_id`); all when left out. */
+  fields?: string[];
 }
+
+/**
+ * One write of a batch: an insert (refused if its _id is taken), or a replacement of the document
+ * matching `filter` (with `upsert`, an insert when none does). `after` names an earlier write of
+ * the batch that must have been applied for this one to be tried.
+ */
+export type BulkOp = { collection: string; after?: number } & ({ insert: StoredDoc } | { replace: StoredDoc; filter: Filter; upsert?: boolean });
 
 export interface StoredDoc {
   _id: string;
@@ -34,6 +43,12 @@ export interface Collection<T extends StoredDoc = StoredDoc> {
 export interface Database {
   readonly engine: 'embedded' | 'mongodb';
   collection<T extends StoredDoc = StoredDoc>(name: string): Collection<T>;
+  /**
+   * Applies a batch of writes, in order, across collections; answers for each whether it was
+   * applied. The embedded engine applies the batch in one transaction; MongoDB in one bulk write
+   * per collection (not atomic across them).
+   */
+  bulkWrite(ops: BulkOp[]): Promise<boolean[]>;
   close(): Promise<void>;
 }
 

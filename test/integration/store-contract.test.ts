@@ -133,6 +133,43 @@ describe.each(engines)('store contract on $name', (engine) => {
     expect(found.map((r) => r.id).sort()).toEqual(['none', 'other']);
   });
 
+  it('applies a batch of writes in order: inserts refused on a taken id, replacements only where the filter matches, dependants only after their write', async () => {
+    const c = db.collection('things');
+    await c.insertOne({ _id: 'a', n: 1 });
+    const applied = await db.bulkWrite([
+      { collection: 'things', insert: { _id: 'a', n: 2 } },
+      { collection: 'log', after: 0, insert: { _id: 'a-2' } },
+      { collection: 'things', insert: { _id: 'b', n: 1 } },
+      { collection: 'log', after: 2, insert: { _id: 'b-1' } },
+      { collection: 'things', replace: { _id: 'a', n: 3 }, filter: { _id: 'a', n: 1 } },
+    ]);
+    expect(applied).toEqual([false, false, true, true, true]);
+    expect((await c.find({}, { sort: { _id: 1 } })).map((d) => [d._id, d.n])).toEqual([['a', 3], ['b', 1]]);
+    expect((await db.collection('log').find({})).map((d) => d._id)).toEqual(['b-1']);
+    expect(await c.find({ _id: 'a' }, { fields: ['n'] })).toEqual([{ _id: 'a', n: 3 }]);
+  });
+
+  it('batch writes of resources: unchanged content is not written again, changes get a version and history, a lost race is written on its own', async () => {
+    const cond = (id: string, text: string) => ({ resourceType: 'Condition', id, subject: { reference: 'Patient/p' }, code: { text } }) as Resource;
+    const first = await store.planWrites('Condition', [cond('c1', 'a'), cond('c2', 'b')]);
+    expect(first.map((p) => [p.id, p.changed, p.version, p.before])).toEqual([['c1', true, 1, { current: null, floor: 0 }], ['c2', true, 1, { current: null, floor: 0 }]]);
+    await store.applyWrites('Condition', first);
+    expect((await search(store, 'Condition', { patient: 'Patient/p' })).map((r) => r.id).sort()).toEqual(['c1', 'c2']);
+    const again = await store.planWrites('Condition', [cond('c1', 'a'), cond('c2', 'changed')]);
+    expect(again.map((p) => [p.id, p.changed, p.version])).toEqual([['c1', false, 2], ['c2', true, 2]]);
+    // Someone writes c2 between the plan and the write: it is written after theirs.
+    await store.update('Condition', 'c2', cond('c2', 'theirs'));
+    const versions = await store.applyWrites('Condition', again);
+    expect([...versions]).toEqual([['c2', 3]]);
+    expect((await store.read('Condition', 'c1')).meta?.versionId).toBe('1');
+    expect(await store.read('Condition', 'c2')).toMatchObject({ meta: { versionId: '3' }, code: { text: 'changed' } });
+    expect((await store.historyOf('Condition', 'c2', { count: 10, offset: 0 })).entries.map((e) => e.versionId)).toEqual(['3', '2', '1']);
+    // After a delete, a new write continues the versions.
+    await store.delete('Condition', 'c1');
+    const revived = await store.planWrites('Condition', [cond('c1', 'a')]);
+    expect(revived[0]).toMatchObject({ changed: true, version: 3, before: { current: null, floor: 2 } });
+  });
+
   it('streams a large result in pages', async () => {
     for (let i = 0; i < 23; i++) await store.update('Observation', `o${String(i).padStart(2, '0')}`, { resourceType: 'Observation', id: `o${String(i).padStart(2, '0')}`, status: 'final', code: { text: 'x' } } as Resource);
     const seen: string[] = [];

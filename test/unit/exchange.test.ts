@@ -45,12 +45,11 @@ describe('an exchange that fails while importing its last file', () => {
     // An earlier exchange left this record at version 1.
     const earlierId = localIdFor(ISSUER, 'Condition', 'c1');
     await store.update('Condition', earlierId, { ...cond(earlierId, 'as first received'), subject: { reference: 'Patient/local' } } as Resource);
-    // The disk fails on the last file's record.
-    const failingId = localIdFor(ISSUER, 'Observation', 'o1');
-    const realUpdate = store.update.bind(store);
-    store.update = async (type, id, resource, ifMatch) => {
-      if (id === failingId) throw new Error('disk full');
-      return realUpdate(type, id, resource, ifMatch);
+    // The disk fails on the last file's batch.
+    const realApply = store.applyWrites.bind(store);
+    store.applyWrites = async (type, plans) => {
+      if (type === 'Observation') throw new Error('disk full');
+      return realApply(type, plans);
     };
     const task: Task = { resourceType: 'Task', id: 't1', meta: { tag: [EXCHANGE_TAG] }, status: 'requested', intent: 'order', for: { reference: 'Patient/local' } };
     await tracker.create(task);

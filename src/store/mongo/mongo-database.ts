@@ -1,5 +1,5 @@
-import { MongoClient, MongoServerError, Db, Collection as MongoCollection, Document } from 'mongodb';
-import { Collection, Database, DuplicateKeyError, Filter, FindOptions, StoredDoc } from '../types';
+import { AnyBulkWriteOperation, MongoBulkWriteError, MongoClient, MongoServerError, Db, Collection as MongoCollection, Document } from 'mongodb';
+import { BulkOp, Collection, Database, DuplicateKeyError, Filter, FindOptions, StoredDoc } from '../types';
 
 /** Production engine: the official MongoDB driver, one MongoDB collection per store collection. */
 class MongoBackedCollection<T extends StoredDoc> implements Collection<T> {
@@ -18,7 +18,7 @@ class MongoBackedCollection<T extends StoredDoc> implements Collection<T> {
   }
 
   async find(filter: Filter, options: FindOptions = {}): Promise<T[]> {
-    let cursor = this.c.find(filter);
+    let cursor = this.c.find(filter, options.fields ? { projection: Object.fromEntries(options.fields.map((f) => [f, 1])) } : {});
     if (options.sort) cursor = cursor.sort(options.sort);
     if (options.skip) cursor = cursor.skip(options.skip);
     if (options.limit) cursor = cursor.limit(options.limit);
@@ -75,6 +75,40 @@ export class MongoDatabase implements Database {
 
   collection<T extends StoredDoc = StoredDoc>(name: string): Collection<T> {
     return new MongoBackedCollection<T>(this.db.collection(name));
+  }
+
+  /**
+   * One unordered bulk write per collection, in the order collections first appear; an op is
+   * applied unless the server reports a write error for it (a replacement that matches nothing is
+   * sent as an upsert, so a lost race shows as a duplicate key), or the op it depends on failed.
+   */
+  async bulkWrite(ops: BulkOp[]): Promise<boolean[]> {
+    const applied: boolean[] = ops.map(() => false);
+    const groups = new Map<string, number[]>();
+    ops.forEach((op, i) => groups.set(op.collection, [...(groups.get(op.collection) ?? []), i]));
+    for (const [name, indexes] of groups) {
+      const ready = indexes.filter((i) => ops[i].after === undefined || applied[ops[i].after as number]);
+      if (ready.length === 0) continue;
+      const writes: AnyBulkWriteOperation<Document>[] = ready.map((i) => {
+        const op = ops[i];
+        if ('insert' in op) return { insertOne: { document: op.insert as Document } };
+        const upsert = op.upsert || !('_id' in op.filter && Object.keys(op.filter).length === 1) ? true : false;
+        return { replaceOne: { filter: op.filter, replacement: op.replace as Document, upsert } };
+      });
+      const failed = new Set<number>();
+      try {
+        await this.db.collection(name).bulkWrite(writes, { ordered: false });
+      } catch (err) {
+        if (!(err instanceof MongoBulkWriteError)) throw err;
+        const errors = Array.isArray(err.writeErrors) ? err.writeErrors : [err.writeErrors];
+        for (const e of errors) {
+          if (e.code !== 11000) throw err;
+          failed.add(e.index);
+        }
+      }
+      ready.forEach((i, k) => (applied[i] = !failed.has(k)));
+    }
+    return applied;
   }
 
   async close(): Promise<void> {

@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
-import { Collection, Database, DuplicateKeyError, Filter, FindOptions, StoredDoc } from '../types';
+import { BulkOp, Collection, Database, DuplicateKeyError, Filter, FindOptions, StoredDoc } from '../types';
 import { CollectionLayout, FilterCompiler, jsonPath, quoteIdent, sqlValue } from './filter-sql';
 
 type Db = BetterSqlite3.Database;
@@ -98,9 +98,35 @@ class SqliteCollection<T extends StoredDoc> implements Collection<T> {
     this.tx(() => this.insertSync(doc));
   }
 
-  /** Inserts many documents in one transaction: all or none. */
-  async insertMany(docs: T[]): Promise<void> {
-    this.tx(() => docs.forEach((d) => this.insertSync(d)));
+  /** One write of a batch, inside the batch's transaction: whether it was applied. */
+  applySync(op: BulkOp): boolean {
+    if ('insert' in op) {
+      try {
+        this.insertSync(op.insert as T);
+        return true;
+      } catch (err) {
+        if (err instanceof DuplicateKeyError) return false;
+        throw err;
+      }
+    }
+    return this.replaceSync(op.filter, op.replace as T, !!op.upsert) > 0;
+  }
+
+  private replaceSync(filter: Filter, doc: T, upsert: boolean): number {
+    const rid = this.firstRid(filter);
+    if (rid === undefined) {
+      if (!upsert) return 0;
+      this.insertSync(doc);
+      return 1;
+    }
+    const { json, rows } = this.split(doc);
+    try {
+      this.stmt(`UPDATE ${this.t} SET id = ?, doc = ? WHERE rid = ?`).run(doc._id, json, rid);
+    } catch (err) {
+      throw mapError(err);
+    }
+    this.writeSide(rid, rows, true);
+    return 1;
   }
 
   async findOne(filter: Filter): Promise<T | null> {
@@ -110,7 +136,9 @@ class SqliteCollection<T extends StoredDoc> implements Collection<T> {
 
   async find(filter: Filter, options: FindOptions = {}): Promise<T[]> {
     const { sql, params } = this.compiler.compile(filter);
-    let q = `SELECT id, doc FROM ${this.t} WHERE ${sql}${this.compiler.orderBy(options.sort)}`;
+    const fields = options.fields?.filter((f) => f !== '_id');
+    const doc = fields ? `json_object(${fields.map((f) => `'${f.replace(/'/g, "''")}', json_extract(doc, '${jsonPath(f)}')`).join(', ')})` : 'doc';
+    let q = `SELECT id, ${doc} AS doc FROM ${this.t} WHERE ${sql}${this.compiler.orderBy(options.sort)}`;
     if (options.limit || options.skip) {
       q += ' LIMIT ? OFFSET ?';
       params.push(options.limit || -1, options.skip ?? 0);
@@ -124,22 +152,7 @@ class SqliteCollection<T extends StoredDoc> implements Collection<T> {
   }
 
   async replaceOne(filter: Filter, doc: T, options: { upsert?: boolean } = {}): Promise<number> {
-    return this.tx(() => {
-      const rid = this.firstRid(filter);
-      if (rid === undefined) {
-        if (!options.upsert) return 0;
-        this.insertSync(doc);
-        return 1;
-      }
-      const { json, rows } = this.split(doc);
-      try {
-        this.stmt(`UPDATE ${this.t} SET id = ?, doc = ? WHERE rid = ?`).run(doc._id, json, rid);
-      } catch (err) {
-        throw mapError(err);
-      }
-      this.writeSide(rid, rows, true);
-      return 1;
-    });
+    return this.tx(() => this.replaceSync(filter, doc, !!options.upsert));
   }
 
   async updateOne(filter: Filter, set: Record<string, unknown>): Promise<number> {
@@ -237,13 +250,27 @@ export class SqliteDatabase implements Database {
   }
 
   collection<T extends StoredDoc = StoredDoc>(name: string): Collection<T> {
+    return this.sqliteCollection(name) as unknown as Collection<T>;
+  }
+
+  private sqliteCollection(name: string): SqliteCollection<StoredDoc> {
     if (!/^[A-Za-z0-9_.-]+$/.test(name)) throw new Error(`invalid collection name ${name}`);
     let c = this.collections.get(name);
     if (!c) {
       c = new SqliteCollection<StoredDoc>(this.db, name);
       this.collections.set(name, c);
     }
-    return c as unknown as Collection<T>;
+    return c;
+  }
+
+  async bulkWrite(ops: BulkOp[]): Promise<boolean[]> {
+    return this.db
+      .transaction(() => {
+        const applied: boolean[] = [];
+        for (const op of ops) applied.push(op.after !== undefined && !applied[op.after] ? false : this.sqliteCollection(op.collection).applySync(op));
+        return applied;
+      })
+      .immediate();
   }
 
   async close(): Promise<void> {
