@@ -1,23 +1,46 @@
 /**
- * npm run bench: speed figures on this machine, printed as a table (never asserted in tests).
- *   npm run bench -- [--members 200] [--writes 2000]
- * Measures, against real HTTP servers on loopback with the embedded engine:
- *   - writes: PUT throughput with concurrency 8
- *   - search: latency of ExplanationOfBenefit?patient=… and Patient?family=…&birthdate=…
- *   - export: time for a patient-level export of the whole population
- *   - exchange: one member's $sdh.s2s.invoke-export, from the call to the Task completed
+ * npm run bench: speed figures on this machine, each a ratio of two things measured in the same run
+ * (never asserted in tests).
+ *   npm run bench -- [--large 1000000] [--small 10000] [--members 10000,50000] [--concurrent 100] [--json]
+ * Servers run as child processes (`node dist/src/main.js`, the embedded engine), as `npm start` runs
+ * them; load comes from this process over loopback. Measures:
+ *   - exchange vs download: a member of 10k and of 50k resources; the time of a whole exchange
+ *     ($sdh.s2s.invoke-export → Task completed) against a plain bulk download of the same export
+ *     (kick-off, polling, files to disk) from the same source: ratio = download time / exchange time
+ *   - a store of `--large` resources: RSS, the first query after a restart, and a two-parameter
+ *     search's p50 against the same search on a store of `--small` resources
+ *   - GET Patient/{id}: requests per second against a bare Express app serving the same bytes
+ *   - `--concurrent` exchanges at once (members of about 60 resources): exchanges per second
+ *   - export: a whole-population Patient/$export, resources per second, against reading the same
+ *     resources straight from the store
  */
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import http from 'node:http';
+import { spawn, ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
 import { parseArgs } from 'node:util';
-import { loadConfig } from '../src/config';
-import { createLogger } from '../src/logger';
-import { startServer } from '../src/main';
+import type { Resource } from 'fhir/r4';
 import { generateClientKeys } from '../src/auth/keys';
-import { generatePopulation } from './synthetic';
+import { SqliteDatabase } from '../src/store/sqlite/sqlite-database';
+import { ResourceStore } from '../src/store/resource-store';
+import { SearchRegistry } from '../src/fhir/search/registry';
+import { RESOURCE_TYPES } from '../src/fhir/resource-types';
+import { DEFAULT_TYPES } from '../src/requester/exchange-job';
+import { generatePopulation, SyntheticMember } from './synthetic';
 
+const registry = new SearchRegistry(RESOURCE_TYPES);
+const MAIN = path.join(__dirname, '..', 'src', 'main.js');
 const percentile = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))];
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+let lastProgress = '';
+function progress(text: string) {
+  lastProgress = text;
+  if (process.stderr.isTTY) process.stderr.write(`\r\x1b[K[bench] ${text}`);
+  else process.stderr.write(`[bench] ${text}\n`);
+}
 
 async function timed<T>(fn: () => Promise<T>): Promise<[T, number]> {
   const t = process.hrtime.bigint();
@@ -25,106 +48,407 @@ async function timed<T>(fn: () => Promise<T>): Promise<[T, number]> {
   return [r, Number(process.hrtime.bigint() - t) / 1e6];
 }
 
-async function main() {
-  const { values } = parseArgs({ options: { members: { type: 'string', default: '200' }, writes: { type: 'string', default: '2000' } } });
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'p2p-bench-'));
-  const logger = createLogger('error');
-  const base = loadConfig({ HOST: '127.0.0.1', PORT: '0' } as NodeJS.ProcessEnv);
-  const { publicJwk, privateJwk } = await generateClientKeys('ES384');
-  const clientsFile = path.join(dir, 'clients.json');
-  fs.writeFileSync(clientsFile, JSON.stringify([{ clientId: 'bench', jwks: { keys: [publicJwk] }, scopes: 'system/*.read' }]));
-  const source = await startServer({ ...base, dataDir: path.join(dir, 's'), exportDir: path.join(dir, 's', 'x'), authRequired: false, clientsFile, sourcePayersFile: path.join(dir, 'none') }, logger);
-  const rows: [string, string][] = [];
-
-  // Writes
-  const { resources, members } = generatePopulation({ members: Number(values.members) });
-  const writes = resources.slice(0, Math.min(resources.length, Number(values.writes)));
-  let next = 0;
-  const [, writeMs] = await timed(() =>
-    Promise.all(
-      Array.from({ length: 8 }, async () => {
-        while (next < writes.length) {
-          const r = writes[next++];
-          const res = await fetch(`${source.baseUrl}/${r.resourceType}/${r.id}`, { method: 'PUT', headers: { 'content-type': 'application/fhir+json' }, body: JSON.stringify(r) });
-          if (!res.ok) throw new Error(`PUT failed: ${res.status}`);
-          await res.arrayBuffer();
-        }
-      }),
-    ),
-  );
-  rows.push(['writes (PUT, 8 concurrent)', `${writes.length} in ${(writeMs / 1000).toFixed(2)} s = ${Math.round(writes.length / (writeMs / 1000))}/s`]);
-  for (const r of resources.slice(writes.length)) await source.store.update(r.resourceType, r.id as string, r);
-  rows.push(['population', `${members.length} members, ${resources.length} resources`]);
-
-  // Search latency
-  for (const [label, make] of [
-    ['search EOB?patient=', (i: number) => `ExplanationOfBenefit?patient=${members[i % members.length].patientId}`],
-    ['search Patient?family&birthdate', (i: number) => `Patient?family=${encodeURIComponent(members[i % members.length].family)}&birthdate=${members[i % members.length].birthDate}`],
-  ] as [string, (i: number) => string][]) {
-    const lat: number[] = [];
-    for (let i = 0; i < 200; i++) {
-      const [, ms] = await timed(async () => (await fetch(`${source.baseUrl}/${make(i)}`)).arrayBuffer());
-      lat.push(ms);
+/** Writes resources straight into a data directory's store, in batches (as an import does). */
+async function seed(dataDir: string, chunks: Iterable<Resource[]>, label: string): Promise<number> {
+  const db = new SqliteDatabase(dataDir);
+  const store = new ResourceStore(db, registry);
+  let n = 0;
+  for (const chunk of chunks) {
+    const byType = new Map<string, Resource[]>();
+    for (const r of chunk) byType.set(r.resourceType, [...(byType.get(r.resourceType) ?? []), r]);
+    for (const [type, rs] of byType) {
+      for (let i = 0; i < rs.length; i += 1000) await store.applyWrites(type, await store.planWrites(type, rs.slice(i, i + 1000)));
     }
-    rows.push([label, `p50 ${percentile(lat, 50).toFixed(1)} ms, p95 ${percentile(lat, 95).toFixed(1)} ms (200 requests)`]);
+    n += chunk.length;
+    progress(`${label}: ${n} resources stored`);
   }
+  await db.close();
+  return n;
+}
 
-  // Whole-population export
+/** A population of about `total` resources, in chunks, each chunk its own members (ids prefixed by chunk). */
+function* population(total: number, prefix: string, members: SyntheticMember[] = []): Generator<Resource[]> {
+  for (let made = 0, b = 0; made < total; b++) {
+    const { resources, members: list } = generatePopulation({ members: Math.max(1, Math.min(2000, Math.ceil((total - made) / 11.5))), prefix: `${prefix}${b}`, seed: b + 1 });
+    members.push(...list);
+    made += resources.length;
+    yield resources;
+  }
+}
+
+interface Child {
+  base: string;
+  tokenUrl: string;
+  pid: number;
+  proc: ChildProcess;
+  stop(): Promise<void>;
+}
+
+/** `npm start`'s server in a child process; resolves once it listens. */
+async function startServerProcess(env: Record<string, string>): Promise<Child> {
+  const proc = spawn(process.execPath, [MAIN], { env: { ...process.env, HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'warn', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  const base = await new Promise<string>((resolve, reject) => {
+    const onData = (chunk: Buffer) => {
+      out += chunk.toString();
+      const m = out.match(/"base":"([^"]+)"/);
+      if (m) {
+        // From here on the logs are drained unread.
+        proc.stdout?.off('data', onData);
+        proc.stderr?.off('data', onData);
+        proc.stdout?.resume();
+        proc.stderr?.resume();
+        resolve(m[1]);
+      }
+    };
+    proc.stdout?.on('data', onData);
+    proc.stderr?.on('data', onData);
+    proc.once('exit', (code) => reject(new Error(`server exited (${code}): ${out.slice(-500)}`)));
+  });
+  return {
+    base,
+    tokenUrl: base.replace(/\/4_0_1$/, '/oauth/token'),
+    pid: proc.pid as number,
+    proc,
+    async stop() {
+      proc.kill('SIGTERM');
+      await once(proc, 'exit');
+    },
+  };
+}
+
+/** A server's environment: its data directory, info logs (the `listening` line tells its base), auth off unless asked. */
+function serverEnv(dataDir: string, extra: Record<string, string> = {}): Record<string, string> {
+  return { DATA_DIR: dataDir, LOG_LEVEL: 'info', AUTH_REQUIRED: 'false', ...extra };
+}
+
+function rssMb(pid: number): number {
+  const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+  return Number(status.match(/VmRSS:\s+(\d+)/)?.[1] ?? 0) / 1024;
+}
+
+/** Requests per second over `seconds`, with `concurrency` keep-alive connections. */
+async function requestsPerSecond(url: string, seconds: number, concurrency = 16): Promise<number> {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: concurrency });
+  const get = () =>
+    new Promise<void>((resolve, reject) => {
+      http
+        .get(url, { agent, headers: { accept: 'application/fhir+json' } }, (res) => {
+          res.on('data', () => undefined);
+          res.on('end', () => (res.statusCode === 200 ? resolve() : reject(new Error(`HTTP ${res.statusCode}`))));
+        })
+        .on('error', reject);
+    });
+  for (let i = 0; i < concurrency * 20; i++) await get(); // warm-up
+  let n = 0;
+  const end = Date.now() + seconds * 1000;
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (Date.now() < end) {
+        await get();
+        n++;
+      }
+    }),
+  );
+  agent.destroy();
+  return n / seconds;
+}
+
+/** A bare Express app answering every GET with the given bytes: the ceiling for a read. */
+async function startBareApp(body: string, contentType: string): Promise<{ url: string; stop: () => Promise<void> }> {
+  const code = `const express=require('express');const app=express();const body=Buffer.from(process.env.BODY,'base64');app.get('*',(req,res)=>{res.type(process.env.CT).send(body)});const s=app.listen(0,'127.0.0.1',()=>console.log('port '+s.address().port));`;
+  const proc = spawn(process.execPath, ['-e', code], { env: { ...process.env, BODY: Buffer.from(body).toString('base64'), CT: contentType }, cwd: path.join(__dirname, '..', '..'), stdio: ['ignore', 'pipe', 'inherit'] });
+  const port = await new Promise<string>((resolve) => proc.stdout?.on('data', (d: Buffer) => d.toString().match(/port (\d+)/) && resolve((d.toString().match(/port (\d+)/) as RegExpMatchArray)[1])));
+  return {
+    url: `http://127.0.0.1:${port}/4_0_1/Patient/x`,
+    stop: async () => {
+      proc.kill();
+      await once(proc, 'exit');
+    },
+  };
+}
+
+/** A plain bulk client: kick off, poll honouring Retry-After, stream every file to disk. */
+async function plainDownload(url: string, dir: string, token: string): Promise<number> {
+  const auth = { authorization: `Bearer ${token}` };
+  const k = await fetch(url, { headers: { prefer: 'respond-async', accept: 'application/fhir+json', ...auth } });
+  const body = await k.text();
+  if (k.status !== 202) throw new Error(`kick-off answered ${k.status}: ${body.slice(0, 300)}`);
+  const status = k.headers.get('content-location') as string;
+  for (;;) {
+    const s = await fetch(status, { headers: auth });
+    if (s.status === 200) {
+      const manifest = (await s.json()) as { output: { url: string }[] };
+      fs.mkdirSync(dir, { recursive: true });
+      let bytes = 0;
+      for (const [i, o] of manifest.output.entries()) {
+        const res = await fetch(o.url, { headers: auth });
+        const file = fs.createWriteStream(path.join(dir, `${i}.ndjson`));
+        for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+          bytes += chunk.length;
+          if (!file.write(chunk)) await once(file, 'drain');
+        }
+        await new Promise((r) => file.end(r));
+      }
+      return bytes;
+    }
+    const wait = Number(s.headers.get('retry-after') ?? 1) * 1000;
+    await s.arrayBuffer();
+    await sleep(wait);
+  }
+}
+
+function invokeBody(localId: string, m: SyntheticMember, memberSystem: string) {
+  return {
+    resourceType: 'Parameters',
+    parameter: [
+      { name: 'localPatient', valueReference: { reference: `Patient/${localId}` } },
+      { name: 'sourceIssuerUrl', valueString: 'https://src.example' },
+      {
+        name: 'memberMatch',
+        part: [
+          { name: 'MemberPatient', resource: { resourceType: 'Patient', name: [{ family: m.family, given: [m.given] }], birthDate: m.birthDate } },
+          { name: 'CoverageToMatch', resource: { resourceType: 'Coverage', identifier: [{ system: memberSystem, value: m.memberId }] } },
+          { name: 'Consent', resource: { resourceType: 'Consent', policy: [{ uri: '#regular' }] } },
+        ],
+      },
+    ],
+  };
+}
+
+async function waitForTasks(base: string, ids: string[]): Promise<string[]> {
+  const statuses = new Map<string, string>();
+  for (;;) {
+    for (const id of ids) {
+      if (statuses.has(id)) continue;
+      const t = (await (await fetch(`${base}/Task/${id}`)).json()) as { status: string };
+      if (!['requested', 'in-progress'].includes(t.status)) statuses.set(id, t.status);
+    }
+    if (statuses.size === ids.length) return ids.map((id) => statuses.get(id) as string);
+    await sleep(20);
+  }
+}
+
+async function createLocal(base: string, m: SyntheticMember): Promise<string> {
+  const res = await fetch(`${base}/Patient`, { method: 'POST', headers: { 'content-type': 'application/fhir+json' }, body: JSON.stringify({ resourceType: 'Patient', name: [{ family: m.family, given: [m.given] }], birthDate: m.birthDate }) });
+  return ((await res.json()) as { id: string }).id;
+}
+
+interface Figure {
+  name: string;
+  ratio: number;
+  goal: string;
+  detail: string;
+}
+
+async function main() {
+  const { values } = parseArgs({
+    options: {
+      large: { type: 'string', default: '1000000' },
+      small: { type: 'string', default: '10000' },
+      members: { type: 'string', default: '10000,50000' },
+      concurrent: { type: 'string', default: '100' },
+      json: { type: 'boolean', default: false },
+    },
+  });
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'p2p-bench-'));
+  const figures: Figure[] = [];
+  const started = Date.now();
+  try {
+    // 1. Exchange against a plain download of the same export, from the same source.
+    const sizes = (values.members as string).split(',').map(Number).filter((n) => n > 0);
+    const sourceDir = path.join(dir, 'source');
+    const big: { size: number; member: SyntheticMember; system: string }[] = [];
+    await seed(
+      sourceDir,
+      (function* () {
+        for (const size of sizes) {
+          const system = `http://source-payer.example.com/member-id-${size}`;
+          const { resources, members } = generatePopulation({ members: 1, prefix: `big${size}`, memberSystem: system, encounters: Math.round((size - 25) / 3), seed: size });
+          big.push({ size, member: members[0], system });
+          yield resources;
+        }
+      })(),
+      'source for the exchanges',
+    );
+    const { publicJwk, privateJwk } = await generateClientKeys('ES384');
+    const clientsFile = path.join(dir, 'clients.json');
+    fs.writeFileSync(clientsFile, JSON.stringify([{ clientId: 'bench', jwks: { keys: [publicJwk] }, scopes: 'system/*.read' }]));
+    const source = await startServerProcess(serverEnv(sourceDir, { CLIENTS_FILE: clientsFile, AUTH_REQUIRED: 'true', PUBLIC_BASE_URL: '' }));
+    const payersFile = path.join(dir, 'payers.json');
+    fs.writeFileSync(payersFile, JSON.stringify([{ issuer: 'https://src.example', fhirBaseUrl: source.base, tokenEndpoint: source.tokenUrl, clientId: 'bench', clientAuthenticationMode: 'PRIVATE_KEY_JWT', privateKeyJwk: privateJwk, scopes: 'system/*.read' }]));
+    for (const { size, member, system } of big) {
+      const requester = await startServerProcess(serverEnv(path.join(dir, `requester-${size}`), { SOURCE_PAYERS_FILE: payersFile, POLL_MIN_MS: '50' }));
+      // The plain download, with a token of its own, asks for what the exchange asks for.
+      const token = await benchToken(source.tokenUrl, privateJwk);
+      const patientId = member.patientId;
+      // The partner's grant to the member comes from its $member-match, as in the exchange (not timed).
+      const match = await fetch(`${source.base}/Patient/$member-match`, { method: 'POST', headers: { 'content-type': 'application/fhir+json', authorization: `Bearer ${token}` }, body: JSON.stringify({ resourceType: 'Parameters', parameter: (invokeBody('x', member, system).parameter[2] as { part: unknown[] }).part }) });
+      if (match.status !== 200) throw new Error(`$member-match answered ${match.status}`);
+      await match.arrayBuffer();
+      progress(`plain download of a ${size}-resource member`);
+      const [bytes, downloadMs] = await timed(() => plainDownload(`${source.base}/Patient/${patientId}/$export?_type=${DEFAULT_TYPES.join(',')}`, path.join(dir, `download-${size}`), token));
+      progress(`exchange of a ${size}-resource member`);
+      const local = await createLocal(requester.base, member);
+      const [status, exchangeMs] = await timed(async () => {
+        const res = await fetch(`${requester.base}/Patient/$sdh.s2s.invoke-export`, { method: 'POST', headers: { 'content-type': 'application/fhir+json' }, body: JSON.stringify(invokeBody(local, member, system)) });
+        const id = ((await res.json()) as { id: string }).id;
+        return (await waitForTasks(requester.base, [id]))[0];
+      });
+      if (status !== 'completed') throw new Error(`the ${size}-resource exchange ended ${status}`);
+      figures.push({
+        name: `exchange of a ${size}-resource member vs plain download`,
+        ratio: downloadMs / exchangeMs,
+        goal: '>= 1.0',
+        detail: `download ${(downloadMs / 1000).toFixed(2)} s (${(bytes / 1e6).toFixed(1)} MB), exchange ${(exchangeMs / 1000).toFixed(2)} s`,
+      });
+      await requester.stop();
+    }
+    await source.stop();
+
+    // 2. A large store and a small one: memory, the first query after a restart, two-parameter searches.
+    const stores: Record<string, { dir: string; members: SyntheticMember[]; count: number }> = {};
+    for (const [label, n] of [['small', Number(values.small)], ['large', Number(values.large)]] as const) {
+      const members: SyntheticMember[] = [];
+      const storeDir = path.join(dir, label);
+      const count = await seed(storeDir, population(n, label, members), `${label} store`);
+      stores[label] = { dir: storeDir, members, count };
+    }
+    const searchP50: Record<string, number> = {};
+    let readRps = 0;
+    let patientBytes = '';
+    for (const label of ['small', 'large']) {
+      const { dir: storeDir, members, count } = stores[label];
+      progress(`restarting on the ${label} store (${count} resources)`);
+      const server = await startServerProcess(serverEnv(storeDir));
+      const q = (i: number) => {
+        const m = members[(i * 7919) % members.length];
+        return `${server.base}/Patient?family=${encodeURIComponent(m.family)}&birthdate=${m.birthDate}`;
+      };
+      const [, firstMs] = await timed(async () => (await fetch(q(0))).arrayBuffer());
+      const lat: number[] = [];
+      for (let i = 1; i <= 300; i++) {
+        const [, ms] = await timed(async () => (await fetch(q(i))).arrayBuffer());
+        lat.push(ms);
+      }
+      searchP50[label] = percentile(lat, 50);
+      if (label === 'large') {
+        figures.push({ name: `first query after a restart, ${count} resources`, ratio: firstMs / 1000, goal: '< 1.0 (seconds)', detail: `${firstMs.toFixed(0)} ms` });
+      } else {
+        progress('GET Patient/{id} against a bare Express app');
+        const url = `${server.base}/Patient/${members[0].patientId}`;
+        const res = await fetch(url);
+        patientBytes = await res.text();
+        readRps = await requestsPerSecond(url, 5);
+        const bare = await startBareApp(patientBytes, res.headers.get('content-type') as string);
+        const bareRps = await requestsPerSecond(bare.url, 5);
+        await bare.stop();
+        figures.push({ name: 'GET Patient/{id} vs a bare Express app', ratio: readRps / bareRps, goal: '>= 0.5', detail: `${Math.round(readRps)} vs ${Math.round(bareRps)} requests/s (16 connections)` });
+        progress('whole-population export');
+        figures.push(await exportFigure(server.base, storeDir, count));
+      }
+      if (label === 'large') {
+        const rss = rssMb(server.pid);
+        figures.push({ name: `server RSS holding ${count} resources`, ratio: rss / 400, goal: '< 1.0 (of 400 MB)', detail: `${rss.toFixed(0)} MB after the searches` });
+      }
+      await server.stop();
+    }
+    figures.push({
+      name: `Patient?family&birthdate p50, ${stores.large.count} vs ${stores.small.count} resources`,
+      ratio: searchP50.large / searchP50.small,
+      goal: '<= 2.0',
+      detail: `${searchP50.large.toFixed(2)} ms vs ${searchP50.small.toFixed(2)} ms`,
+    });
+
+    // 3. Many exchanges at once.
+    const concurrent = Number(values.concurrent);
+    if (concurrent > 0) {
+      const system = 'http://source-payer.example.com/member-id';
+      const manyDir = path.join(dir, 'many-source');
+      const members: SyntheticMember[] = [];
+      await seed(
+        manyDir,
+        (function* () {
+          const p = generatePopulation({ members: concurrent, prefix: 'many', memberSystem: system, encounters: 18 });
+          members.push(...p.members);
+          yield p.resources;
+        })(),
+        'source for concurrent exchanges',
+      );
+      const src = await startServerProcess(serverEnv(manyDir, { CLIENTS_FILE: clientsFile, AUTH_REQUIRED: 'true' }));
+      fs.writeFileSync(payersFile, JSON.stringify([{ issuer: 'https://src.example', fhirBaseUrl: src.base, tokenEndpoint: src.tokenUrl, clientId: 'bench', clientAuthenticationMode: 'PRIVATE_KEY_JWT', privateKeyJwk: privateJwk, scopes: 'system/*.read' }]));
+      const requester = await startServerProcess(serverEnv(path.join(dir, 'many-requester'), { SOURCE_PAYERS_FILE: payersFile, POLL_MIN_MS: '50' }));
+      const locals = await Promise.all(members.map((m) => createLocal(requester.base, m)));
+      progress(`${concurrent} concurrent exchanges`);
+      const [statuses, ms] = await timed(async () => {
+        const ids = await Promise.all(
+          members.map(async (m, i) => {
+            const res = await fetch(`${requester.base}/Patient/$sdh.s2s.invoke-export`, { method: 'POST', headers: { 'content-type': 'application/fhir+json' }, body: JSON.stringify(invokeBody(locals[i], m, system)) });
+            return ((await res.json()) as { id: string }).id;
+          }),
+        );
+        return waitForTasks(requester.base, ids);
+      });
+      const completed = statuses.filter((s) => s === 'completed').length;
+      const perSecond = completed / (ms / 1000);
+      figures.push({ name: `${concurrent} concurrent exchanges (about 60 resources each)`, ratio: perSecond / 10, goal: '>= 1.0 (of 10/s)', detail: `${completed} completed in ${(ms / 1000).toFixed(2)} s = ${perSecond.toFixed(1)}/s` });
+      await requester.stop();
+      await src.stop();
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  if (process.stderr.isTTY && lastProgress) process.stderr.write('\r\x1b[K');
+  if (values.json) {
+    console.log(JSON.stringify({ node: process.version, cores: os.cpus().length, engine: 'embedded (SQLite)', seconds: Math.round((Date.now() - started) / 1000), figures }, null, 2));
+    return;
+  }
+  const w = Math.max(...figures.map((f) => f.name.length));
+  console.log(`\nnode ${process.version}, ${os.cpus().length} cores, embedded engine (SQLite), ${Math.round((Date.now() - started) / 1000)} s\n`);
+  console.log(`${'figure'.padEnd(w)}  ratio   goal               measured`);
+  for (const f of figures) console.log(`${f.name.padEnd(w)}  ${f.ratio.toFixed(2).padStart(5)}   ${f.goal.padEnd(17)}  ${f.detail}`);
+}
+
+async function benchToken(tokenUrl: string, privateJwk: unknown): Promise<string> {
+  const { signClientAssertion } = await import('../src/requester/client-assertion');
+  const assertion = await signClientAssertion({ clientId: 'bench', tokenUrl, privateJwk: privateJwk as never });
+  const res = await fetch(tokenUrl, {
+    method: 'POST',
+    headers: { 'content-type': 'application/x-www-form-urlencoded' },
+    body: new URLSearchParams({ grant_type: 'client_credentials', scope: 'system/*.read', client_assertion_type: 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer', client_assertion: assertion }).toString(),
+  });
+  return ((await res.json()) as { access_token: string }).access_token;
+}
+
+/** A whole-population export (kick-off to the last file read) against streaming the same resources from the store in this process. */
+async function exportFigure(base: string, storeDir: string, count: number): Promise<Figure> {
   const [lines, exportMs] = await timed(async () => {
-    const k = await fetch(`${source.baseUrl}/Patient/$export`, { headers: { prefer: 'respond-async' } });
+    const k = await fetch(`${base}/Patient/$export`, { headers: { prefer: 'respond-async' } });
+    await k.arrayBuffer();
     const status = k.headers.get('content-location') as string;
     for (;;) {
       const s = await fetch(status);
       if (s.status === 200) {
         const manifest = (await s.json()) as { output: { url: string }[] };
         let n = 0;
-        for (const o of manifest.output) n += (await (await fetch(o.url)).text()).split('\n').filter(Boolean).length;
+        for (const o of manifest.output) for (const ch of (await (await fetch(o.url)).text())) if (ch === '\n') n++;
         return n;
       }
       await s.arrayBuffer();
-      await new Promise((r) => setTimeout(r, 50));
+      await sleep(50);
     }
   });
-  rows.push(['Patient/$export, whole population', `${lines} resources in ${(exportMs / 1000).toFixed(2)} s (incl. downloads)`]);
-
-  // One exchange end to end
-  const payersFile = path.join(dir, 'payers.json');
-  fs.writeFileSync(payersFile, JSON.stringify([{ issuer: 'https://src.example', fhirBaseUrl: source.baseUrl, tokenEndpoint: source.tokenUrl, clientId: 'bench', clientAuthenticationMode: 'PRIVATE_KEY_JWT', privateKeyJwk: privateJwk, scopes: 'system/*.read' }]));
-  const requester = await startServer({ ...base, dataDir: path.join(dir, 'r'), exportDir: path.join(dir, 'r', 'x'), authRequired: false, clientsFile: path.join(dir, 'none'), sourcePayersFile: payersFile, pollMinMs: 50 }, logger);
-  const m = members[1];
-  const local = (await (await fetch(`${requester.baseUrl}/Patient`, { method: 'POST', headers: { 'content-type': 'application/fhir+json' }, body: JSON.stringify({ resourceType: 'Patient', name: [{ family: m.family }] }) })).json()) as { id: string };
-  const [task, exchangeMs] = await timed(async () => {
-    const res = await fetch(`${requester.baseUrl}/Patient/$sdh.s2s.invoke-export`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/fhir+json' },
-      body: JSON.stringify({
-        resourceType: 'Parameters',
-        parameter: [
-          { name: 'localPatient', valueReference: { reference: `Patient/${local.id}` } },
-          { name: 'sourceIssuerUrl', valueString: 'https://src.example' },
-          { name: 'memberMatch', part: [
-            { name: 'MemberPatient', resource: { resourceType: 'Patient', name: [{ family: m.family, given: [m.given] }], birthDate: m.birthDate } },
-            { name: 'CoverageToMatch', resource: { resourceType: 'Coverage', identifier: [{ system: 'http://source-payer.example.com/member-id', value: m.memberId }] } },
-            { name: 'Consent', resource: { resourceType: 'Consent', policy: [{ uri: '#regular' }] } },
-          ] },
-        ],
-      }),
-    });
-    const id = ((await res.json()) as { id: string }).id;
-    for (;;) {
-      const t = (await (await fetch(`${requester.baseUrl}/Task/${id}`)).json()) as { status: string };
-      if (!['requested', 'in-progress'].includes(t.status)) return t;
-      await new Promise((r) => setTimeout(r, 20));
-    }
+  // The floor: every resource read from the store and serialised, no HTTP, no job.
+  const db = new SqliteDatabase(storeDir);
+  const store = new ResourceStore(db, registry);
+  const [read, readMs] = await timed(async () => {
+    let n = 0;
+    for (const type of RESOURCE_TYPES) for await (const r of store.stream(type, {}, 1000)) n += JSON.stringify(r).length > 0 ? 1 : 0;
+    return n;
   });
-  rows.push(['exchange (invoke-export → Task done)', `${task.status} in ${(exchangeMs / 1000).toFixed(2)} s (includes the source's Retry-After: 1 s poll)`]);
-
-  await requester.stop();
-  await source.stop();
-  fs.rmSync(dir, { recursive: true, force: true });
-  const w = Math.max(...rows.map((r) => r[0].length));
-  console.log(`\nnode ${process.version}, ${os.cpus().length} cores, embedded engine\n`);
-  for (const [k, v] of rows) console.log(`${k.padEnd(w)}  ${v}`);
+  await db.close();
+  void count;
+  return { name: 'Patient/$export of every member vs reading the store', ratio: readMs / exportMs, goal: 'no worse', detail: `${lines} resources in ${(exportMs / 1000).toFixed(2)} s = ${Math.round(lines / (exportMs / 1000))}/s (store read: ${read} in ${(readMs / 1000).toFixed(2)} s)` };
 }
 
 main().catch((err) => {

@@ -13,6 +13,8 @@ export interface PopulationOptions {
   /** Prefix for ids, so two payers' data never collide. */
   prefix?: string;
   seed?: number;
+  /** Encounters per member (each with a claim and an observation); 1 to 3 at random when left out. */
+  encounters?: number;
 }
 
 export interface SyntheticMember {
@@ -86,7 +88,7 @@ export function generatePopulation(opts: PopulationOptions): { resources: Resour
       subscriberId: `SUB-${pad(m + 1, 6)}`, beneficiary: patientRef, subscriber: patientRef, relationship: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/subscriber-relationship', code: 'self' }] },
       period: { start: '2019-01-01', end: '2025-12-31' }, payor: [{ reference: `Organization/${payer}` }],
     } as Resource);
-    const encounters = int(1, 3);
+    const encounters = opts.encounters ?? int(1, 3);
     for (let e = 0; e < encounters; e++) {
       const date = `${int(2020, 2025)}-${pad(int(1, 12))}-${pad(int(1, 28))}`;
       const pract = pick(practitioners);

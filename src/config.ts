@@ -24,6 +24,8 @@ export interface AppConfig {
   exportFileTtlSeconds: number;
   /** Share an exchange's work between processes: how long a claimed job stays claimed without a heartbeat. */
   jobLeaseSeconds: number;
+  /** Jobs (exports, exchanges) one process runs at once; exchanges mostly wait on the source. */
+  jobConcurrency: number;
   /** How long an exchange may keep polling the source's export before giving up. */
   exchangeTimeoutSeconds: number;
   /** This payer's name, as the requester of exchanges when CoverageToLink names no payor. */
@@ -119,6 +121,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, cwd = process.c
     accessTokenTtlSeconds: int(env.ACCESS_TOKEN_TTL_SECONDS, 'ACCESS_TOKEN_TTL_SECONDS', 300, 30, 3600),
     exportFileTtlSeconds: int(env.EXPORT_FILE_TTL_SECONDS, 'EXPORT_FILE_TTL_SECONDS', 3600, 1),
     jobLeaseSeconds: int(env.JOB_LEASE_SECONDS, 'JOB_LEASE_SECONDS', 30, 1, 3600),
+    jobConcurrency: int(env.JOB_CONCURRENCY, 'JOB_CONCURRENCY', 16, 1, 256),
     exchangeTimeoutSeconds: int(env.EXCHANGE_TIMEOUT_SECONDS, 'EXCHANGE_TIMEOUT_SECONDS', 3600, 1),
     requestingPayerName: env.PAYER_NAME || 'Requesting payer',
     pollMinMs: int(env.POLL_MIN_MS, 'POLL_MIN_MS', 1000, 10),

@@ -35,6 +35,7 @@ import { ImportJournal } from './requester/import-journal';
 import { InvokeExportService } from './requester/invoke-export';
 import { servedOperations } from './conformance/operation-definitions';
 import { definitionRoutes } from './conformance/definition-routes';
+import { warmUpValidator } from './fhir/validator';
 
 /** The package version, found from src/ (ts-jest) and from dist/src/ (npm start) alike. */
 function packageVersion(): string {
@@ -95,7 +96,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
 
   const tokens = new TokenService(db, clients, config.accessTokenTtlSeconds);
   const guard = new Guard(tokens, config.authRequired);
-  const runner = new JobRunner(db, { leaseMs: config.jobLeaseSeconds * 1000, maxAttempts: config.jobMaxAttempts, logger });
+  const runner = new JobRunner(db, { leaseMs: config.jobLeaseSeconds * 1000, maxAttempts: config.jobMaxAttempts, concurrency: config.jobConcurrency, logger });
   const files = new ExportFiles(config.exportDir);
   const exportJobs = new ExportJobHandler(store, registry, compartment, access, files, config.exportFileTtlSeconds * 1000);
   runner.register(EXPORT_JOB, exportJobs.run);
@@ -189,6 +190,8 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
     },
     servedOperations: operations,
   });
+  await Promise.all([runner.ensureIndexes(), tokens.ensureIndexes(), invokeExport.ensureIndexes()]);
+  warmUpValidator();
   const server = http.createServer(app);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

@@ -54,6 +54,12 @@ export class TokenService {
     this.jtis = db.collection<JtiDoc>('auth_jti');
   }
 
+  /** Expired tokens and assertion ids are swept by their expiry. */
+  async ensureIndexes(): Promise<void> {
+    await this.tokens.createIndex(['exp']);
+    await this.jtis.createIndex(['exp']);
+  }
+
   /** Handles a token request's form fields; `basic` is the decoded Authorization: Basic pair, if any. */
   async issue(form: Record<string, unknown>, tokenUrl: string, basic?: { id: string; secret: string }): Promise<{ clientId: string; body: { access_token: string; token_type: 'bearer'; expires_in: number; scope: string } }> {
     if (form.grant_type !== 'client_credentials') throw new OAuthError(400, 'unsupported_grant_type', 'grant_type must be client_credentials');

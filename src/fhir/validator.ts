@@ -5,25 +5,26 @@ import type { Resource } from 'fhir/r4';
 import { badRequest } from './outcome';
 import { ID_PATTERN } from './resource-types';
 
-const instances = new Map<boolean, { ajv: Ajv; compiled: Map<string, ValidateFunction> }>();
+let instance: { ajv: Ajv; compiled: Map<string, ValidateFunction> } | undefined;
 
 /**
- * The official R4 JSON schema, compiled once per process on first use (about a second).
- * `allErrors` is for partial resources: every error is collected, so the missing-required ones can be set aside.
+ * The official R4 JSON schema, compiled once per process (about a second and a half of CPU, so the
+ * server does it before it listens: `warmUpValidator`), shared by every caller. It collects every
+ * error, so a partial resource's missing-required ones can be set aside.
  */
-function validatorFor(type: string, allErrors = false): ValidateFunction | undefined {
-  let inst = instances.get(allErrors);
+function validatorFor(type: string): ValidateFunction | undefined {
+  let inst = instance;
   if (!inst) {
     const schema = rawSchema as unknown as { id: string; definitions: Record<string, unknown> } & Record<string, unknown>;
     const definitions: Record<string, unknown> = { ...schema.definitions };
     // The published schema refers to two definitions it does not contain.
     for (const m of JSON.stringify(schema).matchAll(/#\/definitions\/([^"]+)"/g)) if (!(m[1] in definitions)) definitions[m[1]] = {};
     const { id, ...rest } = schema;
-    const ajv = new Ajv({ strict: false, allErrors, validateSchema: false });
+    const ajv = new Ajv({ strict: false, allErrors: true, validateSchema: false });
     ajv.addMetaSchema(draft06);
     ajv.addSchema({ ...rest, $id: id, definitions }, 'fhir');
     inst = { ajv, compiled: new Map() };
-    instances.set(allErrors, inst);
+    instance = inst;
   }
   let fn = inst.compiled.get(type);
   if (!fn) {
@@ -49,7 +50,7 @@ export function validateResource(body: unknown, expectedType?: string, partial =
     throw badRequest(`Invalid resource id '${String(resource.id)}'`, [`${resource.resourceType}.id`]);
   }
   const type: string = resource.resourceType;
-  const validate = validatorFor(type, partial);
+  const validate = validatorFor(type);
   if (!validate) throw badRequest(`Unknown resource type '${type}'`);
   const errors = validate(resource as unknown) ? [] : (validate.errors ?? []).filter((e) => !partial || e.keyword !== 'required');
   if (errors.length > 0) {
@@ -60,6 +61,11 @@ export function validateResource(body: unknown, expectedType?: string, partial =
     throw badRequest(`${type} does not conform to the FHIR R4 schema: ${path}: ${what}`, [path]);
   }
   return resource;
+}
+
+/** Compiles the schema now, rather than on the first request that needs it. */
+export function warmUpValidator(): void {
+  validatorFor('Patient');
 }
 
 /** Whether the R4 definition of a type has a top-level element (e.g. `identifier`). */

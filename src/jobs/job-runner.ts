@@ -107,6 +107,12 @@ export class JobRunner {
     return this.jobs.find(filter);
   }
 
+  /** The indexes the runner's queries use: due jobs by state and time, sweeps by kind. */
+  async ensureIndexes(): Promise<void> {
+    await this.jobs.createIndex(['state', 'runAfter']);
+    await this.jobs.createIndex(['kind', 'state']);
+  }
+
   start(): void {
     if (!this.stopped) return;
     this.stopped = false;

@@ -104,6 +104,11 @@ export class InvokeExportService {
     this.locks = db.collection<LockDoc>('exchange_locks');
   }
 
+  /** Locks are released by their Task. */
+  async ensureIndexes(): Promise<void> {
+    await this.locks.createIndex(['taskId']);
+  }
+
   async handle(body: unknown, req: Request): Promise<Task> {
     const request = parseInvokeExport(body);
     const payer = this.payers.get(request.issuer);

@@ -49,6 +49,8 @@ export interface PlannedWrite {
   changed: boolean;
   /** The version the write creates. */
   version: number;
+  /** The content's hash. */
+  hash: string;
 }
 
 /** The hash of a resource's content, leaving out what every write changes. */
@@ -142,8 +144,8 @@ export class ResourceStore {
     throw preconditionFailed(`Too many concurrent writes to ${type}/${id}`);
   }
 
-  private currentDoc(id: string, v: number, lu: number, res: Resource): CurrentDoc {
-    return { _id: id, v, lu, h: contentHash(res), res, ...buildSearchIndex(this.registry, res as never) };
+  private currentDoc(id: string, v: number, lu: number, res: Resource, hash = contentHash(res)): CurrentDoc {
+    return { _id: id, v, lu, h: hash, res, ...buildSearchIndex(this.registry, res as never) };
   }
 
   /**
@@ -162,9 +164,10 @@ export class ResourceStore {
     return resources.map((resource) => {
       const id = resource.id as string;
       const doc = current.get(id);
-      if (doc) return { id, resource, before: { current: doc.v, floor: doc.v }, changed: doc.h !== contentHash(resource), version: doc.v + 1 };
+      const hash = contentHash(resource);
+      if (doc) return { id, resource, before: { current: doc.v, floor: doc.v }, changed: doc.h !== hash, version: doc.v + 1, hash };
       const floor = floors.get(id) ?? 0;
-      return { id, resource, before: { current: null, floor }, changed: true, version: floor + 1 };
+      return { id, resource, before: { current: null, floor }, changed: true, version: floor + 1, hash };
     });
   }
 
@@ -179,11 +182,12 @@ export class ResourceStore {
     const ops: BulkOp[] = [];
     for (const p of changed) {
       const stored = withMeta(p.resource, p.id, p.version, lastUpdated);
-      const doc = this.currentDoc(p.id, p.version, lastUpdated.getTime(), stored);
+      const doc = this.currentDoc(p.id, p.version, lastUpdated.getTime(), stored, p.hash);
       const at = ops.length;
       ops.push(p.before.current === null ? { collection: type, insert: doc } : { collection: type, replace: doc, filter: { _id: p.id, v: p.before.current } });
       const _id = `${p.id}/${p.version}`;
-      ops.push({ collection: `${type}_history`, after: at, replace: { _id, id: p.id, v: p.version, lu: doc.lu, res: stored }, filter: { _id }, upsert: true });
+      // A version is written once: its history entry is new (a retry after a crash finds it there, which is as good).
+      ops.push({ collection: `${type}_history`, after: at, insert: { _id, id: p.id, v: p.version, lu: doc.lu, res: stored } });
     }
     const applied = ops.length ? await this.db.bulkWrite(ops) : [];
     const versions = new Map<string, number>();

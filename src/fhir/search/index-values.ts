@@ -18,6 +18,7 @@ export function normalizeString(value: string): string {
 export function buildSearchIndex(registry: SearchRegistry, resource: Record<string, unknown>): SearchIndex {
   const index: SearchIndex = { s: {}, k: {} };
   for (const def of registry.params(resource.resourceType as string).values()) {
+    if (def.code === '_id') continue; // the id itself is the key
     const values: IndexValue[] = [];
     for (const path of def.paths) {
       for (const el of evaluatePath(resource, path)) values.push(...extract(def, el));
@@ -91,7 +92,10 @@ function stringValues(el: unknown): string[] {
   return out;
 }
 
-/** A reference is findable as `Type/id` and as the bare `id`; an absolute one also by its URL. */
+/**
+ * A reference is findable as `Type/id`; an absolute one also by its URL. (A search by the bare id
+ * asks for `Type/id` with each type the parameter may point to.)
+ */
 export function referenceValues(el: unknown): string[] {
   const ref = typeof el === 'string' ? el : el && typeof el === 'object' ? (el as { reference?: unknown }).reference : undefined;
   if (typeof ref !== 'string') return [];
@@ -100,7 +104,7 @@ export function referenceValues(el: unknown): string[] {
   const m = ref.match(/([A-Z][A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/[^/]+)?$/);
   if (!m) return [ref];
   const relative = `${m[1]}/${m[2]}`;
-  return ref === relative ? [relative, m[2]] : [ref, relative, m[2]];
+  return ref === relative ? [relative] : [ref, relative];
 }
 
 function dateValues(el: unknown): DateRange[] {

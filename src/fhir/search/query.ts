@@ -3,6 +3,7 @@ import { badRequest } from '../outcome';
 import { parseFhirDate } from './fhir-date';
 import { normalizeString } from './index-values';
 import { SearchParamDef, SearchRegistry } from './registry';
+import { RESOURCE_TYPES } from '../resource-types';
 
 export type QueryValue = string | string[] | undefined;
 export type RawQuery = Record<string, QueryValue>;
@@ -145,6 +146,10 @@ function splitOr(value: string): string[] {
 
 /** Returns the filter for one occurrence of a parameter, or null when the modifier is not supported. */
 function compileParam(def: SearchParamDef, modifier: string | undefined, value: string): Filter | null {
+  if (def.code === '_id') {
+    if (modifier && modifier !== 'missing') return null;
+    return modifier ? (value === 'false' ? {} : { _id: { $exists: false } }) : { _id: { $in: splitOr(value).filter((v) => v !== '') } };
+  }
   const field = `s.${def.code}`;
   if (modifier === 'missing') {
     if (value !== 'true' && value !== 'false') throw badRequest(`:missing takes true or false`);
@@ -180,7 +185,9 @@ function compileParam(def: SearchParamDef, modifier: string | undefined, value: 
       return { [field]: { $in: alternatives } };
     case 'reference': {
       if (modifier && !/^[A-Z][A-Za-z]+$/.test(modifier)) return null;
-      const refs = alternatives.map((v) => (modifier && !v.includes('/') ? `${modifier}/${v}` : v));
+      // A bare id names a resource of any type the parameter may point to.
+      const targets = modifier ? [modifier] : def.targets.length ? def.targets : RESOURCE_TYPES;
+      const refs = alternatives.flatMap((v) => (v.includes('/') ? [v] : targets.map((t) => `${t}/${v}`)));
       return { [field]: { $in: refs } };
     }
     case 'date':
