@@ -54,7 +54,17 @@ function noProtoReviver(key: string, value: unknown): unknown {
   return value;
 }
 
-/** Makes every JSON answer under the FHIR base `application/fhir+json`, and Last-Modified an HTTP date. */
+/**
+ * Compression only for clients that accept it, and only for bodies over 1 KiB (searches, histories,
+ * bulk files); a request without Accept-Encoding never pays for the wrapping.
+ */
+const compress = compression({ threshold: 1024 });
+const compressWhereAccepted: RequestHandler = (req, res, next) => (req.headers['accept-encoding'] ? compress(req, res, next) : next());
+
+/**
+ * Makes every JSON answer of node-fhir-server-core `application/fhir+json`, and Last-Modified an
+ * HTTP date (the routes of this server's own set them so already).
+ */
 const fhirMediaType: RequestHandler = (req, res, next) => {
   if (/^\/(\.well-known|bulkstatus|bulkfiles)\//.test(req.path)) return next();
   const setHeader = res.setHeader.bind(res);
@@ -107,7 +117,7 @@ export function buildApp(parts: AppParts): Express {
   app.set('etag', false); // ETags are resource versions, set by the handlers
   app.use(requestLog(logger));
   app.use(exactBase(FHIR_PATH, parts.rootPaths ?? []));
-  app.use(compression());
+  app.use(compressWhereAccepted);
   const jsonTypes = ['application/json', 'application/fhir+json', 'application/json+fhir', 'application/scim+json'];
   app.use(express.json({ type: jsonTypes, limit: config.bodyLimit, strict: false, reviver: noProtoReviver }));
   app.use(express.urlencoded({ extended: false, limit: '1mb' }));
@@ -145,9 +155,9 @@ export function buildApp(parts: AppParts): Express {
   });
 
   for (const r of parts.rootRoutes ?? []) app.use(r);
-  app.use(FHIR_PATH, fhirMediaType);
   app.use(FHIR_PATH, restRoutes(parts.services, parts.baseUrl, parts.guard));
   for (const r of parts.fhirRoutes ?? []) app.use(FHIR_PATH, r);
+  app.use(FHIR_PATH, fhirMediaType);
   app.use(FHIR_PATH, coreRoutePermissions(parts.guard, parts.operations ?? {}));
   app.use(parts.guard.denyUndeclared);
   core.setProfileRoutes();

@@ -18,8 +18,17 @@ export function parseScope(scope: string): Grant | undefined {
   return { type: m[1], actions: new Set(actions) };
 }
 
+const parsed = new Map<string, Grant[]>();
+
+/** A token's scopes, parsed once per distinct scope string (tokens share a handful of them). */
 export function parseScopes(scopes: string): Grant[] {
-  return scopes.split(/\s+/).map(parseScope).filter((g): g is Grant => !!g);
+  let grants = parsed.get(scopes);
+  if (!grants) {
+    grants = scopes.split(/\s+/).map(parseScope).filter((g): g is Grant => !!g);
+    if (parsed.size > 1000) parsed.clear();
+    parsed.set(scopes, grants);
+  }
+  return grants;
 }
 
 /** Whether the granted scopes allow `action` on `type`. */

@@ -12,7 +12,8 @@ export const TYPE_PARAM = `:type(${RESOURCE_TYPES.join('|')})`;
 export const ID_PARAM = `:id(${ID_PATTERN.source.replace(/^\^|\$$/g, '')})`;
 
 /**
- * Create, update and search, mounted ahead of node-fhir-server-core's own routes for them: FHIR
+ * Read, vread, create, update and search, mounted ahead of node-fhir-server-core's own routes for them
+ * (reads are the hot path, and skip the core's argument sanitising of ids already constrained here): FHIR
  * clients expect the stored resource back with `ETag: W/"n"` and an absolute Location, which the
  * core's response helper does not give, and search must see repeated parameters
  * (`date=ge2020&date=lt2021`), which the core's argument sanitiser rejects.
@@ -35,6 +36,31 @@ export function restRoutes(services: Map<string, ResourceService>, baseUrl: (req
   };
 
   const serviceFor = (type: string) => (isServedType(type) ? services.get(type) : undefined);
+
+  /** A read answers the resource with its version as ETag and its time as Last-Modified. */
+  const sendVersion = (res: Response, resource: Resource) => {
+    res.set('ETag', `W/"${resource.meta?.versionId}"`);
+    res.set('Last-Modified', new Date(resource.meta?.lastUpdated ?? Date.now()).toUTCString());
+    sendResource(res, 200, resource);
+  };
+  router.get(
+    `/${TYPE_PARAM}/${ID_PARAM}`,
+    guard.require({ type: ':type', action: 'r' }),
+    asyncHandler(async (req, res, next) => {
+      const service = serviceFor(req.params.type);
+      if (!service) return next();
+      sendVersion(res, await service.searchById({ id: req.params.id }, { req }));
+    }),
+  );
+  router.get(
+    `/${TYPE_PARAM}/${ID_PARAM}/_history/:version_id([A-Za-z0-9\-.]{1,64})`,
+    guard.require({ type: ':type', action: 'r' }),
+    asyncHandler(async (req, res, next) => {
+      const service = serviceFor(req.params.type);
+      if (!service) return next();
+      sendVersion(res, await service.searchByVersionId({ id: req.params.id, version_id: req.params.version_id }, { req }));
+    }),
+  );
 
   const search = asyncHandler(async (req, res, next) => {
     const service = serviceFor(req.params.type);

