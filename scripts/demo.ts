@@ -29,7 +29,7 @@ async function main() {
   fs.writeFileSync(clientsFile, JSON.stringify([{ clientId: 'new-health-plan', jwks: { keys: [publicJwk] }, scopes: 'system/*.read' }]));
 
   const base = loadConfig({ HOST: '127.0.0.1', PORT: '0' } as NodeJS.ProcessEnv);
-  const source = await startServer({ ...base, dataDir: path.join(dir, 'source'), exportDir: path.join(dir, 'source', 'exports'), authRequired: true, clientsFile, sourcePayersFile: path.join(dir, 'none.json') }, logger);
+  const source = await startServer({ ...base, dataDir: path.join(dir, 'source'), authRequired: true, clientsFile, sourcePayersFile: path.join(dir, 'none.json') }, logger);
   say(`Source payer      ${source.baseUrl}  (auth on, token endpoint ${source.tokenUrl})`);
 
   // 2. Seed the source with a synthetic population.
@@ -40,7 +40,7 @@ async function main() {
   // 3. The requesting payer, with the source registered under its issuer.
   const sourcePayersFile = path.join(dir, 'source-payers.json');
   fs.writeFileSync(sourcePayersFile, JSON.stringify([{ issuer: ISSUER, name: 'Source Health Plan', fhirBaseUrl: source.baseUrl, clientId: 'new-health-plan', clientAuthenticationMode: 'PRIVATE_KEY_JWT', privateKeyJwk: privateJwk, scopes: 'system/*.read', responderIdentifierSystem: `${ISSUER}/resource-id` }]));
-  const requester = await startServer({ ...base, dataDir: path.join(dir, 'requester'), exportDir: path.join(dir, 'requester', 'exports'), authRequired: false, clientsFile: path.join(dir, 'none.json'), sourcePayersFile, pollMinMs: 200, requestingPayerName: 'New Health Plan' }, logger);
+  const requester = await startServer({ ...base, dataDir: path.join(dir, 'requester'), authRequired: false, clientsFile: path.join(dir, 'none.json'), sourcePayersFile, pollMinMs: 200, requestingPayerName: 'New Health Plan' }, logger);
   say(`Requesting payer  ${requester.baseUrl}  (token endpoint discovered from the source's smart-configuration)`);
 
   // 4. The member joins the new plan: a local Patient.

@@ -9,7 +9,7 @@ import type { Logger } from './logger';
 import { ResourceService } from './fhir/resource-service';
 import { restRoutes, TYPE_PARAM, ID_PARAM } from './fhir/rest-routes';
 import { exactBase, Guard, Permission, PUBLIC } from './auth/guard';
-import { capabilityGenerator } from './fhir/capability';
+import { buildCapabilityStatement, interactionsOf } from './fhir/capability';
 import { errorHandler, notFoundHandler } from './fhir/errors';
 import { FHIR_JSON } from './fhir/http';
 import { badRequest } from './fhir/outcome';
@@ -107,6 +107,25 @@ function coreRoutePermissions(guard: Guard, operations: Record<string, CoreOpera
   return router;
 }
 
+/**
+ * `GET /metadata`: the CapabilityStatement, built on the first request (when the base URL is known)
+ * and then served as the same bytes.
+ */
+function metadataRoute(parts: AppParts): Router {
+  const router = Router({ caseSensitive: true });
+  let body: string | undefined;
+  router.get('/metadata', parts.guard.require(PUBLIC), (_req, res) => {
+    body ??= JSON.stringify(
+      buildCapabilityStatement(
+        { base: parts.baseUrl, authRequired: parts.config.authRequired, tokenEndpoint: parts.tokenEndpoint, operations: parts.servedOperations, version: parts.version, publisher: parts.config.requestingPayerName },
+        [...parts.services.values()].map((service) => ({ ...service.makeResource(), interaction: interactionsOf(service as unknown as Record<string, unknown>) }) as never),
+      ),
+    );
+    res.status(200).type(FHIR_JSON).send(body);
+  });
+  return router;
+}
+
 /** Builds the Express app and the node-fhir-server-core chain. Never listens. */
 export function buildApp(parts: AppParts): Express {
   const { config, logger } = parts;
@@ -138,14 +157,6 @@ export function buildApp(parts: AppParts): Express {
       profiles,
       server: { corsOptions: { maxAge: 86400 } },
       logging: { level: 'warn' },
-      statementGenerator: capabilityGenerator({
-        base: parts.baseUrl,
-        authRequired: config.authRequired,
-        tokenEndpoint: parts.tokenEndpoint,
-        operations: parts.servedOperations,
-        version: parts.version,
-        publisher: config.requestingPayerName,
-      }),
     },
     app,
   );
@@ -155,8 +166,10 @@ export function buildApp(parts: AppParts): Express {
   });
 
   for (const r of parts.rootRoutes ?? []) app.use(r);
-  app.use(FHIR_PATH, restRoutes(parts.services, parts.baseUrl, parts.guard));
+  app.use(FHIR_PATH, metadataRoute(parts));
+  // The special routes (discovery, bulk export, operations, Binary content) before the generic REST ones.
   for (const r of parts.fhirRoutes ?? []) app.use(FHIR_PATH, r);
+  app.use(FHIR_PATH, restRoutes(parts.services, parts.baseUrl, parts.guard));
   app.use(FHIR_PATH, fhirMediaType);
   app.use(FHIR_PATH, coreRoutePermissions(parts.guard, parts.operations ?? {}));
   app.use(parts.guard.denyUndeclared);

@@ -8,7 +8,6 @@ export interface AppConfig {
   publicBaseUrl?: string;
   dataDir: string;
   /** Where bulk export files are written (default DATA_DIR/exports). */
-  exportDir: string;
   mongodbUri?: string;
   mongodbDb?: string;
   logLevel: string;
@@ -41,7 +40,8 @@ export interface AppConfig {
   /** The longest NDJSON line accepted from a source payer. */
   maxLineLength: number;
   /** Received files up to this size are archived inline (as a Binary); larger ones by hash only. */
-  archiveInlineLimitBytes: number;
+  /** A Binary read as FHIR JSON carries its content (as `data`) up to this size; larger ones are read raw. */
+  binaryInlineLimitBytes: number;
   /** Limits on what one exchange takes from a source payer. */
   exchangeMaxFileBytes: number;
   exchangeMaxBytes: number;
@@ -107,7 +107,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, cwd = process.c
     port: int(env.PORT, 'PORT', 3000, 0, 65535),
     publicBaseUrl,
     dataDir,
-    exportDir: path.resolve(cwd, env.EXPORT_DIR || path.join(dataDir, 'exports')),
     mongodbUri: env.MONGODB_URI || undefined,
     mongodbDb: env.MONGODB_DB || undefined,
     logLevel: env.LOG_LEVEL || 'info',
@@ -131,7 +130,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, cwd = process.c
     remoteRetryBaseMs: int(env.REMOTE_RETRY_BASE_MS, 'REMOTE_RETRY_BASE_MS', 500, 1),
     remoteRetryMaxMs: int(env.REMOTE_RETRY_MAX_MS, 'REMOTE_RETRY_MAX_MS', 30_000, 1),
     maxLineLength: int(env.MAX_NDJSON_LINE_BYTES, 'MAX_NDJSON_LINE_BYTES', 5 * 1024 * 1024, 1024),
-    archiveInlineLimitBytes: int(env.ARCHIVE_INLINE_LIMIT_BYTES, 'ARCHIVE_INLINE_LIMIT_BYTES', 16 * 1024 * 1024, 0),
+    binaryInlineLimitBytes: int(env.BINARY_INLINE_LIMIT_BYTES, 'BINARY_INLINE_LIMIT_BYTES', 8 * 1024 * 1024, 0),
     exchangeMaxFileBytes: int(env.EXCHANGE_MAX_FILE_BYTES, 'EXCHANGE_MAX_FILE_BYTES', 1024 * 1024 * 1024, 1024),
     exchangeMaxBytes: int(env.EXCHANGE_MAX_BYTES, 'EXCHANGE_MAX_BYTES', 4 * 1024 * 1024 * 1024, 1024),
     downloadIdleTimeoutMs: int(env.DOWNLOAD_IDLE_TIMEOUT_MS, 'DOWNLOAD_IDLE_TIMEOUT_MS', 60_000, 100),

@@ -36,6 +36,7 @@ import { InvokeExportService } from './requester/invoke-export';
 import { servedOperations } from './conformance/operation-definitions';
 import { definitionRoutes } from './conformance/definition-routes';
 import { warmUpValidator } from './fhir/validator';
+import { binaryRoutes } from './fhir/binary-routes';
 
 /** The package version, found from src/ (ts-jest) and from dist/src/ (npm start) alike. */
 function packageVersion(): string {
@@ -97,7 +98,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
   const tokens = new TokenService(db, clients, config.accessTokenTtlSeconds);
   const guard = new Guard(tokens, config.authRequired);
   const runner = new JobRunner(db, { leaseMs: config.jobLeaseSeconds * 1000, maxAttempts: config.jobMaxAttempts, concurrency: config.jobConcurrency, logger });
-  const files = new ExportFiles(config.exportDir);
+  const files = new ExportFiles(db.blobs);
   const exportJobs = new ExportJobHandler(store, registry, compartment, access, files, config.exportFileTtlSeconds * 1000);
   runner.register(EXPORT_JOB, exportJobs.run);
   const throttle = new MatchThrottle(db, { maxFailures: config.memberMatchMaxFailures, windowMs: config.memberMatchWindowSeconds * 1000 }, logger);
@@ -143,7 +144,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
       maxManifestFiles: config.manifestMaxFiles,
       maxLineLength: config.maxLineLength,
     },
-    archiveInlineLimitBytes: config.archiveInlineLimitBytes,
+    blobs: db.blobs,
     requesterDisplay: config.requestingPayerName,
     releaseLock: (taskId) => invokeExport.release(taskId),
     logger,
@@ -165,7 +166,8 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
     guard,
     fhirRoutes: [
       smartConfigurationRoutes(guard, tokenUrl),
-      bulkExportRoutes({ runner, files, store, registry, compartment, access, guard, baseUrl, authRequired: config.authRequired }),
+      binaryRoutes(guard, services.get('Binary') as ResourceService, db.blobs, config.binaryInlineLimitBytes),
+      bulkExportRoutes({ runner, files, store, registry, compartment, access, guard, baseUrl, authRequired: config.authRequired, statusWaitMs: 500 }),
       everythingRoutes({ store, compartment, access, guard, baseUrl, defaultPageSize: config.defaultPageSize, maxPageSize: config.maxPageSize }),
       grantRoutes(guard, grants, logger),
       definitionRoutes(guard, operations, baseUrl),

@@ -22,57 +22,64 @@ export const INSTANTIATES = ['http://hl7.org/fhir/uv/bulkdata/CapabilityStatemen
 
 const operationEntry = (op: ServedOperation): CapabilityStatementRestResourceOperation => ({ name: op.name, definition: op.canonical });
 
+/** The interactions a resource service implements, named as a CapabilityStatement names them. */
+const INTERACTIONS: [string, string][] = [
+  ['search', 'search-type'],
+  ['searchById', 'read'],
+  ['searchByVersionId', 'vread'],
+  ['create', 'create'],
+  ['update', 'update'],
+  ['remove', 'delete'],
+  ['history', 'history-type'],
+  ['historyById', 'history-instance'],
+];
+export function interactionsOf(service: Record<string, unknown>): { code: string }[] {
+  return INTERACTIONS.filter(([method]) => typeof service[method] === 'function').map(([, code]) => ({ code }));
+}
+
 /**
- * A statementGenerator for node-fhir-server-core: the core lists the resource types and the
- * interactions their services implement; this builds the statement around them: operations where
- * they are served (system or type, definitions as canonical strings), SMART security when auth is
- * on, and nothing that is not served (no system history, no system-level type operations).
+ * The CapabilityStatement: each resource type with the interactions its service implements,
+ * operations where they are served (system or type, definitions as canonical strings), SMART
+ * security when auth is on, and nothing that is not served (no system history, no system-level type operations).
  */
-export function capabilityGenerator(opts: CapabilityOptions) {
-  return () => ({
-    makeStatement: (core: Record<string, unknown>): CapabilityStatement => {
-      const operations = opts.operations();
-      const resources = ((core.resource as CapabilityStatementRestResource[]) ?? []).map((r) => {
-        // The core's own entry, without any operation it put there: ours are listed below.
-        const { operation: _ignored, ...entry } = r as CapabilityStatementRestResource & { operation?: unknown };
-        const ops = operations.filter((op) => op.levels.types?.includes(r.type)).map(operationEntry);
-        return ops.length ? { ...entry, operation: ops } : entry;
-      });
-      const rest: CapabilityStatementRest = {
-        mode: 'server',
-        documentation: 'Payer-to-payer exchange: source side ($member-match, $everything, bulk $export) and requesting side ($sdh.s2s.invoke-export)',
-        resource: resources,
-        operation: operations.filter((op) => op.levels.system).map(operationEntry),
-      };
-      if (opts.authRequired && opts.tokenEndpoint) {
-        rest.security = {
-          cors: true,
-          service: [{ coding: [{ system: 'http://terminology.hl7.org/CodeSystem/restful-security-service', code: 'SMART-on-FHIR' }] }],
-          description: 'SMART Backend Services (client_credentials with a signed JWT assertion, or client_secret_basic); see .well-known/smart-configuration',
-          extension: [{ url: 'http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris', extension: [{ url: 'token', valueUri: opts.tokenEndpoint() }] }],
-        };
-      }
-      return {
-        resourceType: 'CapabilityStatement',
-        url: `${opts.base()}/metadata`,
-        version: opts.version,
-        name: 'P2PFhirServer',
-        title: 'Payer-to-payer FHIR server',
-        status: 'active',
-        experimental: false,
-        date: new Date().toISOString(),
-        publisher: opts.publisher,
-        description: 'FHIR R4 server for the Da Vinci payer-to-payer exchange (HRex $member-match, PDex, Bulk Data export)',
-        kind: 'instance',
-        instantiates: INSTANTIATES,
-        software: { name: 'p2p-fhir-server', version: opts.version },
-        implementation: { description: 'FHIR R4 server for the Da Vinci payer-to-payer exchange', url: opts.base() },
-        fhirVersion: '4.0.1',
-        format: ['application/fhir+json', 'json'],
-        implementationGuide: IMPLEMENTATION_GUIDES,
-        rest: [rest],
-      };
-    },
-    securityStatement: () => ({}),
+export function buildCapabilityStatement(opts: CapabilityOptions, entries: CapabilityStatementRestResource[]): CapabilityStatement {
+  const operations = opts.operations();
+  const resources = entries.map((r) => {
+    const ops = operations.filter((op) => op.levels.types?.includes(r.type)).map(operationEntry);
+    return ops.length ? { ...r, operation: ops } : r;
   });
+  const rest: CapabilityStatementRest = {
+    mode: 'server',
+    documentation: 'Payer-to-payer exchange: source side ($member-match, $everything, bulk $export) and requesting side ($sdh.s2s.invoke-export)',
+    resource: resources,
+    operation: operations.filter((op) => op.levels.system).map(operationEntry),
+  };
+  if (opts.authRequired && opts.tokenEndpoint) {
+    rest.security = {
+      cors: true,
+      service: [{ coding: [{ system: 'http://terminology.hl7.org/CodeSystem/restful-security-service', code: 'SMART-on-FHIR' }] }],
+      description: 'SMART Backend Services (client_credentials with a signed JWT assertion, or client_secret_basic); see .well-known/smart-configuration',
+      extension: [{ url: 'http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris', extension: [{ url: 'token', valueUri: opts.tokenEndpoint() }] }],
+    };
+  }
+  return {
+    resourceType: 'CapabilityStatement',
+    url: `${opts.base()}/metadata`,
+    version: opts.version,
+    name: 'P2PFhirServer',
+    title: 'Payer-to-payer FHIR server',
+    status: 'active',
+    experimental: false,
+    date: new Date().toISOString(),
+    publisher: opts.publisher,
+    description: 'FHIR R4 server for the Da Vinci payer-to-payer exchange (HRex $member-match, PDex, Bulk Data export)',
+    kind: 'instance',
+    instantiates: INSTANTIATES,
+    software: { name: 'p2p-fhir-server', version: opts.version },
+    implementation: { description: 'FHIR R4 server for the Da Vinci payer-to-payer exchange', url: opts.base() },
+    fhirVersion: '4.0.1',
+    format: ['application/fhir+json', 'json'],
+    implementationGuide: IMPLEMENTATION_GUIDES,
+    rest: [rest],
+  };
 }

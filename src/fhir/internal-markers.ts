@@ -7,6 +7,8 @@ export const INTERNAL_PREFIX = 'urn:p2p-fhir-server:';
 
 /** The Consent a `$member-match` recorded is tagged with the client that asked for it. */
 export const CLIENT_TAG_SYSTEM = `${INTERNAL_PREFIX}client`;
+/** On a Binary whose content is kept as a blob: the blob's key (set by the server only). */
+export const BLOB_TAG_SYSTEM = `${INTERNAL_PREFIX}blob`;
 
 const isInternal = (v: unknown): boolean =>
   !!v && typeof v === 'object' && !Array.isArray(v) && typeof (v as { system?: unknown }).system === 'string' && ((v as { system: string }).system).startsWith(INTERNAL_PREFIX);

@@ -59,6 +59,7 @@ export class JobRunner {
   private readonly handlers = new Map<string, JobHandler>();
   private readonly giveUps = new Map<string, (job: JobDoc, reason: string) => Promise<void>>();
   private readonly running = new Map<string, AbortController>();
+  private readonly waiters = new Map<string, Set<() => void>>();
   private timer?: NodeJS.Timeout;
   private stopped = true;
   private ticking?: Promise<void>;
@@ -221,7 +222,30 @@ export class JobRunner {
     } finally {
       clearInterval(heartbeat);
       this.running.delete(job._id);
+      for (const wake of this.waiters.get(job._id) ?? []) wake();
+      this.waiters.delete(job._id);
+      // A slot is free: take the next job now rather than at the next poll.
+      this.poke();
     }
+  }
+
+  /**
+   * Resolves when this process finishes running the job (or gives it back), or after `ms`, whichever
+   * comes first; a job run by another process is only seen at the timeout. For status requests that
+   * may wait a moment rather than send a client away for a whole Retry-After.
+   */
+  settled(id: string, ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const set = this.waiters.get(id) ?? new Set<() => void>();
+      const wake = () => {
+        clearTimeout(timer);
+        set.delete(wake);
+        resolve();
+      };
+      const timer = setTimeout(wake, ms);
+      set.add(wake);
+      this.waiters.set(id, set);
+    });
   }
 
   /** Marks a job failed for good (if it is still as `where` says) and tells its kind's clean-up. */

@@ -1,7 +1,14 @@
 import type { Binary, DocumentReference, Provenance, Reference } from 'fhir/r4';
 import { localIdFor } from './reference-rewriter';
+import { BLOB_TAG_SYSTEM } from '../fhir/internal-markers';
 
-/** The received file as an auditor sees it: a DocumentReference, with the unaltered NDJSON in a Binary when small enough. */
+/** Where an exchange's received files are kept as blobs: one folder per exchange. */
+export const archiveFolder = (taskId: string) => `archive/${taskId}/`;
+
+/**
+ * The received file as an auditor sees it: a DocumentReference, and a Binary whose content (the
+ * unaltered NDJSON) is the blob `blobKey`, read at `Binary/{id}`.
+ */
 export function archiveOf(args: {
   taskId: string;
   name: string;
@@ -9,16 +16,22 @@ export function archiveOf(args: {
   count: number;
   size: number;
   sha1: string;
-  content?: Buffer;
+  blobKey: string;
   localPatientId: string;
   ownerReference: string;
   sourceName: string;
   issuer: string;
   now: string;
-}): { binary?: Binary; doc: DocumentReference } {
+}): { binary: Binary; doc: DocumentReference } {
   const binaryId = localIdFor('archive', args.taskId, `${args.name}#binary`);
   const docId = localIdFor('archive', args.taskId, args.name);
-  const binary: Binary | undefined = args.content ? { resourceType: 'Binary', id: binaryId, contentType: 'application/fhir+ndjson', data: args.content.toString('base64') } : undefined;
+  const binary: Binary = {
+    resourceType: 'Binary',
+    id: binaryId,
+    meta: { tag: [{ system: BLOB_TAG_SYSTEM, code: args.blobKey }] },
+    contentType: 'application/fhir+ndjson',
+    securityContext: { reference: `Patient/${args.localPatientId}` },
+  };
   const doc: DocumentReference = {
     resourceType: 'DocumentReference',
     id: docId,
@@ -28,8 +41,8 @@ export function archiveOf(args: {
     subject: { reference: `Patient/${args.localPatientId}` },
     date: args.now,
     author: [{ reference: args.ownerReference, display: args.sourceName }],
-    description: `${args.type} file from ${args.issuer}: ${args.count} resources${binary ? '' : ' (over the inline archive limit: hash and size only)'}`,
-    content: [{ attachment: { contentType: 'application/fhir+ndjson', ...(binary ? { url: `Binary/${binaryId}` } : {}), size: args.size, hash: args.sha1, title: args.name } }],
+    description: `${args.type} file from ${args.issuer}: ${args.count} resources`,
+    content: [{ attachment: { contentType: 'application/fhir+ndjson', url: `Binary/${binaryId}`, size: args.size, hash: args.sha1, title: args.name } }],
     context: { related: [{ reference: `Task/${args.taskId}` }] },
   };
   return { binary, doc };

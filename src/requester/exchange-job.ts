@@ -14,7 +14,9 @@ import { Importer } from './importer';
 import { IdMapping } from './reference-rewriter';
 import { ImportJournal } from './import-journal';
 import { downloadTo } from './downloader';
-import { archiveOf, provenanceOf } from './archive';
+import { archiveFolder, archiveOf, provenanceOf } from './archive';
+import { pipeline } from 'node:stream/promises';
+import type { BlobStore } from '../store/blobs/blob-store';
 import { classify, ExchangeFailed, LimitReached } from './exchange-errors';
 import { NdjsonError } from './ndjson';
 import { findMember } from './member-lookup';
@@ -88,7 +90,8 @@ export interface ExchangeDeps {
   /** Transient faults are retried (by the job, with backoff) until this many attempts. */
   maxAttempts: number;
   limits: ExchangeLimits;
-  archiveInlineLimitBytes: number;
+  /** Where received files are archived. */
+  blobs: BlobStore;
   requesterDisplay: string;
   releaseLock: (taskId: string) => Promise<void>;
   logger: Logger;
@@ -324,9 +327,13 @@ export class ExchangeJobHandler {
     const sourceName = payer.name ?? payer.issuer;
     const archived: Reference[] = [];
     for (const f of files) {
-      const content = f.size <= this.d.archiveInlineLimitBytes ? await fs.promises.readFile(f.file) : undefined;
-      const { binary, doc } = archiveOf({ taskId: data.taskId, name: f.name, type: f.type, count: f.count, size: f.size, sha1: f.sha1, content, localPatientId: data.localPatientId, ownerReference: data.ownerReference, sourceName, issuer: data.issuer, now });
-      if (binary) await journal.write(data.taskId, 'Binary', binary.id as string, () => store.update('Binary', binary.id as string, binary));
+      // The file as received, streamed into the blob store (files, or GridFS), never held in memory.
+      const blobKey = `${archiveFolder(data.taskId)}${f.name}`;
+      const blob = this.d.blobs.create(blobKey, 'application/fhir+ndjson');
+      await pipeline(fs.createReadStream(f.file), blob.stream);
+      await blob.finished;
+      const { binary, doc } = archiveOf({ taskId: data.taskId, name: f.name, type: f.type, count: f.count, size: f.size, sha1: f.sha1, blobKey, localPatientId: data.localPatientId, ownerReference: data.ownerReference, sourceName, issuer: data.issuer, now });
+      await journal.write(data.taskId, 'Binary', binary.id as string, () => store.update('Binary', binary.id as string, binary));
       await journal.write(data.taskId, 'DocumentReference', doc.id as string, () => store.update('DocumentReference', doc.id as string, doc));
       archived.push({ reference: `DocumentReference/${doc.id}` });
     }
@@ -367,6 +374,7 @@ export class ExchangeJobHandler {
     const data = job.data;
     if (data.exportStarted && remote) await remote.cancel(data.exportStarted.statusUrl).catch(() => undefined);
     const removed = await this.d.journal.rollback(data.taskId);
+    await this.d.blobs.removeAll(archiveFolder(data.taskId));
     const undone = removed ? `; ${removed} imported resource(s) removed` : '';
     const change =
       outcome === 'cancelled'

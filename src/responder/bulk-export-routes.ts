@@ -1,4 +1,3 @@
-import fs from 'node:fs';
 import { randomUUID } from 'node:crypto';
 import { Router, Request } from 'express';
 import { asyncHandler, sendResource } from '../fhir/http';
@@ -25,6 +24,8 @@ export interface BulkExportDeps {
   guard: Guard;
   baseUrl: () => string;
   authRequired: boolean;
+  /** How long a status request may wait for a running export to finish before answering 202 (small exports then need no second poll). */
+  statusWaitMs?: number;
 }
 
 /** Bulk Data Access 2.0 export: kick-off at system, Patient, Patient/{id} and Group/{id}; status; files. */
@@ -88,7 +89,11 @@ export function bulkExportRoutes(deps: BulkExportDeps): Router {
     '/bulkstatus/:id',
     guard.require(AUTHENTICATED),
     asyncHandler(async (req, res) => {
-      const job = await ownJob(req);
+      let job = await ownJob(req);
+      if ((job.state === 'queued' || job.state === 'running') && (deps.statusWaitMs ?? 0) > 0) {
+        await deps.runner.settled(job._id, deps.statusWaitMs as number);
+        job = await ownJob(req);
+      }
       switch (job.state) {
         case 'queued':
         case 'running':
@@ -141,10 +146,10 @@ export function bulkExportRoutes(deps: BulkExportDeps): Router {
       if (scope.members && (job.data.members ?? []).some((m) => !scope.members?.has(m))) {
         throw forbidden('The consent of a member in this export is no longer in force');
       }
-      const file = entry && deps.files.pathOf(job._id, entry.name);
-      if (!file || !fs.existsSync(file)) throw notFound('No such file');
+      const file = entry && (await deps.files.read(job._id, entry.name));
+      if (!file) throw notFound('No such file');
       res.status(200).type('application/fhir+ndjson');
-      fs.createReadStream(file).on('error', (err) => res.destroy(err)).pipe(res);
+      file.on('error', (err) => res.destroy(err)).pipe(res);
     }),
   );
 

@@ -1,45 +1,41 @@
-import fs from 'node:fs';
-import path from 'node:path';
+import type { Readable, Writable } from 'node:stream';
 import { once } from 'node:events';
+import { BlobStore } from '../store/blobs/blob-store';
 
-/** Where export outputs live on disk: one folder per job under EXPORT_DIR. */
+/** Where export outputs live: blobs `exports/{job}/{Type}.ndjson` in the store's blob store (files, or GridFS). */
 export class ExportFiles {
-  constructor(private readonly root: string) {
-    fs.mkdirSync(root, { recursive: true });
-  }
+  constructor(private readonly blobs: BlobStore) {}
 
-  private dir(jobId: string): string {
+  private key(jobId: string, name: string): string {
     if (!/^[A-Za-z0-9-]{1,64}$/.test(jobId)) throw new Error('invalid job id');
-    return path.join(this.root, jobId);
+    return `exports/${jobId}/${name}`;
   }
 
-  pathOf(jobId: string, name: string): string | undefined {
+  /** A file of a job, or undefined when there is none (or the name is not one an export writes). */
+  async read(jobId: string, name: string): Promise<Readable | undefined> {
     if (!/^[A-Za-z]+(-\d+)?\.ndjson$/.test(name)) return undefined;
-    return path.join(this.dir(jobId), name);
+    return (await this.blobs.open(this.key(jobId, name)))?.stream;
   }
 
   async reset(jobId: string): Promise<void> {
-    await fs.promises.rm(this.dir(jobId), { recursive: true, force: true });
-    await fs.promises.mkdir(this.dir(jobId), { recursive: true });
+    await this.remove(jobId);
   }
 
   async remove(jobId: string): Promise<void> {
-    await fs.promises.rm(this.dir(jobId), { recursive: true, force: true });
+    await this.blobs.removeAll(`exports/${this.key(jobId, 'x').split('/')[1]}/`);
   }
 
   /** An NDJSON writer that respects back-pressure, so memory stays flat whatever the export's size. */
   open(jobId: string, name: string): NdjsonWriter {
-    return new NdjsonWriter(path.join(this.dir(jobId), name));
+    const { stream, finished } = this.blobs.create(this.key(jobId, name), 'application/fhir+ndjson');
+    return new NdjsonWriter(stream, finished);
   }
 }
 
 export class NdjsonWriter {
-  private readonly stream: fs.WriteStream;
   count = 0;
 
-  constructor(readonly file: string) {
-    this.stream = fs.createWriteStream(file, { flags: 'w' });
-  }
+  constructor(private readonly stream: Writable, private readonly finished: Promise<void>) {}
 
   async write(resource: unknown): Promise<void> {
     this.count++;
@@ -47,6 +43,7 @@ export class NdjsonWriter {
   }
 
   async close(): Promise<void> {
-    await new Promise<void>((resolve, reject) => this.stream.end((err?: Error | null) => (err ? reject(err) : resolve())));
+    this.stream.end();
+    await this.finished;
   }
 }

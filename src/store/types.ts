@@ -1,3 +1,5 @@
+import type { BlobStore } from './blobs/blob-store';
+
 /**
  * The storage seam. Both engines (embedded NeDB and MongoDB) implement this small,
  * MongoDB-shaped interface and take the same MongoDB-style filters, so everything
@@ -42,6 +44,8 @@ export interface Collection<T extends StoredDoc = StoredDoc> {
 
 export interface Database {
   readonly engine: 'embedded' | 'mongodb';
+  /** Large objects (export files, archived originals): files under DATA_DIR, or GridFS. */
+  readonly blobs: BlobStore;
   collection<T extends StoredDoc = StoredDoc>(name: string): Collection<T>;
   /**
    * Applies a batch of writes, in order, across collections; answers for each whether it was

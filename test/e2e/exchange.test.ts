@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { RunningServer } from '../../src/main';
 import { capturingLogger, fhir, startTestServer } from '../helpers/server';
 import { FaultProxy, startFaultProxy } from '../helpers/fault-proxy';
@@ -82,6 +83,12 @@ describe('payer-to-payer exchange between two servers', () => {
     const lines = Buffer.from(binary.data, 'base64').toString('utf8').trim().split('\n').map((l) => JSON.parse(l));
     expect(lines.length).toBe(Number(doc.description.match(/(\d+) resources/)[1]));
     expect(lines[0].id).toMatch(/^src-/); // unaltered: the source's own ids
+    // The same bytes, raw, for a client that asks for NDJSON; their hash is the attachment's.
+    const raw = await fetch(`${requester.baseUrl}/${doc.content[0].attachment.url}`, { headers: { accept: 'application/fhir+ndjson' } });
+    expect(raw.headers.get('content-type')).toMatch(/^application\/fhir\+ndjson/);
+    const bytes = Buffer.from(await raw.arrayBuffer());
+    expect(bytes.equals(Buffer.from(binary.data, 'base64'))).toBe(true);
+    expect(createHash('sha1').update(bytes).digest('base64')).toBe(doc.content[0].attachment.hash);
   });
 
   it('running the same exchange again leaves no duplicates', async () => {
@@ -248,7 +255,7 @@ describe('exchange under network faults', () => {
     const { config, port } = requester;
     await requester.stop();
     proxy.faults.holdExport = false;
-    requester = await startRequester({ tokenUrl: source.server.tokenUrl, fhirBaseUrl: `${proxy.url}/4_0_1`, client: source.client }, { dataDir: config.dataDir, exportDir: config.exportDir, port, jobLeaseSeconds: 1 });
+    requester = await startRequester({ tokenUrl: source.server.tokenUrl, fhirBaseUrl: `${proxy.url}/4_0_1`, client: source.client }, { dataDir: config.dataDir, port, jobLeaseSeconds: 1 });
     const task = await waitForTask(requester, id);
     expect(task.status).toBe('completed');
     const eobs = await fhir('GET', `${requester.baseUrl}/ExplanationOfBenefit?patient=${local}`);
@@ -271,7 +278,7 @@ describe('exchange when the source is down, then back', () => {
       const id = (await fhir('POST', `${requester.baseUrl}/Patient/$sdh.s2s.invoke-export`, invokeBody(local, m))).body.id;
       const waiting = await waitForTask(requester, id, (t) => (t.note ?? []).some((n: any) => /unavailable/.test(n.text)));
       expect(waiting.status).toBe('in-progress');
-      restarted = await startTestServer({ dataDir, exportDir: `${dataDir}/exports`, port, authRequired: true, clientsFile: source.clientsFile });
+      restarted = await startTestServer({ dataDir, port, authRequired: true, clientsFile: source.clientsFile });
       const task = await waitForTask(requester, id);
       expect(task.status).toBe('completed');
       expect((await fhir('GET', `${requester.baseUrl}/ExplanationOfBenefit?patient=${local}`)).body.total).toBeGreaterThan(0);

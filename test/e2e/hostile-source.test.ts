@@ -216,7 +216,7 @@ describe('a hostile source payer', () => {
     const { config, port } = requester;
     await requester.stop();
     const { privateJwk } = await generateClientKeys();
-    requester = await startRequester({ tokenUrl: '', fhirBaseUrl: fake.base, client: { clientId: 'us', privateJwk } }, { ...overrides, dataDir: config.dataDir, exportDir: config.exportDir, port });
+    requester = await startRequester({ tokenUrl: '', fhirBaseUrl: fake.base, client: { clientId: 'us', privateJwk } }, { ...overrides, dataDir: config.dataDir, port });
     await new Promise((r) => setTimeout(r, 1500));
     expect((await fhir('GET', `${requester.baseUrl}/metadata`)).status).toBe(200);
     expect((await fhir('GET', `${requester.baseUrl}/Patient/${local}`)).status).toBe(200);

@@ -14,7 +14,7 @@ export function tempDir(prefix = 'p2p-test-'): string {
 /** A test configuration: loopback, port 0, a fresh data directory, auth off unless asked. */
 export function testConfig(overrides: Partial<AppConfig> = {}): AppConfig {
   const dataDir = overrides.dataDir ?? tempDir();
-  return { ...loadConfig({ HOST: '127.0.0.1', PORT: '0' } as NodeJS.ProcessEnv), dataDir, exportDir: path.join(dataDir, 'exports'), authRequired: false, ...overrides };
+  return { ...loadConfig({ HOST: '127.0.0.1', PORT: '0' } as NodeJS.ProcessEnv), dataDir, authRequired: false, ...overrides };
 }
 
 export async function startTestServer(overrides: Partial<AppConfig> = {}, logger?: Logger): Promise<RunningServer> {

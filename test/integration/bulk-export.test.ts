@@ -99,7 +99,7 @@ describe('Bulk Data export across a restart', () => {
     const k = await kickoff(`${first.baseUrl}/Patient/$export`);
     expect(k.status).toBe(202);
     await first.stop(); // the job is queued or mid-way; its lease runs out
-    const second = await startTestServer({ dataDir: first.config.dataDir, exportDir: first.config.exportDir, port: first.port, jobLeaseSeconds: 1 });
+    const second = await startTestServer({ dataDir: first.config.dataDir, port: first.port, jobLeaseSeconds: 1 });
     try {
       const done = await poll(k.location as string);
       expect(done.status).toBe(200);

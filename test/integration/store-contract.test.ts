@@ -170,6 +170,33 @@ describe.each(engines)('store contract on $name', (engine) => {
     expect(revived[0]).toMatchObject({ changed: true, version: 3, before: { current: null, floor: 2 } });
   });
 
+  it('keeps large objects beside the documents: written as a stream, read back, removed by folder', async () => {
+    const write = async (key: string, text: string) => {
+      const { stream, finished } = db.blobs.create(key, 'application/fhir+ndjson');
+      stream.end(text);
+      await finished;
+    };
+    const read = async (key: string) => {
+      const blob = await db.blobs.open(key);
+      if (!blob) return undefined;
+      const chunks: Buffer[] = [];
+      for await (const c of blob.stream) chunks.push(c as Buffer);
+      return { size: blob.size, text: Buffer.concat(chunks).toString() };
+    };
+    const big = 'x'.repeat(3 * 1024 * 1024);
+    await write('exports/job-1/Patient.ndjson', big);
+    await write('exports/job-1/Condition.ndjson', 'one\n');
+    await write('exports/job-2/Patient.ndjson', 'two\n');
+    await write('exports/job-2/Patient.ndjson', 'two again\n');
+    expect(await read('exports/job-1/Patient.ndjson')).toEqual({ size: big.length, text: big });
+    expect((await read('exports/job-2/Patient.ndjson'))?.text).toBe('two again\n');
+    await db.blobs.removeAll('exports/job-1/');
+    expect(await read('exports/job-1/Patient.ndjson')).toBeUndefined();
+    expect(await read('exports/job-1/Condition.ndjson')).toBeUndefined();
+    expect((await read('exports/job-2/Patient.ndjson'))?.text).toBe('two again\n');
+    expect(() => db.blobs.create('../../etc/passwd', 'text/plain')).toThrow(/invalid blob key/);
+  });
+
   it('streams a large result in pages', async () => {
     for (let i = 0; i < 23; i++) await store.update('Observation', `o${String(i).padStart(2, '0')}`, { resourceType: 'Observation', id: `o${String(i).padStart(2, '0')}`, status: 'final', code: { text: 'x' } } as Resource);
     const seen: string[] = [];

@@ -69,7 +69,7 @@ describe('an exchange that fails while importing its last file', () => {
       timeoutMs: 60_000,
       maxAttempts: 3,
       limits: { maxFileBytes: 1 << 20, maxExchangeBytes: 1 << 22, idleTimeoutMs: 5000, maxManifestPages: 5, maxManifestFiles: 10, maxLineLength: 1 << 20 },
-      archiveInlineLimitBytes: 1 << 20,
+      blobs: db.blobs,
       requesterDisplay: 'us',
       releaseLock: async () => undefined,
       logger,

@@ -1,5 +1,7 @@
 import { AnyBulkWriteOperation, MongoBulkWriteError, MongoClient, MongoServerError, Db, Collection as MongoCollection, Document } from 'mongodb';
 import { BulkOp, Collection, Database, DuplicateKeyError, Filter, FindOptions, StoredDoc } from '../types';
+import { BlobStore } from '../blobs/blob-store';
+import { GridFsBlobStore } from '../blobs/gridfs-blob-store';
 
 /** Production engine: the official MongoDB driver, one MongoDB collection per store collection. */
 class MongoBackedCollection<T extends StoredDoc> implements Collection<T> {
@@ -65,7 +67,10 @@ function mapError(err: unknown): unknown {
 
 export class MongoDatabase implements Database {
   readonly engine = 'mongodb' as const;
-  private constructor(private readonly client: MongoClient, private readonly db: Db) {}
+  readonly blobs: BlobStore;
+  private constructor(private readonly client: MongoClient, private readonly db: Db) {
+    this.blobs = new GridFsBlobStore(db);
+  }
 
   static async connect(uri: string, dbName?: string): Promise<MongoDatabase> {
     const client = new MongoClient(uri, { serverSelectionTimeoutMS: 10_000 });

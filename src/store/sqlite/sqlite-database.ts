@@ -1,8 +1,11 @@
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { BulkOp, Collection, Database, DuplicateKeyError, Filter, FindOptions, StoredDoc } from '../types';
 import { CollectionLayout, FilterCompiler, jsonPath, quoteIdent, sqlValue } from './filter-sql';
+import { BlobStore } from '../blobs/blob-store';
+import { FileBlobStore } from '../blobs/file-blob-store';
 
 type Db = BetterSqlite3.Database;
 type Row = { rid: number; doc: string };
@@ -236,12 +239,17 @@ function mapError(err: unknown): unknown {
  */
 export class SqliteDatabase implements Database {
   readonly engine = 'embedded' as const;
+  readonly blobs: BlobStore;
+  /** In memory, blobs go to a temporary folder, removed on close. */
+  private readonly tempBlobs?: string;
   private readonly db: Db;
   private readonly collections = new Map<string, SqliteCollection<StoredDoc>>();
 
   constructor(dataDir: string | undefined) {
     if (dataDir) fs.mkdirSync(dataDir, { recursive: true });
     this.db = new BetterSqlite3(dataDir ? path.join(dataDir, 'store.sqlite') : ':memory:');
+    if (!dataDir) this.tempBlobs = fs.mkdtempSync(path.join(os.tmpdir(), 'p2p-blobs-'));
+    this.blobs = new FileBlobStore(dataDir ? path.join(dataDir, 'blobs') : (this.tempBlobs as string));
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = NORMAL');
     this.db.pragma('busy_timeout = 10000');
@@ -293,5 +301,6 @@ export class SqliteDatabase implements Database {
       this.db.pragma('optimize');
       this.db.close();
     }
+    if (this.tempBlobs) fs.rmSync(this.tempBlobs, { recursive: true, force: true });
   }
 }
