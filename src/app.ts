@@ -1,5 +1,7 @@
 import express, { Express, RequestHandler, Router } from 'express';
 import compression from 'compression';
+// The Express project's CORS middleware: preflights and headers per the Fetch standard, not by hand.
+import cors from 'cors';
 import type { ServedOperation } from './conformance/operation-definitions';
 // node-fhir-server-core ships no type declarations
 // eslint-disable-next-line @typescript-eslint/no-var-requires
@@ -13,6 +15,8 @@ import { buildCapabilityStatement, interactionsOf } from './fhir/capability';
 import { errorHandler, notFoundHandler } from './fhir/errors';
 import { FHIR_JSON } from './fhir/http';
 import { badRequest } from './fhir/outcome';
+import { MAX_JSON_DEPTH, nestsDeeperThan } from './fhir/json-limits';
+import { methodNotAllowed, requireAcceptableAnswer, requireReadableBody } from './fhir/negotiation';
 
 export const FHIR_PATH = '/4_0_1';
 
@@ -135,11 +139,23 @@ export function buildApp(parts: AppParts): Express {
   app.set('case sensitive routing', true);
   app.set('etag', false); // ETags are resource versions, set by the handlers
   app.use(requestLog(logger));
+  // CORS first: a preflight is answered here, before any route or token is looked at.
+  app.use(
+    cors({
+      origin: config.corsOrigins.includes('*') ? '*' : config.corsOrigins,
+      methods: ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE'],
+      allowedHeaders: ['Authorization', 'Content-Type', 'Accept', 'Prefer', 'If-Match', 'If-None-Match', 'If-None-Exist', 'If-Modified-Since'],
+      exposedHeaders: ['Content-Location', 'Location', 'ETag', 'Last-Modified', 'X-Progress', 'Retry-After', 'Expires'],
+      maxAge: 86400,
+    }),
+  );
   app.use(exactBase(FHIR_PATH, parts.rootPaths ?? []));
   app.use(compressWhereAccepted);
   const jsonTypes = ['application/json', 'application/fhir+json', 'application/json+fhir', 'application/scim+json'];
   app.use(express.json({ type: jsonTypes, limit: config.bodyLimit, strict: false, reviver: noProtoReviver }));
   app.use(express.urlencoded({ extended: false, limit: '1mb' }));
+  app.use((req, _res, next) => next(nestsDeeperThan(req.body) ? badRequest(`The body nests deeper than ${MAX_JSON_DEPTH} levels`) : undefined));
+  app.use(FHIR_PATH, requireAcceptableAnswer, requireReadableBody);
 
   const profiles: Record<string, unknown> = {};
   for (const [type, service] of parts.services) {
@@ -155,7 +171,8 @@ export function buildApp(parts: AppParts): Express {
   const core = new FhirCoreServer(
     {
       profiles,
-      server: { corsOptions: { maxAge: 86400 } },
+      // The core's own routes apply CORS again: with the same origins.
+      server: { corsOptions: { maxAge: 86400, origin: config.corsOrigins.includes('*') ? '*' : config.corsOrigins } },
       logging: { level: 'warn' },
     },
     app,
@@ -172,6 +189,7 @@ export function buildApp(parts: AppParts): Express {
   app.use(FHIR_PATH, restRoutes(parts.services, parts.baseUrl, parts.guard));
   app.use(FHIR_PATH, fhirMediaType);
   app.use(FHIR_PATH, coreRoutePermissions(parts.guard, parts.operations ?? {}));
+  app.use(FHIR_PATH, methodNotAllowed);
   app.use(parts.guard.denyUndeclared);
   core.setProfileRoutes();
   app.use(notFoundHandler);

@@ -25,6 +25,8 @@ export interface AppConfig {
   jobLeaseSeconds: number;
   /** Jobs (exports, exchanges) one process runs at once; exchanges mostly wait on the source. */
   jobConcurrency: number;
+  /** Origins allowed to call from a browser (CORS); `*` for any. */
+  corsOrigins: string[];
   /** How long an exchange may keep polling the source's export before giving up. */
   exchangeTimeoutSeconds: number;
   /** This payer's name, as the requester of exchanges when CoverageToLink names no payor. */
@@ -121,6 +123,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, cwd = process.c
     exportFileTtlSeconds: int(env.EXPORT_FILE_TTL_SECONDS, 'EXPORT_FILE_TTL_SECONDS', 3600, 1),
     jobLeaseSeconds: int(env.JOB_LEASE_SECONDS, 'JOB_LEASE_SECONDS', 30, 1, 3600),
     jobConcurrency: int(env.JOB_CONCURRENCY, 'JOB_CONCURRENCY', 16, 1, 256),
+    corsOrigins: (env.CORS_ORIGINS ?? '*').split(',').map((o) => o.trim()).filter(Boolean),
     exchangeTimeoutSeconds: int(env.EXCHANGE_TIMEOUT_SECONDS, 'EXCHANGE_TIMEOUT_SECONDS', 3600, 1),
     requestingPayerName: env.PAYER_NAME || 'Requesting payer',
     pollMinMs: int(env.POLL_MIN_MS, 'POLL_MIN_MS', 1000, 10),

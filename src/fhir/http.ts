@@ -43,3 +43,8 @@ export function parseIfMatch(value: string | undefined): IfMatch | undefined {
   }
   return versions;
 }
+
+/** Whether a request carries a body (RFC 9112: a Transfer-Encoding, or a Content-Length above 0). */
+export function hasBody(req: Request): boolean {
+  return req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0');
+}

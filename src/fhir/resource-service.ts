@@ -8,6 +8,7 @@ import { badRequest, FhirError, notFound, preconditionFailed } from './outcome';
 import { ID_PATTERN } from './resource-types';
 import { validateResource } from './validator';
 import { parseIfMatch, preferStrict } from './http';
+import { parseFhirDate } from './search/fhir-date';
 import { INTERNAL_PREFIX, internalMarkers, sameInternalMarkers } from './internal-markers';
 import { AccessPolicy, AccessScope } from '../access/access-policy';
 
@@ -188,13 +189,27 @@ export function createResourceService(type: string, deps: ResourceServiceDeps) {
   };
 
   async function historyFor(scope: AccessScope, req: Request, which: { id?: string; ids?: string[] }) {
-    const q = req.query as Record<string, string | undefined>;
-    const count = Math.min(Number(q._count) || deps.defaultPageSize, deps.maxPageSize);
-    const offset = Number(q._offset) || 0;
+    const q = req.query as Record<string, unknown>;
+    const one = (name: string): string | undefined => {
+      const v = q[name];
+      if (v === undefined) return undefined;
+      if (typeof v !== 'string') throw badRequest(`${name} may be given once`);
+      return v;
+    };
+    const integer = (name: string, fallback: number): number => {
+      const v = one(name);
+      if (v === undefined) return fallback;
+      if (!/^\d{1,9}$/.test(v)) throw badRequest(`${name} must be a non-negative integer, got '${v}'`);
+      return Number(v);
+    };
+    const count = Math.min(integer('_count', deps.defaultPageSize), deps.maxPageSize);
+    const offset = integer('_offset', 0);
     let since: number | undefined;
-    if (q._since) {
-      since = Date.parse(q._since);
-      if (Number.isNaN(since)) throw badRequest(`_since must be an instant, got '${q._since}'`);
+    const sinceText = one('_since');
+    if (sinceText !== undefined) {
+      const range = /T/.test(sinceText) ? parseFhirDate(sinceText) : undefined;
+      if (!range) throw badRequest(`_since must be an instant, got '${sinceText}'`);
+      since = range.lo;
     }
     const { entries, total } = await store.historyOf(type, which.id, { since, count, offset, ids: which.ids });
     // A partner sees the versions it may see; a deletion carries no data.

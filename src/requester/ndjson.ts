@@ -1,5 +1,6 @@
 import type { Readable } from 'node:stream';
 import split2 from 'split2';
+import { MAX_JSON_DEPTH, nestsDeeperThan } from '../fhir/json-limits';
 
 export class NdjsonError extends Error {}
 
@@ -31,6 +32,7 @@ export async function* readResources(stream: Readable, opts: { expectedType?: st
         if (err instanceof ForbiddenKey) throw new NdjsonError(`${opts.label} line ${n} holds the forbidden key '${err.message}'`);
         throw new NdjsonError(`${opts.label} line ${n} is not valid JSON (truncated or corrupt file)`);
       }
+      if (nestsDeeperThan(resource)) throw new NdjsonError(`${opts.label} line ${n} nests deeper than ${MAX_JSON_DEPTH} levels`);
       const r = resource as { resourceType?: unknown; id?: unknown };
       if (!r || typeof r !== 'object' || typeof r.resourceType !== 'string') throw new NdjsonError(`${opts.label} line ${n} is not a FHIR resource`);
       if (opts.expectedType && r.resourceType !== opts.expectedType) throw new NdjsonError(`${opts.label} line ${n} is a ${r.resourceType}, expected ${opts.expectedType}`);

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { Router, Request } from 'express';
-import { asyncHandler, sendResource } from '../fhir/http';
+import { asyncHandler, hasBody, sendResource } from '../fhir/http';
 import { badRequest, FhirError, forbidden, gone, notFound, outcome } from '../fhir/outcome';
 import { SearchRegistry } from '../fhir/search/registry';
 import { RESOURCE_TYPES } from '../fhir/resource-types';
@@ -49,7 +49,7 @@ export function bulkExportRoutes(deps: BulkExportDeps): Router {
       const request = parseExportRequest({
         level,
         method: req.method,
-        params: kickoffParams(req.method, req.query as Record<string, unknown>, req.body),
+        params: kickoffParams(req.method, req.query as Record<string, unknown>, req.body, hasBody(req)),
         lenient: /handling\s*=\s*lenient/i.test(req.get('prefer') ?? ''),
         registry: deps.registry,
         defaultTypes: level === 'system' ? systemTypes : patientTypes,

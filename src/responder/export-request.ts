@@ -1,4 +1,4 @@
-import type { Parameters } from 'fhir/r4';
+import type { ParametersParameter } from 'fhir/r4';
 import { patientIdOf } from '../fhir/reference';
 import { badRequest, forbidden } from '../fhir/outcome';
 import { parseFhirDate } from '../fhir/search/fhir-date';
@@ -27,20 +27,26 @@ const FORMATS = new Set(['application/fhir+ndjson', 'application/ndjson', 'ndjso
 const KNOWN = new Set(['_outputFormat', '_since', '_until', '_type', '_typeFilter', 'patient']);
 const UNSUPPORTED = new Set(['_elements', 'includeAssociatedData', 'organizeOutputBy', 'allowPartialManifests']);
 
-/** Kick-off parameters from a GET query or a POST Parameters body, as name → values. */
-export function kickoffParams(method: string, query: Record<string, unknown>, body: unknown): Map<string, string[]> {
+/**
+ * Kick-off parameters from a GET query or a POST Parameters body, as name → values. A POST needs a
+ * Parameters body (Bulk Data); anything else, or a malformed part, is a 400.
+ */
+export function kickoffParams(method: string, query: Record<string, unknown>, body: unknown, hasBody: boolean): Map<string, string[]> {
   const out = new Map<string, string[]>();
   const add = (k: string, v: string) => out.set(k, [...(out.get(k) ?? []), v]);
   for (const [k, v] of Object.entries(query)) for (const x of Array.isArray(v) ? v : [v]) if (typeof x === 'string') add(k, x);
-  if (method === 'POST' && body && typeof body === 'object' && Object.keys(body).length > 0) {
-    const params = body as Parameters;
-    if (params.resourceType !== 'Parameters') throw badRequest('A POST kick-off body must be a Parameters resource');
-    for (const p of params.parameter ?? []) {
-      const value =
-        p.valueReference?.reference ?? p.valueString ?? p.valueInstant ?? p.valueDateTime ?? p.valueCode ?? p.valueUri ?? (p.valueBoolean !== undefined ? String(p.valueBoolean) : undefined);
-      if (value === undefined) throw badRequest(`Parameter '${p.name}' has no value`);
-      add(p.name, value);
-    }
+  if (method !== 'POST') return out;
+  if (!hasBody || !body || typeof body !== 'object' || Array.isArray(body) || (body as { resourceType?: unknown }).resourceType !== 'Parameters') {
+    throw badRequest('A POST kick-off needs a Parameters resource as its body');
+  }
+  const parts = (body as { parameter?: unknown }).parameter;
+  if (parts !== undefined && !Array.isArray(parts)) throw badRequest('Parameters.parameter must be a list');
+  for (const [i, p] of ((parts ?? []) as unknown[]).entries()) {
+    if (!p || typeof p !== 'object' || Array.isArray(p) || typeof (p as { name?: unknown }).name !== 'string') throw badRequest(`Parameters.parameter[${i}] must be an object with a name`, [`Parameters.parameter[${i}]`]);
+    const part = p as ParametersParameter;
+    const value = part.valueReference?.reference ?? part.valueString ?? part.valueInstant ?? part.valueDateTime ?? part.valueCode ?? part.valueUri ?? (part.valueBoolean !== undefined ? String(part.valueBoolean) : undefined);
+    if (typeof value !== 'string') throw badRequest(`Parameter '${part.name}' has no value of a type the export takes`, [`Parameters.parameter[${i}]`]);
+    add(part.name, value);
   }
   return out;
 }

@@ -22,6 +22,10 @@ export function parseFhirDate(value: string): DateRange | undefined {
     offsetMs = sign * (Number(tz.slice(1, 3)) * 60 + Number(tz.slice(4, 6))) * 60_000;
   }
   const ms = frac ? Number(frac.slice(0, 3).padEnd(3, '0')) : 0;
+  // An impossible date or time (2021-02-31, T25:61) is not read as another one.
+  if (d && day > new Date(Date.UTC(year, month + 1, 0)).getUTCDate()) return undefined;
+  if ((h && Number(h) > 23) || (mi && Number(mi) > 59) || (s && Number(s) > 59)) return undefined;
+  if (tz && tz !== 'Z' && (Number(tz.slice(1, 3)) > 14 || Number(tz.slice(4, 6)) > 59)) return undefined;
   const lo = Date.UTC(year, month, day, h ? Number(h) : 0, mi ? Number(mi) : 0, s ? Number(s) : 0, ms) - offsetMs;
   let hi: number;
   if (!mo) hi = Date.UTC(year + 1, 0, 1) - 1;

@@ -84,7 +84,8 @@ export function evaluatePath(resource: unknown, steps: PathStep[]): unknown[] {
       if (step.kind === 'field') {
         for (const name of step.choices ? step.choices.map((c) => step.name + c) : [step.name]) {
           const child = obj[name];
-          if (Array.isArray(child)) next.push(...child);
+          // A loop, not a spread: an element may repeat more times than a call takes arguments.
+          if (Array.isArray(child)) for (const c of child) next.push(c);
           else if (child !== undefined && child !== null) next.push(child);
         }
       } else if (step.kind === 'refType') {

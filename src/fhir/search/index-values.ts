@@ -21,7 +21,7 @@ export function buildSearchIndex(registry: SearchRegistry, resource: Record<stri
     if (def.code === '_id') continue; // the id itself is the key
     const values: IndexValue[] = [];
     for (const path of def.paths) {
-      for (const el of evaluatePath(resource, path)) values.push(...extract(def, el));
+      for (const el of evaluatePath(resource, path)) for (const v of extract(def, el)) values.push(v);
     }
     if (values.length === 0) continue;
     index.s[def.code] = dedupe(values);
@@ -87,7 +87,7 @@ function stringValues(el: unknown): string[] {
   for (const key of ['text', 'family', 'given', 'prefix', 'suffix', 'line', 'city', 'district', 'state', 'postalCode', 'country', 'display']) {
     const v = o[key];
     if (typeof v === 'string') out.push(v);
-    else if (Array.isArray(v)) out.push(...v.filter((x): x is string => typeof x === 'string'));
+    else if (Array.isArray(v)) for (const x of v) if (typeof x === 'string') out.push(x);
   }
   return out;
 }

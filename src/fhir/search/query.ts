@@ -139,9 +139,14 @@ function applyControl(req: SearchRequest, code: string, value: string, registry:
   }
 }
 
+/** At most this many comma-separated alternatives in one parameter. */
+const MAX_ALTERNATIVES = 1000;
+
 function splitOr(value: string): string[] {
   // Commas separate alternatives; "\," is a literal comma.
-  return value.split(/(?<!\\),/).map((v) => v.replace(/\\,/g, ','));
+  const alternatives = value.split(/(?<!\\),/).map((v) => v.replace(/\\,/g, ','));
+  if (alternatives.length > MAX_ALTERNATIVES) throw badRequest(`A search parameter may list at most ${MAX_ALTERNATIVES} alternatives`);
+  return alternatives;
 }
 
 /** Returns the filter for one occurrence of a parameter, or null when the modifier is not supported. */

@@ -114,7 +114,7 @@ export class FilterCompiler {
             parts.push(op === '$in' ? '0' : '1');
             break;
           }
-          params.push(...list.map(sqlValue));
+          for (const v of list) params.push(sqlValue(v));
           const inList = `${expr} IN (${list.map(() => '?').join(', ')})`;
           parts.push(op === '$in' ? inList : `(${expr} IS NULL OR NOT ${inList})`);
           break;
@@ -235,6 +235,11 @@ export class FilterCompiler {
                   if (!sqlOp) throw new Error(`unsupported operator ${o} in $elemMatch`);
                   conds.push(`${col} ${sqlOp} ?`);
                   local.push(sqlValue(bound));
+                  // A range's low end is never above its high end: an upper bound on hi bounds the index scan on lo too.
+                  if (k === 'hi' && (o === '$lt' || o === '$lte')) {
+                    conds.push(`v ${sqlOp} ?`);
+                    local.push(sqlValue(bound));
+                  }
                 }
               } else throw new Error(`unsupported $elemMatch field ${k}`);
             }
