@@ -151,7 +151,7 @@ export function buildApp(parts: AppParts): Express {
   );
   app.use(exactBase(FHIR_PATH, parts.rootPaths ?? []));
   app.use(compressWhereAccepted);
-  const jsonTypes = ['application/json', 'application/fhir+json', 'application/json+fhir', 'application/scim+json'];
+  const jsonTypes = ['application/json', 'application/fhir+json', 'application/json+fhir', 'application/json-patch+json'];
   app.use(express.json({ type: jsonTypes, limit: config.bodyLimit, strict: false, reviver: noProtoReviver }));
   app.use(express.urlencoded({ extended: false, limit: '1mb' }));
   app.use((req, _res, next) => next(nestsDeeperThan(req.body) ? badRequest(`The body nests deeper than ${MAX_JSON_DEPTH} levels`) : undefined));

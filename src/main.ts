@@ -37,6 +37,7 @@ import { servedOperations } from './conformance/operation-definitions';
 import { definitionRoutes } from './conformance/definition-routes';
 import { warmUpValidator } from './fhir/validator';
 import { binaryRoutes } from './fhir/binary-routes';
+import { BundleProcessor, bundleRoutes } from './fhir/bundle-routes';
 
 /** The package version, found from src/ (ts-jest) and from dist/src/ (npm start) alike. */
 function packageVersion(): string {
@@ -167,6 +168,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
     fhirRoutes: [
       smartConfigurationRoutes(guard, tokenUrl),
       binaryRoutes(guard, services.get('Binary') as ResourceService, db.blobs, config.binaryInlineLimitBytes),
+      bundleRoutes(guard, new BundleProcessor({ services, store, baseUrl })),
       bulkExportRoutes({ runner, files, store, registry, compartment, access, guard, baseUrl, authRequired: config.authRequired, statusWaitMs: 500 }),
       everythingRoutes({ store, compartment, access, guard, baseUrl, defaultPageSize: config.defaultPageSize, maxPageSize: config.maxPageSize }),
       grantRoutes(guard, grants, logger),

@@ -29,6 +29,7 @@ const INTERACTIONS: [string, string][] = [
   ['searchByVersionId', 'vread'],
   ['create', 'create'],
   ['update', 'update'],
+  ['patch', 'patch'],
   ['remove', 'delete'],
   ['history', 'history-type'],
   ['historyById', 'history-instance'],

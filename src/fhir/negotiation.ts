@@ -36,13 +36,14 @@ const TYPE = `(?:${RESOURCE_TYPES.join('|')})`;
 const ID = ID_PATTERN.source.replace(/^\^|\$$/g, '');
 /** The REST paths of a served type and the methods each takes. */
 const FORMS: [RegExp, string[]][] = [
-  [new RegExp(`^/${TYPE}$`), ['GET', 'POST']],
+  [new RegExp(`^/${TYPE}$`), ['GET', 'POST', 'PUT', 'DELETE']],
   [new RegExp(`^/${TYPE}/_search$`), ['POST']],
   [new RegExp(`^/${TYPE}/_history$`), ['GET']],
-  [new RegExp(`^/${TYPE}/${ID}$`), ['GET', 'PUT', 'DELETE']],
+  [new RegExp(`^/${TYPE}/${ID}$`), ['GET', 'PUT', 'PATCH', 'DELETE']],
   [new RegExp(`^/${TYPE}/${ID}/_history$`), ['GET']],
   [new RegExp(`^/${TYPE}/${ID}/_history/${ID}$`), ['GET']],
   [/^\/metadata$/, ['GET']],
+  [/^\/?$/, ['POST']],
 ];
 
 /** 405, with Allow, for a REST path of a served type that no route took with this method. */

@@ -4,7 +4,8 @@ import { ResourceStore, WriteResult } from '../store/resource-store';
 import { SearchRegistry } from './search/registry';
 import { parseSearch, RawQuery } from './search/query';
 import { historyBundle, searchBundle } from './bundle';
-import { badRequest, FhirError, notFound, preconditionFailed } from './outcome';
+import { badRequest, FhirError, notFound, preconditionFailed, unprocessable } from './outcome';
+import * as jsonPatch from 'fast-json-patch';
 import { ID_PATTERN } from './resource-types';
 import { validateResource } from './validator';
 import { parseIfMatch, preferStrict } from './http';
@@ -86,9 +87,9 @@ export function createResourceService(type: string, deps: ResourceServiceDeps) {
       versioning: 'versioned-update',
       readHistory: true,
       updateCreate: true,
-      conditionalCreate: false,
-      conditionalUpdate: false,
-      conditionalDelete: 'not-supported',
+      conditionalCreate: true,
+      conditionalUpdate: true,
+      conditionalDelete: 'single',
       searchParam: [...registry.params(type).values()].map((p) => ({ name: p.code, definition: p.url, type: p.type })),
     }),
 
@@ -149,9 +150,42 @@ export function createResourceService(type: string, deps: ResourceServiceDeps) {
       return result;
     },
 
-    create: async (_args: CoreArgs, { req }: CoreContext): Promise<WriteResult> => {
-      const resource = validateResource(req.body, type);
+    /** A resource as it may be created: valid, and without the server's markers. */
+    checkCreate(body: unknown): Resource {
+      const resource = validateResource(body, type);
       checkInternalMarkers(type, resource, undefined);
+      return resource;
+    },
+
+    /** A resource as it may replace `existing` (or be created at `id`): valid, the id the URL's, the type's rules kept. */
+    checkUpdate(id: string, body: unknown, existing: Resource | undefined): Resource {
+      const resource = validateResource(body, type);
+      if (resource.id !== id) throw badRequest(`The body's id (${resource.id ?? 'none'}) must equal the id in the URL (${id})`, [`${type}.id`]);
+      if (existing) deps.beforeWrite?.(existing, resource);
+      checkInternalMarkers(type, resource, existing);
+      return resource;
+    },
+
+    /** Whether `existing` may be deleted (the type's rules). */
+    checkDelete(existing: Resource): void {
+      deps.beforeWrite?.(existing, undefined);
+    },
+
+    /** To be told after a write (or a deletion: undefined) landed. */
+    changed: async (id: string, resource: Resource | undefined) => deps.onChange?.(id, resource),
+
+    /** The ids of the resources a conditional interaction's search selects (at most `limit`, to tell one from several). */
+    async matching(req: Request, query: RawQuery, limit = 2): Promise<string[]> {
+      const sr = parseSearch(registry, type, query, { strict: true, defaultCount: limit, maxCount: limit });
+      if (sr.applied.filter(([k]) => !k.startsWith('_count')).length === 0) throw badRequest('A conditional interaction needs search criteria');
+      const restriction = (await scopeOf(req)).filter(type);
+      if (restriction === null) return [];
+      const found = await store.search(type, { $and: [sr.filter, restriction] }, { sort: { _id: 1 }, limit });
+      return found.map((r) => r.id as string);
+    },
+
+    create: async (_args: CoreArgs, { req }: CoreContext): Promise<WriteResult> => {
+      const resource = service.checkCreate(req.body);
       const { id: _ignored, ...rest } = resource;
       const created = await store.create(rest as Resource);
       await deps.onChange?.(created.id as string, created);
@@ -162,18 +196,38 @@ export function createResourceService(type: string, deps: ResourceServiceDeps) {
       const id = args.id ?? '';
       if (!ID_PATTERN.test(id)) throw badRequest(`Invalid resource id '${id}'`);
       const ifMatch = parseIfMatch(req.get('if-match'));
-      const resource = validateResource(req.body, type);
-      if (resource.id !== id) throw badRequest(`The body's id (${resource.id ?? 'none'}) must equal the id in the URL (${id})`, [`${type}.id`]);
       const existing = await store.readIfExists(type, id);
       // A stale copy is a version conflict before anything else is judged.
       if (existing && Array.isArray(ifMatch) && !ifMatch.includes(existing.meta?.versionId as string)) {
         throw preconditionFailed(`Version conflict: ${type}/${id} is at version ${existing.meta?.versionId}, If-Match named ${ifMatch.join(', ')}`);
       }
-      if (existing) deps.beforeWrite?.(existing, resource);
-      checkInternalMarkers(type, resource, existing);
+      const resource = service.checkUpdate(id, req.body, existing);
       // Where the server's markers are at stake, the write lands only on the version they were checked against.
       const pinned = existing && internalMarkers(existing).length ? [existing.meta?.versionId as string] : undefined;
       const result = await store.update(type, id, resource, ifMatch ?? pinned);
+      await deps.onChange?.(id, result.resource);
+      return result;
+    },
+
+    /** PATCH with a JSON Patch (RFC 6902): applied to the current version, checked as an update, landing only on that version. */
+    patch: async (id: string, req: Request): Promise<WriteResult> => {
+      const ifMatch = parseIfMatch(req.get('if-match'));
+      const existing = await visible(await scopeOf(req), checkId(type, id));
+      if (Array.isArray(ifMatch) && !ifMatch.includes(existing.meta?.versionId as string)) {
+        throw preconditionFailed(`Version conflict: ${type}/${id} is at version ${existing.meta?.versionId}, If-Match named ${ifMatch.join(', ')}`);
+      }
+      const operations = req.body as unknown;
+      if (!Array.isArray(operations) || operations.length === 0) throw badRequest('A PATCH body is a JSON Patch: a non-empty list of operations');
+      const patchError = jsonPatch.validate(operations as jsonPatch.Operation[], existing);
+      if (patchError) throw unprocessable(`The JSON Patch cannot be applied: ${patchError.message.split('\n')[0]}`);
+      let patched: Resource;
+      try {
+        patched = jsonPatch.applyPatch(structuredClone(existing), operations as jsonPatch.Operation[], true, false).newDocument;
+      } catch (err) {
+        throw unprocessable(`The JSON Patch cannot be applied: ${(err as Error).message.split('\n')[0]}`);
+      }
+      const resource = service.checkUpdate(id, patched, existing);
+      const result = await store.update(type, id, resource, [existing.meta?.versionId as string]);
       await deps.onChange?.(id, result.resource);
       return result;
     },

@@ -4,7 +4,7 @@ import { asyncHandler, sendResource } from './http';
 import { ID_PATTERN, isServedType, RESOURCE_TYPES } from './resource-types';
 import { Guard } from '../auth/guard';
 import { ResourceService } from './resource-service';
-import { outcome } from './outcome';
+import { badRequest, notFound, outcome, preconditionFailed } from './outcome';
 
 /** A route's `:type`, only the types served (so `metadata` or `%50atient` never stand in for one). */
 export const TYPE_PARAM = `:type(${RESOURCE_TYPES.join('|')})`;
@@ -70,12 +70,28 @@ export function restRoutes(services: Map<string, ResourceService>, baseUrl: (req
   router.get(`/${TYPE_PARAM}`, guard.require({ type: ':type', action: 's' }), search);
   router.post(`/${TYPE_PARAM}/_search`, guard.require({ type: ':type', action: 's' }), search);
 
+  /** The query of an If-None-Exist header (`identifier=x|y`) or of a conditional URL. */
+  const queryOf = (text: string): Record<string, string[]> => {
+    const out: Record<string, string[]> = {};
+    for (const [k, v] of new URLSearchParams(text.replace(/^.*\?/, ''))) (out[k] ??= []).push(v);
+    return out;
+  };
+  const tooMany = (type: string) => preconditionFailed(`The criteria match several ${type} resources: make them more selective`);
+
   router.post(
     `/${TYPE_PARAM}`,
     guard.require({ type: ':type', action: 'c', role: 'service' }),
     asyncHandler(async (req, res, next) => {
       const service = serviceFor(req.params.type);
       if (!service) return next();
+      // Conditional create: nothing is created when the criteria match one; several is 412.
+      const ifNoneExist = req.get('if-none-exist');
+      if (ifNoneExist !== undefined) {
+        service.checkCreate(req.body);
+        const ids = await service.matching(req, queryOf(ifNoneExist));
+        if (ids.length > 1) throw tooMany(req.params.type);
+        if (ids.length === 1) return respond(req, res, await service.searchById({ id: ids[0] }, { req }), 200);
+      }
       const { resource } = await service.create({ id: undefined }, { req });
       respond(req, res, resource, 201);
     }),
@@ -89,6 +105,55 @@ export function restRoutes(services: Map<string, ResourceService>, baseUrl: (req
       if (!service) return next();
       const { resource, created } = await service.update({ id: req.params.id }, { req });
       respond(req, res, resource, created ? 201 : 200);
+    }),
+  );
+
+  // Conditional update: no match creates (at the body's id, or a new one), one match is updated, several is 412.
+  router.put(
+    `/${TYPE_PARAM}`,
+    guard.require({ type: ':type', action: 'u', role: 'service' }),
+    asyncHandler(async (req, res, next) => {
+      const service = serviceFor(req.params.type);
+      if (!service) return next();
+      const ids = await service.matching(req, req.query as Record<string, string>);
+      if (ids.length > 1) throw tooMany(req.params.type);
+      const bodyId = (req.body as { id?: unknown })?.id;
+      if (ids.length === 1 && bodyId !== undefined && bodyId !== ids[0]) throw badRequest(`The body's id (${String(bodyId)}) is not the matching resource's (${ids[0]})`);
+      if (ids.length === 0 && bodyId === undefined) {
+        const { resource } = await service.create({ id: undefined }, { req });
+        return respond(req, res, resource, 201);
+      }
+      const id = ids[0] ?? String(bodyId);
+      req.body = { ...(req.body as object), id };
+      const { resource, created } = await service.update({ id }, { req });
+      respond(req, res, resource, created ? 201 : 200);
+    }),
+  );
+
+  // Conditional delete: one match is deleted, none is 404, several is 412.
+  router.delete(
+    `/${TYPE_PARAM}`,
+    guard.require({ type: ':type', action: 'd', role: 'service' }),
+    asyncHandler(async (req, res, next) => {
+      const service = serviceFor(req.params.type);
+      if (!service) return next();
+      const ids = await service.matching(req, req.query as Record<string, string>);
+      if (ids.length > 1) throw tooMany(req.params.type);
+      if (ids.length === 0) throw notFound(`No ${req.params.type} matches the criteria`);
+      const result = await service.remove({ id: ids[0] });
+      if (result.deleted) res.set('ETag', result.deleted);
+      sendResource(res, 200, outcome('information', 'informational', `${req.params.type}/${ids[0]} deleted`));
+    }),
+  );
+
+  router.patch(
+    `/${TYPE_PARAM}/${ID_PARAM}`,
+    guard.require({ type: ':type', action: 'u', role: 'service' }),
+    asyncHandler(async (req, res, next) => {
+      const service = serviceFor(req.params.type);
+      if (!service) return next();
+      const { resource } = await service.patch(req.params.id, req);
+      respond(req, res, resource, 200);
     }),
   );
 

@@ -1,9 +1,9 @@
 import { createHash, randomUUID } from 'node:crypto';
 import type { Resource } from 'fhir/r4';
-import { BulkOp, Collection, Database, DuplicateKeyError, Filter, SortSpec, StoredDoc } from './types';
+import { BatchConflict, BulkOp, Collection, Database, DuplicateKeyError, Filter, SortSpec, StoredDoc } from './types';
 import { buildSearchIndex, SearchIndex } from '../fhir/search/index-values';
 import { SearchRegistry } from '../fhir/search/registry';
-import { gone, notFound, preconditionFailed } from '../fhir/outcome';
+import { badRequest, conflict, gone, notFound, preconditionFailed } from '../fhir/outcome';
 
 /** The current version of a resource, with its search index. */
 interface CurrentDoc extends StoredDoc {
@@ -51,6 +51,22 @@ export interface PlannedWrite {
   version: number;
   /** The content's hash. */
   hash: string;
+}
+
+/** One write of a transaction. `ifMatch`: the versions it may land on (`*`: any existing one). */
+export type TxWrite =
+  | { kind: 'create'; type: string; id: string; resource: Resource }
+  | { kind: 'update'; type: string; id: string; resource: Resource; ifMatch?: string[] | '*' }
+  | { kind: 'delete'; type: string; id: string; ifMatch?: string[] | '*' };
+
+export interface TxResult {
+  type: string;
+  id: string;
+  /** The stored resource (create, update). */
+  resource?: Resource;
+  created?: boolean;
+  /** The deletion's version (delete); undefined when there was nothing to delete. */
+  deletedVersion?: string;
 }
 
 /** The hash of a resource's content, leaving out what every write changes. */
@@ -196,6 +212,59 @@ export class ResourceStore {
       else versions.set(p.id, Number((await this.update(type, p.id, p.resource)).resource.meta?.versionId));
     }
     return versions;
+  }
+
+  /**
+   * Writes a set of creates, updates and deletes all together or not at all (one transaction on
+   * both engines), each with its history; a version conflict is 412, a concurrent change 409 (retry).
+   */
+  async transact(writes: TxWrite[]): Promise<TxResult[]> {
+    const seen = new Set<string>();
+    for (const w of writes) {
+      const key = `${w.type}/${w.id}`;
+      if (seen.has(key)) throw badRequest(`${key} is written twice in one transaction`);
+      seen.add(key);
+      await this.ensureIndexes(w.type);
+    }
+    const lastUpdated = this.now();
+    const ops: BulkOp[] = [];
+    const results: TxResult[] = [];
+    for (const w of writes) {
+      const existing = w.kind === 'create' ? null : await this.current(w.type).findOne({ _id: w.id });
+      if (w.kind !== 'create' && w.ifMatch !== undefined && !(existing && (w.ifMatch === '*' || w.ifMatch.includes(String(existing.v))))) {
+        throw preconditionFailed(`Version conflict: ${w.type}/${w.id} is at version ${existing?.v ?? 'none'}, If-Match named ${w.ifMatch === '*' ? 'any version' : w.ifMatch.join(', ')}`);
+      }
+      const history = this.history(w.type);
+      if (w.kind === 'delete') {
+        if (!existing) {
+          results.push({ type: w.type, id: w.id });
+          continue;
+        }
+        const v = existing.v + 1;
+        ops.push({ collection: w.type, remove: { _id: w.id, v: existing.v } });
+        ops.push({ collection: `${w.type}_history`, insert: { _id: `${w.id}/${v}`, id: w.id, v, lu: lastUpdated.getTime(), deleted: true } });
+        results.push({ type: w.type, id: w.id, deletedVersion: String(v) });
+        continue;
+      }
+      let version: number;
+      if (existing) version = existing.v + 1;
+      else {
+        const [last] = await history.find({ id: w.id }, { sort: { v: -1 }, limit: 1, fields: ['v'] });
+        version = (last?.v ?? 0) + 1;
+      }
+      const stored = withMeta(w.resource, w.id, version, lastUpdated);
+      const doc = this.currentDoc(w.id, version, lastUpdated.getTime(), stored);
+      ops.push(existing ? { collection: w.type, replace: doc, filter: { _id: w.id, v: existing.v } } : { collection: w.type, insert: doc });
+      ops.push({ collection: `${w.type}_history`, insert: { _id: `${w.id}/${version}`, id: w.id, v: version, lu: doc.lu, res: stored } });
+      results.push({ type: w.type, id: w.id, resource: stored, created: !existing });
+    }
+    try {
+      if (ops.length) await this.db.atomicWrite(ops);
+    } catch (err) {
+      if (err instanceof BatchConflict) throw conflict('A resource of the transaction changed while it was processed; nothing was written, send it again');
+      throw err;
+    }
+    return results;
   }
 
   private async nextVersionAfterDelete(type: string, id: string): Promise<number> {

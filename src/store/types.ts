@@ -21,7 +21,15 @@ export interface FindOptions {
  * matching `filter` (with `upsert`, an insert when none does). `after` names an earlier write of
  * the batch that must have been applied for this one to be tried.
  */
-export type BulkOp = { collection: string; after?: number } & ({ insert: StoredDoc } | { replace: StoredDoc; filter: Filter; upsert?: boolean });
+export type BulkOp = { collection: string; after?: number } & ({ insert: StoredDoc } | { replace: StoredDoc; filter: Filter; upsert?: boolean } | { remove: Filter });
+
+/** An atomic batch in which a write could not be applied: none of the batch was. */
+export class BatchConflict extends Error {
+  constructor(readonly index: number) {
+    super(`write ${index} of an atomic batch could not be applied`);
+    this.name = 'BatchConflict';
+  }
+}
 
 export interface StoredDoc {
   _id: string;
@@ -53,6 +61,12 @@ export interface Database {
    * per collection (not atomic across them).
    */
   bulkWrite(ops: BulkOp[]): Promise<boolean[]>;
+  /**
+   * Applies every write of the batch or none: throws BatchConflict (nothing written) when one of
+   * them cannot be applied. One transaction on both engines (on MongoDB, a multi-document
+   * transaction: a replica set is required).
+   */
+  atomicWrite(ops: BulkOp[]): Promise<void>;
   close(): Promise<void>;
 }
 

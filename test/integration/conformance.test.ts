@@ -105,6 +105,7 @@ describe('conformance (source side, auth on)', () => {
       read: (t) => ['GET', `${t}/nope`],
       vread: (t) => ['GET', `${t}/nope/_history/1`],
       update: (t) => ['PUT', `${t}/nope`, { resourceType: 'Basic' }],
+      patch: (t) => ['PATCH', `${t}/nope`, [{ op: 'add', path: '/active', value: true }]],
       delete: (t) => ['DELETE', `${t}/nope`],
       create: (t) => ['POST', t, { resourceType: 'Basic' }],
       'search-type': (t) => ['GET', `${t}?_count=1`],

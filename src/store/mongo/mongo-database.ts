@@ -1,5 +1,5 @@
 import { AnyBulkWriteOperation, MongoBulkWriteError, MongoClient, MongoServerError, Db, Collection as MongoCollection, Document } from 'mongodb';
-import { BulkOp, Collection, Database, DuplicateKeyError, Filter, FindOptions, StoredDoc } from '../types';
+import { BatchConflict, BulkOp, Collection, Database, DuplicateKeyError, Filter, FindOptions, StoredDoc } from '../types';
 import { BlobStore } from '../blobs/blob-store';
 import { GridFsBlobStore } from '../blobs/gridfs-blob-store';
 
@@ -82,6 +82,33 @@ export class MongoDatabase implements Database {
     return new MongoBackedCollection<T>(this.db.collection(name));
   }
 
+  /** Every write in one multi-document transaction (a replica set is required); any write that does not apply aborts it. */
+  async atomicWrite(ops: BulkOp[]): Promise<void> {
+    const session = this.client.startSession();
+    try {
+      await session.withTransaction(async () => {
+        for (const [i, op] of ops.entries()) {
+          const c = this.db.collection(op.collection);
+          let applied: boolean;
+          try {
+            if ('insert' in op) applied = !!(await c.insertOne(op.insert as Document, { session })).acknowledged;
+            else if ('remove' in op) applied = (await c.deleteMany(op.remove, { session })).deletedCount > 0;
+            else {
+              const r = await c.replaceOne(op.filter, op.replace as Document, { session, upsert: !!op.upsert });
+              applied = r.matchedCount + r.upsertedCount > 0;
+            }
+          } catch (err) {
+            if (err instanceof MongoServerError && err.code === 11000) applied = false;
+            else throw err;
+          }
+          if (!applied) throw new BatchConflict(i);
+        }
+      });
+    } finally {
+      await session.endSession();
+    }
+  }
+
   /**
    * One unordered bulk write per collection, in the order collections first appear; an op is
    * applied unless the server reports a write error for it (a replacement that matches nothing is
@@ -97,6 +124,7 @@ export class MongoDatabase implements Database {
       const writes: AnyBulkWriteOperation<Document>[] = ready.map((i) => {
         const op = ops[i];
         if ('insert' in op) return { insertOne: { document: op.insert as Document } };
+        if ('remove' in op) return { deleteMany: { filter: op.remove } };
         const upsert = op.upsert || !('_id' in op.filter && Object.keys(op.filter).length === 1) ? true : false;
         return { replaceOne: { filter: op.filter, replacement: op.replace as Document, upsert } };
       });

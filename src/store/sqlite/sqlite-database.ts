@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
-import { BulkOp, Collection, Database, DuplicateKeyError, Filter, FindOptions, StoredDoc } from '../types';
+import { BatchConflict, BulkOp, Collection, Database, DuplicateKeyError, Filter, FindOptions, StoredDoc } from '../types';
 import { CollectionLayout, FilterCompiler, jsonPath, quoteIdent, sqlValue } from './filter-sql';
 import { BlobStore } from '../blobs/blob-store';
 import { FileBlobStore } from '../blobs/file-blob-store';
@@ -124,7 +124,18 @@ class SqliteCollection<T extends StoredDoc> implements Collection<T> {
         throw err;
       }
     }
+    if ('remove' in op) return this.removeSync(op.remove) > 0;
     return this.replaceSync(op.filter, op.replace as T, !!op.upsert) > 0;
+  }
+
+  private removeSync(filter: Filter): number {
+    const { sql, params } = this.compiler.compile(filter);
+    const rids = (this.stmt(`SELECT rid FROM ${this.t} WHERE ${sql}`).all(...params) as { rid: number }[]).map((r) => r.rid);
+    for (const rid of rids) {
+      this.stmt(`DELETE FROM ${this.t} WHERE rid = ?`).run(rid);
+      for (const side of this.layout.wildcards.values()) this.stmt(`DELETE FROM ${quoteIdent(side)} WHERE rid = ?`).run(rid);
+    }
+    return rids.length;
   }
 
   private replaceSync(filter: Filter, doc: T, upsert: boolean): number {
@@ -190,15 +201,7 @@ class SqliteCollection<T extends StoredDoc> implements Collection<T> {
   }
 
   async deleteMany(filter: Filter): Promise<number> {
-    const { sql, params } = this.compiler.compile(filter);
-    return this.tx(() => {
-      const rids = (this.stmt(`SELECT rid FROM ${this.t} WHERE ${sql}`).all(...params) as { rid: number }[]).map((r) => r.rid);
-      for (const rid of rids) {
-        this.stmt(`DELETE FROM ${this.t} WHERE rid = ?`).run(rid);
-        for (const side of this.layout.wildcards.values()) this.stmt(`DELETE FROM ${quoteIdent(side)} WHERE rid = ?`).run(rid);
-      }
-      return rids.length;
-    });
+    return this.tx(() => this.removeSync(filter));
   }
 
   async createIndex(fields: string[], options: { unique?: boolean } = {}): Promise<void> {
@@ -283,6 +286,16 @@ export class SqliteDatabase implements Database {
       this.collections.set(name, c);
     }
     return c;
+  }
+
+  async atomicWrite(ops: BulkOp[]): Promise<void> {
+    this.db
+      .transaction(() => {
+        ops.forEach((op, i) => {
+          if (!this.sqliteCollection(op.collection).applySync(op)) throw new BatchConflict(i);
+        });
+      })
+      .immediate();
   }
 
   async bulkWrite(ops: BulkOp[]): Promise<boolean[]> {
