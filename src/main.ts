@@ -38,6 +38,7 @@ import { definitionRoutes } from './conformance/definition-routes';
 import { warmUpValidator } from './fhir/validator';
 import { binaryRoutes } from './fhir/binary-routes';
 import { BundleProcessor, bundleRoutes } from './fhir/bundle-routes';
+import { systemHistoryRoutes } from './fhir/system-history';
 
 /** The package version, found from src/ (ts-jest) and from dist/src/ (npm start) alike. */
 function packageVersion(): string {
@@ -169,6 +170,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
       smartConfigurationRoutes(guard, tokenUrl),
       binaryRoutes(guard, services.get('Binary') as ResourceService, db.blobs, config.binaryInlineLimitBytes),
       bundleRoutes(guard, new BundleProcessor({ services, store, baseUrl })),
+      systemHistoryRoutes({ guard, store, access, baseUrl, defaultPageSize: config.defaultPageSize, maxPageSize: config.maxPageSize }),
       bulkExportRoutes({ runner, files, store, registry, compartment, access, guard, baseUrl, authRequired: config.authRequired, statusWaitMs: 500 }),
       everythingRoutes({ store, compartment, access, guard, baseUrl, defaultPageSize: config.defaultPageSize, maxPageSize: config.maxPageSize }),
       grantRoutes(guard, grants, logger),

@@ -6,6 +6,8 @@ export function searchBundle(args: {
   base: string;
   type: string;
   resources: Resource[];
+  /** Resources added by _include/_revinclude (search mode `include`). */
+  included?: Resource[];
   total?: number;
   selfParams: [string, string][];
   offset: number;
@@ -31,6 +33,7 @@ export function searchBundle(args: {
     resource: r as FhirResource,
     search: { mode: 'match' },
   }));
+  for (const r of args.included ?? []) entry.push({ fullUrl: `${args.base}/${r.resourceType}/${r.id}`, resource: r as FhirResource, search: { mode: 'include' } });
   if (args.warnings.length) {
     const oo = outcome('warning', 'not-supported', args.warnings.join('; '));
     entry.push({ resource: oo, search: { mode: 'outcome' } });

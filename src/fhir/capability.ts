@@ -53,6 +53,7 @@ export function buildCapabilityStatement(opts: CapabilityOptions, entries: Capab
     mode: 'server',
     documentation: 'Payer-to-payer exchange: source side ($member-match, $everything, bulk $export) and requesting side ($sdh.s2s.invoke-export)',
     resource: resources,
+    interaction: [{ code: 'transaction' }, { code: 'batch' }, { code: 'history-system' }],
     operation: operations.filter((op) => op.levels.system).map(operationEntry),
   };
   if (opts.authRequired && opts.tokenEndpoint) {

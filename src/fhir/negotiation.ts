@@ -44,6 +44,7 @@ const FORMS: [RegExp, string[]][] = [
   [new RegExp(`^/${TYPE}/${ID}/_history/${ID}$`), ['GET']],
   [/^\/metadata$/, ['GET']],
   [/^\/?$/, ['POST']],
+  [/^\/_history$/, ['GET']],
 ];
 
 /** 405, with Allow, for a REST path of a served type that no route took with this method. */

@@ -3,6 +3,7 @@ import type { Resource } from 'fhir/r4';
 import { ResourceStore, WriteResult } from '../store/resource-store';
 import { SearchRegistry } from './search/registry';
 import { parseSearch, RawQuery } from './search/query';
+import { includedFor, withJoins } from './search/joins';
 import { historyBundle, searchBundle } from './bundle';
 import { badRequest, FhirError, notFound, preconditionFailed, unprocessable } from './outcome';
 import * as jsonPatch from 'fast-json-patch';
@@ -114,7 +115,8 @@ export function createResourceService(type: string, deps: ResourceServiceDeps) {
       });
       const base = deps.baseUrl(req);
       const restriction = scope.filter(type);
-      const filter = restriction === null ? null : Object.keys(restriction).length ? { $and: [sr.filter, restriction] } : sr.filter;
+      const joined = restriction === null ? sr.filter : await withJoins({ registry, store, scope }, type, sr.filter, sr.joins);
+      const filter = restriction === null ? null : Object.keys(restriction).length ? { $and: [joined, restriction] } : joined;
       if (sr.summaryCount) {
         const total = filter ? await store.count(type, filter) : 0;
         return searchBundle({ base, type, resources: [], total, selfParams: sr.applied, offset: 0, count: 0, hasMore: false, warnings: sr.warnings });
@@ -127,8 +129,9 @@ export function createResourceService(type: string, deps: ResourceServiceDeps) {
         : [[], sr.total === 'accurate' ? 0 : undefined];
       const hasMore = found.length > sr.count;
       let resources = found.slice(0, sr.count).filter((r) => scope.canSee(r));
+      const included = await includedFor({ registry, store, scope }, resources, sr.includes);
       if (sr.elements) resources = resources.map((r) => subset(r, sr.elements as string[]));
-      return searchBundle({ base, type, resources, total, selfParams: sr.applied, offset: sr.offset, count: sr.count, hasMore, warnings: sr.warnings });
+      return searchBundle({ base, type, resources, included, total, selfParams: sr.applied, offset: sr.offset, count: sr.count, hasMore, warnings: sr.warnings });
     },
 
     history: async (_args: CoreArgs, { req }: CoreContext) => {
@@ -178,9 +181,11 @@ export function createResourceService(type: string, deps: ResourceServiceDeps) {
     async matching(req: Request, query: RawQuery, limit = 2): Promise<string[]> {
       const sr = parseSearch(registry, type, query, { strict: true, defaultCount: limit, maxCount: limit });
       if (sr.applied.filter(([k]) => !k.startsWith('_count')).length === 0) throw badRequest('A conditional interaction needs search criteria');
-      const restriction = (await scopeOf(req)).filter(type);
+      const scope = await scopeOf(req);
+      const restriction = scope.filter(type);
       if (restriction === null) return [];
-      const found = await store.search(type, { $and: [sr.filter, restriction] }, { sort: { _id: 1 }, limit });
+      const filter = await withJoins({ registry, store, scope }, type, sr.filter, sr.joins);
+      const found = await store.search(type, { $and: [filter, restriction] }, { sort: { _id: 1 }, limit });
       return found.map((r) => r.id as string);
     },
 

@@ -126,5 +126,7 @@ export function parseExportRequest(args: {
 export function compileTypeFilter(registry: SearchRegistry, type: string, query: string): Filter {
   const params: Record<string, string[]> = {};
   for (const [k, v] of new URLSearchParams(query)) params[k] = [...(params[k] ?? []), v];
-  return parseSearch(registry, type, params, { strict: true, defaultCount: 1, maxCount: 1 }).filter;
+  const sr = parseSearch(registry, type, params, { strict: true, defaultCount: 1, maxCount: 1 });
+  if (sr.joins.length || sr.includes.length) throw badRequest(`_typeFilter '${type}?${query}': chained parameters, _has and includes are not taken in an export`);
+  return sr.filter;
 }

@@ -58,7 +58,7 @@ describe('conformance (source side, auth on)', () => {
     const rest = cs.rest?.[0];
     const oauth = rest?.security?.extension?.find((e) => e.url === 'http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris');
     expect(oauth?.extension).toEqual([{ url: 'token', valueUri: server.tokenUrl }]);
-    expect(rest?.interaction ?? []).toEqual([]);
+    expect((rest?.interaction ?? []).map((i) => i.code).sort()).toEqual(['batch', 'history-system', 'transaction']);
     const opsOf = (type?: string) => (type ? rest?.resource?.find((r) => r.type === type)?.operation : rest?.operation) ?? [];
     for (const op of [...opsOf(), ...(rest?.resource ?? []).flatMap((r) => r.operation ?? [])]) expect(typeof op.definition).toBe('string');
     expect(opsOf()).toEqual([{ name: 'export', definition: 'http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export' }]);
@@ -119,7 +119,14 @@ describe('conformance (source side, auth on)', () => {
         expect({ type: r.type, code, unrouted: unrouted(res), status: res.status < 500 }).toEqual({ type: r.type, code, unrouted: false, status: true });
       }
     }
-    expect(unrouted(await fhir('GET', `${base}/_history`, undefined, auth()))).toBe(true);
+    // System interactions: history, batch and transaction.
+    const history = await fhir('GET', `${base}/_history?_count=5`, undefined, auth());
+    expect({ status: history.status, type: history.body.type }).toEqual({ status: 200, type: 'history' });
+    expect(history.body.entry.length).toBe(5);
+    for (const type of ['batch', 'transaction']) {
+      const res = await fhir('POST', base, { resourceType: 'Bundle', type, entry: [{ request: { method: 'GET', url: 'Patient?_count=1' } }] }, auth());
+      expect({ type, status: res.status, answer: res.body.type }).toEqual({ type, status: 200, answer: `${type}-response` });
+    }
     expect((await fhir('GET', `${base}/OperationDefinition/nope`)).status).toBe(404);
     const invoke = (await fhir('GET', `${base}/OperationDefinition/sdh-s2s-invoke-export`)).body;
     expect(invoke.parameter.map((p: any) => `${p.use}:${p.name}:${p.min}..${p.max}`)).toEqual(['in:localPatient:1..1', 'in:sourceIssuerUrl:1..1', 'in:memberMatch:1..1', 'in:export:0..1', 'out:return:1..1']);

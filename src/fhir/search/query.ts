@@ -20,6 +20,25 @@ export interface SearchRequest {
   warnings: string[];
   /** The parameters that were applied, for the Bundle's self link. */
   applied: [string, string][];
+  /** Chained parameters (`patient.name=x`, `subject:Patient.name=x`) and reverse chains (`_has:…`), resolved by the caller against the store. */
+  joins: Join[];
+  /** `_include` and `_revinclude` requests. */
+  includes: Include[];
+}
+
+/** `code[:Type].rest=value`: resources whose `code` references a `Type` matching `rest=value`; `_has:Type:code:rest=value`: resources referenced… the other way. */
+export type Join =
+  | { kind: 'chain'; code: string; targets: string[]; query: RawQuery }
+  | { kind: 'has'; type: string; code: string; query: RawQuery };
+
+/** `_include=Type:param[:Target]` (or `*`), `_revinclude=Type:param[:Target]`; `iterate` once more over what was included. */
+export interface Include {
+  rev: boolean;
+  iterate: boolean;
+  type: string;
+  /** A reference parameter's code, or `*` for all of them. */
+  code: string;
+  target?: string;
 }
 
 export interface SearchOptions {
@@ -45,6 +64,8 @@ export function parseSearch(registry: SearchRegistry, type: string, query: RawQu
     summaryCount: false,
     warnings: [],
     applied: [],
+    joins: [],
+    includes: [],
   };
   const conditions: Filter[] = [];
   const reject = (msg: string) => {
@@ -60,8 +81,52 @@ export function parseSearch(registry: SearchRegistry, type: string, query: RawQu
       applyControl(req, code, values[values.length - 1], registry, type, options);
       continue;
     }
-    if (code.includes('.')) {
-      reject(`Chained search parameter '${rawKey}' is not supported`);
+    if (code === '_include' || code === '_revinclude') {
+      if (modifier && modifier !== 'iterate' && modifier !== 'recurse') {
+        reject(`Modifier ':${modifier}' is not supported for ${code}`);
+        continue;
+      }
+      for (const value of values) {
+        const include = parseInclude(registry, code === '_revinclude', !!modifier, value, type);
+        if (typeof include === 'string') reject(include);
+        else {
+          req.includes.push(include);
+          req.applied.push([rawKey, value]);
+        }
+      }
+      continue;
+    }
+    if (code === '_has') {
+      // _has:Type:param:rest=value
+      const m = rawKey.match(/^_has:([A-Z][A-Za-z]+):([a-z][a-z0-9-]*):(.+)$/);
+      const on = m && registry.get(m[1], m[2]);
+      if (!m || !on || on.type !== 'reference') {
+        reject(`'${rawKey}' is not a _has this server takes (_has:Type:reference-parameter:parameter=value)`);
+        continue;
+      }
+      for (const value of values) {
+        req.joins.push({ kind: 'has', type: m[1], code: m[2], query: { [m[3]]: value } });
+        req.applied.push([rawKey, value]);
+      }
+      continue;
+    }
+    if (rawKey.includes('.')) {
+      const dot = rawKey.indexOf('.');
+      const [head, headModifier] = splitKey(rawKey.slice(0, dot));
+      const def = registry.get(type, head);
+      if (!def || def.type !== 'reference') {
+        reject(`Chained search parameter '${rawKey}': '${head}' is not a reference parameter of ${type}`);
+        continue;
+      }
+      const targets = headModifier ? [headModifier] : def.targets.filter((t) => (RESOURCE_TYPES as readonly string[]).includes(t));
+      if (headModifier && !def.targets.includes(headModifier)) {
+        reject(`Chained search parameter '${rawKey}': '${head}' does not point to ${headModifier}`);
+        continue;
+      }
+      for (const value of values) {
+        req.joins.push({ kind: 'chain', code: head, targets, query: { [rawKey.slice(dot + 1)]: value } });
+        req.applied.push([rawKey, value]);
+      }
       continue;
     }
     const def = registry.get(type, code);
@@ -82,6 +147,18 @@ export function parseSearch(registry: SearchRegistry, type: string, query: RawQu
   if (conditions.length === 1) req.filter = conditions[0];
   else if (conditions.length > 1) req.filter = { $and: conditions };
   return req;
+}
+
+/** One `_include` or `_revinclude` value, or why it is not taken. */
+function parseInclude(registry: SearchRegistry, rev: boolean, iterate: boolean, value: string, type: string): Include | string {
+  if (value === '*' && !rev) return { rev, iterate, type, code: '*' };
+  const [from, code, target] = value.split(':');
+  if (!rev && from !== type && !iterate) return `_include=${value}: the source type must be ${type}`;
+  if (code === '*' && rev) return `_revinclude=${value}: name the reference parameter`;
+  const def = code === '*' ? undefined : registry.get(from, code);
+  if (code !== '*' && (!def || def.type !== 'reference')) return `${rev ? '_revinclude' : '_include'}=${value}: '${code}' is not a reference parameter of ${from}`;
+  if (target !== undefined && !(RESOURCE_TYPES as readonly string[]).includes(target)) return `${rev ? '_revinclude' : '_include'}=${value}: ${target} is not served`;
+  return { rev, iterate, type: from, code, target };
 }
 
 function splitKey(key: string): [string, string | undefined] {

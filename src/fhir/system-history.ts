@@ -1,0 +1,61 @@
+import { Router } from 'express';
+import type { Request } from 'express';
+import { asyncHandler, sendResource } from './http';
+import { badRequest } from './outcome';
+import { historyBundle } from './bundle';
+import { parseFhirDate } from './search/fhir-date';
+import { RESOURCE_TYPES } from './resource-types';
+import { ResourceStore, HistoryEntry } from '../store/resource-store';
+import { AccessPolicy } from '../access/access-policy';
+import { AUTHENTICATED, Guard } from '../auth/guard';
+import { allows } from '../auth/scopes';
+
+/**
+ * `GET [base]/_history`: the changes to every type the caller may read, newest first, paged with
+ * `_count`/`_offset`, narrowed by `_since`. A partner sees the versions of what it may see now.
+ */
+export function systemHistoryRoutes(d: { guard: Guard; store: ResourceStore; access: AccessPolicy; baseUrl: () => string; defaultPageSize: number; maxPageSize: number }): Router {
+  const router = Router({ caseSensitive: true });
+  const integer = (req: Request, name: string, fallback: number) => {
+    const v = req.query[name];
+    if (v === undefined) return fallback;
+    if (typeof v !== 'string' || !/^\d{1,9}$/.test(v)) throw badRequest(`${name} must be a non-negative integer`);
+    return Number(v);
+  };
+  router.get(
+    '/_history',
+    d.guard.require(AUTHENTICATED),
+    asyncHandler(async (req, res) => {
+      const count = Math.min(integer(req, '_count', d.defaultPageSize), d.maxPageSize);
+      const offset = integer(req, '_offset', 0);
+      let since: number | undefined;
+      if (req.query._since !== undefined) {
+        const text = String(req.query._since);
+        const range = /T/.test(text) ? parseFhirDate(text) : undefined;
+        if (!range) throw badRequest(`_since must be an instant, got '${text}'`);
+        since = range.lo;
+      }
+      const scope = await d.access.scopeFor(req.access);
+      const entries: HistoryEntry[] = [];
+      let total = 0;
+      for (const type of RESOURCE_TYPES) {
+        if (!allows(req.access?.scope ?? '', type, 'r')) continue;
+        const restriction = scope.filter(type);
+        if (restriction === null) continue;
+        let ids: string[] | undefined;
+        if (scope.members) {
+          ids = [];
+          for await (const r of d.store.stream(type, restriction)) ids.push(r.id as string);
+          if (ids.length === 0) continue;
+        }
+        // The newest offset+count of each type are enough to page the merge.
+        const page = await d.store.historyOf(type, undefined, { since, count: offset + count, offset: 0, ids });
+        total += page.total;
+        entries.push(...page.entries.filter((e) => !scope.members || !e.resource || scope.canSee(e.resource)));
+      }
+      entries.sort((a, b) => (a.lastUpdated < b.lastUpdated ? 1 : a.lastUpdated > b.lastUpdated ? -1 : 0));
+      sendResource(res, 200, historyBundle(d.baseUrl(), entries.slice(offset, offset + count), total));
+    }),
+  );
+  return router;
+}
