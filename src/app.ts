@@ -41,6 +41,8 @@ export interface AppParts {
   rootPaths?: string[];
   /** The one authentication and authorization guard; every route under the base declares its permission to it. */
   guard: Guard;
+  /** Routes in the FHIR base that must come before the generic REST routes (they take some of the same paths). */
+  overrideRoutes?: Router[];
   /** Routes in the FHIR base that the core does not fit (discovery, async kick-offs, NDJSON files), each guarded. */
   fhirRoutes?: Router[];
   /** Type-level operations, by resource type. */
@@ -184,9 +186,11 @@ export function buildApp(parts: AppParts): Express {
 
   for (const r of parts.rootRoutes ?? []) app.use(r);
   app.use(FHIR_PATH, metadataRoute(parts));
-  // The special routes (discovery, bulk export, operations, Binary content) before the generic REST ones.
-  for (const r of parts.fhirRoutes ?? []) app.use(FHIR_PATH, r);
+  // Routes that take a path the generic REST routes would (Binary content), then those (the hot
+  // path: reads, searches, writes), then the special ones (discovery, bulk export, operations).
+  for (const r of parts.overrideRoutes ?? []) app.use(FHIR_PATH, r);
   app.use(FHIR_PATH, restRoutes(parts.services, parts.baseUrl, parts.guard));
+  for (const r of parts.fhirRoutes ?? []) app.use(FHIR_PATH, r);
   app.use(FHIR_PATH, fhirMediaType);
   app.use(FHIR_PATH, coreRoutePermissions(parts.guard, parts.operations ?? {}));
   app.use(FHIR_PATH, methodNotAllowed);

@@ -25,6 +25,7 @@ import { MemberMatchService } from './responder/member-match';
 import { ExportFiles } from './responder/export-files';
 import { EXPORT_JOB, ExportJobHandler } from './responder/export-job';
 import { everythingRoutes } from './responder/everything';
+import { BULK_MATCH_JOB, BulkMemberMatchJob } from './responder/bulk-member-match';
 import { bulkExportRoutes, sweepExpiredExports } from './responder/bulk-export-routes';
 import { SourcePayerRegistry } from './requester/source-payers';
 import { RemotePayerClient } from './requester/remote-payer-client';
@@ -105,6 +106,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
   runner.register(EXPORT_JOB, exportJobs.run);
   const throttle = new MatchThrottle(db, { maxFailures: config.memberMatchMaxFailures, windowMs: config.memberMatchWindowSeconds * 1000 }, logger);
   const memberMatch = new MemberMatchService(store, grants, throttle, logger);
+  runner.register(BULK_MATCH_JOB, new BulkMemberMatchJob(store, memberMatch, files, config.exportFileTtlSeconds * 1000, logger).run);
 
   const remoteClients = new Map<string, RemotePayerClient>();
   const clientFor = (issuer: string) => {
@@ -166,9 +168,9 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
     rootRoutes: [tokenRoutes(tokens, tokenUrl, logger)],
     rootPaths: [TOKEN_PATH],
     guard,
+    overrideRoutes: [binaryRoutes(guard, services.get('Binary') as ResourceService, db.blobs, config.binaryInlineLimitBytes)],
     fhirRoutes: [
       smartConfigurationRoutes(guard, tokenUrl),
-      binaryRoutes(guard, services.get('Binary') as ResourceService, db.blobs, config.binaryInlineLimitBytes),
       bundleRoutes(guard, new BundleProcessor({ services, store, baseUrl })),
       systemHistoryRoutes({ guard, store, access, baseUrl, defaultPageSize: config.defaultPageSize, maxPageSize: config.maxPageSize }),
       bulkExportRoutes({ runner, files, store, registry, compartment, access, guard, baseUrl, authRequired: config.authRequired, statusWaitMs: 500 }),

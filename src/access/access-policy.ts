@@ -25,6 +25,7 @@ const UNRESTRICTED: AccessScope = {
 };
 
 const NOT_SENSITIVE: Filter = { 's._security': { $nin: SENSITIVE_SECURITY_TOKENS } };
+const CLIENT_TAG_PREFIX = new RegExp(`^${CLIENT_TAG_SYSTEM.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\|`);
 
 /**
  * The partner access model (PDex: data returned is constrained to the requester's permissions;
@@ -47,6 +48,12 @@ class PartnerScope implements AccessScope {
 
   filter(type: string): Filter | null {
     if (SUPPORTING_TYPES.includes(type)) return NOT_SENSITIVE;
+    if (type === 'Group') {
+      // A Group made for a client ($bulk-member-match) is that client's alone; others by their members.
+      const mine = { 's._tag': `${CLIENT_TAG_SYSTEM}|${this.clientId}` };
+      const members = this.granted.length ? { $and: [this.compartment.filter(type, this.granted), { $nor: [{ 's._tag': { $regex: CLIENT_TAG_PREFIX } }] }] } : undefined;
+      return members ? { $or: [mine, members] } : mine;
+    }
     if (!this.compartment.has(type) || this.granted.length === 0) return null;
     const conditions: Filter[] = [this.compartment.filter(type, this.granted), { $or: [NOT_SENSITIVE, this.compartment.filter(type, this.sensitive)] }];
     if (type === 'Consent') conditions.push({ 's._tag': `${CLIENT_TAG_SYSTEM}|${this.clientId}` });
@@ -56,6 +63,11 @@ class PartnerScope implements AccessScope {
   canSee(resource: Resource): boolean {
     const type = resource.resourceType;
     if (SUPPORTING_TYPES.includes(type)) return !isSensitive(resource);
+    if (type === 'Group') {
+      const owners = (resource.meta?.tag ?? []).filter((t) => t.system === CLIENT_TAG_SYSTEM).map((t) => t.code);
+      if (owners.length) return owners.includes(this.clientId);
+      return this.compartment.patientsOf(resource).some((id) => this.members.has(id));
+    }
     if (!this.compartment.has(type)) return false;
     if (type === 'Consent' && !(resource.meta?.tag ?? []).some((t) => t.system === CLIENT_TAG_SYSTEM && t.code === this.clientId)) return false;
     const patients = this.compartment.patientsOf(resource);

@@ -28,6 +28,8 @@ const param = (name: string, use: Use, min: number, max: string, type: string | 
 
 const BULK = 'http://hl7.org/fhir/uv/bulkdata/OperationDefinition';
 export const CANONICALS = {
+  bulkMemberMatch: 'http://hl7.org/fhir/us/davinci-pdex/OperationDefinition/BulkMemberMatch',
+  davinciDataExport: 'http://hl7.org/fhir/us/davinci-atr/OperationDefinition/davinci-data-export',
   memberMatch: 'http://hl7.org/fhir/us/davinci-hrex/OperationDefinition/member-match',
   everything: 'http://hl7.org/fhir/OperationDefinition/Patient-everything',
   export: `${BULK}/export`,
@@ -136,6 +138,48 @@ export function servedOperations(base: string): ServedOperation[] {
     [
       'export',
       definition({ id: 'group-export', url: CANONICALS.groupExport, name: 'GroupLevelExport', title: 'Bulk Data Group $export', code: 'export', levels: { types: ['Group'], instance: true }, description: 'Asynchronous export of the compartments of a Group\'s members, as NDJSON.', parameter: exportParameters('group') }),
+    ],
+    [
+      'bulk-member-match',
+      definition({
+        id: 'BulkMemberMatch',
+        url: CANONICALS.bulkMemberMatch,
+        name: 'BulkMemberMatch',
+        title: 'PDex $bulk-member-match, as served here',
+        code: 'bulk-member-match',
+        levels: { types: ['Group'] },
+        affectsState: true,
+        description:
+          'Asynchronous (Prefer: respond-async): matches each member as $member-match does and answers, in the manifest, the MatchedMembers, NonMatchedMembers and ConsentConstrainedMembers Groups as a Group NDJSON file (PDex 2.2) and as a Parameters file (PDex 2.1). The Groups are the requesting client\'s alone.',
+        parameter: [
+          param('MemberBundle', 'in', 1, '*', undefined, 'One member', [
+            param('MemberPatient', 'in', 1, '1', 'Patient', 'The member'),
+            param('CoverageToMatch', 'in', 1, '1', 'Coverage', 'The coverage at this payer'),
+            param('CoverageToLink', 'in', 0, '1', 'Coverage', 'The coverage at the requesting payer'),
+            param('Consent', 'in', 1, '1', 'Consent', 'The member\'s consent'),
+          ]),
+          param('MatchedMembers', 'out', 1, '1', 'Group', 'The members matched, whose consent is honoured'),
+          param('NonMatchedMembers', 'out', 0, '1', 'Group', 'The members not matched'),
+          param('ConsentConstrainedMembers', 'out', 0, '1', 'Group', 'The members matched whose consent cannot be honoured'),
+        ],
+      }),
+    ],
+    [
+      'davinci-data-export',
+      definition({
+        id: 'davinci-data-export',
+        url: CANONICALS.davinciDataExport,
+        name: 'DaVinciDataExport',
+        title: 'Da Vinci $davinci-data-export, as served here',
+        code: 'davinci-data-export',
+        levels: { types: ['Group'], instance: true },
+        description: 'Bulk export of the members of a MatchedMembers Group (its owner only), each member\'s consent judged again when the export runs.',
+        parameter: [
+          param('patient', 'in', 0, '*', 'Reference', 'A subset of the Group\'s members'),
+          param('exportType', 'in', 0, '1', 'string', 'hl7.fhir.us.davinci-pdex#payertopayer'),
+          ...exportParameters('group').filter((p) => p.name !== '_outputFormat'),
+        ],
+      }),
     ],
     [
       'sdh.s2s.invoke-export',

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { Router, Request } from 'express';
 import { asyncHandler, hasBody, sendResource } from '../fhir/http';
-import { badRequest, FhirError, forbidden, gone, notFound, outcome } from '../fhir/outcome';
+import { badRequest, FhirError, forbidden, gone, notFound, outcome, unprocessable } from '../fhir/outcome';
 import { SearchRegistry } from '../fhir/search/registry';
 import { RESOURCE_TYPES } from '../fhir/resource-types';
 import { PatientCompartment, SUPPORTING_TYPES } from '../fhir/compartment';
@@ -13,6 +13,13 @@ import { allows } from '../auth/scopes';
 import { ExportFiles } from './export-files';
 import { ExportLevel, kickoffParams, parseExportRequest } from './export-request';
 import { EXPORT_JOB, ExportJobData } from './export-job';
+import { BULK_MATCH_JOB, BulkMatchJobData, parseBulkMemberMatch, RESULT_SYSTEM } from './bulk-member-match';
+import type { Group } from 'fhir/r4';
+
+/** The asynchronous jobs whose status and files these routes serve. */
+const ASYNC_KINDS = [EXPORT_JOB, BULK_MATCH_JOB];
+export const PAYER_TO_PAYER = 'hl7.fhir.us.davinci-pdex#payertopayer';
+const isMatchedMembersGroup = (g: Group) => (g.characteristic ?? []).some((c) => c.code?.coding?.some((x) => x.system === RESULT_SYSTEM && x.code === 'match'));
 
 export interface BulkExportDeps {
   runner: JobRunner;
@@ -35,7 +42,7 @@ export function bulkExportRoutes(deps: BulkExportDeps): Router {
   const patientTypes = [...deps.compartment.types(), ...SUPPORTING_TYPES];
   const systemTypes = RESOURCE_TYPES.filter((t) => t !== 'Binary');
 
-  const kickoff = (level: ExportLevel) =>
+  const kickoff = (level: ExportLevel, davinci = false) =>
     asyncHandler(async (req, res) => {
       if (!/respond-async/i.test(req.get('prefer') ?? '')) throw badRequest('A bulk export needs the header Prefer: respond-async');
       const accept = req.get('accept');
@@ -45,11 +52,20 @@ export function bulkExportRoutes(deps: BulkExportDeps): Router {
         // A partner learns nothing of a member or group it may not see: the same 404 as for none.
         const target = await deps.store.read(level === 'group' ? 'Group' : 'Patient', id);
         if (!(await deps.access.scopeFor(req.access)).canSee(target)) throw notFound(`${target.resourceType}/${id} is not known`);
+        if (davinci && !isMatchedMembersGroup(target as Group)) throw unprocessable(`Group/${id} is not a MatchedMembers Group of $bulk-member-match`);
+      }
+      const params = kickoffParams(req.method, req.query as Record<string, unknown>, req.body, hasBody(req));
+      if (davinci) {
+        // PDex: exportType, when given, is the payer-to-payer one.
+        const exportType = params.get('exportType');
+        if (exportType && exportType.some((t) => t !== PAYER_TO_PAYER)) throw badRequest(`exportType must be ${PAYER_TO_PAYER}`);
+        params.delete('exportType');
       }
       const request = parseExportRequest({
         level,
+        memberSubset: davinci,
         method: req.method,
-        params: kickoffParams(req.method, req.query as Record<string, unknown>, req.body, hasBody(req)),
+        params,
         lenient: /handling\s*=\s*lenient/i.test(req.get('prefer') ?? ''),
         registry: deps.registry,
         defaultTypes: level === 'system' ? systemTypes : patientTypes,
@@ -76,11 +92,34 @@ export function bulkExportRoutes(deps: BulkExportDeps): Router {
     router[method]('/Patient/:id/([$])export', guard.require(AUTHENTICATED), kickoff('patient'));
     router[method]('/Group/:id/([$])export', guard.require(AUTHENTICATED), kickoff('group'));
   }
+  // PDex 2.1: the export of a MatchedMembers Group (only its owner sees it), each member's consent judged when it runs.
+  router.post('/Group/:id/([$])davinci-data-export', guard.require(AUTHENTICATED), kickoff('group', true));
+
+  // PDex 2.1 $bulk-member-match: asynchronous; the result Groups come as files of the manifest.
+  router.post(
+    '/Group/([$])bulk-member-match',
+    guard.require({ type: 'Patient', action: 'r' }),
+    asyncHandler(async (req, res) => {
+      if (!/respond-async/i.test(req.get('prefer') ?? '')) throw badRequest('$bulk-member-match needs the header Prefer: respond-async');
+      const inputs = parseBulkMemberMatch(req.body);
+      const jobId = randomUUID();
+      const data: BulkMatchJobData = {
+        owner: req.access?.clientId ?? 'anonymous',
+        role: req.access?.role ?? 'service',
+        requestUrl: `${deps.baseUrl()}/Group/$bulk-member-match`,
+        transactionTime: new Date().toISOString(),
+        inputs,
+      };
+      await deps.runner.enqueue(BULK_MATCH_JOB, jobId, data);
+      res.set('Content-Location', `${deps.baseUrl()}/bulkstatus/${jobId}`);
+      sendResource(res, 202, outcome('information', 'informational', `$bulk-member-match of ${inputs.length} member(s) accepted; poll the Content-Location`));
+    }),
+  );
 
   /** The caller's job: 404 if unknown, 403 if another client's. */
   const ownJob = async (req: Request): Promise<JobDoc<ExportJobData>> => {
     const job = await deps.runner.get<ExportJobData>(req.params.id);
-    if (!job || job.kind !== EXPORT_JOB) throw notFound('No such export job');
+    if (!job || !ASYNC_KINDS.includes(job.kind)) throw notFound('No such export job');
     if (job.data.owner !== (req.access?.clientId ?? 'anonymous')) throw forbidden('This export belongs to another client');
     return job;
   };
@@ -158,7 +197,7 @@ export function bulkExportRoutes(deps: BulkExportDeps): Router {
 
 /** Deletes the files and jobs of exports past their expiry; run periodically. */
 export async function sweepExpiredExports(runner: JobRunner, files: ExportFiles): Promise<number> {
-  const expired = await runner.find({ kind: EXPORT_JOB, state: { $in: ['completed', 'cancelled', 'failed'] }, 'data.expiresAt': { $lt: Date.now() } });
+  const expired = await runner.find({ kind: { $in: ASYNC_KINDS }, state: { $in: ['completed', 'cancelled', 'failed'] }, 'data.expiresAt': { $lt: Date.now() } });
   for (const job of expired) {
     await files.remove(job._id);
     await runner.update(job._id, { 'data.output': [] });

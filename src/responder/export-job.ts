@@ -58,6 +58,8 @@ export class ExportJobHandler {
     await this.files.reset(job._id);
     const scope = await this.access.scopeFor({ clientId: data.owner, role: data.role ?? 'partner' });
     let patientIds = req.level === 'group' ? await this.groupMembers(req.groupId as string) : req.patientIds;
+    // $davinci-data-export's `patient`: a subset of the Group's members (others are ignored).
+    if (req.level === 'group' && req.patientIds) patientIds = (patientIds ?? []).filter((id) => req.patientIds?.includes(id));
     if (scope.members) {
       const granted = scope.members;
       patientIds = (patientIds ?? [...granted.keys()]).filter((id) => granted.has(id));

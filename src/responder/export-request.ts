@@ -60,6 +60,8 @@ export function parseExportRequest(args: {
   defaultTypes: string[];
   scope: string;
   id?: string;
+  /** `patient` names a subset of the Group's members ($davinci-data-export). */
+  memberSubset?: boolean;
 }): ExportRequest {
   const { params, lenient } = args;
   for (const name of params.keys()) {
@@ -102,7 +104,8 @@ export function parseExportRequest(args: {
   let patientIds: string[] | undefined;
   const patientParams = params.get('patient') ?? [];
   if (patientParams.length) {
-    if (args.level !== 'patient' || args.method !== 'POST' || args.id) throw badRequest(`The 'patient' parameter is allowed only in a POST to Patient/$export`);
+    const subsetOfGroup = args.level === 'group' && args.memberSubset;
+    if (!subsetOfGroup && (args.level !== 'patient' || args.method !== 'POST' || args.id)) throw badRequest(`The 'patient' parameter is allowed only in a POST to Patient/$export (or $davinci-data-export)`);
     patientIds = patientParams.map((ref) => {
       const id = patientIdOf(ref);
       if (!id) throw badRequest(`'patient' must reference a Patient, got '${ref}'`);

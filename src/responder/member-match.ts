@@ -89,23 +89,33 @@ export class MemberMatchService {
     private readonly now: () => Date = () => new Date(),
   ) {}
 
+  /**
+   * Matches one member for a client: a unique demographic and coverage match whose consent this
+   * payer can honour is `match` (the Consent recorded, the client granted access); a match whose
+   * consent cannot be honoured is `consentconstraint`; anything else `nomatch`.
+   */
+  async evaluate(input: MemberMatchInput, clientId: string): Promise<{ outcome: 'match'; patient: Patient; coverage: Coverage } | { outcome: 'nomatch' | 'consentconstraint'; candidates: number }> {
+    const candidates = await this.candidates(input.coverageToMatch);
+    const { matched } = matchMember(input.patient, candidates);
+    if (matched.length !== 1) return { outcome: 'nomatch', candidates: candidates.length };
+    if ('problem' in consentPolicy(input.consent, this.now())) return { outcome: 'consentconstraint', candidates: candidates.length };
+    const { patient, coverage } = matched[0];
+    const recorded = await this.recordConsent(input.consent, patient, clientId);
+    await this.grants.grant(clientId, patient.id as string, recorded);
+    return { outcome: 'match', patient, coverage };
+  }
+
   async handle(body: unknown, req: Request): Promise<Parameters> {
     const clientId = req.access?.clientId ?? 'anonymous';
     await this.throttle.check(clientId);
     const input = parseMemberMatch(body);
-    const refuse = async (log: string, detail: Record<string, unknown>) => {
-      this.logger.info(log, { client: clientId, ...detail });
+    const result = await this.evaluate(input, clientId);
+    if (result.outcome !== 'match') {
+      this.logger.info(result.outcome === 'nomatch' ? 'member-match found no unique member' : 'member-match refused', { client: clientId, reason: result.outcome, candidates: result.candidates });
       await this.throttle.failed(clientId);
-      return unprocessable(NO_MATCH);
-    };
-    const consent = consentPolicy(input.consent, this.now());
-    if ('problem' in consent) throw await refuse('member-match refused', { reason: 'consent' });
-    const candidates = await this.candidates(input.coverageToMatch);
-    const { matched } = matchMember(input.patient, candidates);
-    if (matched.length !== 1) throw await refuse('member-match found no unique member', { candidates: candidates.length, matches: matched.length });
-    const { patient, coverage } = matched[0];
-    const recorded = await this.recordConsent(input.consent, patient, clientId);
-    await this.grants.grant(clientId, patient.id as string, recorded);
+      throw unprocessable(NO_MATCH);
+    }
+    const { patient, coverage } = result;
     this.logger.info('member-match matched', { client: clientId, patient: patient.id });
     return {
       resourceType: 'Parameters',
@@ -156,7 +166,7 @@ export class MemberMatchService {
  * The member's identifier here: one of the Patient's own (its member number, typed MB or UMB, else
  * its first), so `Patient?identifier=<value>` finds the member; failing those, the coverage's.
  */
-function memberIdentifier(patient: Patient, coverage: Coverage): Identifier {
+export function memberIdentifier(patient: Patient, coverage: Coverage): Identifier {
   const own = (patient.identifier ?? []).filter((i) => i.value);
   const source = own.find((i) => i.type?.coding?.some((c) => c.code === 'MB' || c.code === 'UMB')) ?? own[0] ?? coverage.identifier?.find((i) => i.value);
   if (source?.value) return { type: MEMBER_IDENTIFIER_TYPE, ...(source.system ? { system: source.system } : {}), value: source.value };

@@ -70,7 +70,11 @@ describe('conformance (source side, auth on)', () => {
         { name: 'sdh.s2s.invoke-export', definition: `${base}/OperationDefinition/sdh-s2s-invoke-export` },
       ]),
     );
-    expect(opsOf('Group')).toEqual([{ name: 'export', definition: 'http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export' }]);
+    expect([...opsOf('Group')].sort((a, b) => a.name.localeCompare(b.name))).toEqual([
+      { name: 'bulk-member-match', definition: 'http://hl7.org/fhir/us/davinci-pdex/OperationDefinition/BulkMemberMatch' },
+      { name: 'davinci-data-export', definition: 'http://hl7.org/fhir/us/davinci-atr/OperationDefinition/davinci-data-export' },
+      { name: 'export', definition: 'http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export' },
+    ]);
   });
 
   it('every operation and interaction declared is served, and each operation has a valid OperationDefinition found by its canonical', async () => {

@@ -1,0 +1,97 @@
+import { RunningServer } from '../../src/main';
+import { SyntheticMember } from '../../scripts/synthetic';
+import { fhir, startTestServer } from '../helpers/server';
+import { memberMatchBody, seedPopulation } from '../helpers/seed';
+import { download, kickoff, poll } from '../helpers/bulk';
+import { getToken, writeClientsFile } from '../helpers/clients';
+
+/** PDex 2.1 multi-member exchange, source side: $bulk-member-match and $davinci-data-export, as partners call them. */
+const RESULT = 'http://hl7.org/fhir/us/davinci-pdex/CodeSystem/PdexMultiMemberMatchResultCS';
+
+describe('$bulk-member-match and $davinci-data-export', () => {
+  let server: RunningServer;
+  let base: string;
+  let members: SyntheticMember[];
+  const tokens: Record<string, string> = {};
+  const auth = (who: string) => ({ authorization: `Bearer ${tokens[who]}` });
+  const memberBundle = (m: { family: string; given: string; birthDate: string; memberId: string }, consent?: Record<string, unknown>) => ({ name: 'MemberBundle', part: memberMatchBody(m, { consent }).parameter });
+  let groups: Record<string, any> = {};
+
+  beforeAll(async () => {
+    const { file, clients } = await writeClientsFile([
+      { clientId: 'new-plan', scopes: 'system/*.read' },
+      { clientId: 'other-plan', scopes: 'system/*.read' },
+      { clientId: 'back-office', scopes: 'system/*.*', role: 'service' },
+    ]);
+    server = await startTestServer({ authRequired: true, clientsFile: file });
+    base = server.baseUrl;
+    members = await seedPopulation(server, 5);
+    tokens.partner = await getToken(server.tokenUrl, clients['new-plan']);
+    tokens.other = await getToken(server.tokenUrl, clients['other-plan']);
+    tokens.service = await getToken(server.tokenUrl, clients['back-office'], 'system/*.*');
+  });
+  afterAll(async () => server.stop());
+
+  it('sorts members into matched, not matched and consent-constrained Groups, delivered as Group NDJSON and as Parameters', async () => {
+    const body = {
+      resourceType: 'Parameters',
+      parameter: [
+        memberBundle(members[0]),
+        memberBundle(members[1]),
+        memberBundle({ family: 'Nobody', given: 'Invented', birthDate: '1901-01-01', memberId: 'NOPE-1' }),
+        memberBundle(members[2], { policy: [{ uri: 'http://example.org/some-other-policy' }] }),
+      ],
+    };
+    expect((await fhir('POST', `${base}/Group/$bulk-member-match`, body, auth('partner'))).status).toBe(400); // no Prefer: respond-async
+    expect((await kickoff(`${base}/Group/$bulk-member-match`, { method: 'POST', body: { resourceType: 'Parameters', parameter: [{ name: 'MemberBundle', part: [] }] }, token: tokens.partner })).status).toBe(400);
+    const k = await kickoff(`${base}/Group/$bulk-member-match`, { method: 'POST', body, token: tokens.partner });
+    expect(k.status).toBe(202);
+    const done = await poll(k.location as string, tokens.partner);
+    expect(done.status).toBe(200);
+    expect(done.body.output.map((o: any) => o.type).sort()).toEqual(['Group', 'Parameters']);
+    const groupFile = await download(done.body.output.find((o: any) => o.type === 'Group').url, tokens.partner);
+    groups = Object.fromEntries(groupFile.resources.map((g: any) => [g.characteristic[0].code.coding.find((c: any) => c.system === RESULT).code, g]));
+    expect(Object.keys(groups).sort()).toEqual(['consentconstraint', 'match', 'nomatch']);
+    expect(groups.match.member.map((m: any) => m.entity.reference).sort()).toEqual([members[0], members[1]].map((m) => `Patient/${m.patientId}`).sort());
+    // Each matched member points at the demographics submitted for it, contained.
+    for (const m of groups.match.member) expect(groups.match.contained.map((c: any) => `#${c.id}`)).toContain(m.entity.extension[0].valueReference.reference);
+    expect(groups.nomatch.member).toHaveLength(1);
+    expect(groups.nomatch.member[0].entity.reference).toMatch(/^#/);
+    // A consent that cannot be honoured says nothing of why, nor who the member is here.
+    expect(groups.consentconstraint.member[0].entity.reference).toMatch(/^#/);
+    expect(JSON.stringify(groups.consentconstraint)).not.toMatch(/policy|provision|Patient\//);
+    const params = (await download(done.body.output.find((o: any) => o.type === 'Parameters').url, tokens.partner)).resources[0];
+    expect(params.parameter.map((p: any) => p.name).sort()).toEqual(['ConsentConstrainedMembers', 'MatchedMembers', 'NonMatchedMembers']);
+  });
+
+  it('the Groups are the requesting client\'s alone: read, search and export', async () => {
+    const read = (who: string) => fhir('GET', `${base}/Group/${groups.match.id}`, undefined, auth(who));
+    expect((await read('partner')).status).toBe(200);
+    expect((await read('other')).status).toBe(404);
+    const search = (who: string) => fhir('GET', `${base}/Group?characteristic=${encodeURIComponent(`${RESULT}|nomatch`)}`, undefined, auth(who));
+    expect((await search('partner')).body.entry.map((e: any) => e.resource.id)).toEqual([groups.nomatch.id]);
+    expect((await search('other')).body.entry ?? []).toEqual([]);
+    expect((await kickoff(`${base}/Group/${groups.match.id}/$davinci-data-export`, { method: 'POST', body: { resourceType: 'Parameters' }, token: tokens.other })).status).toBe(404);
+  });
+
+  it('$davinci-data-export exports the matched members, a subset with `patient`, and judges consent again when it runs', async () => {
+    const url = `${base}/Group/${groups.match.id}/$davinci-data-export`;
+    const exportPatients = async (parameter: unknown[]) => {
+      const k = await kickoff(url, { method: 'POST', body: { resourceType: 'Parameters', parameter }, token: tokens.partner });
+      expect(k.status).toBe(202);
+      const done = await poll(k.location as string, tokens.partner);
+      const file = done.body.output.find((o: any) => o.type === 'Patient');
+      return file ? (await download(file.url, tokens.partner)).resources.map((r: any) => r.id).sort() : [];
+    };
+    const type = { name: 'exportType', valueString: 'hl7.fhir.us.davinci-pdex#payertopayer' };
+    expect(await exportPatients([type, { name: '_type', valueString: 'Patient,Condition' }])).toEqual([members[0].patientId, members[1].patientId].sort());
+    expect(await exportPatients([{ name: 'patient', valueReference: { reference: `Patient/${members[1].patientId}` } }, { name: '_type', valueString: 'Patient' }])).toEqual([members[1].patientId]);
+    expect((await kickoff(url, { method: 'POST', body: { resourceType: 'Parameters', parameter: [{ name: 'exportType', valueString: 'something-else' }] }, token: tokens.partner })).status).toBe(400);
+    expect((await kickoff(url, { method: 'POST', body: { resourceType: 'Parameters', parameter: [{ name: '_typeFilter', valueString: 'Condition?nope=1' }] }, token: tokens.partner })).status).toBe(400);
+    // The member withdraws: the next export leaves them out.
+    const consents = (await fhir('GET', `${base}/Consent?patient=Patient/${members[0].patientId}`, undefined, auth('partner'))).body.entry;
+    expect(consents).toHaveLength(1);
+    expect((await fhir('DELETE', `${base}/Consent/${consents[0].resource.id}`, undefined, auth('service'))).status).toBeLessThan(300);
+    expect(await exportPatients([{ name: '_type', valueString: 'Patient' }])).toEqual([members[1].patientId]);
+  });
+});
