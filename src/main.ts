@@ -34,6 +34,7 @@ import { checkClientTaskWrite, TaskTracker } from './requester/task-tracker';
 import { EXCHANGE_JOB, ExchangeJobData, ExchangeJobHandler } from './requester/exchange-job';
 import { ImportJournal } from './requester/import-journal';
 import { InvokeExportService } from './requester/invoke-export';
+import { BULK_EXCHANGE_JOB, BulkExchangeJob } from './requester/bulk-exchange-job';
 import { servedOperations } from './conformance/operation-definitions';
 import { definitionRoutes } from './conformance/definition-routes';
 import { warmUpValidator } from './fhir/validator';
@@ -153,6 +154,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
     releaseLock: (taskId) => invokeExport.release(taskId),
     logger,
   });
+  runner.register(BULK_EXCHANGE_JOB, new BulkExchangeJob(store, tracker, logger).run);
   runner.register<ExchangeJobData>(EXCHANGE_JOB, exchanges.run, async (job, reason) => {
     await exchanges.giveUp(job, reason);
     await runner.update(job._id, { 'data.memberMatch': { resourceType: 'Parameters', parameter: [] } });
@@ -179,6 +181,15 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
       definitionRoutes(guard, operations, baseUrl),
     ],
     operations: {
+      Group: [
+        {
+          name: 'sdh.s2s.invoke-bulk-export',
+          method: 'POST',
+          // Like invoke-export: the requesting payer's back office, for many members at once.
+          permission: { type: 'Task', action: 'c', role: 'service' },
+          handler: (args, { req }) => invokeExport.handleBulk(args.resource, req),
+        },
+      ],
       Patient: [
         {
           name: 'member-match',

@@ -37,6 +37,23 @@ export const CANONICALS = {
   groupExport: `${BULK}/group-export`,
 };
 
+/** The member-match parts of the exchange operations, as sent to the source's $member-match. */
+const memberMatchParts = () => [
+  param('MemberPatient', 'in', 1, '1', 'Patient', 'The member'),
+  param('CoverageToMatch', 'in', 1, '1', 'Coverage', 'The coverage at the source payer'),
+  param('CoverageToLink', 'in', 0, '1', 'Coverage', 'The coverage here'),
+  param('Consent', 'in', 1, '1', 'Consent', 'The member\'s consent'),
+];
+
+/** The export parts of the exchange operations, passed to the source's export. */
+const exchangeExportParts = () => [
+  param('_type', 'in', 0, '*', 'string', 'Types to ask for; default: every type this server stores but Binary'),
+  param('_since', 'in', 0, '1', 'string', 'Only resources changed after this instant'),
+  param('_until', 'in', 0, '1', 'string', 'Only resources changed up to this instant'),
+  param('_typeFilter', 'in', 0, '*', 'string', 'A search on one type'),
+  param('_outputFormat', 'in', 0, '1', 'string', 'application/fhir+ndjson'),
+];
+
 /** The kick-off parameters this server takes, at every export level. */
 function exportParameters(level: 'system' | 'patient' | 'group'): OperationDefinitionParameter[] {
   return [
@@ -196,20 +213,32 @@ export function servedOperations(base: string): ServedOperation[] {
         parameter: [
           param('localPatient', 'in', 1, '1', 'Reference', 'The member\'s Patient here; must exist'),
           param('sourceIssuerUrl', 'in', 1, '1', 'string', 'The issuer of a registered source payer'),
-          param('memberMatch', 'in', 1, '1', undefined, 'Sent to the source\'s $member-match as they are', [
-            param('MemberPatient', 'in', 1, '1', 'Patient', 'The member'),
-            param('CoverageToMatch', 'in', 1, '1', 'Coverage', 'The coverage at the source payer'),
-            param('CoverageToLink', 'in', 0, '1', 'Coverage', 'The coverage here'),
-            param('Consent', 'in', 1, '1', 'Consent', 'The member\'s consent'),
-          ]),
-          param('export', 'in', 0, '1', undefined, 'Passed to the source\'s export', [
-            param('_type', 'in', 0, '*', 'string', 'Types to ask for; default: every type this server stores but Binary'),
-            param('_since', 'in', 0, '1', 'string', 'Only resources changed after this instant'),
-            param('_until', 'in', 0, '1', 'string', 'Only resources changed up to this instant'),
-            param('_typeFilter', 'in', 0, '*', 'string', 'A search on one type'),
-            param('_outputFormat', 'in', 0, '1', 'string', 'application/fhir+ndjson'),
-          ]),
+          param('memberMatch', 'in', 1, '1', undefined, 'Sent to the source\'s $member-match as they are', memberMatchParts()),
+          param('export', 'in', 0, '1', undefined, 'Passed to the source\'s export', exchangeExportParts()),
           param('return', 'out', 1, '1', 'Task', 'The exchange\'s Task'),
+        ],
+      }),
+    ],
+    [
+      'sdh.s2s.invoke-bulk-export',
+      definition({
+        id: 'sdh-s2s-invoke-bulk-export',
+        url: own('sdh-s2s-invoke-bulk-export'),
+        name: 'InvokeBulkExport',
+        title: 'Payer-to-payer exchange of many members ($sdh.s2s.invoke-bulk-export)',
+        code: 'sdh.s2s.invoke-bulk-export',
+        levels: { types: ['Group'] },
+        affectsState: true,
+        description:
+          'Starts one exchange per member from one registered source payer: answers a parent Task at once, with one child Task (partOf the parent) per member, each ending on its own; cancelling the parent cancels the children still running.',
+        parameter: [
+          param('sourceIssuerUrl', 'in', 1, '1', 'string', 'The issuer of a registered source payer'),
+          param('export', 'in', 0, '1', undefined, 'Passed to the source\'s export, as in $sdh.s2s.invoke-export', exchangeExportParts()),
+          param('member', 'in', 1, '*', undefined, 'One member', [
+            param('localPatient', 'in', 1, '1', 'Reference', 'The member\'s Patient here'),
+            param('memberMatch', 'in', 1, '1', undefined, 'Sent to the source\'s $member-match as they are', memberMatchParts()),
+          ]),
+          param('return', 'out', 1, '1', 'Task', 'The parent Task'),
         ],
       }),
     ],

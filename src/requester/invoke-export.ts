@@ -5,12 +5,16 @@ import type { Consent, Coverage, Organization, Parameters, ParametersParameter, 
 import { ResourceStore } from '../store/resource-store';
 import { Collection, Database, DuplicateKeyError, StoredDoc } from '../store/types';
 import { readParameters, first } from '../fhir/parameters';
-import { badRequest, conflict, unprocessable } from '../fhir/outcome';
+import { badRequest, conflict, FhirError, unprocessable } from '../fhir/outcome';
 import { parseFhirDate } from '../fhir/search/fhir-date';
 import { isServedType } from '../fhir/resource-types';
 import { JobRunner } from '../jobs/job-runner';
 import { memberMatchParameters, readMemberMatchParts } from '../responder/member-match';
-import { SourcePayerRegistry } from './source-payers';
+import { SourcePayer, SourcePayerRegistry } from './source-payers';
+import { BULK_EXCHANGE_JOB, BulkExchangeJobData } from './bulk-exchange-job';
+
+/** At most this many members in one bulk exchange request. */
+export const MAX_BULK_EXCHANGE_MEMBERS = 10_000;
 import { DATA_REQUEST_CODE, EXCHANGE_TAG, isTaskEnded, TaskTracker } from './task-tracker';
 import { EXCHANGE_JOB, ExchangeJobData } from './exchange-job';
 import type { Logger } from '../logger';
@@ -116,15 +120,26 @@ export class InvokeExportService {
     if (!(await this.store.readIfExists('Patient', request.localPatientId))) {
       throw unprocessable(`localPatient Patient/${request.localPatientId} does not exist on this server`, 'not-found');
     }
+    const task = await this.start(request, payer);
+    req.res?.set('Content-Location', `Task/${task.id}`);
+    return task;
+  }
 
+  /** The source payer as an Organization here (the Tasks' owner), kept in step with the registry's name. */
+  private async ownerFor(payer: SourcePayer): Promise<Organization> {
+    const ownerId = `source-payer-${createHash('sha256').update(payer.issuer).digest('hex').slice(0, 32)}`;
+    const owner: Organization = { resourceType: 'Organization', id: ownerId, active: true, name: payer.name ?? payer.issuer, identifier: [{ system: 'urn:ietf:rfc:3986', value: payer.issuer }] };
+    const existingOwner = await this.store.readIfExists('Organization', ownerId);
+    if (!existingOwner || (existingOwner as Organization).name !== owner.name) await this.store.update('Organization', ownerId, owner);
+    return owner;
+  }
+
+  /** Records one member's exchange Task (a child of `partOf` when given) and enqueues its job; 409 while one is active for the member. */
+  private async start(request: InvokeExportRequest, payer: SourcePayer, partOf?: string): Promise<Task> {
     const taskId = randomUUID();
     const lockId = await this.lock(request.localPatientId, payer.issuer, taskId);
     try {
-      const ownerId = `source-payer-${createHash('sha256').update(payer.issuer).digest('hex').slice(0, 32)}`;
-      const owner: Organization = { resourceType: 'Organization', id: ownerId, active: true, name: payer.name ?? payer.issuer, identifier: [{ system: 'urn:ietf:rfc:3986', value: payer.issuer }] };
-      const existingOwner = await this.store.readIfExists('Organization', ownerId);
-      if (!existingOwner || (existingOwner as Organization).name !== owner.name) await this.store.update('Organization', ownerId, owner);
-
+      const owner = await this.ownerFor(payer);
       const consent = await this.store.create(localConsent(request.consent, request.localPatientId, payer.issuer) as Resource);
       const now = new Date().toISOString();
       const input: TaskInput[] = [
@@ -136,12 +151,13 @@ export class InvokeExportService {
         resourceType: 'Task',
         id: taskId,
         meta: { tag: [EXCHANGE_TAG] },
+        ...(partOf ? { partOf: [{ reference: `Task/${partOf}` }] } : {}),
         status: 'requested',
         intent: 'order',
         code: DATA_REQUEST_CODE,
         for: { reference: `Patient/${request.localPatientId}` },
         focus: { reference: `Consent/${consent.id}` },
-        owner: { reference: `Organization/${ownerId}`, display: owner.name },
+        owner: { reference: `Organization/${owner.id}`, display: owner.name },
         requester: payor ? { ...payor } : { display: this.requesterName },
         authoredOn: now,
         lastModified: now,
@@ -156,18 +172,93 @@ export class InvokeExportService {
         localPatientId: request.localPatientId,
         memberMatch: request.memberMatch,
         exportParams: request.exportParams,
-        ownerReference: `Organization/${ownerId}`,
+        ownerReference: `Organization/${owner.id}`,
         startedAt: Date.now(),
       };
       await this.runner.enqueue(EXCHANGE_JOB, taskId, data);
       await this.locks.updateOne({ _id: lockId, taskId }, { state: 'active' });
-      this.logger.info('exchange requested', { task: taskId, issuer: payer.issuer });
-      req.res?.set('Content-Location', `Task/${taskId}`);
+      this.logger.info('exchange requested', { task: taskId, issuer: payer.issuer, ...(partOf ? { parent: partOf } : {}) });
       return created;
     } catch (err) {
       await this.release(taskId);
       throw err;
     }
+  }
+
+  /**
+   * POST Group/$sdh.s2s.invoke-bulk-export: many members from one source in one request. Every
+   * member is checked first (a malformed one is a 400 naming it, an unknown local patient a 422, and
+   * nothing is recorded); then a parent Task is recorded, and one child Task (`partOf` the parent)
+   * and exchange per member, run with the job runner's bounded concurrency. Each child ends on its
+   * own; a member whose exchange is already active gets a child that failed saying so. The parent
+   * follows its children (BULK_EXCHANGE_JOB) and cancelling it cancels those still running.
+   */
+  async handleBulk(body: unknown, req: Request): Promise<Task> {
+    const params = readParameters(body, [
+      { name: 'sourceIssuerUrl', min: 1, max: 1, type: 'valueString' },
+      { name: 'export', min: 0, max: 1, type: 'part' },
+      { name: 'member', min: 1, max: '*', type: 'part' },
+    ]);
+    if ((params.get('member') ?? []).length > MAX_BULK_EXCHANGE_MEMBERS) throw badRequest(`At most ${MAX_BULK_EXCHANGE_MEMBERS} members in one request`);
+    const all = (body as Parameters).parameter ?? [];
+    const shared = all.filter((p) => p.name === 'sourceIssuerUrl' || p.name === 'export');
+    const requests = (params.get('member') ?? []).map((m, i) => {
+      try {
+        return parseInvokeExport({ resourceType: 'Parameters', parameter: [...((m.part ?? []) as ParametersParameter[]), ...shared] });
+      } catch (err) {
+        if (err instanceof FhirError) throw badRequest(`member ${i + 1}: ${err.message}`, [`Parameters.member[${i}]`]);
+        throw err;
+      }
+    });
+    const issuer = requests[0].issuer;
+    const payer = this.payers.get(issuer);
+    if (!payer) throw unprocessable(`sourceIssuerUrl '${issuer}' is not a registered source payer`, 'not-found');
+    const seen = new Set<string>();
+    for (const [i, r] of requests.entries()) {
+      if (seen.has(r.localPatientId)) throw badRequest(`member ${i + 1}: Patient/${r.localPatientId} is listed twice`, [`Parameters.member[${i}]`]);
+      seen.add(r.localPatientId);
+      if (!(await this.store.readIfExists('Patient', r.localPatientId))) throw unprocessable(`member ${i + 1}: localPatient Patient/${r.localPatientId} does not exist on this server`, 'not-found');
+    }
+
+    const owner = await this.ownerFor(payer);
+    const parentId = randomUUID();
+    const now = new Date().toISOString();
+    await this.tracker.create({
+      resourceType: 'Task',
+      id: parentId,
+      meta: { tag: [EXCHANGE_TAG] },
+      status: 'requested',
+      intent: 'order',
+      code: DATA_REQUEST_CODE,
+      owner: { reference: `Organization/${owner.id}`, display: owner.name },
+      requester: { display: this.requesterName },
+      authoredOn: now,
+      lastModified: now,
+      businessStatus: { text: 'queued' },
+      input: [{ type: { text: 'sourceIssuerUrl' }, valueUrl: payer.issuer }, { type: { text: 'members' }, valueInteger: requests.length }],
+      note: [{ time: now, text: `Exchange of ${requests.length} member(s) requested from ${owner.name}` }],
+    });
+    const children: string[] = [];
+    for (const r of requests) {
+      try {
+        children.push((await this.start(r, payer, parentId)).id as string);
+      } catch (err) {
+        if (!(err instanceof FhirError) || err.status !== 409) throw err;
+        // This member's exchange is already running: its child says so and ends at once.
+        const id = randomUUID();
+        await this.tracker.create({
+          resourceType: 'Task', id, meta: { tag: [EXCHANGE_TAG] }, partOf: [{ reference: `Task/${parentId}` }], status: 'failed', intent: 'order', code: DATA_REQUEST_CODE,
+          for: { reference: `Patient/${r.localPatientId}` }, owner: { reference: `Organization/${owner.id}`, display: owner.name }, authoredOn: now, lastModified: now,
+          businessStatus: { text: 'failed' }, statusReason: { text: err.message }, note: [{ time: now, text: `Failed: ${err.message}` }],
+        });
+        children.push(id);
+      }
+    }
+    await this.runner.enqueue(BULK_EXCHANGE_JOB, parentId, { parentId, children } satisfies BulkExchangeJobData);
+    const parent = await this.tracker.change(parentId, { output: children.map((id) => ({ type: { text: 'member-task' }, valueReference: { reference: `Task/${id}` } })) });
+    this.logger.info('bulk exchange requested', { task: parentId, issuer: payer.issuer, members: requests.length });
+    req.res?.set('Content-Location', `Task/${parentId}`);
+    return parent;
   }
 
   private key(patientId: string, issuer: string): string {

@@ -74,6 +74,7 @@ describe('conformance (source side, auth on)', () => {
       { name: 'bulk-member-match', definition: 'http://hl7.org/fhir/us/davinci-pdex/OperationDefinition/BulkMemberMatch' },
       { name: 'davinci-data-export', definition: 'http://hl7.org/fhir/us/davinci-atr/OperationDefinition/davinci-data-export' },
       { name: 'export', definition: 'http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export' },
+      { name: 'sdh.s2s.invoke-bulk-export', definition: `${base}/OperationDefinition/sdh-s2s-invoke-bulk-export` },
     ]);
   });
 

@@ -1,0 +1,103 @@
+import { RunningServer } from '../../src/main';
+import { generateClientKeys } from '../../src/auth/keys';
+import { fhir } from '../helpers/server';
+import { FakeSource, startFakeSource } from '../helpers/fake-source';
+import { createLocalPatient, invokeBody, SourcePayerFixture, startRequester, startSource, waitForTask } from '../helpers/payers';
+
+/** Many members from one source in one request: a parent Task, one child per member, each ending on its own. */
+const memberPart = (local: string, m: Parameters<typeof invokeBody>[1]) => {
+  const single = invokeBody(local, m).parameter as { name: string }[];
+  return { name: 'member', part: single.filter((p) => p.name === 'localPatient' || p.name === 'memberMatch') };
+};
+
+describe('bulk exchange ($sdh.s2s.invoke-bulk-export)', () => {
+  let source: SourcePayerFixture;
+  let requester: RunningServer;
+  let op: string;
+
+  beforeAll(async () => {
+    source = await startSource(6);
+    requester = await startRequester({ tokenUrl: source.server.tokenUrl, fhirBaseUrl: source.server.baseUrl, client: source.client });
+    op = `${requester.baseUrl}/Group/$sdh.s2s.invoke-bulk-export`;
+  });
+  afterAll(async () => {
+    await requester.stop();
+    await source.server.stop();
+  });
+
+  it('exchanges several members at once; one not matched fails alone, the others complete with their own data', async () => {
+    const ms = [source.members[0], source.members[3], { ...source.members[4], family: 'Someone-Else', memberId: 'NOPE' }];
+    const locals = [];
+    for (const m of ms) locals.push(await createLocalPatient(requester, m));
+    const body = { resourceType: 'Parameters', parameter: [{ name: 'sourceIssuerUrl', valueString: 'https://source-payer.example.com' }, ...ms.map((m, i) => memberPart(locals[i], m))] };
+    const res = await fhir('POST', op, body);
+    expect(res.status).toBe(200);
+    expect(res.headers.get('content-location')).toBe(`Task/${res.body.id}`);
+    const children = res.body.output.filter((o: any) => o.type.text === 'member-task').map((o: any) => o.valueReference.reference.split('/')[1]);
+    expect(children).toHaveLength(3);
+    const parent = await waitForTask(requester, res.body.id, (t) => t.status === 'completed', 30000);
+    expect(Object.fromEntries(parent.output.filter((o: any) => o.type.text.startsWith('members:')).map((o: any) => [o.type.text, o.valueInteger]))).toEqual({ 'members:completed': 2, 'members:failed': 1, 'members:cancelled': 0 });
+    const tasks = await Promise.all(children.map((id: string) => fhir('GET', `${requester.baseUrl}/Task/${id}`).then((r) => r.body)));
+    expect(tasks.map((t: any) => t.status)).toEqual(['completed', 'completed', 'failed']);
+    expect(tasks.every((t: any) => t.partOf[0].reference === `Task/${res.body.id}`)).toBe(true);
+    expect(tasks[2].statusReason.text).toMatch(/no unique match/i);
+    // Each member's data landed on that member, and only there.
+    for (const [i, m] of ms.slice(0, 2).entries()) {
+      const local = (await fhir('GET', `${requester.baseUrl}/ExplanationOfBenefit?patient=${locals[i]}&_summary=count`)).body.total;
+      const token = await sourceToken();
+      const there = (await fhir('GET', `${source.server.baseUrl}/ExplanationOfBenefit?patient=${m.patientId}&_summary=count`, undefined, { authorization: `Bearer ${token}` })).body.total;
+      expect(local).toBe(there);
+    }
+    expect((await fhir('GET', `${requester.baseUrl}/ExplanationOfBenefit?patient=${locals[2]}&_summary=count`)).body.total).toBe(0);
+    // The children are found from the parent.
+    expect((await fhir('GET', `${requester.baseUrl}/Task?part-of=Task/${res.body.id}&_summary=count`)).body.total).toBe(3);
+  });
+
+  it('checks every member before recording anything', async () => {
+    const before = (await fhir('GET', `${requester.baseUrl}/Task?_summary=count`)).body.total;
+    const m = source.members[1];
+    const local = await createLocalPatient(requester, m);
+    const shared = { name: 'sourceIssuerUrl', valueString: 'https://source-payer.example.com' };
+    expect((await fhir('POST', op, { resourceType: 'Parameters', parameter: [shared, memberPart(local, m), { name: 'member', part: [{ name: 'localPatient', valueReference: { reference: `Patient/${local}` } }] }] })).status).toBe(400);
+    expect((await fhir('POST', op, { resourceType: 'Parameters', parameter: [shared, memberPart(local, m), memberPart('not-here', m)] })).status).toBe(422);
+    expect((await fhir('POST', op, { resourceType: 'Parameters', parameter: [shared, memberPart(local, m), memberPart(local, m)] })).status).toBe(400);
+    expect((await fhir('GET', `${requester.baseUrl}/Task?_summary=count`)).body.total).toBe(before);
+  });
+
+  async function sourceToken(): Promise<string> {
+    const { getToken } = await import('../helpers/clients');
+    return getToken(source.server.tokenUrl, source.client);
+  }
+});
+
+describe('cancelling a bulk exchange', () => {
+  let fake: FakeSource;
+  let requester: RunningServer;
+  beforeAll(async () => {
+    fake = await startFakeSource();
+    const { privateJwk } = await generateClientKeys();
+    requester = await startRequester({ tokenUrl: '', fhirBaseUrl: fake.base, client: { clientId: 'us', privateJwk } }, { pollMinMs: 20, pollMaxMs: 200 });
+  });
+  afterAll(async () => {
+    await requester.stop();
+    await fake.close();
+  });
+
+  it('cancels the children still running', async () => {
+    fake.memberMatch = (res) => {
+      res.writeHead(503, { 'retry-after': '1' });
+      res.end();
+    };
+    const members = [0, 1].map((i) => ({ patientId: `m${i}`, memberId: `M-${i}`, family: `Fam${i}`, given: 'G', birthDate: '1970-01-01', gender: 'male' as const }));
+    const locals = [];
+    for (const m of members) locals.push(await createLocalPatient(requester, m));
+    const res = await fhir('POST', `${requester.baseUrl}/Group/$sdh.s2s.invoke-bulk-export`, { resourceType: 'Parameters', parameter: [{ name: 'sourceIssuerUrl', valueString: 'https://source-payer.example.com' }, ...members.map((m, i) => memberPart(locals[i], m))] });
+    expect(res.status).toBe(200);
+    const running = await waitForTask(requester, res.body.id, (t) => t.status === 'in-progress', 10000);
+    expect((await fhir('PUT', `${requester.baseUrl}/Task/${running.id}`, { ...running, status: 'cancelled' }, { 'if-match': `W/"${running.meta.versionId}"` })).status).toBe(200);
+    for (const o of res.body.output.filter((x: any) => x.type.text === 'member-task')) {
+      const child = await waitForTask(requester, o.valueReference.reference.split('/')[1], undefined, 10000);
+      expect(child.status).toBe('cancelled');
+    }
+  });
+});
