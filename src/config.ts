@@ -25,6 +25,8 @@ export interface AppConfig {
   jobLeaseSeconds: number;
   /** Jobs (exports, exchanges) one process runs at once; exchanges mostly wait on the source. */
   jobConcurrency: number;
+  /** Run-off exchanges for members whose latest exchange is older than this (hours); 0: only on demand. */
+  runOffIntervalHours: number;
   /** Origins allowed to call from a browser (CORS); `*` for any. */
   corsOrigins: string[];
   /** How long an exchange may keep polling the source's export before giving up. */
@@ -123,6 +125,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, cwd = process.c
     exportFileTtlSeconds: int(env.EXPORT_FILE_TTL_SECONDS, 'EXPORT_FILE_TTL_SECONDS', 3600, 1),
     jobLeaseSeconds: int(env.JOB_LEASE_SECONDS, 'JOB_LEASE_SECONDS', 30, 1, 3600),
     jobConcurrency: int(env.JOB_CONCURRENCY, 'JOB_CONCURRENCY', 16, 1, 256),
+    runOffIntervalHours: int(env.RUNOFF_INTERVAL_HOURS, 'RUNOFF_INTERVAL_HOURS', 0, 0, 24 * 366),
     corsOrigins: (env.CORS_ORIGINS ?? '*').split(',').map((o) => o.trim()).filter(Boolean),
     exchangeTimeoutSeconds: int(env.EXCHANGE_TIMEOUT_SECONDS, 'EXCHANGE_TIMEOUT_SECONDS', 3600, 1),
     requestingPayerName: env.PAYER_NAME || 'Requesting payer',

@@ -35,6 +35,7 @@ import { EXCHANGE_JOB, ExchangeJobData, ExchangeJobHandler } from './requester/e
 import { ImportJournal } from './requester/import-journal';
 import { InvokeExportService } from './requester/invoke-export';
 import { BULK_EXCHANGE_JOB, BulkExchangeJob } from './requester/bulk-exchange-job';
+import { runOffRoutes } from './requester/run-off-routes';
 import { servedOperations } from './conformance/operation-definitions';
 import { definitionRoutes } from './conformance/definition-routes';
 import { warmUpValidator } from './fhir/validator';
@@ -174,6 +175,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
     fhirRoutes: [
       smartConfigurationRoutes(guard, tokenUrl),
       bundleRoutes(guard, new BundleProcessor({ services, store, baseUrl })),
+      runOffRoutes(guard, invokeExport),
       systemHistoryRoutes({ guard, store, access, baseUrl, defaultPageSize: config.defaultPageSize, maxPageSize: config.maxPageSize }),
       bulkExportRoutes({ runner, files, store, registry, compartment, access, guard, baseUrl, authRequired: config.authRequired, statusWaitMs: 500 }),
       everythingRoutes({ store, compartment, access, guard, baseUrl, defaultPageSize: config.defaultPageSize, maxPageSize: config.maxPageSize }),
@@ -221,6 +223,10 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
   runner.start();
   const sweeper = setInterval(() => void sweepExpiredExports(runner, files).catch((err) => logger.warn('export sweep failed', { error: err.message })), 60_000);
   sweeper.unref();
+  // Scheduled run-offs (members with concurrent coverage), when configured: checked hourly.
+  const runOffMs = config.runOffIntervalHours * 3600_000;
+  const runOffs = runOffMs > 0 ? setInterval(() => void invokeExport.startDueRunOffs(runOffMs).then((n) => n && logger.info('run-offs started', { count: n })).catch((err) => logger.warn('run-off sweep failed', { error: err.message })), Math.min(runOffMs, 3600_000)) : undefined;
+  runOffs?.unref();
   logger.info('listening', { base: base.url, engine: db.engine, sourcePayers: payers.size });
   logger.info(`authentication ${config.authRequired ? 'ON' : 'OFF'} (${config.authReason ?? 'as configured'})`, { clients: clients.roles() });
 
@@ -237,6 +243,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
       if (stopped) return;
       stopped = true;
       clearInterval(sweeper);
+      if (runOffs) clearInterval(runOffs);
       await runner.stop();
       await new Promise<void>((resolve) => {
         server.close(() => resolve());

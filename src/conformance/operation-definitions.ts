@@ -243,6 +243,20 @@ export function servedOperations(base: string): ServedOperation[] {
       }),
     ],
     [
+      'sdh.s2s.run-off',
+      definition({
+        id: 'sdh-s2s-run-off',
+        url: own('sdh-s2s-run-off'),
+        name: 'RunOff',
+        title: 'Run-off of a completed exchange ($sdh.s2s.run-off)',
+        code: 'sdh.s2s.run-off',
+        levels: { types: ['Task'], instance: true },
+        affectsState: true,
+        description: 'Exchanges again what changed at the source since a completed exchange (its transactionTime), without matching again. Also run on a schedule when RUNOFF_INTERVAL_HOURS is set.',
+        parameter: [param('return', 'out', 1, '1', 'Task', 'The run-off\'s exchange Task')],
+      }),
+    ],
+    [
       'access-grants',
       definition({
         id: 'access-grants',

@@ -36,6 +36,8 @@ export interface CheckedManifest {
   files: { type: string; url: string; count?: number; kind: 'output' | 'error' }[];
   /** Types this server does not store, with the resources the manifest announced for each. */
   skipped: Record<string, number>;
+  /** The source's transactionTime: a later run-off asks for what changed since. */
+  transactionTime?: string;
 }
 
 export interface DownloadedFile {
@@ -246,6 +248,7 @@ export class ExchangeJobHandler {
     const entries: Entry[] = [...(Array.isArray(manifest.output) ? manifest.output : []).map((o) => ({ ...o, kind: 'output' as const })), ...(Array.isArray(manifest.error) ? manifest.error : []).map((o) => ({ ...o, kind: 'error' as const }))];
     if (entries.length > this.d.limits.maxManifestFiles) throw new LimitReached(`The manifest lists more than ${this.d.limits.maxManifestFiles} files`);
     const checked: CheckedManifest = { requiresAccessToken: manifest.requiresAccessToken !== false, files: [], skipped: {} };
+    if (typeof manifest.transactionTime === 'string' && !Number.isNaN(Date.parse(manifest.transactionTime))) checked.transactionTime = new Date(manifest.transactionTime).toISOString();
     for (const e of entries) {
       if (!e || typeof e !== 'object' || !isFhirResourceType(e.type)) throw new ExchangeFailed(`The manifest names a file type that is not a FHIR resource type: ${JSON.stringify(String(e?.type)).slice(0, 80)}`);
       if (typeof e.url !== 'string' || !remote.mayDownload(e.url)) throw new ExchangeFailed(`Refused to download ${e.type} from ${safeOrigin(e.url)}: not the source payer's origin or one of its fileOrigins`);
@@ -351,6 +354,7 @@ export class ExchangeJobHandler {
       ...Object.entries(counts).map(([type, n]) => ({ type: { text: `count:${type}` }, valueInteger: n })),
       ...Object.entries(data.manifest?.skipped ?? {}).map(([type, n]) => ({ type: { text: `skipped:${type}` }, valueInteger: n })),
       { type: { text: 'Provenance' }, valueReference: { reference: `Provenance/${provenance.id}` } },
+      ...(data.manifest?.transactionTime ? [{ type: { text: 'transactionTime' }, valueInstant: data.manifest.transactionTime }] : []),
       ...archived.map((r) => ({ type: { text: 'received-file' }, valueReference: r })),
       ...(data.downloads?.sourceErrors ?? []).map((e) => ({ type: { text: 'source-error' }, valueString: e })),
     ];

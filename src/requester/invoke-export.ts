@@ -5,7 +5,7 @@ import type { Consent, Coverage, Organization, Parameters, ParametersParameter, 
 import { ResourceStore } from '../store/resource-store';
 import { Collection, Database, DuplicateKeyError, StoredDoc } from '../store/types';
 import { readParameters, first } from '../fhir/parameters';
-import { badRequest, conflict, FhirError, unprocessable } from '../fhir/outcome';
+import { badRequest, conflict, FhirError, notFound, unprocessable } from '../fhir/outcome';
 import { parseFhirDate } from '../fhir/search/fhir-date';
 import { isServedType } from '../fhir/resource-types';
 import { JobRunner } from '../jobs/job-runner';
@@ -134,13 +134,17 @@ export class InvokeExportService {
     return owner;
   }
 
-  /** Records one member's exchange Task (a child of `partOf` when given) and enqueues its job; 409 while one is active for the member. */
-  private async start(request: InvokeExportRequest, payer: SourcePayer, partOf?: string): Promise<Task> {
+  /**
+   * Records one member's exchange Task (a child of `partOf` when given) and enqueues its job; 409
+   * while one is active for the member. A run-off (`runOff`) reuses an earlier exchange's match and
+   * consent and asks only for what changed since its `transactionTime`.
+   */
+  private async start(request: InvokeExportRequest, payer: SourcePayer, partOf?: string, runOff?: { memberId: string; consentRef: string; since: string; previous: string }): Promise<Task> {
     const taskId = randomUUID();
     const lockId = await this.lock(request.localPatientId, payer.issuer, taskId);
     try {
       const owner = await this.ownerFor(payer);
-      const consent = await this.store.create(localConsent(request.consent, request.localPatientId, payer.issuer) as Resource);
+      const consent = runOff ? { id: runOff.consentRef.split('/')[1] } : await this.store.create(localConsent(request.consent, request.localPatientId, payer.issuer) as Resource);
       const now = new Date().toISOString();
       const input: TaskInput[] = [
         { type: { text: 'sourceIssuerUrl' }, valueUrl: payer.issuer },
@@ -163,7 +167,8 @@ export class InvokeExportService {
         lastModified: now,
         businessStatus: { text: 'queued' },
         input,
-        note: [{ time: now, text: `Exchange requested from ${owner.name}` }],
+        note: [{ time: now, text: runOff ? `Run-off of Task/${runOff.previous} requested from ${owner.name}: what changed since ${runOff.since}` : `Exchange requested from ${owner.name}` }],
+        ...(runOff ? { basedOn: [{ reference: `Task/${runOff.previous}` }], output: [{ type: { text: 'MemberId' }, valueReference: { reference: `${payer.fhirBaseUrl}/Patient/${runOff.memberId}` } }] } : {}),
       };
       const created = await this.tracker.create(task);
       const data: ExchangeJobData = {
@@ -174,6 +179,7 @@ export class InvokeExportService {
         exportParams: request.exportParams,
         ownerReference: `Organization/${owner.id}`,
         startedAt: Date.now(),
+        ...(runOff ? { matched: { memberId: runOff.memberId } } : {}),
       };
       await this.runner.enqueue(EXCHANGE_JOB, taskId, data);
       await this.locks.updateOne({ _id: lockId, taskId }, { state: 'active' });
@@ -183,6 +189,68 @@ export class InvokeExportService {
       await this.release(taskId);
       throw err;
     }
+  }
+
+  /**
+   * POST Task/{id}/$sdh.s2s.run-off: for a member with concurrent coverage, exchanges again what
+   * changed at the source since a completed exchange (its `transactionTime`), without matching again
+   * (the source's grant from that match still holds while the member's consent does).
+   */
+  async runOff(taskId: string, req?: Request): Promise<Task> {
+    const previous = (await this.store.readIfExists('Task', taskId)) as Task | undefined;
+    const isExchange = previous?.meta?.tag?.some((t) => t.system === EXCHANGE_TAG.system && t.code === EXCHANGE_TAG.code);
+    if (!previous || !isExchange) throw notFound(`Task/${taskId} is not an exchange Task`);
+    const out = (name: string) => previous.output?.find((o) => o.type?.text === name);
+    const since = out('transactionTime')?.valueInstant;
+    const memberId = patientIdOf(out('MemberId')?.valueReference?.reference);
+    const issuer = previous.input?.find((i) => i.type?.text === 'sourceIssuerUrl')?.valueUrl;
+    const localPatientId = patientIdOf(previous.for?.reference, { relativeOnly: true });
+    if (previous.status !== 'completed' || !since || !memberId || !issuer || !localPatientId || !previous.focus?.reference) {
+      throw unprocessable(`Task/${taskId} is not a completed exchange with a transactionTime: nothing to run off from`);
+    }
+    const payer = this.payers.get(issuer);
+    if (!payer) throw unprocessable(`the source payer ${issuer} is no longer registered`, 'not-found');
+    const exportParams: Record<string, string[]> = {};
+    for (const i of previous.input ?? []) {
+      const name = i.type?.text;
+      if (name && name !== 'sourceIssuerUrl' && name !== '_since' && typeof i.valueString === 'string') exportParams[name] = [...(exportParams[name] ?? []), i.valueString];
+    }
+    exportParams._since = [since];
+    const request: InvokeExportRequest = { localPatientId, issuer, memberMatch: { resourceType: 'Parameters', parameter: [] }, consent: { resourceType: 'Consent' } as Consent, exportParams };
+    const task = await this.start(request, payer, undefined, { memberId, consentRef: previous.focus.reference, since, previous: taskId });
+    req?.res?.set('Content-Location', `Task/${task.id}`);
+    return task;
+  }
+
+  /**
+   * Starts the run-offs that are due: for each member and source, when the latest completed
+   * exchange is older than `intervalMs` and none is active. Returns how many were started.
+   */
+  async startDueRunOffs(intervalMs: number): Promise<number> {
+    // Per member and source: the latest exchange of any outcome, and the latest completed one.
+    const latest = new Map<string, { any: Task; completed?: Task }>();
+    for await (const r of this.store.stream('Task', { 's._tag': `${EXCHANGE_TAG.system}|${EXCHANGE_TAG.code}` })) {
+      const t = r as Task;
+      const issuer = t.input?.find((i) => i.type?.text === 'sourceIssuerUrl')?.valueUrl;
+      if (!issuer || !t.for?.reference) continue;
+      const key = `${t.for.reference}|${issuer}`;
+      const entry = latest.get(key) ?? { any: t };
+      if ((t.authoredOn ?? '') > (entry.any.authoredOn ?? '')) entry.any = t;
+      if (t.status === 'completed' && (!entry.completed || (t.authoredOn ?? '') > (entry.completed.authoredOn ?? ''))) entry.completed = t;
+      latest.set(key, entry);
+    }
+    let started = 0;
+    for (const { any, completed } of latest.values()) {
+      // Due when nothing, not even a failed attempt, happened for the member within the interval.
+      if (!completed || Date.parse(any.lastModified ?? any.authoredOn ?? '') > Date.now() - intervalMs || !isTaskEnded(any)) continue;
+      try {
+        await this.runOff(completed.id as string);
+        started++;
+      } catch (err) {
+        this.logger.warn('run-off not started', { task: completed.id, error: (err as Error).message });
+      }
+    }
+    return started;
   }
 
   /**

@@ -64,6 +64,33 @@ describe('bulk exchange ($sdh.s2s.invoke-bulk-export)', () => {
     expect((await fhir('GET', `${requester.baseUrl}/Task?_summary=count`)).body.total).toBe(before);
   });
 
+  it('a run-off asks only for what changed since the last exchange, without matching again', async () => {
+    const m = source.members[5];
+    const local = await createLocalPatient(requester, m);
+    const first = await waitForTask(requester, (await fhir('POST', `${requester.baseUrl}/Patient/$sdh.s2s.invoke-export`, invokeBody(local, m))).body.id);
+    expect(first.status).toBe('completed');
+    expect(first.output.find((o: any) => o.type.text === 'transactionTime').valueInstant).toMatch(/^\d{4}-/);
+    // At the source, one claim changes and nothing else.
+    const eob = (await source.server.store.search('ExplanationOfBenefit', { 's.patient': `Patient/${m.patientId}` }))[0] as any;
+    await source.server.store.update('ExplanationOfBenefit', eob.id, { ...eob, outcome: 'partial' });
+    const res = await fhir('POST', `${requester.baseUrl}/Task/${first.id}/$sdh.s2s.run-off`);
+    expect(res.status).toBe(200);
+    expect(res.body.basedOn[0].reference).toBe(`Task/${first.id}`);
+    const done = await waitForTask(requester, res.body.id);
+    expect(done.status).toBe('completed');
+    expect(done.input.find((i: any) => i.type.text === '_since').valueString).toBe(first.output.find((o: any) => o.type.text === 'transactionTime').valueInstant);
+    expect(done.note.map((n: any) => n.text).join(' ')).not.toMatch(/matched the member/);
+    const counts = Object.fromEntries(done.output.filter((o: any) => o.type.text.startsWith('count:')).map((o: any) => [o.type.text, o.valueInteger]));
+    // The changed claim, and the directory records it refers to (sent again, found unchanged, not rewritten); nothing else.
+    expect(counts['count:ExplanationOfBenefit']).toBe(1);
+    expect(Object.keys(counts).filter((k) => !/ExplanationOfBenefit|Practitioner|Organization|Location|Medication/.test(k))).toEqual([]);
+    const practitioners = (await fhir('GET', `${requester.baseUrl}/Practitioner?_count=100`)).body.entry.map((e: any) => e.resource.meta.versionId);
+    expect(new Set(practitioners)).toEqual(new Set(['1']));
+    const here = (await fhir('GET', `${requester.baseUrl}/ExplanationOfBenefit?patient=${local}&_count=100`)).body.entry.map((e: any) => e.resource);
+    expect(here.filter((e: any) => e.outcome === 'partial')).toHaveLength(1);
+    expect((await fhir('POST', `${requester.baseUrl}/Task/${res.body.id}x/$sdh.s2s.run-off`)).status).toBe(404);
+  });
+
   async function sourceToken(): Promise<string> {
     const { getToken } = await import('../helpers/clients');
     return getToken(source.server.tokenUrl, source.client);
