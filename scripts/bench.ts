@@ -248,6 +248,7 @@ async function main() {
       small: { type: 'string', default: '10000' },
       members: { type: 'string', default: '10000,50000' },
       concurrent: { type: 'string', default: '100' },
+      bulk: { type: 'string', default: '1000' },
       json: { type: 'boolean', default: false },
     },
   });
@@ -392,6 +393,58 @@ async function main() {
       const completed = statuses.filter((s) => s === 'completed').length;
       const perSecond = completed / (ms / 1000);
       figures.push({ name: `${concurrent} concurrent exchanges (about 60 resources each)`, ratio: perSecond / 10, goal: '>= 1.0 (of 10/s)', detail: `${completed} completed in ${(ms / 1000).toFixed(2)} s = ${perSecond.toFixed(1)}/s` });
+      await requester.stop();
+      await src.stop();
+    }
+    // 4. Many members in one request ($sdh.s2s.invoke-bulk-export), two servers.
+    const bulk = Number(values.bulk);
+    if (bulk > 0) {
+      const system = 'http://source-payer.example.com/member-id';
+      const bulkDir = path.join(dir, 'bulk-source');
+      const members: SyntheticMember[] = [];
+      const resources = await seed(
+        bulkDir,
+        (function* () {
+          for (let b = 0; b * 250 < bulk; b++) {
+            const p = generatePopulation({ members: Math.min(250, bulk - b * 250), prefix: `bulk${b}`, memberSystem: system, encounters: 18, seed: 100 + b });
+            // Member ids unique across batches.
+            for (const r of p.resources as any[]) for (const id of r.identifier ?? []) if (id.system === system) id.value = `${id.value}-${b}`;
+            members.push(...p.members.map((m) => ({ ...m, memberId: `${m.memberId}-${b}` })));
+            yield p.resources;
+          }
+        })(),
+        'source for the bulk exchange',
+      );
+      const src = await startServerProcess(serverEnv(bulkDir, { CLIENTS_FILE: clientsFile, AUTH_REQUIRED: 'true' }));
+      fs.writeFileSync(payersFile, JSON.stringify([{ issuer: 'https://src.example', fhirBaseUrl: src.base, tokenEndpoint: src.tokenUrl, clientId: 'bench', clientAuthenticationMode: 'PRIVATE_KEY_JWT', privateKeyJwk: privateJwk, scopes: 'system/*.read' }]));
+      const requester = await startServerProcess(serverEnv(path.join(dir, 'bulk-requester'), { SOURCE_PAYERS_FILE: payersFile, POLL_MIN_MS: '50' }));
+      const locals: string[] = [];
+      for (const m of members) locals.push(await createLocal(requester.base, m));
+      progress(`one request for ${members.length} members`);
+      let peak = { source: 0, requester: 0 };
+      const sampler = setInterval(() => {
+        peak = { source: Math.max(peak.source, rssMb(src.pid)), requester: Math.max(peak.requester, rssMb(requester.pid)) };
+      }, 500);
+      const [parent, ms] = await timed(async () => {
+        const body = {
+          resourceType: 'Parameters',
+          parameter: [
+            { name: 'sourceIssuerUrl', valueString: 'https://src.example' },
+            ...members.map((m, i) => ({ name: 'member', part: (invokeBody(locals[i], m, system).parameter as { name: string }[]).filter((p) => p.name === 'localPatient' || p.name === 'memberMatch') })),
+          ],
+        };
+        const res = await fetch(`${requester.base}/Group/$sdh.s2s.invoke-bulk-export`, { method: 'POST', headers: { 'content-type': 'application/fhir+json' }, body: JSON.stringify(body) });
+        const id = ((await res.json()) as { id: string }).id;
+        for (;;) {
+          const t = (await (await fetch(`${requester.base}/Task/${id}`)).json()) as { status: string; output?: { type: { text: string }; valueInteger?: number }[]; businessStatus?: { text?: string } };
+          if (t.status === 'completed' || t.status === 'cancelled') return t;
+          progress(`one request for ${members.length} members: ${t.businessStatus?.text ?? t.status}`);
+          await sleep(1000);
+        }
+      });
+      clearInterval(sampler);
+      const completed = parent.output?.find((o) => o.type.text === 'members:completed')?.valueInteger ?? 0;
+      figures.push({ name: `${members.length} members (${resources} resources at the source) in one request`, ratio: ms / 120_000, goal: '< 1.0 (of 2 min)', detail: `${completed} completed in ${(ms / 1000).toFixed(1)} s; peak RSS source ${peak.source.toFixed(0)} MB, requester ${peak.requester.toFixed(0)} MB (goal < 500)` });
       await requester.stop();
       await src.stop();
     }
