@@ -250,8 +250,13 @@ async function main() {
       concurrent: { type: 'string', default: '100' },
       bulk: { type: 'string', default: '1000' },
       json: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h' },
     },
   });
+  if (values.help) {
+    console.log('Speed figures, each a ratio of two things measured in this run (see the header of scripts/bench.ts).\n\n  npm run bench -- [--large 1000000] [--small 10000] [--members 10000,50000] [--concurrent 100] [--bulk 1000] [--json]\n\nA size of 0 skips its part.');
+    return;
+  }
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'p2p-bench-'));
   const figures: Figure[] = [];
   const started = Date.now();
@@ -505,6 +510,6 @@ async function exportFigure(base: string, storeDir: string, count: number): Prom
 }
 
 main().catch((err) => {
-  console.error(err);
+  console.error(err instanceof Error ? err.message : err);
   process.exit(1);
 });

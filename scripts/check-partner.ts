@@ -13,9 +13,22 @@ import { createLogger } from '../src/logger';
 import { SourcePayerRegistry } from '../src/requester/source-payers';
 import { checkPartner, formatResults } from '../src/requester/partner-check';
 
+const USAGE = `Checks a registered source payer as the exchange will use it, and prints a pass/fail table.
+
+  npm run check-partner -- --issuer <issuer> [--member <file>] [--timeout <seconds>]
+
+--member: a $member-match body (Parameters) for a test member the source holds.
+Source payers come from SOURCE_PAYERS_FILE. Exit code 1 when a check fails, 2 on a usage error.`;
+
 export async function runCheckPartner(argv: string[], env: NodeJS.ProcessEnv = process.env, overrides: { minPollMs?: number } = {}): Promise<{ code: number; output: string }> {
-  const { values } = parseArgs({ args: argv, options: { issuer: { type: 'string' }, member: { type: 'string' }, timeout: { type: 'string', default: '300' } } });
-  if (!values.issuer) return { code: 2, output: 'usage: npm run check-partner -- --issuer <issuer> [--member <file>] [--timeout <seconds>]' };
+  let values;
+  try {
+    values = parseArgs({ args: argv, options: { issuer: { type: 'string' }, member: { type: 'string' }, timeout: { type: 'string', default: '300' }, help: { type: 'boolean', short: 'h' } } }).values;
+  } catch (err) {
+    return { code: 2, output: `${(err as Error).message}\n${USAGE}` };
+  }
+  if (values.help) return { code: 0, output: USAGE };
+  if (!values.issuer) return { code: 2, output: USAGE };
   const config = loadConfig(env);
   const payer = SourcePayerRegistry.fromFile(config.sourcePayersFile).get(values.issuer);
   if (!payer) return { code: 2, output: `No source payer with issuer ${values.issuer} in ${config.sourcePayersFile}` };

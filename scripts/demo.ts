@@ -18,7 +18,11 @@ import { generatePopulation } from './synthetic';
 const ISSUER = 'https://source-payer.example.com';
 
 async function main() {
-  const { values } = parseArgs({ options: { members: { type: 'string', default: '25' }, keep: { type: 'boolean', default: false } } });
+  const { values } = parseArgs({ options: { members: { type: 'string', default: '25' }, keep: { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h' } } });
+  if (values.help) {
+    console.log('Two payers on loopback run one whole exchange, showing the Task as it goes.\n\n  npm run demo -- [--members 25] [--keep]   (--keep leaves both servers running)');
+    return;
+  }
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'p2p-demo-'));
   const logger = createLogger('warn');
   const say = (s: string) => console.log(s);
@@ -107,6 +111,6 @@ async function get(url: string) {
 }
 
 main().catch((err) => {
-  console.error(err);
+  console.error(err instanceof Error ? err.message : err);
   process.exit(1);
 });

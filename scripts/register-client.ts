@@ -1,15 +1,17 @@
-/**
- * Registers a requesting payer as a client of this server (the source side):
- *   npm run register-client -- --client-id payer-a [--scopes "system/*.read"] [--alg ES384|RS384]
- *     [--role partner|service] [--clients-file config/clients.json] [--keys-dir keys]
- * Adds the public key to the clients file and writes the private key for the requesting payer to
- * keys/<client-id>.private.jwk.json (mode 600), then prints the source-payer entry it would use.
- */
+const USAGE = `Registers a client of this server (a requesting payer, or a back-office system).
+
+  npm run register-client -- --client-id <id> [--scopes "system/*.read"] [--alg ES384|RS384]
+      [--role partner|service] [--secret <secret>] [--clients-file config/clients.json] [--keys-dir keys]
+
+Without --secret: a key pair; the public key goes into the clients file, the private key to
+<keys-dir>/<id>.private.jwk.json (mode 600; keys/ is ignored by git) for the requesting payer.
+With --secret: a client_secret_basic client; only the secret's SHA-256 is written.
+The server reads the clients file when it starts: restart it after a change.`;
 import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { generateClientKeys, SigningAlg } from '../src/auth/keys';
-import { ClientRegistry, RegisteredClient, roleOf } from '../src/auth/client-registry';
+import { ClientRegistry, RegisteredClient, roleOf, secretDigest } from '../src/auth/client-registry';
 
 async function main() {
   const { values } = parseArgs({
@@ -21,8 +23,13 @@ async function main() {
       'keys-dir': { type: 'string', default: 'keys' },
       secret: { type: 'string' },
       role: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
     },
   });
+  if (values.help) {
+    console.log(USAGE);
+    return;
+  }
   const clientId = values['client-id'];
   if (!clientId || !/^[A-Za-z0-9._-]{1,64}$/.test(clientId)) throw new Error('--client-id is required (letters, digits, . _ -)');
   if (values.alg !== 'ES384' && values.alg !== 'RS384') throw new Error('--alg must be ES384 or RS384');
@@ -34,7 +41,7 @@ async function main() {
 
   let entry: RegisteredClient;
   if (values.secret) {
-    entry = { clientId, clientSecret: values.secret, scopes: values.scopes as string, ...role };
+    entry = { clientId, clientSecretSha256: secretDigest(values.secret), scopes: values.scopes as string, ...role };
   } else {
     const { publicJwk, privateJwk } = await generateClientKeys(values.alg as SigningAlg);
     entry = { clientId, jwks: { keys: [publicJwk] }, scopes: values.scopes as string, ...role };
@@ -46,8 +53,8 @@ async function main() {
   }
   new ClientRegistry([...others, entry]); // validates
   fs.mkdirSync(path.dirname(file), { recursive: true });
-  fs.writeFileSync(file, JSON.stringify([...others, entry], null, 2) + '\n');
-  console.log(`Registered client ${clientId} (${roleOf(entry)}) in ${file}`);
+  fs.writeFileSync(file, JSON.stringify([...others, entry], null, 2) + '\n', { mode: 0o600 });
+  console.log(`Registered client ${clientId} (${roleOf(entry)}) in ${file}; restart the server to let it in`);
 }
 
 main().catch((err) => {

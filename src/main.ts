@@ -229,6 +229,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
   runOffs?.unref();
   logger.info('listening', { base: base.url, engine: db.engine, sourcePayers: payers.size });
   logger.info(`authentication ${config.authRequired ? 'ON' : 'OFF'} (${config.authReason ?? 'as configured'})`, { clients: clients.roles() });
+  if (config.authRequired && clients.size === 0) logger.warn(`no clients are registered in ${config.clientsFile}: every request that needs a token will be refused (npm run register-client, then restart)`);
 
   let stopped = false;
   return {

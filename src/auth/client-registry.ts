@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { readJsonArrayFile } from '../json-file';
 import type { JSONWebKeySet } from 'jose';
 
@@ -8,7 +9,9 @@ export interface RegisteredClient {
   jwks?: JSONWebKeySet;
   /** Or a URL where the client publishes them. */
   jwksUrl?: string;
-  /** Or a shared secret for client_secret_basic. */
+  /** Or a shared secret for client_secret_basic, stored as its SHA-256 (base64url): what `npm run register-client` writes. */
+  clientSecretSha256?: string;
+  /** The secret itself (older clients files); prefer `clientSecretSha256`. */
   clientSecret?: string;
   /** Space-separated scopes the client may be granted, e.g. `system/*.read`. */
   scopes: string;
@@ -26,7 +29,12 @@ export type Role = 'partner' | 'service';
 
 /** A client's role as registered, or its default. */
 export function roleOf(client: RegisteredClient): Role {
-  return client.role ?? (client.clientSecret !== undefined ? 'service' : 'partner');
+  return client.role ?? (client.clientSecret !== undefined || client.clientSecretSha256 !== undefined ? 'service' : 'partner');
+}
+
+/** How a client secret is kept in the clients file. */
+export function secretDigest(secret: string): string {
+  return createHash('sha256').update(secret).digest('base64url');
 }
 
 export class ClientRegistry {
@@ -35,8 +43,9 @@ export class ClientRegistry {
   constructor(clients: RegisteredClient[]) {
     for (const c of clients) {
       if (!c || typeof c.clientId !== 'string' || !c.clientId) throw new Error('every client needs a clientId');
-      const kinds = [c.jwks, c.jwksUrl, c.clientSecret].filter((x) => x !== undefined).length;
-      if (kinds !== 1) throw new Error(`client ${c.clientId}: give exactly one of jwks, jwksUrl or clientSecret`);
+      const kinds = [c.jwks, c.jwksUrl, c.clientSecret, c.clientSecretSha256].filter((x) => x !== undefined).length;
+      if (kinds !== 1) throw new Error(`client ${c.clientId}: give exactly one of jwks, jwksUrl, clientSecretSha256 or clientSecret`);
+      if (c.clientSecretSha256 !== undefined && !/^[A-Za-z0-9_-]{43}$/.test(c.clientSecretSha256)) throw new Error(`client ${c.clientId}: clientSecretSha256 must be a SHA-256 in base64url (43 characters)`);
       if (typeof c.scopes !== 'string' || !c.scopes.trim()) throw new Error(`client ${c.clientId}: scopes are required`);
       if (c.role !== undefined && c.role !== 'partner' && c.role !== 'service') throw new Error(`client ${c.clientId}: role must be partner or service`);
       if (this.clients.has(c.clientId)) throw new Error(`client ${c.clientId} is registered twice`);

@@ -89,9 +89,10 @@ export class TokenService {
    */
   private checkSecret(basic: { id: string; secret: string }): RegisteredClient {
     const client = this.clients.get(basic.id);
-    const expected = createHash('sha256').update(client?.clientSecret ?? randomBytes(32)).digest();
+    // Digests compared in constant time: the stored SHA-256, or that of an older file's plain secret.
+    const stored = client?.clientSecretSha256 ? Buffer.from(client.clientSecretSha256, 'base64url') : createHash('sha256').update(client?.clientSecret ?? randomBytes(32)).digest();
     const given = createHash('sha256').update(basic.secret).digest();
-    const ok = timingSafeEqual(expected, given) && client?.clientSecret !== undefined;
+    const ok = stored.length === given.length && timingSafeEqual(stored, given) && (client?.clientSecret !== undefined || client?.clientSecretSha256 !== undefined);
     if (!client || !ok) throw invalidClient();
     return client;
   }

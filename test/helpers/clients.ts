@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { JWK } from 'jose';
 import { generateClientKeys } from '../../src/auth/keys';
-import { RegisteredClient } from '../../src/auth/client-registry';
+import { RegisteredClient, secretDigest } from '../../src/auth/client-registry';
 import { signClientAssertion } from '../../src/requester/client-assertion';
 import { tempDir } from './server';
 
@@ -19,7 +19,7 @@ export async function writeClientsFile(
   const clients: Record<string, TestClient> = {};
   for (const s of specs) {
     if (s.secret) {
-      entries.push({ clientId: s.clientId, clientSecret: s.secret, scopes: s.scopes, ...(s.role ? { role: s.role } : {}) });
+      entries.push({ clientId: s.clientId, clientSecretSha256: secretDigest(s.secret), scopes: s.scopes, ...(s.role ? { role: s.role } : {}) });
       continue;
     }
     const { publicJwk, privateJwk } = await generateClientKeys(s.alg ?? 'ES384');
