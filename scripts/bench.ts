@@ -283,7 +283,7 @@ async function main() {
     const source = await startServerProcess(serverEnv(sourceDir, { CLIENTS_FILE: clientsFile, AUTH_REQUIRED: 'true', PUBLIC_BASE_URL: '' }));
     const payersFile = path.join(dir, 'payers.json');
     fs.writeFileSync(payersFile, JSON.stringify([{ issuer: 'https://src.example', fhirBaseUrl: source.base, tokenEndpoint: source.tokenUrl, clientId: 'bench', clientAuthenticationMode: 'PRIVATE_KEY_JWT', privateKeyJwk: privateJwk, scopes: 'system/*.read' }]));
-    for (const { size, member, system } of big) {
+    for (const { size, member, system } of sizes.length ? big : []) {
       const requester = await startServerProcess(serverEnv(path.join(dir, `requester-${size}`), { SOURCE_PAYERS_FILE: payersFile, POLL_MIN_MS: '50' }));
       // The plain download, with a token of its own, asks for what the exchange asks for.
       const token = await benchToken(source.tokenUrl, privateJwk);
@@ -313,6 +313,7 @@ async function main() {
     await source.stop();
 
     // 2. A large store and a small one: memory, the first query after a restart, two-parameter searches.
+    if (Number(values.large) > 0 && Number(values.small) > 0) {
     const stores: Record<string, { dir: string; members: SyntheticMember[]; count: number }> = {};
     for (const [label, n] of [['small', Number(values.small)], ['large', Number(values.large)]] as const) {
       const members: SyntheticMember[] = [];
@@ -365,6 +366,7 @@ async function main() {
       goal: '<= 2.0',
       detail: `${searchP50.large.toFixed(2)} ms vs ${searchP50.small.toFixed(2)} ms`,
     });
+    }
 
     // 3. Many exchanges at once.
     const concurrent = Number(values.concurrent);

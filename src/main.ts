@@ -17,6 +17,7 @@ import { TokenService } from './auth/token-service';
 import { smartConfigurationRoutes, TOKEN_PATH, tokenRoutes } from './auth/routes';
 import { Guard } from './auth/guard';
 import { GrantStore } from './access/grants';
+import { AuditLog } from './audit/audit-log';
 import { AccessPolicy } from './access/access-policy';
 import { grantRoutes } from './access/grant-routes';
 import { MatchThrottle } from './responder/match-throttle';
@@ -74,6 +75,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
   const registry = new SearchRegistry(RESOURCE_TYPES);
   const store = new ResourceStore(db, registry);
   const compartment = new PatientCompartment(registry, RESOURCE_TYPES);
+  const audit = new AuditLog(store, logger, config.requestingPayerName);
   const grants = new GrantStore(db);
   const access = new AccessPolicy(grants, compartment);
   const base = { url: fhirBase(config) };
@@ -96,6 +98,9 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
         onChange: type === 'Consent' ? (id, resource) => grants.consentChanged(id, resource as never) : undefined,
         // Clients may cancel an exchange Task, nothing more.
         beforeWrite: type === 'Task' ? checkClientTaskWrite : undefined,
+        // What partners read is disclosed data: the audit trail names the members.
+        onPartnerRead: (req, interaction, readType, resources) =>
+          audit.record({ kind: interaction, action: 'R', outcome: 'success', client: req.access?.clientId, patients: [...new Set(resources.flatMap((r) => compartment.patientsOf(r)))].slice(0, 1000), what: [readType], description: `${interaction === 'read' ? 'read' : 'search'} of ${readType}: ${resources.length} resource(s)` }),
       }),
     );
   }
@@ -107,7 +112,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
   const exportJobs = new ExportJobHandler(store, registry, compartment, access, files, config.exportFileTtlSeconds * 1000);
   runner.register(EXPORT_JOB, exportJobs.run);
   const throttle = new MatchThrottle(db, { maxFailures: config.memberMatchMaxFailures, windowMs: config.memberMatchWindowSeconds * 1000 }, logger);
-  const memberMatch = new MemberMatchService(store, grants, throttle, logger);
+  const memberMatch = new MemberMatchService(store, grants, throttle, logger, undefined, audit);
   runner.register(BULK_MATCH_JOB, new BulkMemberMatchJob(store, memberMatch, files, config.exportFileTtlSeconds * 1000, logger).run);
 
   const remoteClients = new Map<string, RemotePayerClient>();
@@ -128,7 +133,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
     return client;
   };
   const tracker = new TaskTracker(store);
-  const invokeExport = new InvokeExportService(db, store, payers, tracker, runner, config.requestingPayerName, logger);
+  const invokeExport = new InvokeExportService(db, store, payers, tracker, runner, config.requestingPayerName, logger, audit);
   const journal = new ImportJournal(db, store, logger);
   const exchanges = new ExchangeJobHandler({
     store,
@@ -154,6 +159,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
     requesterDisplay: config.requestingPayerName,
     releaseLock: (taskId) => invokeExport.release(taskId),
     logger,
+    audit,
   });
   runner.register(BULK_EXCHANGE_JOB, new BulkExchangeJob(store, tracker, logger).run);
   runner.register<ExchangeJobData>(EXCHANGE_JOB, exchanges.run, async (job, reason) => {
@@ -168,7 +174,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
     services,
     baseUrl,
     tokenEndpoint: tokenUrl,
-    rootRoutes: [tokenRoutes(tokens, tokenUrl, logger)],
+    rootRoutes: [tokenRoutes(tokens, tokenUrl, logger, audit)],
     rootPaths: [TOKEN_PATH],
     guard,
     overrideRoutes: [binaryRoutes(guard, services.get('Binary') as ResourceService, db.blobs, config.binaryInlineLimitBytes)],
@@ -177,7 +183,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
       bundleRoutes(guard, new BundleProcessor({ services, store, baseUrl })),
       runOffRoutes(guard, invokeExport),
       systemHistoryRoutes({ guard, store, access, baseUrl, defaultPageSize: config.defaultPageSize, maxPageSize: config.maxPageSize }),
-      bulkExportRoutes({ runner, files, store, registry, compartment, access, guard, baseUrl, authRequired: config.authRequired, statusWaitMs: 500 }),
+      bulkExportRoutes({ runner, files, store, registry, compartment, access, guard, baseUrl, authRequired: config.authRequired, statusWaitMs: 500, audit }),
       everythingRoutes({ store, compartment, access, guard, baseUrl, defaultPageSize: config.defaultPageSize, maxPageSize: config.maxPageSize }),
       grantRoutes(guard, grants, logger),
       definitionRoutes(guard, operations, baseUrl),

@@ -48,6 +48,7 @@ class PartnerScope implements AccessScope {
 
   filter(type: string): Filter | null {
     if (SUPPORTING_TYPES.includes(type)) return NOT_SENSITIVE;
+    if (type === 'AuditEvent') return null; // the audit trail is the payer's own
     if (type === 'Group') {
       // A Group made for a client ($bulk-member-match) is that client's alone; others by their members.
       const mine = { 's._tag': `${CLIENT_TAG_SYSTEM}|${this.clientId}` };
@@ -63,6 +64,7 @@ class PartnerScope implements AccessScope {
   canSee(resource: Resource): boolean {
     const type = resource.resourceType;
     if (SUPPORTING_TYPES.includes(type)) return !isSensitive(resource);
+    if (type === 'AuditEvent') return false;
     if (type === 'Group') {
       const owners = (resource.meta?.tag ?? []).filter((t) => t.system === CLIENT_TAG_SYSTEM).map((t) => t.code);
       if (owners.length) return owners.includes(this.clientId);

@@ -3,11 +3,12 @@ import { asyncHandler } from '../fhir/http';
 import { invalidClient, OAuthError, SIGNING_ALGS, TokenService } from './token-service';
 import { Guard, PUBLIC } from './guard';
 import type { Logger } from '../logger';
+import type { AuditLog } from '../audit/audit-log';
 
 export const TOKEN_PATH = '/oauth/token';
 
 /** POST /oauth/token: SMART Backend Services client_credentials. */
-export function tokenRoutes(tokens: TokenService, tokenUrl: () => string, logger: Logger): Router {
+export function tokenRoutes(tokens: TokenService, tokenUrl: () => string, logger: Logger, audit?: AuditLog): Router {
   const router = Router();
   router.post(
     TOKEN_PATH,
@@ -16,16 +17,34 @@ export function tokenRoutes(tokens: TokenService, tokenUrl: () => string, logger
       try {
         const { clientId, body } = await tokens.issue(req.body ?? {}, tokenUrl(), basicCredentials(req));
         logger.info('token issued', { client: clientId, scope: body.scope });
+        await audit?.record({ kind: 'token', action: 'E', outcome: 'success', client: clientId, description: `access token issued for ${body.scope}` });
         res.status(200).json(body);
       } catch (err) {
         if (!(err instanceof OAuthError)) throw err;
-        logger.warn('token refused', { error: err.error });
+        // The client as it named itself (its assertion's iss or Basic id), for the log and the trail: never its credentials.
+        const claimed = claimedClient(req);
+        logger.warn('token refused', { error: err.error, client: claimed });
+        await audit?.record({ kind: 'token', action: 'E', outcome: 'failure', client: claimed, description: `access token refused: ${err.error}` });
         if (err.status === 401) res.set('WWW-Authenticate', 'Basic realm="token"');
         res.status(err.status).json({ error: err.error, error_description: err.message });
       }
     }),
   );
   return router;
+}
+
+/** Who a token request says it is from: the assertion's unverified `iss`, or the Basic id (for logs only). */
+function claimedClient(req: Request): string | undefined {
+  try {
+    const assertion = (req.body as Record<string, unknown> | undefined)?.client_assertion;
+    if (typeof assertion === 'string') {
+      const iss = JSON.parse(Buffer.from(assertion.split('.')[1] ?? '', 'base64url').toString('utf8')).iss;
+      if (typeof iss === 'string') return iss.slice(0, 100);
+    }
+    return basicCredentials(req)?.id.slice(0, 100);
+  } catch {
+    return undefined;
+  }
 }
 
 /** The client_secret_basic pair (RFC 6749 §2.3.1: form-urlencoded id and secret); any malformed header is invalid_client. */

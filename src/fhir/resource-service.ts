@@ -7,7 +7,7 @@ import { includedFor, withJoins } from './search/joins';
 import { historyBundle, searchBundle } from './bundle';
 import { badRequest, FhirError, notFound, preconditionFailed, unprocessable } from './outcome';
 import * as jsonPatch from 'fast-json-patch';
-import { ID_PATTERN } from './resource-types';
+import { ID_PATTERN, SERVER_WRITTEN_TYPES } from './resource-types';
 import { validateResource } from './validator';
 import { parseIfMatch, preferStrict } from './http';
 import { parseFhirDate } from './search/fhir-date';
@@ -26,6 +26,8 @@ export interface ResourceServiceDeps {
   onChange?: (id: string, resource: Resource | undefined) => Promise<void>;
   /** Asked before a client updates (or deletes: `incoming` undefined) an existing resource; throws to refuse. */
   beforeWrite?: (existing: Resource, incoming: Resource | undefined) => void;
+  /** Told what a partner client read or found (the audit trail of disclosures). */
+  onPartnerRead?: (req: Request, interaction: 'read' | 'search', type: string, resources: Resource[]) => Promise<void>;
 }
 
 interface CoreArgs {
@@ -65,6 +67,10 @@ function checkInternalMarkers(type: string, incoming: Resource, existing: Resour
 export function createResourceService(type: string, deps: ResourceServiceDeps) {
   const { store, registry } = deps;
   const scopeOf = (req: Request) => deps.access.scopeFor(req.access);
+  /** The audit trail is written by the server alone. */
+  const serverWrittenOnly = () => {
+    if (SERVER_WRITTEN_TYPES.includes(type)) throw new FhirError(405, 'not-supported', `${type} resources are written by this server only`);
+  };
   const hidden = () => notFound(`${type} is not known`);
 
   /** The current version if the caller may see it; a hidden or deleted one is 404 to a partner. */
@@ -94,7 +100,12 @@ export function createResourceService(type: string, deps: ResourceServiceDeps) {
       searchParam: [...registry.params(type).values()].map((p) => ({ name: p.code, definition: p.url, type: p.type })),
     }),
 
-    searchById: async (args: CoreArgs, { req }: CoreContext) => visible(await scopeOf(req), checkId(type, args.id)),
+    searchById: async (args: CoreArgs, { req }: CoreContext) => {
+      const scope = await scopeOf(req);
+      const resource = await visible(scope, checkId(type, args.id));
+      if (scope.members) await deps.onPartnerRead?.(req, 'read', type, [resource]);
+      return resource;
+    },
 
     searchByVersionId: async (args: CoreArgs, { req }: CoreContext) => {
       const scope = await scopeOf(req);
@@ -130,6 +141,7 @@ export function createResourceService(type: string, deps: ResourceServiceDeps) {
       const hasMore = found.length > sr.count;
       let resources = found.slice(0, sr.count).filter((r) => scope.canSee(r));
       const included = await includedFor({ registry, store, scope }, resources, sr.includes);
+      if (scope.members && resources.length + included.length > 0) await deps.onPartnerRead?.(req, 'search', type, [...resources, ...included]);
       if (sr.elements) resources = resources.map((r) => subset(r, sr.elements as string[]));
       return searchBundle({ base, type, resources, included, total, selfParams: sr.applied, offset: sr.offset, count: sr.count, hasMore, warnings: sr.warnings });
     },
@@ -155,6 +167,7 @@ export function createResourceService(type: string, deps: ResourceServiceDeps) {
 
     /** A resource as it may be created: valid, and without the server's markers. */
     checkCreate(body: unknown): Resource {
+      serverWrittenOnly();
       const resource = validateResource(body, type);
       checkInternalMarkers(type, resource, undefined);
       return resource;
@@ -162,6 +175,7 @@ export function createResourceService(type: string, deps: ResourceServiceDeps) {
 
     /** A resource as it may replace `existing` (or be created at `id`): valid, the id the URL's, the type's rules kept. */
     checkUpdate(id: string, body: unknown, existing: Resource | undefined): Resource {
+      serverWrittenOnly();
       const resource = validateResource(body, type);
       if (resource.id !== id) throw badRequest(`The body's id (${resource.id ?? 'none'}) must equal the id in the URL (${id})`, [`${type}.id`]);
       if (existing) deps.beforeWrite?.(existing, resource);
@@ -171,6 +185,7 @@ export function createResourceService(type: string, deps: ResourceServiceDeps) {
 
     /** Whether `existing` may be deleted (the type's rules). */
     checkDelete(existing: Resource): void {
+      serverWrittenOnly();
       deps.beforeWrite?.(existing, undefined);
     },
 
@@ -238,6 +253,7 @@ export function createResourceService(type: string, deps: ResourceServiceDeps) {
     },
 
     remove: async (args: CoreArgs) => {
+      serverWrittenOnly();
       const id = checkId(type, args.id);
       const existing = deps.beforeWrite ? await store.readIfExists(type, id) : undefined;
       if (existing) deps.beforeWrite?.(existing, undefined);

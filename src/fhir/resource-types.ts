@@ -5,8 +5,11 @@ export const RESOURCE_TYPES = [
   'MedicationRequest', 'MedicationDispense', 'Immunization', 'AllergyIntolerance',
   'DiagnosticReport', 'DocumentReference', 'CarePlan', 'CareTeam', 'Goal', 'Device',
   'Practitioner', 'PractitionerRole', 'Organization', 'Location', 'Medication',
-  'RelatedPerson', 'ServiceRequest', 'Binary',
+  'RelatedPerson', 'ServiceRequest', 'Binary', 'AuditEvent',
 ] as const;
+
+/** Types the server writes itself and no client may write (the audit trail). */
+export const SERVER_WRITTEN_TYPES: readonly string[] = ['AuditEvent'];
 
 export type ResourceType = (typeof RESOURCE_TYPES)[number];
 

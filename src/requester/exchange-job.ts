@@ -4,7 +4,7 @@ import type { Identifier, Parameters, Reference, TaskOutput } from 'fhir/r4';
 import { ResourceStore } from '../store/resource-store';
 import { JobContext, JobDoc, RetryLater } from '../jobs/job-runner';
 import type { Logger } from '../logger';
-import { isServedType, RESOURCE_TYPES } from '../fhir/resource-types';
+import { isServedType, RESOURCE_TYPES, SERVER_WRITTEN_TYPES } from '../fhir/resource-types';
 import { isFhirResourceType, validateResource } from '../fhir/validator';
 import { FhirError } from '../fhir/outcome';
 import { BulkManifest, parseRetryAfter, RemoteError, RemotePayer } from './remote-payer-client';
@@ -17,6 +17,7 @@ import { downloadTo } from './downloader';
 import { archiveFolder, archiveOf, provenanceOf } from './archive';
 import { pipeline } from 'node:stream/promises';
 import type { BlobStore } from '../store/blobs/blob-store';
+import type { AuditLog } from '../audit/audit-log';
 import { classify, ExchangeFailed, LimitReached } from './exchange-errors';
 import { NdjsonError } from './ndjson';
 import { findMember } from './member-lookup';
@@ -97,6 +98,7 @@ export interface ExchangeDeps {
   requesterDisplay: string;
   releaseLock: (taskId: string) => Promise<void>;
   logger: Logger;
+  audit?: AuditLog;
 }
 
 const NO_MEMBER_DATA: Parameters = { resourceType: 'Parameters', parameter: [] };
@@ -253,7 +255,7 @@ export class ExchangeJobHandler {
       if (!e || typeof e !== 'object' || !isFhirResourceType(e.type)) throw new ExchangeFailed(`The manifest names a file type that is not a FHIR resource type: ${JSON.stringify(String(e?.type)).slice(0, 80)}`);
       if (typeof e.url !== 'string' || !remote.mayDownload(e.url)) throw new ExchangeFailed(`Refused to download ${e.type} from ${safeOrigin(e.url)}: not the source payer's origin or one of its fileOrigins`);
       const count = typeof e.count === 'number' && Number.isInteger(e.count) && e.count >= 0 ? e.count : undefined;
-      if (e.kind === 'output' && !isServedType(e.type)) {
+      if (e.kind === 'output' && (!isServedType(e.type) || SERVER_WRITTEN_TYPES.includes(e.type))) {
         checked.skipped[e.type] = (checked.skipped[e.type] ?? 0) + (count ?? 0);
         continue;
       }
@@ -362,6 +364,7 @@ export class ExchangeJobHandler {
     await this.d.tracker.change(data.taskId, { status: 'completed', step: 'completed', note: `Imported ${total} resources`, output });
     await journal.forget(data.taskId);
     this.d.logger.info('exchange ended', { task: data.taskId, issuer: data.issuer, outcome: 'completed', files: files.length, counts, skipped: data.manifest?.skipped ?? {} });
+    await this.d.audit?.record({ kind: 'exchange', action: 'C', outcome: 'success', patients: [data.localPatientId], what: [`Task/${data.taskId}`, `Provenance/${provenance.id}`], description: `exchange from ${data.issuer} completed: ${total} resources imported` });
     if (data.exportStarted) await remote.cancel(data.exportStarted.statusUrl);
     await this.cleanup(ctx.job);
     await ctx.checkpoint({ memberMatch: NO_MEMBER_DATA });
@@ -387,6 +390,7 @@ export class ExchangeJobHandler {
     await this.d.tracker.change(data.taskId, change).catch((e) => (e instanceof TaskCancelled ? undefined : Promise.reject(e)));
     const files = data.downloads?.files.length ?? 0;
     this.d.logger.info('exchange ended', { task: data.taskId, issuer: data.issuer, outcome, reason: outcome === 'failed' ? reason : undefined, files, counts: data.imports?.counts ?? {}, removed });
+    await this.d.audit?.record({ kind: 'exchange', action: 'C', outcome: 'failure', patients: [data.localPatientId], what: [`Task/${data.taskId}`], description: `exchange from ${data.issuer} ${outcome}${removed ? `; ${removed} imported resource(s) removed` : ''}` });
     await this.cleanup(job);
   }
 
@@ -456,7 +460,7 @@ class ImportQueue {
 }
 
 /** What an exchange asks the source for when the request names no `_type`: every type this server stores but Binary. */
-export const DEFAULT_TYPES: string[] = RESOURCE_TYPES.filter((t) => t !== 'Binary');
+export const DEFAULT_TYPES: string[] = RESOURCE_TYPES.filter((t) => t !== 'Binary' && !SERVER_WRITTEN_TYPES.includes(t));
 
 function nextLink(m: BulkManifest): string | undefined {
   const link = Array.isArray(m.link) ? m.link.find((l) => l?.relation === 'next')?.url : undefined;

@@ -18,6 +18,7 @@ export const MAX_BULK_EXCHANGE_MEMBERS = 10_000;
 import { DATA_REQUEST_CODE, EXCHANGE_TAG, isTaskEnded, TaskTracker } from './task-tracker';
 import { EXCHANGE_JOB, ExchangeJobData } from './exchange-job';
 import type { Logger } from '../logger';
+import type { AuditLog } from '../audit/audit-log';
 
 const INVOKE_SPECS = [
   { name: 'localPatient', min: 1, max: 1, type: 'valueReference' },
@@ -104,6 +105,7 @@ export class InvokeExportService {
     private readonly runner: JobRunner,
     private readonly requesterName: string,
     private readonly logger: Logger,
+    private readonly audit?: AuditLog,
   ) {
     this.locks = db.collection<LockDoc>('exchange_locks');
   }
@@ -184,6 +186,7 @@ export class InvokeExportService {
       await this.runner.enqueue(EXCHANGE_JOB, taskId, data);
       await this.locks.updateOne({ _id: lockId, taskId }, { state: 'active' });
       this.logger.info('exchange requested', { task: taskId, issuer: payer.issuer, ...(partOf ? { parent: partOf } : {}) });
+      await this.audit?.record({ kind: 'exchange', action: 'E', outcome: 'success', patients: [request.localPatientId], what: [`Task/${taskId}`], description: `${runOff ? 'run-off' : 'exchange'} from ${payer.issuer} requested` });
       return created;
     } catch (err) {
       await this.release(taskId);

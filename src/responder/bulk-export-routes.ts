@@ -15,6 +15,7 @@ import { ExportLevel, kickoffParams, parseExportRequest } from './export-request
 import { EXPORT_JOB, ExportJobData } from './export-job';
 import { BULK_MATCH_JOB, BulkMatchJobData, parseBulkMemberMatch, RESULT_SYSTEM } from './bulk-member-match';
 import type { Group } from 'fhir/r4';
+import type { AuditLog } from '../audit/audit-log';
 
 /** The asynchronous jobs whose status and files these routes serve. */
 const ASYNC_KINDS = [EXPORT_JOB, BULK_MATCH_JOB];
@@ -33,6 +34,7 @@ export interface BulkExportDeps {
   authRequired: boolean;
   /** How long a status request may wait for a running export to finish before answering 202 (small exports then need no second poll). */
   statusWaitMs?: number;
+  audit?: AuditLog;
 }
 
 /** Bulk Data Access 2.0 export: kick-off at system, Patient, Patient/{id} and Group/{id}; status; files. */
@@ -81,6 +83,7 @@ export function bulkExportRoutes(deps: BulkExportDeps): Router {
         transactionTime: new Date().toISOString(),
       };
       await deps.runner.enqueue(EXPORT_JOB, jobId, data);
+      await deps.audit?.record({ kind: 'export', action: 'E', outcome: 'success', client: data.owner, patients: request.patientIds, what: [...(id ? [`${level === 'group' ? 'Group' : 'Patient'}/${id}`] : []), ...request.types], description: `${davinci ? '$davinci-data-export' : '$export'} started (${level} level), job ${jobId}` });
       res.set('Content-Location', `${deps.baseUrl()}/bulkstatus/${jobId}`);
       sendResource(res, 202, outcome('information', 'informational', 'Export accepted; poll the Content-Location for its status'));
     });
@@ -111,6 +114,7 @@ export function bulkExportRoutes(deps: BulkExportDeps): Router {
         inputs,
       };
       await deps.runner.enqueue(BULK_MATCH_JOB, jobId, data);
+      await deps.audit?.record({ kind: 'bulk-member-match', action: 'E', outcome: 'success', client: data.owner, description: `$bulk-member-match of ${inputs.length} member(s) started, job ${jobId}` });
       res.set('Content-Location', `${deps.baseUrl()}/bulkstatus/${jobId}`);
       sendResource(res, 202, outcome('information', 'informational', `$bulk-member-match of ${inputs.length} member(s) accepted; poll the Content-Location`));
     }),
@@ -187,6 +191,7 @@ export function bulkExportRoutes(deps: BulkExportDeps): Router {
       }
       const file = entry && (await deps.files.read(job._id, entry.name));
       if (!file) throw notFound('No such file');
+      await deps.audit?.record({ kind: 'download', action: 'R', outcome: 'success', client: job.data.owner, patients: job.data.members, what: [entry.type], description: `export file ${entry.name} of job ${job._id} downloaded (${entry.count} resources)` });
       res.status(200).type('application/fhir+ndjson');
       file.on('error', (err) => res.destroy(err)).pipe(res);
     }),

@@ -12,6 +12,7 @@ import { MatchThrottle } from './match-throttle';
 import { GrantStore } from '../access/grants';
 import { CLIENT_TAG_SYSTEM } from '../fhir/internal-markers';
 import type { Logger } from '../logger';
+import type { AuditLog } from '../audit/audit-log';
 
 export const MEMBER_MATCH_SPECS = [
   { name: 'MemberPatient', min: 1, max: 1, type: 'resource:Patient' },
@@ -87,6 +88,7 @@ export class MemberMatchService {
     private readonly throttle: MatchThrottle,
     private readonly logger: Logger,
     private readonly now: () => Date = () => new Date(),
+    private readonly audit?: AuditLog,
   ) {}
 
   /**
@@ -113,10 +115,12 @@ export class MemberMatchService {
     if (result.outcome !== 'match') {
       this.logger.info(result.outcome === 'nomatch' ? 'member-match found no unique member' : 'member-match refused', { client: clientId, reason: result.outcome, candidates: result.candidates });
       await this.throttle.failed(clientId);
+      await this.audit?.record({ kind: 'member-match', action: 'E', outcome: 'failure', client: clientId, description: `$member-match: ${result.outcome === 'nomatch' ? 'no unique match' : 'consent cannot be honoured'}` });
       throw unprocessable(NO_MATCH);
     }
     const { patient, coverage } = result;
     this.logger.info('member-match matched', { client: clientId, patient: patient.id });
+    await this.audit?.record({ kind: 'member-match', action: 'E', outcome: 'success', client: clientId, patients: [patient.id as string], description: '$member-match: matched; access granted under the member\'s consent' });
     return {
       resourceType: 'Parameters',
       parameter: [

@@ -11,6 +11,7 @@ type Db = BetterSqlite3.Database;
 type Row = { rid: number; doc: string };
 const WILDCARD = /^([A-Za-z_][A-Za-z0-9_]*)\.\$\*\*$/;
 const SIDE_ROWS = 64;
+const MAX_STATEMENTS = 200;
 
 /**
  * One collection: a table of `(rid, id, doc)` (the document as JSON, `_id` as `id`), expression
@@ -36,12 +37,17 @@ class SqliteCollection<T extends StoredDoc> implements Collection<T> {
     this.compiler = new FilterCompiler(this.layout);
   }
 
+  /** Prepared statements by text, the most recently used kept (queries vary in shape: IN lists, filters). */
   private stmt(sql: string): BetterSqlite3.Statement {
     let s = this.statements.get(sql);
-    if (!s) {
-      s = this.db.prepare(sql);
+    if (s) {
+      this.statements.delete(sql);
       this.statements.set(sql, s);
+      return s;
     }
+    s = this.db.prepare(sql);
+    this.statements.set(sql, s);
+    if (this.statements.size > MAX_STATEMENTS) this.statements.delete(this.statements.keys().next().value as string);
     return s;
   }
 
