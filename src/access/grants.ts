@@ -35,6 +35,12 @@ export interface GrantInfo {
 export class GrantStore {
   private readonly grants: Collection<Grant>;
   private indexed?: Promise<void>;
+  /**
+   * Each client's unrevoked grants, read once for many requests: dropped at every change made here,
+   * and at most CACHE_MS old, so a change made by another process sharing the database holds here
+   * within that time. Whether a grant is in force now is judged at every call.
+   */
+  private readonly cache = new Map<string, { docs: Grant[]; at: number }>();
 
   constructor(db: Database, private readonly now: () => Date = () => new Date()) {
     this.grants = db.collection<Grant>('access_grants');
@@ -59,12 +65,19 @@ export class GrantStore {
     if (start !== undefined) doc.start = start;
     if (end !== undefined) doc.end = end;
     await (await this.ready()).replaceOne({ _id: doc._id }, doc, { upsert: true });
+    this.cache.clear();
   }
 
   /** The members a client may see now, with the policy of each one's consent. */
   async activeFor(clientId: string): Promise<Map<string, ConsentPolicy>> {
     const t = this.now().getTime();
-    const docs = await (await this.ready()).find({ clientId, revokedAt: { $exists: false } });
+    let cached = this.cache.get(clientId);
+    if (!cached || Date.now() - cached.at > CACHE_MS) {
+      cached = { docs: await (await this.ready()).find({ clientId, revokedAt: { $exists: false } }), at: Date.now() };
+      if (this.cache.size > 1000) this.cache.clear();
+      this.cache.set(clientId, cached);
+    }
+    const docs = cached.docs;
     const out = new Map<string, ConsentPolicy>();
     for (const g of docs) if (isActive(g, t)) out.set(g.patientId, g.policy);
     return out;
@@ -79,6 +92,7 @@ export class GrantStore {
 
   /** Keeps grants in step with their Consent: deleted or no longer honourable revokes, a changed policy or period applies. */
   async consentChanged(consentId: string, consent?: Consent): Promise<void> {
+    this.cache.clear();
     const filter = { consentId, revokedAt: { $exists: false } };
     if (!consent) {
       await this.revokeWhere(filter);
@@ -99,6 +113,7 @@ export class GrantStore {
       if (end !== undefined) next.end = end;
       await grants.replaceOne({ _id: g._id, revokedAt: { $exists: false } }, next);
     }
+    this.cache.clear(); // again: a request may have read the old grants meanwhile
   }
 
   async list(patientId: string): Promise<GrantInfo[]> {
@@ -119,13 +134,18 @@ export class GrantStore {
   }
 
   private async revokeWhere(filter: Record<string, unknown>): Promise<number> {
+    this.cache.clear();
     const grants = await this.ready();
     const t = this.now().getTime();
     let n = 0;
     for (const g of await grants.find(filter)) n += await grants.updateOne({ _id: g._id, revokedAt: { $exists: false } }, { revokedAt: t });
+    this.cache.clear(); // again: a request may have read the old grants meanwhile
     return n;
   }
 }
+
+/** How long another process's change to grants may take to hold here. */
+const CACHE_MS = 1000;
 
 function isActive(g: Grant, t: number): boolean {
   return g.revokedAt === undefined && (g.start === undefined || g.start <= t) && (g.end === undefined || g.end >= t);
