@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import type { Identifier, Parameters, Reference, TaskOutput } from 'fhir/r4';
+import type { Identifier, Parameters, Reference, Resource, TaskOutput } from 'fhir/r4';
 import { ResourceStore } from '../store/resource-store';
 import { JobContext, JobDoc, RetryLater } from '../jobs/job-runner';
 import type { Logger } from '../logger';
@@ -331,6 +331,8 @@ export class ExchangeJobHandler {
     const now = new Date().toISOString();
     const sourceName = payer.name ?? payer.issuer;
     const archived: Reference[] = [];
+    const binaries: Resource[] = [];
+    const docs: Resource[] = [];
     for (const f of files) {
       // The file as received, streamed into the blob store (files, or GridFS), never held in memory.
       const blobKey = `${archiveFolder(data.taskId)}${f.name}`;
@@ -338,10 +340,13 @@ export class ExchangeJobHandler {
       await pipeline(fs.createReadStream(f.file), blob.stream);
       await blob.finished;
       const { binary, doc } = archiveOf({ taskId: data.taskId, name: f.name, type: f.type, count: f.count, size: f.size, sha1: f.sha1, blobKey, localPatientId: data.localPatientId, ownerReference: data.ownerReference, sourceName, issuer: data.issuer, now });
-      await journal.write(data.taskId, 'Binary', binary.id as string, () => store.update('Binary', binary.id as string, binary));
-      await journal.write(data.taskId, 'DocumentReference', doc.id as string, () => store.update('DocumentReference', doc.id as string, doc));
+      binaries.push(binary);
+      docs.push(doc);
       archived.push({ reference: `DocumentReference/${doc.id}` });
     }
+    // Their Binaries and DocumentReferences, each type in one batch through the undo journal.
+    await journal.writeMany(data.taskId, 'Binary', await store.planWrites('Binary', binaries));
+    await journal.writeMany(data.taskId, 'DocumentReference', await store.planWrites('DocumentReference', docs));
 
     const targets: string[] = [];
     for (const f of files) {
