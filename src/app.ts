@@ -88,7 +88,7 @@ function requestLog(logger: Logger): RequestHandler {
     const start = process.hrtime.bigint();
     res.on('finish', () => {
       // The path only: queries and bodies may carry member data.
-      logger.info('request', { method: req.method, path: req.path, status: res.statusCode, ms: Number(process.hrtime.bigint() - start) / 1e6 });
+      logger.info('request', { method: req.method, path: req.path, status: res.statusCode, ms: Number(process.hrtime.bigint() - start) / 1e6, ...(req.access ? { client: req.access.clientId } : {}) });
     });
     next();
   };
