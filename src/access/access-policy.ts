@@ -17,11 +17,14 @@ export interface AccessScope {
   filter(type: string): Filter | null;
   /** Whether the caller may see this resource. */
   canSee(resource: Resource): boolean;
+  /** The same scope for these members only (an export or $everything of known members: small filters). */
+  only(patientIds: string[]): AccessScope;
 }
 
 const UNRESTRICTED: AccessScope = {
   filter: () => ({}),
   canSee: () => true,
+  only: () => UNRESTRICTED,
 };
 
 const NOT_SENSITIVE: Filter = { 's._security': { $nin: SENSITIVE_SECURITY_TOKENS } };
@@ -59,6 +62,15 @@ class PartnerScope implements AccessScope {
     const conditions: Filter[] = [this.compartment.filter(type, this.granted), { $or: [NOT_SENSITIVE, this.compartment.filter(type, this.sensitive)] }];
     if (type === 'Consent') conditions.push({ 's._tag': `${CLIENT_TAG_SYSTEM}|${this.clientId}` });
     return { $and: conditions };
+  }
+
+  only(patientIds: string[]): AccessScope {
+    const kept = new Map<string, ConsentPolicy>();
+    for (const id of patientIds) {
+      const policy = this.members.get(id);
+      if (policy) kept.set(id, policy);
+    }
+    return new PartnerScope(this.clientId, kept, this.compartment);
   }
 
   canSee(resource: Resource): boolean {

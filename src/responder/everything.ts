@@ -84,7 +84,7 @@ export class PatientEverything {
 
   async page(req: Request, patientId: string, ask: EverythingRequest): Promise<Bundle> {
     const { store, compartment } = this.d;
-    const scope = await this.d.access.scopeFor(req.access);
+    const scope = (await this.d.access.scopeFor(req.access)).only([patientId]);
     const patient = await store.readIfExists('Patient', patientId);
     // A partner learns nothing of a member it may not see: the same 404 as for none.
     if (!patient || !scope.canSee(patient)) throw notFound(`Patient/${patientId} is not known`);

@@ -56,7 +56,7 @@ export class ExportJobHandler {
     const data = job.data;
     const req = data.request;
     await this.files.reset(job._id);
-    const scope = await this.access.scopeFor({ clientId: data.owner, role: data.role ?? 'partner' });
+    let scope = await this.access.scopeFor({ clientId: data.owner, role: data.role ?? 'partner' });
     let patientIds = req.level === 'group' ? await this.groupMembers(req.groupId as string) : req.patientIds;
     // $davinci-data-export's `patient`: a subset of the Group's members (others are ignored).
     if (req.level === 'group' && req.patientIds) patientIds = (patientIds ?? []).filter((id) => req.patientIds?.includes(id));
@@ -64,6 +64,8 @@ export class ExportJobHandler {
       const granted = scope.members;
       patientIds = (patientIds ?? [...granted.keys()]).filter((id) => granted.has(id));
       await ctx.checkpoint({ members: patientIds });
+      // The export's own members: its filters name them, not every member the partner holds.
+      scope = scope.only(patientIds);
     }
     const patientLevel = req.level !== 'system' || !!scope.members;
     const referenced = new Map<string, Set<string>>();
