@@ -203,7 +203,10 @@ export class JobRunner {
       await this.finish(job._id, 'completed');
     } catch (err) {
       const reason = controller.signal.aborted ? controller.signal.reason : err;
-      if (reason instanceof RunnerStopped || reason instanceof LeaseLost) {
+      if (reason instanceof RunnerStopped) {
+        // A graceful stop hands the job back at once: the next process (or this one restarted) takes it without waiting out the lease.
+        await this.jobs.updateOne({ _id: job._id, leaseOwner: this.owner, state: 'running' }, { leaseUntil: 0, updatedAt: Date.now() }).catch(() => undefined);
+      } else if (reason instanceof LeaseLost) {
         // Left for whichever process claims it next.
       } else if (reason instanceof JobCancelled) {
         // Already marked cancelled.

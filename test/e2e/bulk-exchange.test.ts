@@ -53,6 +53,30 @@ describe('bulk exchange ($sdh.s2s.invoke-bulk-export)', () => {
     expect((await fhir('GET', `${requester.baseUrl}/Task?part-of=Task/${res.body.id}&_summary=count`)).body.total).toBe(3);
   });
 
+  it('a member whose consent the source cannot honour fails alone; a restart of the requesting server mid-way loses and repeats nothing', async () => {
+    const ms = [source.members[1], source.members[2]];
+    const locals = [];
+    for (const m of ms) locals.push(await createLocalPatient(requester, m));
+    const parts = ms.map((m, i) => memberPart(locals[i], m));
+    // Member 2's consent has ended: the source refuses to match under it.
+    const consent = (parts[1].part.find((p: any) => p.name === 'memberMatch') as any).part.find((p: any) => p.name === 'Consent').resource;
+    consent.provision = { period: { start: '2020-01-01', end: '2021-01-01' } };
+    const res = await fhir('POST', op, { resourceType: 'Parameters', parameter: [{ name: 'sourceIssuerUrl', valueString: 'https://source-payer.example.com' }, ...parts] });
+    expect(res.status).toBe(200);
+    // The requesting server stops as soon as the request is answered, and comes back on the same data.
+    const { config, port } = requester;
+    await requester.stop();
+    requester = await startRequester({ tokenUrl: source.server.tokenUrl, fhirBaseUrl: source.server.baseUrl, client: source.client }, { dataDir: config.dataDir, port, jobLeaseSeconds: 1 });
+    op = `${requester.baseUrl}/Group/$sdh.s2s.invoke-bulk-export`;
+    const parent = await waitForTask(requester, res.body.id, (t) => t.status === 'completed', 30000);
+    const counts = Object.fromEntries(parent.output.filter((o: any) => o.type.text.startsWith('members:')).map((o: any) => [o.type.text, o.valueInteger]));
+    expect(counts).toEqual({ 'members:completed': 1, 'members:failed': 1, 'members:cancelled': 0 });
+    const eobs = (await fhir('GET', `${requester.baseUrl}/ExplanationOfBenefit?patient=${locals[0]}&_count=100`)).body.entry.map((e: any) => e.resource);
+    expect(eobs.length).toBeGreaterThan(0);
+    expect(eobs.every((e: any) => e.meta.versionId === '1')).toBe(true);
+    expect((await fhir('GET', `${requester.baseUrl}/ExplanationOfBenefit?patient=${locals[1]}&_summary=count`)).body.total).toBe(0);
+  });
+
   it('checks every member before recording anything', async () => {
     const before = (await fhir('GET', `${requester.baseUrl}/Task?_summary=count`)).body.total;
     const m = source.members[1];
