@@ -49,10 +49,17 @@ export const PREFIX_END = '\u{10FFFF}';
 type Ops = Record<string, unknown>;
 const isOps = (v: unknown): v is Ops => !!v && typeof v === 'object' && !Array.isArray(v) && !(v instanceof RegExp) && Object.keys(v).length > 0 && Object.keys(v).every((k) => k.startsWith('$'));
 
+/** Roughly how many side rows a condition selects (counted up to a cap): to pick which of several drives a query. */
+export type Estimate = (side: string, where: string, params: unknown[]) => number;
+
 export class FilterCompiler {
-  constructor(private readonly layout: CollectionLayout) {}
+  /** The `rid IN (…)` conditions compiled so far, by their SQL: candidates to drive a conjunction. */
+  private readonly driving = new Map<string, { side: string; where: string; whereParams: unknown[] }>();
+
+  constructor(private readonly layout: CollectionLayout, private readonly estimate?: Estimate) {}
 
   compile(filter: Filter): Compiled {
+    this.driving.clear(); // what one compilation learns serves it alone
     const params: unknown[] = [];
     const sql = this.node(filter, params);
     return { sql, params };
@@ -64,21 +71,50 @@ export class FilterCompiler {
   }
 
   private node(filter: Filter, params: unknown[]): string {
-    const parts: string[] = [];
+    const parts: { sql: string; params: unknown[] }[] = [];
     for (const [key, value] of Object.entries(filter)) {
-      if (key === '$and' || key === '$or') {
+      const local: unknown[] = [];
+      if (key === '$and') {
         const list = value as Filter[];
-        if (list.length === 0) parts.push(key === '$and' ? '1' : '0');
-        else parts.push(`(${list.map((f) => this.node(f, params)).join(key === '$and' ? ' AND ' : ' OR ')})`);
+        parts.push(list.length === 0 ? { sql: '1', params: [] } : this.conjunction(list.map((f) => { const p: unknown[] = []; return { sql: this.node(f, p), params: p }; })));
+        continue;
+      }
+      if (key === '$or') {
+        const list = value as Filter[];
+        parts.push({ sql: list.length === 0 ? '0' : `(${list.map((f) => this.node(f, local)).join(' OR ')})`, params: local });
       } else if (key === '$nor') {
-        parts.push(`NOT (${(value as Filter[]).map((f) => this.node(f, params)).join(' OR ')})`);
+        parts.push({ sql: `NOT (${(value as Filter[]).map((f) => this.node(f, local)).join(' OR ')})`, params: local });
       } else if (key.startsWith('$')) {
         throw new Error(`unsupported filter operator ${key}`);
       } else {
-        parts.push(this.field(key, value, params));
+        parts.push({ sql: this.field(key, value, local), params: local });
       }
     }
-    return parts.length === 0 ? '1' : parts.length === 1 ? parts[0] : `(${parts.join(' AND ')})`;
+    const joined = parts.length === 0 ? { sql: '1', params: [] } : parts.length === 1 ? parts[0] : this.conjunction(parts);
+    params.push(...joined.params);
+    return joined.sql;
+  }
+
+  /**
+   * Several conditions that must all hold. When two or more are lookups in a side table, the one
+   * selecting the fewest rows drives (`rid IN (…)`) and the others are checked per candidate
+   * (`EXISTS`, by rid): a search on two parameters then costs what its narrower one selects, not
+   * its broader one, whatever the store's size.
+   */
+  private conjunction(parts: { sql: string; params: unknown[] }[]): { sql: string; params: unknown[] } {
+    const lookups = parts.map((p) => this.driving.get(p.sql)).map((d, i) => (d ? { d, i } : undefined)).filter((x): x is { d: { side: string; where: string; whereParams: unknown[] }; i: number } => !!x);
+    if (lookups.length >= 2 && this.estimate) {
+      const sizes = lookups.map(({ d }) => (this.estimate as Estimate)(d.side, d.where, d.whereParams));
+      const driver = lookups[sizes.indexOf(Math.min(...sizes))].i;
+      parts = parts.map((p, i) => {
+        const d = this.driving.get(p.sql);
+        if (!d || i === driver) return p;
+        return { sql: `EXISTS (SELECT 1 FROM ${quoteIdent(d.side)} AS w WHERE w.rid = ${quoteIdent(this.layout.table)}.rid AND ${d.where})`, params: p.params };
+      });
+    }
+    const params: unknown[] = [];
+    for (const p of parts) params.push(...p.params);
+    return { sql: parts.length === 1 ? parts[0].sql : `(${parts.map((p) => p.sql).join(' AND ')})`, params };
   }
 
   private wildcardOf(field: string): { side: string; p: string } | undefined {
@@ -165,7 +201,10 @@ export class FilterCompiler {
     const t = quoteIdent(side);
     const some = (cond: string, condParams: unknown[]) => {
       params.push(p, ...condParams);
-      return `rid IN (SELECT rid FROM ${t} WHERE p = ?${cond ? ` AND ${cond}` : ''})`;
+      const where = `p = ?${cond ? ` AND ${cond}` : ''}`;
+      const sql = `rid IN (SELECT rid FROM ${t} WHERE ${where})`;
+      this.driving.set(sql, { side, where, whereParams: [p, ...condParams] });
+      return sql;
     };
     const none = (cond: string, condParams: unknown[]) => {
       params.push(p, ...condParams);

@@ -12,6 +12,8 @@ type Row = { rid: number; doc: string };
 const WILDCARD = /^([A-Za-z_][A-Za-z0-9_]*)\.\$\*\*$/;
 const SIDE_ROWS = 64;
 const MAX_STATEMENTS = 200;
+/** Side rows counted at most when estimating which condition of a search is the narrowest. */
+const ESTIMATE_CAP = 5000;
 
 /**
  * One collection: a table of `(rid, id, doc)` (the document as JSON, `_id` as `id`), expression
@@ -34,7 +36,12 @@ class SqliteCollection<T extends StoredDoc> implements Collection<T> {
     for (const { name: side } of db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE ? ESCAPE '\\'`).all(`${prefix.replace(/_/g, '\\_')}%`) as { name: string }[]) {
       this.layout.wildcards.set(side.slice(prefix.length), side);
     }
-    this.compiler = new FilterCompiler(this.layout);
+    this.compiler = this.newCompiler();
+  }
+
+  /** A filter compiler that can ask how many side rows a condition selects (up to a cap). */
+  private newCompiler(): FilterCompiler {
+    return new FilterCompiler(this.layout, (side, where, params) => (this.stmt(`SELECT count(*) AS n FROM (SELECT 1 FROM ${quoteIdent(side)} WHERE ${where} LIMIT ${ESTIMATE_CAP})`).get(...params) as { n: number }).n);
   }
 
   /** Prepared statements by text, the most recently used kept (queries vary in shape: IN lists, filters). */
@@ -223,7 +230,7 @@ class SqliteCollection<T extends StoredDoc> implements Collection<T> {
           `CREATE INDEX IF NOT EXISTS ${quoteIdent(`${side}_rid`)} ON ${s} (rid);`,
       );
       this.layout.wildcards.set(wild[1], side);
-      this.compiler = new FilterCompiler(this.layout);
+      this.compiler = this.newCompiler();
       this.statements.clear();
       return;
     }
