@@ -197,6 +197,15 @@ describe.each(engines)('store contract on $name', (engine) => {
     expect(() => db.blobs.create('../../etc/passwd', 'text/plain')).toThrow(/invalid blob key/);
   });
 
+  it('takes $in lists of any length (a partner may hold tens of thousands of members)', async () => {
+    await store.update('Condition', 'k1', { resourceType: 'Condition', id: 'k1', subject: { reference: 'Patient/member-7' } } as Resource);
+    await store.update('Condition', 'k2', { resourceType: 'Condition', id: 'k2', subject: { reference: 'Patient/member-39999' } } as Resource);
+    const many = Array.from({ length: 40_000 }, (_, i) => `Patient/member-${i}`);
+    expect((await store.search('Condition', { 's.patient': { $in: many } })).map((r) => r.id).sort()).toEqual(['k1', 'k2']);
+    expect((await store.search('Condition', { _id: { $in: Array.from({ length: 40_000 }, (_, i) => `k${i}`) } })).map((r) => r.id).sort()).toEqual(['k1', 'k2']);
+    expect((await store.search('Condition', { 's.patient': { $nin: many.slice(0, 10_000) } })).map((r) => r.id)).toEqual(['k2']);
+  });
+
   it('streams a large result in pages', async () => {
     for (let i = 0; i < 23; i++) await store.update('Observation', `o${String(i).padStart(2, '0')}`, { resourceType: 'Observation', id: `o${String(i).padStart(2, '0')}`, status: 'final', code: { text: 'x' } } as Resource);
     const seen: string[] = [];

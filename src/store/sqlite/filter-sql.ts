@@ -46,6 +46,16 @@ export function regexPrefix(re: RegExp): string | undefined {
 /** Just past every string that starts with `prefix` (in SQLite's binary order of UTF-8). */
 export const PREFIX_END = '\u{10FFFF}';
 
+/** Lists longer than this are bound as one JSON array (SQLite takes at most 32,766 parameters a statement). */
+const LONG_LIST = 100;
+
+/** The members of an IN: one parameter each, or, for a long list, one JSON array read with json_each. */
+function inList(list: unknown[]): { sql: string; params: unknown[] } {
+  const values = list.map(sqlValue);
+  if (values.length <= LONG_LIST) return { sql: `(${values.map(() => '?').join(', ')})`, params: values };
+  return { sql: '(SELECT value FROM json_each(?))', params: [JSON.stringify(values)] };
+}
+
 type Ops = Record<string, unknown>;
 const isOps = (v: unknown): v is Ops => !!v && typeof v === 'object' && !Array.isArray(v) && !(v instanceof RegExp) && Object.keys(v).length > 0 && Object.keys(v).every((k) => k.startsWith('$'));
 
@@ -150,9 +160,10 @@ export class FilterCompiler {
             parts.push(op === '$in' ? '0' : '1');
             break;
           }
-          for (const v of list) params.push(sqlValue(v));
-          const inList = `${expr} IN (${list.map(() => '?').join(', ')})`;
-          parts.push(op === '$in' ? inList : `(${expr} IS NULL OR NOT ${inList})`);
+          const { sql: members, params: memberParams } = inList(list);
+          params.push(...memberParams);
+          const membership = `${expr} IN ${members}`;
+          parts.push(op === '$in' ? membership : `(${expr} IS NULL OR NOT ${membership})`);
           break;
         }
         case '$ne':
@@ -226,12 +237,19 @@ export class FilterCompiler {
       switch (op) {
         case '$in': {
           const list = arg as unknown[];
-          parts.push(list.length ? some(`v IN (${list.map(() => '?').join(', ')})`, list.map(sqlValue)) : '0');
+          if (!list.length) parts.push('0');
+          else {
+            const { sql: members, params: memberParams } = inList(list);
+            parts.push(some(`v IN ${members}`, memberParams));
+          }
           break;
         }
         case '$nin': {
           const list = arg as unknown[];
-          if (list.length) parts.push(none(`v IN (${list.map(() => '?').join(', ')})`, list.map(sqlValue)));
+          if (list.length) {
+            const { sql: members, params: memberParams } = inList(list);
+            parts.push(none(`v IN ${members}`, memberParams));
+          }
           break;
         }
         case '$ne':
