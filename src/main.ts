@@ -161,7 +161,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
     logger,
     audit,
   });
-  runner.register(BULK_EXCHANGE_JOB, new BulkExchangeJob(store, tracker, logger).run);
+  runner.register(BULK_EXCHANGE_JOB, new BulkExchangeJob({ store, tracker, runner, remoteFor: clientFor, releaseLock: (taskId) => invokeExport.release(taskId), logger }).run);
   runner.register<ExchangeJobData>(EXCHANGE_JOB, exchanges.run, async (job, reason) => {
     await exchanges.giveUp(job, reason);
     await runner.update(job._id, { 'data.memberMatch': { resourceType: 'Parameters', parameter: [] } });

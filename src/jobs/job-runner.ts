@@ -75,13 +75,22 @@ export class JobRunner {
   }
 
   /** Enqueues a job under a caller-chosen id; enqueueing the same id twice is harmless. */
-  async enqueue<D>(kind: string, id: string, data: D): Promise<void> {
+  /** Queues a job; a `parked` one waits until `release` (another job decides when it may run). */
+  async enqueue<D>(kind: string, id: string, data: D, opts: { parked?: boolean } = {}): Promise<void> {
     const now = Date.now();
     try {
-      await this.jobs.insertOne({ _id: id, kind, state: 'queued', data: data as Record<string, unknown>, attempts: 0, leaseUntil: 0, runAfter: 0, createdAt: now, updatedAt: now });
+      await this.jobs.insertOne({ _id: id, kind, state: 'queued', data: data as Record<string, unknown>, attempts: 0, leaseUntil: 0, runAfter: opts.parked ? Number.MAX_SAFE_INTEGER : 0, createdAt: now, updatedAt: now });
     } catch (err) {
       if (!(err instanceof DuplicateKeyError)) throw err;
     }
+    this.poke();
+  }
+
+  /** Lets a parked job run (setting the given fields of its data first). */
+  async release(id: string, data: Record<string, unknown> = {}): Promise<void> {
+    const set: Record<string, unknown> = { runAfter: 0 };
+    for (const [k, v] of Object.entries(data)) set[`data.${k}`] = v;
+    await this.update(id, set);
     this.poke();
   }
 

@@ -1,16 +1,40 @@
-import type { Task } from 'fhir/r4';
-import { JobContext } from '../jobs/job-runner';
+import type { Group, Parameters, ParametersParameter, Patient, Task } from 'fhir/r4';
+import { JobContext, JobRunner } from '../jobs/job-runner';
 import { ResourceStore } from '../store/resource-store';
 import type { Logger } from '../logger';
+import { patientIdOf } from '../fhir/reference';
 import { isTaskEnded, TaskCancelled, TaskTracker } from './task-tracker';
+import type { RemotePayer } from './remote-payer-client';
+import { readResources } from './ndjson';
+import type { ExchangeJobData } from './exchange-job';
+
+const RESULT_SYSTEM = 'http://hl7.org/fhir/us/davinci-pdex/CodeSystem/PdexMultiMemberMatchResultCS';
+const NO_MEMBER_DATA: Parameters = { resourceType: 'Parameters', parameter: [] };
+/** How long the parent waits for the source's $bulk-member-match before matching member by member. */
+const BULK_MATCH_TIMEOUT_MS = 10 * 60_000;
 
 export const BULK_EXCHANGE_JOB = 'p2p-bulk-exchange';
 
 export interface BulkExchangeJobData {
   parentId: string;
-  /** The members' Tasks. */
+  /** The members' Tasks (their exchange jobs have the same ids, parked until dispatched). */
   children: string[];
+  issuer?: string;
+  /** Set once every child has been matched by the source's $bulk-member-match, failed, or let run. */
+  dispatched?: boolean;
 }
+
+export interface BulkExchangeDeps {
+  store: ResourceStore;
+  tracker: TaskTracker;
+  runner: JobRunner;
+  remoteFor: (issuer: string) => RemotePayer | undefined;
+  releaseLock: (taskId: string) => Promise<void>;
+  logger: Logger;
+}
+
+/** The demographics that tell a submitted member from the others, for finding it again among the source's contained Patients. */
+const demographics = (p: Patient | undefined) => JSON.stringify({ name: p?.name, birthDate: p?.birthDate, gender: p?.gender });
 
 /** How often the parent looks at its children. */
 const FOLLOW_MS = 1000;
@@ -35,10 +59,88 @@ const sleep = (ms: number, signal: AbortSignal) =>
  * cancels it, every child still running is cancelled (each rolls back its own imports).
  */
 export class BulkExchangeJob {
-  constructor(private readonly store: ResourceStore, private readonly tracker: TaskTracker, private readonly logger: Logger) {}
+  private readonly store: ResourceStore;
+  private readonly tracker: TaskTracker;
+  private readonly logger: Logger;
+
+  constructor(private readonly d: BulkExchangeDeps) {
+    this.store = d.store;
+    this.tracker = d.tracker;
+    this.logger = d.logger;
+  }
+
+  /**
+   * Lets the parked children run. Where the source declares `$bulk-member-match`, all members are
+   * matched in that one request first: matched members skip their own `$member-match`, the others
+   * end failed with the source's answer (no match, consent constraint). Otherwise, or if the bulk
+   * match fails, each child matches its member itself.
+   */
+  private async dispatch(ctx: JobContext<BulkExchangeJobData>): Promise<void> {
+    const { children, issuer } = ctx.job.data;
+    const remote = issuer ? this.d.remoteFor(issuer) : undefined;
+    const outcomes = new Map<string, { memberId: string } | { failed: string }>();
+    if (remote?.servesBulkMemberMatch && remote.bulkMemberMatch && (await remote.servesBulkMemberMatch())) {
+      try {
+        const inputs: { id: string; patient?: Patient; parts: ParametersParameter[] }[] = [];
+        for (const id of children) {
+          const job = await this.d.runner.get<ExchangeJobData>(id);
+          const parts = job?.data.memberMatch?.parameter ?? [];
+          if (parts.length) inputs.push({ id, patient: parts.find((p) => p.name === 'MemberPatient')?.resource as Patient, parts });
+        }
+        const statusUrl = await remote.bulkMemberMatch(inputs.map((i) => ({ name: 'MemberBundle', part: i.parts })));
+        const deadline = Date.now() + BULK_MATCH_TIMEOUT_MS;
+        let status = await remote.status(statusUrl);
+        while (!status.done) {
+          if (Date.now() > deadline) throw new Error('the source did not finish $bulk-member-match in time');
+          await sleep(Math.min(5000, Math.max(200, status.retryAfterMs ?? 1000)), ctx.signal);
+          status = await remote.status(statusUrl);
+        }
+        const groups: Group[] = [];
+        for (const o of status.manifest.output.filter((x) => x.type === 'Group')) {
+          if (!remote.mayDownload(o.url)) continue;
+          for await (const { resource } of readResources(await remote.download(o.url, status.manifest.requiresAccessToken !== false, ctx.signal), { expectedType: 'Group', maxLineLength: 64 << 20, label: 'the result Groups' })) groups.push(resource as unknown as Group);
+        }
+        const byDemographics = new Map(inputs.map((i) => [demographics(i.patient), i.id]));
+        for (const g of groups) {
+          const code = g.characteristic?.flatMap((c) => c.code?.coding ?? []).find((c) => c.system === RESULT_SYSTEM)?.code;
+          const contained = new Map((g.contained ?? []).map((c) => [`#${c.id}`, c as Patient]));
+          for (const m of g.member ?? []) {
+            const pointer = code === 'match' ? (m.entity.extension?.find((e) => e.valueReference)?.valueReference?.reference) : m.entity.reference;
+            const child = byDemographics.get(demographics(contained.get(pointer ?? '')));
+            if (!child || outcomes.has(child)) continue;
+            const memberId = patientIdOf(m.entity.reference);
+            if (code === 'match' && memberId) outcomes.set(child, { memberId });
+            else if (code === 'nomatch') outcomes.set(child, { failed: 'The source payer found no unique match ($bulk-member-match)' });
+            else if (code === 'consentconstraint') outcomes.set(child, { failed: 'The source payer cannot honour the member\'s consent ($bulk-member-match)' });
+          }
+        }
+        this.logger.info('bulk member match', { task: ctx.job.data.parentId, issuer, members: inputs.length, matched: [...outcomes.values()].filter((o) => 'memberId' in o).length });
+      } catch (err) {
+        if (ctx.signal.aborted) throw ctx.signal.reason;
+        this.logger.warn('$bulk-member-match failed; matching member by member', { task: ctx.job.data.parentId, issuer, error: (err as Error).message });
+        outcomes.clear();
+      }
+    }
+    for (const id of children) {
+      const outcome = outcomes.get(id);
+      if (outcome && 'failed' in outcome) {
+        await this.d.runner.cancel(id);
+        await this.d.runner.update(id, { 'data.memberMatch': NO_MEMBER_DATA });
+        await this.tracker.change(id, { status: 'failed', step: 'failed', statusReason: outcome.failed, note: `Failed: ${outcome.failed}` }).catch((e) => (e instanceof TaskCancelled ? undefined : Promise.reject(e)));
+        await this.d.releaseLock(id);
+      } else if (outcome) {
+        await this.tracker.change(id, { note: 'The source payer matched the member ($bulk-member-match)', output: [{ type: { text: 'MemberId' }, valueReference: { reference: `${remote?.payer.fhirBaseUrl}/Patient/${outcome.memberId}` } }] }).catch((e) => (e instanceof TaskCancelled ? undefined : Promise.reject(e)));
+        await this.d.runner.release(id, { matched: { memberId: outcome.memberId }, memberMatch: NO_MEMBER_DATA });
+      } else {
+        await this.d.runner.release(id);
+      }
+    }
+    await ctx.checkpoint({ dispatched: true });
+  }
 
   run = async (ctx: JobContext<BulkExchangeJobData>): Promise<void> => {
     const { parentId, children } = ctx.job.data;
+    if (!ctx.job.data.dispatched) await this.dispatch(ctx);
     let cancelling = false;
     let reported = -1;
     for (;;) {

@@ -141,7 +141,7 @@ export class InvokeExportService {
    * while one is active for the member. A run-off (`runOff`) reuses an earlier exchange's match and
    * consent and asks only for what changed since its `transactionTime`.
    */
-  private async start(request: InvokeExportRequest, payer: SourcePayer, partOf?: string, runOff?: { memberId: string; consentRef: string; since: string; previous: string }): Promise<Task> {
+  private async start(request: InvokeExportRequest, payer: SourcePayer, partOf?: string, runOff?: { memberId: string; consentRef: string; since: string; previous: string }, parked = false): Promise<Task> {
     const taskId = randomUUID();
     const lockId = await this.lock(request.localPatientId, payer.issuer, taskId);
     try {
@@ -183,7 +183,7 @@ export class InvokeExportService {
         startedAt: Date.now(),
         ...(runOff ? { matched: { memberId: runOff.memberId } } : {}),
       };
-      await this.runner.enqueue(EXCHANGE_JOB, taskId, data);
+      await this.runner.enqueue(EXCHANGE_JOB, taskId, data, { parked });
       await this.locks.updateOne({ _id: lockId, taskId }, { state: 'active' });
       this.logger.info('exchange requested', { task: taskId, issuer: payer.issuer, ...(partOf ? { parent: partOf } : {}) });
       await this.audit?.record({ kind: 'exchange', action: 'E', outcome: 'success', patients: [request.localPatientId], what: [`Task/${taskId}`], description: `${runOff ? 'run-off' : 'exchange'} from ${payer.issuer} requested` });
@@ -312,7 +312,8 @@ export class InvokeExportService {
     const children: string[] = [];
     for (const r of requests) {
       try {
-        children.push((await this.start(r, payer, parentId)).id as string);
+        // Parked: the parent decides how each member is matched (one $bulk-member-match where the source serves it) before they run.
+        children.push((await this.start(r, payer, parentId, undefined, true)).id as string);
       } catch (err) {
         if (!(err instanceof FhirError) || err.status !== 409) throw err;
         // This member's exchange is already running: its child says so and ends at once.
@@ -325,7 +326,7 @@ export class InvokeExportService {
         children.push(id);
       }
     }
-    await this.runner.enqueue(BULK_EXCHANGE_JOB, parentId, { parentId, children } satisfies BulkExchangeJobData);
+    await this.runner.enqueue(BULK_EXCHANGE_JOB, parentId, { parentId, children, issuer: payer.issuer } satisfies BulkExchangeJobData);
     const parent = await this.tracker.change(parentId, { output: children.map((id) => ({ type: { text: 'member-task' }, valueReference: { reference: `Task/${id}` } })) });
     this.logger.info('bulk exchange requested', { task: parentId, issuer: payer.issuer, members: requests.length });
     req.res?.set('Content-Location', `Task/${parentId}`);

@@ -2,7 +2,7 @@ import axios, { AxiosError, AxiosInstance, AxiosRequestConfig, AxiosResponse } f
 import { patientIdOf } from '../fhir/reference';
 import axiosRetry from 'axios-retry';
 import type { Readable } from 'node:stream';
-import type { Identifier, OperationOutcome, Parameters } from 'fhir/r4';
+import type { CapabilityStatement, Identifier, OperationOutcome, Parameters, ParametersParameter } from 'fhir/r4';
 import { SourcePayer } from './source-payers';
 import { signClientAssertion } from './client-assertion';
 import type { Logger } from '../logger';
@@ -65,6 +65,10 @@ export interface RemotePayer {
   memberMatch(params: Parameters): Promise<{ memberId?: string; identifier?: Identifier }>;
   /** The ids of the source's Patients that `Patient?identifier={token}` finds. */
   patientsByIdentifier(token: string): Promise<string[]>;
+  /** Whether the source declares PDex's `$bulk-member-match` on Group in its CapabilityStatement. */
+  servesBulkMemberMatch?(): Promise<boolean>;
+  /** Starts `Group/$bulk-member-match` (asynchronous); answers the status URL. */
+  bulkMemberMatch?(memberBundles: ParametersParameter[]): Promise<string>;
   kickoff(memberId: string, params: Record<string, string[]>): Promise<string>;
   status(statusUrl: string): Promise<ExportStatus>;
   download(url: string, requiresAccessToken: boolean, signal?: AbortSignal): Promise<Readable>;
@@ -270,6 +274,27 @@ export class RemotePayerClient implements RemotePayer {
     if (res.data?.resourceType !== 'Bundle') throw new RemoteError('the Patient search did not answer a Bundle', res.status, false);
     const ids = (res.data.entry ?? []).filter((e) => e.resource?.resourceType === 'Patient' && (e.search?.mode ?? 'match') === 'match').map((e) => e.resource?.id);
     return [...new Set(ids.filter((id): id is string => typeof id === 'string'))];
+  }
+
+  async servesBulkMemberMatch(): Promise<boolean> {
+    try {
+      const res = await this.request<CapabilityStatement>({ method: 'GET', url: `${this.payer.fhirBaseUrl}/metadata`, headers: { accept: 'application/fhir+json' }, ...retryable(this.opts.retries) }, 'metadata');
+      const group = res.data?.rest?.[0]?.resource?.find((r) => r.type === 'Group');
+      return !!group?.operation?.some((o) => o.name === 'bulk-member-match');
+    } catch {
+      return false; // no readable CapabilityStatement: one $member-match per member
+    }
+  }
+
+  async bulkMemberMatch(memberBundles: ParametersParameter[]): Promise<string> {
+    const res = await this.request(
+      { method: 'POST', url: `${this.payer.fhirBaseUrl}/Group/$bulk-member-match`, data: { resourceType: 'Parameters', parameter: memberBundles }, headers: { 'content-type': 'application/fhir+json', accept: 'application/fhir+json', prefer: 'respond-async' } },
+      '$bulk-member-match',
+    );
+    const location = res.headers['content-location'] as string | undefined;
+    if (res.status !== 202 || !location) throw new RemoteError(`$bulk-member-match answered ${res.status} without a Content-Location`, res.status, false);
+    if (!this.ownsUrl(location)) throw new RemoteError(`$bulk-member-match status URL ${originOf(location) ?? location.slice(0, 80)} is not on the source payer's origin`, res.status, false);
+    return location;
   }
 
   /** Starts the member's export: Patient/{id}/$export, or POST Patient/$export with `patient` where the first is not served. */

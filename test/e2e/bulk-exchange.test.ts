@@ -41,6 +41,10 @@ describe('bulk exchange ($sdh.s2s.invoke-bulk-export)', () => {
     expect(tasks.map((t: any) => t.status)).toEqual(['completed', 'completed', 'failed']);
     expect(tasks.every((t: any) => t.partOf[0].reference === `Task/${res.body.id}`)).toBe(true);
     expect(tasks[2].statusReason.text).toMatch(/no unique match/i);
+    // The source declares $bulk-member-match: all members were matched in that one request, none by its own $member-match.
+    expect(tasks[2].statusReason.text).toMatch(/\$bulk-member-match/);
+    for (const t of tasks.slice(0, 2)) expect(t.note.map((n: any) => n.text)).toContain('The source payer matched the member ($bulk-member-match)');
+    expect(tasks[0].output.find((o: any) => o.type.text === 'MemberId').valueReference.reference).toBe(`${source.server.baseUrl}/Patient/${ms[0].patientId}`);
     // Each member's data landed on that member, and only there.
     for (const [i, m] of ms.slice(0, 2).entries()) {
       const local = (await fhir('GET', `${requester.baseUrl}/ExplanationOfBenefit?patient=${locals[i]}&_summary=count`)).body.total;
@@ -71,6 +75,8 @@ describe('bulk exchange ($sdh.s2s.invoke-bulk-export)', () => {
     const parent = await waitForTask(requester, res.body.id, (t) => t.status === 'completed', 30000);
     const counts = Object.fromEntries(parent.output.filter((o: any) => o.type.text.startsWith('members:')).map((o: any) => [o.type.text, o.valueInteger]));
     expect(counts).toEqual({ 'members:completed': 1, 'members:failed': 1, 'members:cancelled': 0 });
+    const failed = (await fhir('GET', `${requester.baseUrl}/Task?part-of=Task/${res.body.id}&status=failed`)).body.entry[0].resource;
+    expect(failed.statusReason.text).toMatch(/cannot honour the member's consent/);
     const eobs = (await fhir('GET', `${requester.baseUrl}/ExplanationOfBenefit?patient=${locals[0]}&_count=100`)).body.entry.map((e: any) => e.resource);
     expect(eobs.length).toBeGreaterThan(0);
     expect(eobs.every((e: any) => e.meta.versionId === '1')).toBe(true);
@@ -134,7 +140,7 @@ describe('cancelling a bulk exchange', () => {
     await fake.close();
   });
 
-  it('cancels the children still running', async () => {
+  it('cancels the children still running (a source without $bulk-member-match: each member matched on its own)', async () => {
     fake.memberMatch = (res) => {
       res.writeHead(503, { 'retry-after': '1' });
       res.end();
@@ -145,6 +151,9 @@ describe('cancelling a bulk exchange', () => {
     const res = await fhir('POST', `${requester.baseUrl}/Group/$sdh.s2s.invoke-bulk-export`, { resourceType: 'Parameters', parameter: [{ name: 'sourceIssuerUrl', valueString: 'https://source-payer.example.com' }, ...members.map((m, i) => memberPart(locals[i], m))] });
     expect(res.status).toBe(200);
     const running = await waitForTask(requester, res.body.id, (t) => t.status === 'in-progress', 10000);
+    // The fake declares no $bulk-member-match: the children ask $member-match themselves.
+    await new Promise((r) => setTimeout(r, 300));
+    expect(fake.log.filter((l) => l === 'POST /fhir/Patient/$member-match').length).toBeGreaterThanOrEqual(2);
     expect((await fhir('PUT', `${requester.baseUrl}/Task/${running.id}`, { ...running, status: 'cancelled' }, { 'if-match': `W/"${running.meta.versionId}"` })).status).toBe(200);
     for (const o of res.body.output.filter((x: any) => x.type.text === 'member-task')) {
       const child = await waitForTask(requester, o.valueReference.reference.split('/')[1], undefined, 10000);
