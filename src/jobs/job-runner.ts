@@ -60,6 +60,8 @@ export class JobRunner {
   private readonly giveUps = new Map<string, (job: JobDoc, reason: string) => Promise<void>>();
   private readonly running = new Map<string, AbortController>();
   private readonly waiters = new Map<string, Set<() => void>>();
+  private inTick = false;
+  private tickAgain = false;
   private timer?: NodeJS.Timeout;
   private stopped = true;
   private ticking?: Promise<void>;
@@ -139,23 +141,32 @@ export class JobRunner {
     while (this.running.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
   }
 
-  /** Looks for work now rather than at the next poll. */
+  /** Looks for work now rather than at the next poll (once the tick under way, if any, is done: ticks never overlap). */
   poke(): void {
-    if (!this.stopped) this.schedule(0);
+    if (this.stopped) return;
+    if (this.inTick) this.tickAgain = true;
+    else this.schedule(0);
   }
 
-  /** Nothing escapes the loop: a failed tick is logged and the next one comes later. */
+  /** Nothing escapes the loop: a failed tick is logged and the next one comes later. One tick at a time, so the concurrency holds. */
   private schedule(ms: number) {
     if (this.timer) clearTimeout(this.timer);
     this.timer = setTimeout(() => {
+      if (this.inTick) {
+        this.tickAgain = true;
+        return;
+      }
       let next = this.opts.pollMs ?? 500;
+      this.inTick = true;
+      this.tickAgain = false;
       this.ticking = this.tick()
         .catch((err) => {
           next = Math.max(next, 5000);
           this.opts.logger.error('job runner tick failed; backing off', { error: (err as Error).message });
         })
         .finally(() => {
-          if (!this.stopped) this.schedule(next);
+          this.inTick = false;
+          if (!this.stopped) this.schedule(this.tickAgain ? 0 : next);
         });
     }, ms);
     this.timer.unref?.();
