@@ -36,8 +36,9 @@ export interface BulkExchangeDeps {
 /** The demographics that tell a submitted member from the others, for finding it again among the source's contained Patients. */
 const demographics = (p: Patient | undefined) => JSON.stringify({ name: p?.name, birthDate: p?.birthDate, gender: p?.gender });
 
-/** How often the parent looks at its children. */
+/** How often the parent looks at its children, and at most how often it reports their progress. */
 const FOLLOW_MS = 1000;
+const PROGRESS_MS = 5000;
 
 const sleep = (ms: number, signal: AbortSignal) =>
   new Promise<void>((resolve, reject) => {
@@ -143,6 +144,8 @@ export class BulkExchangeJob {
     if (!ctx.job.data.dispatched) await this.dispatch(ctx);
     let cancelling = false;
     let reported = -1;
+    let reportedAt = 0;
+    const final = new Map<string, string>();
     for (;;) {
       const parent = (await this.store.readIfExists('Task', parentId)) as Task | undefined;
       if (!parent) return;
@@ -153,28 +156,31 @@ export class BulkExchangeJob {
           if (child && !isTaskEnded(child)) await this.tracker.change(id, { status: 'cancelled', step: 'cancelled', note: 'Cancelled with its parent Task' }).catch((e) => (e instanceof TaskCancelled ? undefined : Promise.reject(e)));
         }
       }
-      const states = await Promise.all(children.map(async (id) => ((await this.store.readIfExists('Task', id)) as Task | undefined)?.status ?? 'cancelled'));
-      const ended = states.filter((s) => ['completed', 'failed', 'cancelled', 'rejected'].includes(s));
-      const tally = (s: string) => states.filter((x) => x === s).length;
-      if (ended.length === children.length) {
+      // Only the children still running are read again: an ended one stays ended.
+      for (const id of children) {
+        if (final.has(id)) continue;
+        const status = ((await this.store.readIfExists('Task', id)) as Task | undefined)?.status ?? 'cancelled';
+        if (['completed', 'failed', 'cancelled', 'rejected'].includes(status)) final.set(id, status);
+      }
+      const tally = (s: string) => [...final.values()].filter((x) => x === s).length;
+      if (final.size === children.length) {
         const summary = `${tally('completed')} completed, ${tally('failed')} failed, ${tally('cancelled')} cancelled`;
         if (parent.status !== 'cancelled') {
           await this.tracker.change(parentId, {
             status: 'completed',
             step: 'completed',
             note: `All ${children.length} member exchange(s) ended: ${summary}`,
-            output: [
-              ...(parent.output ?? []).filter((o) => o.type?.text === 'member-task'),
-              ...(['completed', 'failed', 'cancelled'] as const).map((s) => ({ type: { text: `members:${s}` }, valueInteger: tally(s) })),
-            ],
+            output: (['completed', 'failed', 'cancelled'] as const).map((s) => ({ type: { text: `members:${s}` }, valueInteger: tally(s) })),
           });
         }
         this.logger.info('bulk exchange ended', { task: parentId, members: children.length, completed: tally('completed'), failed: tally('failed'), cancelled: tally('cancelled') });
         return;
       }
-      if (ended.length !== reported && parent.status !== 'cancelled') {
-        reported = ended.length;
-        await this.tracker.change(parentId, { ...(parent.status === 'requested' ? { status: 'in-progress' as const } : {}), step: 'exporting', detail: `${ended.length} of ${children.length} member exchanges ended` }).catch((e) => (e instanceof TaskCancelled ? undefined : Promise.reject(e)));
+      // Progress on the parent at most every few seconds: it is a large Task (one output per member).
+      if (final.size !== reported && parent.status !== 'cancelled' && Date.now() - reportedAt >= PROGRESS_MS) {
+        reported = final.size;
+        reportedAt = Date.now();
+        await this.tracker.change(parentId, { ...(parent.status === 'requested' ? { status: 'in-progress' as const } : {}), step: 'exporting', detail: `${final.size} of ${children.length} member exchanges ended` }).catch((e) => (e instanceof TaskCancelled ? undefined : Promise.reject(e)));
       }
       await sleep(FOLLOW_MS, ctx.signal);
     }
