@@ -80,7 +80,7 @@ export class BulkExchangeJob {
     const { children, issuer } = ctx.job.data;
     const remote = issuer ? this.d.remoteFor(issuer) : undefined;
     const outcomes = new Map<string, { memberId: string } | { failed: string }>();
-    if (remote?.servesBulkMemberMatch && remote.bulkMemberMatch && (await remote.servesBulkMemberMatch())) {
+    if (remote?.payer.bulkMemberMatch && remote.servesBulkMemberMatch && remote.bulkMemberMatch && (await remote.servesBulkMemberMatch())) {
       try {
         const inputs: { id: string; patient?: Patient; parts: ParametersParameter[] }[] = [];
         for (const id of children) {

@@ -24,6 +24,12 @@ export interface SourcePayer {
    * downloads to. Files are downloaded from them without our token; no other origin is ever called.
    */
   fileOrigins?: string[];
+  /**
+   * Match the members of a bulk exchange with the source's `$bulk-member-match` (when its
+   * CapabilityStatement declares it) rather than one `$member-match` each. Off by default: on the
+   * bench the member-by-member path is faster (see the README).
+   */
+  bulkMemberMatch?: boolean;
 }
 
 const normalizeIssuer = (s: string) => s.trim().replace(/\/+$/, '');
