@@ -10,7 +10,7 @@ import * as jsonPatch from 'fast-json-patch';
 import { ID_PATTERN, SERVER_WRITTEN_TYPES } from './resource-types';
 import { validateResource } from './validator';
 import { parseIfMatch, preferStrict } from './http';
-import { parseFhirDate } from './search/fhir-date';
+import { parseHistoryQuery } from './history-query';
 import { INTERNAL_PREFIX, internalMarkers, sameInternalMarkers } from './internal-markers';
 import { AccessPolicy, AccessScope } from '../access/access-policy';
 
@@ -264,28 +264,7 @@ export function createResourceService(type: string, deps: ResourceServiceDeps) {
   };
 
   async function historyFor(scope: AccessScope, req: Request, which: { id?: string; ids?: string[] }) {
-    const q = req.query as Record<string, unknown>;
-    const one = (name: string): string | undefined => {
-      const v = q[name];
-      if (v === undefined) return undefined;
-      if (typeof v !== 'string') throw badRequest(`${name} may be given once`);
-      return v;
-    };
-    const integer = (name: string, fallback: number): number => {
-      const v = one(name);
-      if (v === undefined) return fallback;
-      if (!/^\d{1,9}$/.test(v)) throw badRequest(`${name} must be a non-negative integer, got '${v}'`);
-      return Number(v);
-    };
-    const count = Math.min(integer('_count', deps.defaultPageSize), deps.maxPageSize);
-    const offset = integer('_offset', 0);
-    let since: number | undefined;
-    const sinceText = one('_since');
-    if (sinceText !== undefined) {
-      const range = /T/.test(sinceText) ? parseFhirDate(sinceText) : undefined;
-      if (!range) throw badRequest(`_since must be an instant, got '${sinceText}'`);
-      since = range.lo;
-    }
+    const { count, offset, since } = parseHistoryQuery(req.query as Record<string, unknown>, deps.defaultPageSize, deps.maxPageSize);
     const { entries, total } = await store.historyOf(type, which.id, { since, count, offset, ids: which.ids });
     // A partner sees the versions it may see; a deletion carries no data.
     const shown = scope.members ? entries.filter((e) => (e.resource ? scope.canSee(e.resource) : !!which.id)) : entries;

@@ -1,9 +1,7 @@
 import { Router } from 'express';
-import type { Request } from 'express';
 import { asyncHandler, sendResource } from './http';
-import { badRequest } from './outcome';
 import { historyBundle } from './bundle';
-import { parseFhirDate } from './search/fhir-date';
+import { parseHistoryQuery } from './history-query';
 import { RESOURCE_TYPES } from './resource-types';
 import { ResourceStore, HistoryEntry } from '../store/resource-store';
 import { AccessPolicy } from '../access/access-policy';
@@ -16,25 +14,11 @@ import { allows } from '../auth/scopes';
  */
 export function systemHistoryRoutes(d: { guard: Guard; store: ResourceStore; access: AccessPolicy; baseUrl: () => string; defaultPageSize: number; maxPageSize: number }): Router {
   const router = Router({ caseSensitive: true });
-  const integer = (req: Request, name: string, fallback: number) => {
-    const v = req.query[name];
-    if (v === undefined) return fallback;
-    if (typeof v !== 'string' || !/^\d{1,9}$/.test(v)) throw badRequest(`${name} must be a non-negative integer`);
-    return Number(v);
-  };
   router.get(
     '/_history',
     d.guard.require(AUTHENTICATED),
     asyncHandler(async (req, res) => {
-      const count = Math.min(integer(req, '_count', d.defaultPageSize), d.maxPageSize);
-      const offset = integer(req, '_offset', 0);
-      let since: number | undefined;
-      if (req.query._since !== undefined) {
-        const text = String(req.query._since);
-        const range = /T/.test(text) ? parseFhirDate(text) : undefined;
-        if (!range) throw badRequest(`_since must be an instant, got '${text}'`);
-        since = range.lo;
-      }
+      const { count, offset, since } = parseHistoryQuery(req.query as Record<string, unknown>, d.defaultPageSize, d.maxPageSize);
       const scope = await d.access.scopeFor(req.access);
       const entries: HistoryEntry[] = [];
       let total = 0;

@@ -25,6 +25,22 @@ export interface JobContext<D> {
   checkpoint(patch: Partial<D>): Promise<void>;
 }
 
+/** Waits, or stops early when the signal aborts (a job being stopped or cancelled); leaves no listener behind. */
+export function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    if (signal.aborted) return reject(signal.reason);
+    const onAbort = () => {
+      clearTimeout(t);
+      reject(signal.reason);
+    };
+    const t = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
 /** What a handler may throw to end its job as failed (not retried). */
 export class JobFailure extends Error {}
 

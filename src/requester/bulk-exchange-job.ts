@@ -1,15 +1,14 @@
-import type { Group, Parameters, ParametersParameter, Patient, Task } from 'fhir/r4';
-import { JobContext, JobRunner } from '../jobs/job-runner';
+import type { Group, ParametersParameter, Patient, Task } from 'fhir/r4';
+import { JobContext, JobRunner, sleep } from '../jobs/job-runner';
+import { RESULT_SYSTEM } from '../responder/bulk-member-match';
 import { ResourceStore } from '../store/resource-store';
 import type { Logger } from '../logger';
 import { patientIdOf } from '../fhir/reference';
 import { isTaskEnded, TaskCancelled, TaskTracker } from './task-tracker';
 import type { RemotePayer } from './remote-payer-client';
 import { readResources } from './ndjson';
-import type { ExchangeJobData } from './exchange-job';
+import { ExchangeJobData, NO_MEMBER_DATA } from './exchange-job';
 
-const RESULT_SYSTEM = 'http://hl7.org/fhir/us/davinci-pdex/CodeSystem/PdexMultiMemberMatchResultCS';
-const NO_MEMBER_DATA: Parameters = { resourceType: 'Parameters', parameter: [] };
 /** How long the parent waits for the source's $bulk-member-match before matching member by member. */
 const BULK_MATCH_TIMEOUT_MS = 10 * 60_000;
 
@@ -39,20 +38,6 @@ const demographics = (p: Patient | undefined) => JSON.stringify({ name: p?.name,
 /** How often the parent looks at its children, and at most how often it reports their progress. */
 const FOLLOW_MS = 1000;
 const PROGRESS_MS = 5000;
-
-const sleep = (ms: number, signal: AbortSignal) =>
-  new Promise<void>((resolve, reject) => {
-    if (signal.aborted) return reject(signal.reason);
-    const t = setTimeout(() => {
-      signal.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    const onAbort = () => {
-      clearTimeout(t);
-      reject(signal.reason);
-    };
-    signal.addEventListener('abort', onAbort, { once: true });
-  });
 
 /**
  * The parent Task of a bulk exchange follows its children: `in-progress` with "n of m ended" while

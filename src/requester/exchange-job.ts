@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Identifier, Parameters, Reference, Resource, TaskOutput } from 'fhir/r4';
 import { ResourceStore } from '../store/resource-store';
-import { JobContext, JobDoc, RetryLater } from '../jobs/job-runner';
+import { JobContext, JobDoc, RetryLater, sleep } from '../jobs/job-runner';
 import type { Logger } from '../logger';
 import { isServedType, RESOURCE_TYPES, SERVER_WRITTEN_TYPES } from '../fhir/resource-types';
 import { isFhirResourceType, validateResource } from '../fhir/validator';
@@ -101,23 +101,8 @@ export interface ExchangeDeps {
   audit?: AuditLog;
 }
 
-const NO_MEMBER_DATA: Parameters = { resourceType: 'Parameters', parameter: [] };
-
-/** Waits, or stops early when the signal aborts; leaves no listener behind. */
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise<void>((resolve, reject) => {
-    if (signal.aborted) return reject(signal.reason);
-    const onAbort = () => {
-      clearTimeout(t);
-      reject(signal.reason);
-    };
-    const t = setTimeout(() => {
-      signal.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    signal.addEventListener('abort', onAbort, { once: true });
-  });
-}
+/** What a job keeps of the member's demographics once they are no longer needed. */
+export const NO_MEMBER_DATA: Parameters = { resourceType: 'Parameters', parameter: [] };
 
 function safeOrigin(url: unknown): string {
   try {

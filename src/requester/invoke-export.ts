@@ -6,7 +6,7 @@ import { ResourceStore } from '../store/resource-store';
 import { Collection, Database, DuplicateKeyError, StoredDoc } from '../store/types';
 import { readParameters, first } from '../fhir/parameters';
 import { badRequest, conflict, FhirError, notFound, unprocessable } from '../fhir/outcome';
-import { parseFhirDate } from '../fhir/search/fhir-date';
+import { parseInstant } from '../fhir/search/fhir-date';
 import { isServedType } from '../fhir/resource-types';
 import { JobRunner } from '../jobs/job-runner';
 import { memberMatchParameters, readMemberMatchParts } from '../responder/member-match';
@@ -69,7 +69,7 @@ export function parseInvokeExport(body: unknown): InvokeExportRequest {
     if (!p || !EXPORT_PARAMS.has(p.name)) throw badRequest(`export: unsupported parameter '${p?.name}' (use ${[...EXPORT_PARAMS].join(', ')})`, [`export.${p?.name}`]);
     const value = p.valueString ?? p.valueInstant ?? p.valueDateTime ?? p.valueCode ?? p.valueUri;
     if (typeof value !== 'string' || !value) throw badRequest(`export: parameter '${p.name}' must have a string value`, [`export.${p.name}`]);
-    if ((p.name === '_since' || p.name === '_until') && !(/T/.test(value) && parseFhirDate(value))) {
+    if ((p.name === '_since' || p.name === '_until') && parseInstant(value) === undefined) {
       throw badRequest(`export: ${p.name} must be a FHIR instant such as 2020-01-01T00:00:00Z`, [`export.${p.name}`]);
     }
     if (p.name === '_type') {

@@ -2,7 +2,7 @@ import { Router, Request } from 'express';
 import type { Bundle, BundleEntry, BundleLink, FhirResource, Resource } from 'fhir/r4';
 import { asyncHandler, sendResource } from '../fhir/http';
 import { badRequest, notFound } from '../fhir/outcome';
-import { parseFhirDate } from '../fhir/search/fhir-date';
+import { parseInstant } from '../fhir/search/fhir-date';
 import { ID_PARAM } from '../fhir/rest-routes';
 import { collectSupportingReferences, PatientCompartment, SUPPORTING_TYPES } from '../fhir/compartment';
 import { ResourceStore } from '../store/resource-store';
@@ -58,9 +58,8 @@ export class PatientEverything {
     const req: EverythingRequest = { count: this.d.defaultPageSize, cursor: { type: 0, offset: 0 } };
     const since = one('_since');
     if (since !== undefined) {
-      const range = parseFhirDate(since);
-      if (!range || !/T/.test(since)) throw badRequest(`_since must be an instant (e.g. 2024-01-01T00:00:00Z), got '${since}'`);
-      req.since = range.lo;
+      req.since = parseInstant(since);
+      if (req.since === undefined) throw badRequest(`_since must be an instant (e.g. 2024-01-01T00:00:00Z), got '${since}'`);
     }
     const types = one('_type');
     if (types !== undefined) {

@@ -1,7 +1,7 @@
 import type { ParametersParameter } from 'fhir/r4';
 import { patientIdOf } from '../fhir/reference';
 import { badRequest, forbidden } from '../fhir/outcome';
-import { parseFhirDate } from '../fhir/search/fhir-date';
+import { parseInstant } from '../fhir/search/fhir-date';
 import { parseSearch } from '../fhir/search/query';
 import { SearchRegistry } from '../fhir/search/registry';
 import { isServedType } from '../fhir/resource-types';
@@ -86,9 +86,9 @@ export function parseExportRequest(args: {
   const instant = (name: string): number | undefined => {
     const v = params.get(name)?.[0];
     if (v === undefined) return undefined;
-    const r = /T/.test(v) ? parseFhirDate(v) : undefined;
-    if (!r) throw badRequest(`${name} must be a FHIR instant (e.g. 2024-01-01T00:00:00Z), got '${v}'`);
-    return r.lo;
+    const at = parseInstant(v);
+    if (at === undefined) throw badRequest(`${name} must be a FHIR instant (e.g. 2024-01-01T00:00:00Z), got '${v}'`);
+    return at;
   };
 
   const typeFilters: Record<string, string[]> = {};

@@ -37,3 +37,8 @@ export function parseFhirDate(value: string): DateRange | undefined {
   if (Number.isNaN(lo)) return undefined;
   return { lo, hi };
 }
+
+/** A FHIR instant (a date with a time, e.g. 2024-01-01T00:00:00Z) in epoch milliseconds; undefined when not one. */
+export function parseInstant(value: string): number | undefined {
+  return /T/.test(value) ? parseFhirDate(value)?.lo : undefined;
+}
