@@ -11,6 +11,8 @@ export interface AppConfig {
   mongodbUri?: string;
   mongodbDb?: string;
   logLevel: string;
+  /** $davinci-data-export sends data with dates of service in the last this many years (PDex); 0 turns the window off. */
+  serviceWindowYears: number;
   bodyLimit: string;
   authRequired: boolean;
   /** Why authentication is on or off, for the start-up log. */
@@ -122,6 +124,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, cwd = process.c
     defaultPageSize: int(env.DEFAULT_PAGE_SIZE, 'DEFAULT_PAGE_SIZE', 20, 1, 1000),
     maxPageSize: int(env.MAX_PAGE_SIZE, 'MAX_PAGE_SIZE', 1000, 1, 10000),
     accessTokenTtlSeconds: int(env.ACCESS_TOKEN_TTL_SECONDS, 'ACCESS_TOKEN_TTL_SECONDS', 300, 30, 3600),
+    serviceWindowYears: int(env.SERVICE_WINDOW_YEARS, 'SERVICE_WINDOW_YEARS', 5, 0, 100),
     exportFileTtlSeconds: int(env.EXPORT_FILE_TTL_SECONDS, 'EXPORT_FILE_TTL_SECONDS', 3600, 1),
     jobLeaseSeconds: int(env.JOB_LEASE_SECONDS, 'JOB_LEASE_SECONDS', 30, 1, 3600),
     jobConcurrency: int(env.JOB_CONCURRENCY, 'JOB_CONCURRENCY', 16, 1, 256),

@@ -30,6 +30,9 @@ const UNRESTRICTED: AccessScope = {
 const NOT_SENSITIVE: Filter = { 's._security': { $nin: SENSITIVE_SECURITY_TOKENS } };
 const CLIENT_TAG_PREFIX = new RegExp(`^${CLIENT_TAG_SYSTEM.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\|`);
 
+/** Resources not made for a client: a client's own records (the result Groups of its $bulk-member-match, its Consents) carry its tag. */
+export const NOT_FOR_A_CLIENT: Filter = { $nor: [{ 's._tag': { $regex: CLIENT_TAG_PREFIX } }] };
+
 /**
  * The partner access model (PDex: data returned is constrained to the requester's permissions;
  * HRex: consent is evaluated before data is released). A partner sees a member's data only after its
@@ -55,7 +58,7 @@ class PartnerScope implements AccessScope {
     if (type === 'Group') {
       // A Group made for a client ($bulk-member-match) is that client's alone; others by their members.
       const mine = { 's._tag': `${CLIENT_TAG_SYSTEM}|${this.clientId}` };
-      const members = this.granted.length ? { $and: [this.compartment.filter(type, this.granted), { $nor: [{ 's._tag': { $regex: CLIENT_TAG_PREFIX } }] }] } : undefined;
+      const members = this.granted.length ? { $and: [this.compartment.filter(type, this.granted), NOT_FOR_A_CLIENT] } : undefined;
       return members ? { $or: [mine, members] } : mine;
     }
     if (!this.compartment.has(type) || this.granted.length === 0) return null;

@@ -12,14 +12,16 @@ import { AUTHENTICATED, Guard } from '../auth/guard';
 import { allows } from '../auth/scopes';
 import { ExportFiles } from './export-files';
 import { ExportLevel, kickoffParams, parseExportRequest } from './export-request';
+import { serviceWindowStart } from './service-window';
 import { EXPORT_JOB, ExportJobData } from './export-job';
-import { BULK_MATCH_JOB, BulkMatchJobData, parseBulkMemberMatch, RESULT_SYSTEM } from './bulk-member-match';
+import { BULK_MATCH_JOB, BulkMatchJobData, parseBulkMemberMatch } from './bulk-member-match';
+import { PAYER_TO_PAYER, RESULT_SYSTEM } from '../fhir/pdex';
 import type { Group } from 'fhir/r4';
 import type { AuditLog } from '../audit/audit-log';
 
 /** The asynchronous jobs whose status and files these routes serve. */
 const ASYNC_KINDS = [EXPORT_JOB, BULK_MATCH_JOB];
-export const PAYER_TO_PAYER = 'hl7.fhir.us.davinci-pdex#payertopayer';
+
 const isMatchedMembersGroup = (g: Group) => (g.characteristic ?? []).some((c) => c.code?.coding?.some((x) => x.system === RESULT_SYSTEM && x.code === 'match'));
 
 export interface BulkExportDeps {
@@ -35,6 +37,8 @@ export interface BulkExportDeps {
   /** How long a status request may wait for a running export to finish before answering 202 (small exports then need no second poll). */
   statusWaitMs?: number;
   audit?: AuditLog;
+  /** PDex's window for $davinci-data-export: data with dates of service in the last this many years (0: no window). */
+  serviceWindowYears: number;
 }
 
 /** Bulk Data Access 2.0 export: kick-off at system, Patient, Patient/{id} and Group/{id}; status; files. */
@@ -74,6 +78,10 @@ export function bulkExportRoutes(deps: BulkExportDeps): Router {
         scope: req.access?.scope ?? '',
         id,
       });
+      if (davinci) {
+        request.reportWithheld = true;
+        if (deps.serviceWindowYears > 0) request.serviceFrom = serviceWindowStart(deps.serviceWindowYears);
+      }
       const jobId = randomUUID();
       const data: ExportJobData = {
         owner: req.access?.clientId ?? 'anonymous',
@@ -155,7 +163,7 @@ export function bulkExportRoutes(deps: BulkExportDeps): Router {
               request: job.data.requestUrl,
               requiresAccessToken: deps.authRequired,
               output: (job.data.output ?? []).map((o) => ({ type: o.type, url: `${deps.baseUrl()}/bulkfiles/${job._id}/${o.name}`, count: o.count })),
-              error: [],
+              error: (job.data.errorOutput ?? []).map((o) => ({ type: o.type, url: `${deps.baseUrl()}/bulkfiles/${job._id}/${o.name}`, count: o.count })),
             }),
           );
         }
@@ -182,8 +190,9 @@ export function bulkExportRoutes(deps: BulkExportDeps): Router {
       const job = await ownJob(req);
       if (job.state !== 'completed') throw notFound('No such file');
       if ((job.data.expiresAt ?? 0) < Date.now()) throw gone('This export has expired');
-      const entry = (job.data.output ?? []).find((o) => o.name === req.params.name);
-      if (entry && !allows(req.access?.scope ?? '', entry.type, 'r')) throw forbidden(`The token's scopes do not allow reading ${entry.type}`);
+      const entry = [...(job.data.output ?? []), ...(job.data.errorOutput ?? [])].find((o) => o.name === req.params.name);
+      // The error file (OperationOutcomes about the request) is the requester's whatever its scopes.
+      if (entry && entry.type !== 'OperationOutcome' && !allows(req.access?.scope ?? '', entry.type, 'r')) throw forbidden(`The token's scopes do not allow reading ${entry.type}`);
       // Consent is judged again at every download: a member whose grant ended closes the whole export.
       const scope = await deps.access.scopeFor(req.access);
       if (scope.members && (job.data.members ?? []).some((m) => !scope.members?.has(m))) {

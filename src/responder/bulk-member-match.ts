@@ -10,12 +10,12 @@ import type { Logger } from '../logger';
 import { ExportFiles } from './export-files';
 import { ExportOutput } from './export-job';
 import { MemberMatchInput, MemberMatchService, readMemberMatchParts } from './member-match';
+import { RESULT_SYSTEM } from '../fhir/pdex';
 
 export const BULK_MATCH_JOB = 'bulk-member-match';
 /** At most this many members in one $bulk-member-match. */
 export const MAX_BULK_MEMBERS = 10_000;
 
-export const RESULT_SYSTEM = 'http://hl7.org/fhir/us/davinci-pdex/CodeSystem/PdexMultiMemberMatchResultCS';
 const MATCH_PARAMETERS_EXT = 'http://hl7.org/fhir/us/davinci-pdex/StructureDefinition/base-ext-match-parameters';
 const MATCH_GROUP_PROFILE = 'http://hl7.org/fhir/us/davinci-pdex/StructureDefinition/pdex-member-match-group';
 const NO_MATCH_GROUP_PROFILE = 'http://hl7.org/fhir/us/davinci-pdex/StructureDefinition/pdex-member-no-match-group';

@@ -4,11 +4,13 @@ import { ResourceStore } from '../store/resource-store';
 import { Filter } from '../store/types';
 import { collectSupportingReferences, PatientCompartment, SUPPORTING_TYPES } from '../fhir/compartment';
 import { JobContext, JobFailure } from '../jobs/job-runner';
-import { AccessPolicy } from '../access/access-policy';
+import { AccessPolicy, NOT_FOR_A_CLIENT } from '../access/access-policy';
 import type { Role } from '../auth/client-registry';
 import { ExportFiles } from './export-files';
 import { compileTypeFilter, ExportRequest } from './export-request';
 import { SearchRegistry } from '../fhir/search/registry';
+import { inServiceWindow } from './service-window';
+import { outcome } from '../fhir/outcome';
 
 export const EXPORT_JOB = 'bulk-export';
 
@@ -29,6 +31,8 @@ export interface ExportJobData {
   request: ExportRequest;
   transactionTime: string;
   output?: ExportOutput[];
+  /** The manifest's `error` files: OperationOutcomes about the request (members withheld). */
+  errorOutput?: ExportOutput[];
   progress?: string;
   expiresAt?: number;
 }
@@ -67,6 +71,17 @@ export class ExportJobHandler {
       // The export's own members: its filters name them, not every member the partner holds.
       scope = scope.only(patientIds);
     }
+    const errorOutput: ExportOutput[] = [];
+    if (req.reportWithheld) {
+      const asked = req.level === 'group' ? (req.patientIds ?? (await this.groupMembers(req.groupId as string))) : (req.patientIds ?? []);
+      const withheld = asked.filter((id) => !(patientIds ?? []).includes(id));
+      if (withheld.length) {
+        const writer = this.files.open(job._id, 'OperationOutcome.ndjson');
+        for (const id of withheld) await writer.write(outcome('warning', 'not-found', `Patient/${id} is not exported: not a member of the Group, or no consent in force for this client`));
+        await writer.close();
+        errorOutput.push({ type: 'OperationOutcome', name: 'OperationOutcome.ndjson', count: writer.count });
+      }
+    }
     const patientLevel = req.level !== 'system' || !!scope.members;
     const referenced = new Map<string, Set<string>>();
     const output: ExportOutput[] = [];
@@ -78,6 +93,8 @@ export class ExportJobHandler {
       if (visible === null) continue;
       const conditions: Filter[] = [{ lu: { $lte: until } }, visible];
       if (patientLevel) conditions.push(this.compartment.filter(type, patientIds));
+      // The result Groups of a client's $bulk-member-match are the operation's answer, not a member's data.
+      if (patientLevel && type === 'Group') conditions.push(NOT_FOR_A_CLIENT);
       if (req.since !== undefined) conditions.push({ lu: { $gt: req.since } });
       const tf = (req.typeFilters[type] ?? []).map((q) => compileTypeFilter(this.registry, type, q));
       if (tf.length) conditions.push(tf.length === 1 ? tf[0] : { $or: tf });
@@ -85,6 +102,7 @@ export class ExportJobHandler {
       for await (const resource of this.store.stream(type, { $and: conditions })) {
         if (signal.aborted) throw signal.reason;
         if (!scope.canSee(resource)) continue;
+        if (req.serviceFrom !== undefined && !inServiceWindow(resource as never, req.serviceFrom)) continue;
         await writer.write(resource);
         if (patientLevel) collectSupportingReferences(resource, referenced);
       }
@@ -107,7 +125,7 @@ export class ExportJobHandler {
         if (writer.count > 0) output.push({ type, name: `${type}.ndjson`, count: writer.count });
       }
     }
-    await ctx.checkpoint({ output, progress: 'complete', expiresAt: this.now().getTime() + this.fileTtlMs });
+    await ctx.checkpoint({ output, errorOutput, progress: 'complete', expiresAt: this.now().getTime() + this.fileTtlMs });
   };
 
   /** Follows references between supporting resources (a Location's managing Organization…) until nothing new turns up; keeps ids only. */

@@ -19,6 +19,10 @@ export interface ExportRequest {
   types: string[];
   since?: number;
   until?: number;
+  /** $davinci-data-export: members asked for but not exported (not in the Group, no consent in force) are reported in an OperationOutcome file. */
+  reportWithheld?: boolean;
+  /** $davinci-data-export: only data with a date of service on or after this (epoch ms); see service-window.ts. */
+  serviceFrom?: number;
   /** Per type, the _typeFilter queries (a resource passes if it matches any); checked at kick-off, compiled by the job. */
   typeFilters: Record<string, string[]>;
 }

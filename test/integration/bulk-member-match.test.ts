@@ -86,6 +86,13 @@ describe('$bulk-member-match and $davinci-data-export', () => {
     const type = { name: 'exportType', valueString: 'hl7.fhir.us.davinci-pdex#payertopayer' };
     expect(await exportPatients([type, { name: '_type', valueString: 'Patient,Condition' }])).toEqual([members[0].patientId, members[1].patientId].sort());
     expect(await exportPatients([{ name: 'patient', valueReference: { reference: `Patient/${members[1].patientId}` } }, { name: '_type', valueString: 'Patient' }])).toEqual([members[1].patientId]);
+    // A `patient` outside the Group is ignored, and reported in the manifest's error file.
+    const k = await kickoff(url, { method: 'POST', body: { resourceType: 'Parameters', parameter: [{ name: 'patient', valueReference: { reference: `Patient/${members[1].patientId}` } }, { name: 'patient', valueReference: { reference: `Patient/${members[4].patientId}` } }, { name: '_type', valueString: 'Patient' }] }, token: tokens.partner });
+    const done = await poll(k.location as string, tokens.partner);
+    expect(done.body.output.map((o: any) => o.count)).toEqual([1]);
+    expect(done.body.error.map((o: any) => o.type)).toEqual(['OperationOutcome']);
+    const issues = (await download(done.body.error[0].url, tokens.partner)).resources.map((r: any) => r.issue[0].diagnostics);
+    expect(issues).toEqual([`Patient/${members[4].patientId} is not exported: not a member of the Group, or no consent in force for this client`]);
     expect((await kickoff(url, { method: 'POST', body: { resourceType: 'Parameters', parameter: [{ name: 'exportType', valueString: 'something-else' }] }, token: tokens.partner })).status).toBe(400);
     expect((await kickoff(url, { method: 'POST', body: { resourceType: 'Parameters', parameter: [{ name: '_typeFilter', valueString: 'Condition?nope=1' }] }, token: tokens.partner })).status).toBe(400);
     // The member withdraws: the next export leaves them out.
@@ -93,5 +100,33 @@ describe('$bulk-member-match and $davinci-data-export', () => {
     expect(consents).toHaveLength(1);
     expect((await fhir('DELETE', `${base}/Consent/${consents[0].resource.id}`, undefined, auth('service'))).status).toBeLessThan(300);
     expect(await exportPatients([{ name: '_type', valueString: 'Patient' }])).toEqual([members[1].patientId]);
+  });
+
+  it('$davinci-data-export keeps to the five-year window of dates of service; a plain $export does not', async () => {
+    const m = members[1];
+    const yearsAgo = (n: number) => new Date(Date.now() - n * 365.25 * 86400_000).toISOString();
+    const subject = { reference: `Patient/${m.patientId}` };
+    const records = [
+      { resourceType: 'Observation', id: 'win-recent', status: 'final', code: { text: 'x' }, subject, effectiveDateTime: yearsAgo(1) },
+      { resourceType: 'Observation', id: 'win-old', status: 'final', code: { text: 'x' }, subject, effectiveDateTime: yearsAgo(7) },
+      { resourceType: 'Observation', id: 'win-undated', status: 'final', code: { text: 'x' }, subject },
+      { resourceType: 'Observation', id: 'win-old-year', status: 'final', code: { text: 'x' }, subject, effectiveDateTime: yearsAgo(7).slice(0, 4) },
+      { resourceType: 'Encounter', id: 'win-open', status: 'in-progress', class: { code: 'AMB' }, subject, period: { start: yearsAgo(10) } },
+      { resourceType: 'Encounter', id: 'win-closed', status: 'finished', class: { code: 'AMB' }, subject, period: { start: yearsAgo(10), end: yearsAgo(9) } },
+      { resourceType: 'Condition', id: 'win-active', subject, clinicalStatus: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/condition-clinical', code: 'active' }] }, onsetDateTime: yearsAgo(10) },
+      { resourceType: 'Condition', id: 'win-resolved', subject, clinicalStatus: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/condition-clinical', code: 'resolved' }] }, onsetDateTime: yearsAgo(10), abatementDateTime: yearsAgo(8) },
+    ];
+    for (const r of records) expect((await fhir('PUT', `${base}/${r.resourceType}/${r.id}`, r, auth('service'))).status).toBeLessThan(300);
+    const exported = async (url: string, parameter: unknown[]) => {
+      const k = await kickoff(url, { method: 'POST', body: { resourceType: 'Parameters', parameter }, token: tokens.partner });
+      expect(k.status).toBe(202);
+      const done = await poll(k.location as string, tokens.partner);
+      const ids: string[] = [];
+      for (const o of done.body.output) ids.push(...(await download(o.url, tokens.partner)).resources.map((r: any) => r.id).filter((id: string) => id.startsWith('win-')));
+      return ids.sort();
+    };
+    const types = { name: '_type', valueString: 'Observation,Encounter,Condition' };
+    expect(await exported(`${base}/Group/${groups.match.id}/$davinci-data-export`, [types, { name: 'patient', valueReference: { reference: `Patient/${m.patientId}` } }])).toEqual(['win-active', 'win-open', 'win-recent', 'win-undated']);
+    expect(await exported(`${base}/Patient/$export`, [types, { name: 'patient', valueReference: { reference: `Patient/${m.patientId}` } }])).toEqual(records.map((r) => r.id).sort());
   });
 });
