@@ -36,6 +36,7 @@ import { EXCHANGE_JOB, ExchangeJobData, ExchangeJobHandler } from './requester/e
 import { ImportJournal } from './requester/import-journal';
 import { InvokeExportService } from './requester/invoke-export';
 import { BULK_EXCHANGE_JOB, BulkExchangeJob } from './requester/bulk-exchange-job';
+import { GroupExporter } from './requester/group-export';
 import { runOffRoutes } from './requester/run-off-routes';
 import { servedOperations } from './conformance/operation-definitions';
 import { definitionRoutes } from './conformance/definition-routes';
@@ -135,6 +136,15 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
   const tracker = new TaskTracker(store);
   const invokeExport = new InvokeExportService(db, store, payers, tracker, runner, config.requestingPayerName, logger, audit);
   const journal = new ImportJournal(db, store, logger);
+  const exchangeLimits = {
+    maxFileBytes: config.exchangeMaxFileBytes,
+    maxExchangeBytes: config.exchangeMaxBytes,
+    idleTimeoutMs: config.downloadIdleTimeoutMs,
+    maxManifestPages: config.manifestMaxPages,
+    maxManifestFiles: config.manifestMaxFiles,
+    maxLineLength: config.maxLineLength,
+  };
+  const exchangeDir = path.join(config.dataDir, 'exchanges');
   const exchanges = new ExchangeJobHandler({
     store,
     tracker,
@@ -142,26 +152,29 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
     journal,
     remoteFor: clientFor,
     payerFor: (issuer) => payers.get(issuer),
-    workDir: path.join(config.dataDir, 'exchanges'),
+    workDir: exchangeDir,
     pollMinMs: config.pollMinMs,
     pollMaxMs: config.pollMaxMs,
     timeoutMs: config.exchangeTimeoutSeconds * 1000,
     maxAttempts: config.jobMaxAttempts - 1,
-    limits: {
-      maxFileBytes: config.exchangeMaxFileBytes,
-      maxExchangeBytes: config.exchangeMaxBytes,
-      idleTimeoutMs: config.downloadIdleTimeoutMs,
-      maxManifestPages: config.manifestMaxPages,
-      maxManifestFiles: config.manifestMaxFiles,
-      maxLineLength: config.maxLineLength,
-    },
+    limits: exchangeLimits,
     blobs: db.blobs,
     requesterDisplay: config.requestingPayerName,
     releaseLock: (taskId) => invokeExport.release(taskId),
     logger,
     audit,
   });
-  runner.register(BULK_EXCHANGE_JOB, new BulkExchangeJob({ store, tracker, runner, remoteFor: clientFor, releaseLock: (taskId) => invokeExport.release(taskId), logger }).run);
+  runner.register(BULK_EXCHANGE_JOB, new BulkExchangeJob({
+    store,
+    tracker,
+    runner,
+    remoteFor: clientFor,
+    releaseLock: (taskId) => invokeExport.release(taskId),
+    groupExporter: new GroupExporter({ limits: exchangeLimits, pollMinMs: config.pollMinMs, pollMaxMs: config.pollMaxMs, logger }),
+    workDir: exchangeDir,
+    timeoutMs: config.exchangeTimeoutSeconds * 1000,
+    logger,
+  }).run);
   runner.register<ExchangeJobData>(EXCHANGE_JOB, exchanges.run, async (job, reason) => {
     await exchanges.giveUp(job, reason);
     await runner.update(job._id, { 'data.memberMatch': { resourceType: 'Parameters', parameter: [] } });
@@ -183,7 +196,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
       bundleRoutes(guard, new BundleProcessor({ services, store, baseUrl })),
       runOffRoutes(guard, invokeExport),
       systemHistoryRoutes({ guard, store, access, baseUrl, defaultPageSize: config.defaultPageSize, maxPageSize: config.maxPageSize }),
-      bulkExportRoutes({ runner, files, store, registry, compartment, access, guard, baseUrl, authRequired: config.authRequired, statusWaitMs: 500, audit }),
+      bulkExportRoutes({ runner, files, store, registry, compartment, access, guard, baseUrl, authRequired: config.authRequired, statusWaitMs: 500, audit, serviceWindowYears: config.serviceWindowYears }),
       everythingRoutes({ store, compartment, access, guard, baseUrl, defaultPageSize: config.defaultPageSize, maxPageSize: config.maxPageSize }),
       grantRoutes(guard, grants, logger),
       definitionRoutes(guard, operations, baseUrl),

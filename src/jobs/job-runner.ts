@@ -63,6 +63,8 @@ export interface JobRunnerOptions {
 }
 
 const DEFAULT_MAX_ATTEMPTS = 25;
+/** The runAfter of a parked job: it runs only once released. */
+const PARKED = Number.MAX_SAFE_INTEGER;
 
 /**
  * A durable job queue in the store. Jobs are claimed with a lease (an atomic conditional update),
@@ -97,18 +99,18 @@ export class JobRunner {
   async enqueue<D>(kind: string, id: string, data: D, opts: { parked?: boolean } = {}): Promise<void> {
     const now = Date.now();
     try {
-      await this.jobs.insertOne({ _id: id, kind, state: 'queued', data: data as Record<string, unknown>, attempts: 0, leaseUntil: 0, runAfter: opts.parked ? Number.MAX_SAFE_INTEGER : 0, createdAt: now, updatedAt: now });
+      await this.jobs.insertOne({ _id: id, kind, state: 'queued', data: data as Record<string, unknown>, attempts: 0, leaseUntil: 0, runAfter: opts.parked ? PARKED : 0, createdAt: now, updatedAt: now });
     } catch (err) {
       if (!(err instanceof DuplicateKeyError)) throw err;
     }
     this.poke();
   }
 
-  /** Lets a parked job run (setting the given fields of its data first). */
+  /** Lets a parked job run (setting the given fields of its data first); a job no longer parked is left as it is. */
   async release(id: string, data: Record<string, unknown> = {}): Promise<void> {
-    const set: Record<string, unknown> = { runAfter: 0 };
+    const set: Record<string, unknown> = { runAfter: 0, updatedAt: Date.now() };
     for (const [k, v] of Object.entries(data)) set[`data.${k}`] = v;
-    await this.update(id, set);
+    await this.jobs.updateOne({ _id: id, state: 'queued', runAfter: PARKED }, set);
     this.poke();
   }
 

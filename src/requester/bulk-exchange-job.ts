@@ -1,13 +1,16 @@
 import type { Group, ParametersParameter, Patient, Task } from 'fhir/r4';
 import { JobContext, JobRunner, sleep } from '../jobs/job-runner';
-import { RESULT_SYSTEM } from '../responder/bulk-member-match';
+import { RESULT_SYSTEM } from '../fhir/pdex';
 import { ResourceStore } from '../store/resource-store';
 import type { Logger } from '../logger';
 import { patientIdOf } from '../fhir/reference';
 import { isTaskEnded, TaskCancelled, TaskTracker } from './task-tracker';
 import type { RemotePayer } from './remote-payer-client';
 import { readResources } from './ndjson';
-import { ExchangeJobData, NO_MEMBER_DATA } from './exchange-job';
+import { CheckedManifest, DEFAULT_TYPES, ExchangeJobData, NO_MEMBER_DATA } from './exchange-job';
+import { GroupExporter, GroupExportResult } from './group-export';
+import fs from 'node:fs';
+import path from 'node:path';
 
 /** How long the parent waits for the source's $bulk-member-match before matching member by member. */
 const BULK_MATCH_TIMEOUT_MS = 10 * 60_000;
@@ -19,8 +22,20 @@ export interface BulkExchangeJobData {
   /** The members' Tasks (their exchange jobs have the same ids, parked until dispatched). */
   children: string[];
   issuer?: string;
+  /** What the source's $bulk-member-match answered, kept so that a restart does not ask again. */
+  match?: BulkMatch;
+  /** The group's $davinci-data-export, once started. */
+  groupExport?: { statusUrl: string };
   /** Set once every child has been matched by the source's $bulk-member-match, failed, or let run. */
   dispatched?: boolean;
+}
+
+type MatchOutcome = { memberId: string } | { failed: string };
+
+/** Each child's outcome at the source's $bulk-member-match, and the id of the MatchedMembers Group there. */
+export interface BulkMatch {
+  outcomes: [string, MatchOutcome][];
+  groupId?: string;
 }
 
 export interface BulkExchangeDeps {
@@ -29,6 +44,11 @@ export interface BulkExchangeDeps {
   runner: JobRunner;
   remoteFor: (issuer: string) => RemotePayer | undefined;
   releaseLock: (taskId: string) => Promise<void>;
+  groupExporter: GroupExporter;
+  /** The exchanges' work folder: each child's is `{workDir}/{child}`. */
+  workDir: string;
+  /** How long the group's export may take. */
+  timeoutMs: number;
   logger: Logger;
 }
 
@@ -56,55 +76,53 @@ export class BulkExchangeJob {
   }
 
   /**
-   * Lets the parked children run. Where the source declares `$bulk-member-match`, all members are
-   * matched in that one request first: matched members skip their own `$member-match`, the others
-   * end failed with the source's answer (no match, consent constraint). Otherwise, or if the bulk
-   * match fails, each child matches its member itself.
+   * Lets the parked children run. Where the source payer is registered for it and declares
+   * `$bulk-member-match`, all members are matched in that one request first: matched members skip
+   * their own `$member-match`, the others end failed with the source's answer (no match, consent
+   * constraint). If the source also declares `$davinci-data-export`, the matched members' data comes
+   * in one export of the MatchedMembers Group, split by member into each child's work folder; each
+   * child then only imports its share. Whatever of this fails, each child does the rest itself.
    */
   private async dispatch(ctx: JobContext<BulkExchangeJobData>): Promise<void> {
-    const { children, issuer } = ctx.job.data;
+    const { children, issuer, parentId } = ctx.job.data;
     const remote = issuer ? this.d.remoteFor(issuer) : undefined;
-    const outcomes = new Map<string, { memberId: string } | { failed: string }>();
-    if (remote?.payer.bulkMemberMatch && remote.servesBulkMemberMatch && remote.bulkMemberMatch && (await remote.servesBulkMemberMatch())) {
+    const ops = remote?.payer.bulkMemberMatch && remote.groupOperations ? await remote.groupOperations() : new Set<string>();
+    const match = ctx.job.data.match ?? (ops.has('bulk-member-match') && remote ? await this.bulkMatch(ctx, remote) : undefined);
+    const outcomes = new Map(match?.outcomes ?? []);
+    const matched = new Map([...outcomes].flatMap(([child, o]) => ('memberId' in o ? [[o.memberId, child] as [string, string]] : [])));
+    let received: GroupExportResult | undefined;
+    if (remote && match?.groupId && matched.size > 0 && ops.has('davinci-data-export')) {
       try {
-        const inputs: { id: string; patient?: Patient; parts: ParametersParameter[] }[] = [];
-        for (const id of children) {
-          const job = await this.d.runner.get<ExchangeJobData>(id);
-          const parts = job?.data.memberMatch?.parameter ?? [];
-          if (parts.length) inputs.push({ id, patient: parts.find((p) => p.name === 'MemberPatient')?.resource as Patient, parts });
-        }
-        const statusUrl = await remote.bulkMemberMatch(inputs.map((i) => ({ name: 'MemberBundle', part: i.parts })));
-        const deadline = Date.now() + BULK_MATCH_TIMEOUT_MS;
-        let status = await remote.status(statusUrl);
-        while (!status.done) {
-          if (Date.now() > deadline) throw new Error('the source did not finish $bulk-member-match in time');
-          await sleep(Math.min(5000, Math.max(200, status.retryAfterMs ?? 1000)), ctx.signal);
-          status = await remote.status(statusUrl);
-        }
-        const groups: Group[] = [];
-        for (const o of status.manifest.output.filter((x) => x.type === 'Group')) {
-          if (!remote.mayDownload(o.url)) continue;
-          for await (const { resource } of readResources(await remote.download(o.url, status.manifest.requiresAccessToken !== false, ctx.signal), { expectedType: 'Group', maxLineLength: 64 << 20, label: 'the result Groups' })) groups.push(resource as unknown as Group);
-        }
-        const byDemographics = new Map(inputs.map((i) => [demographics(i.patient), i.id]));
-        for (const g of groups) {
-          const code = g.characteristic?.flatMap((c) => c.code?.coding ?? []).find((c) => c.system === RESULT_SYSTEM)?.code;
-          const contained = new Map((g.contained ?? []).map((c) => [`#${c.id}`, c as Patient]));
-          for (const m of g.member ?? []) {
-            const pointer = code === 'match' ? (m.entity.extension?.find((e) => e.valueReference)?.valueReference?.reference) : m.entity.reference;
-            const child = byDemographics.get(demographics(contained.get(pointer ?? '')));
-            if (!child || outcomes.has(child)) continue;
-            const memberId = patientIdOf(m.entity.reference);
-            if (code === 'match' && memberId) outcomes.set(child, { memberId });
-            else if (code === 'nomatch') outcomes.set(child, { failed: 'The source payer found no unique match ($bulk-member-match)' });
-            else if (code === 'consentconstraint') outcomes.set(child, { failed: 'The source payer cannot honour the member\'s consent ($bulk-member-match)' });
-          }
-        }
-        this.logger.info('bulk member match', { task: ctx.job.data.parentId, issuer, members: inputs.length, matched: [...outcomes.values()].filter((o) => 'memberId' in o).length });
+        const first = await this.d.runner.get<ExchangeJobData>(children[0]);
+        const params = first?.data.exportParams ?? {};
+        received = await this.d.groupExporter.run({
+          remote,
+          groupId: match.groupId,
+          params: params._type ? params : { ...params, _type: [DEFAULT_TYPES.join(',')] },
+          members: matched,
+          workDir: this.d.workDir,
+          groupDir: path.join(this.d.workDir, parentId),
+          deadline: Date.now() + this.d.timeoutMs,
+          signal: ctx.signal,
+          statusUrl: ctx.job.data.groupExport?.statusUrl,
+          started: (statusUrl) => ctx.checkpoint({ groupExport: { statusUrl } }),
+          check: async () => {
+            if ((await this.tracker.isCancelled(parentId))) throw new TaskCancelled();
+          },
+          progress: (detail) => this.tracker.change(parentId, { status: 'in-progress', step: 'exporting', detail }).then(() => undefined),
+        });
+        await remote.cancel(received.statusUrl);
+        this.logger.info('group export received', { task: parentId, issuer, members: matched.size, bytes: received.bytes, unclaimed: received.unclaimed });
       } catch (err) {
         if (ctx.signal.aborted) throw ctx.signal.reason;
-        this.logger.warn('$bulk-member-match failed; matching member by member', { task: ctx.job.data.parentId, issuer, error: (err as Error).message });
-        outcomes.clear();
+        const reason = (err as Error).message;
+        if (!(err instanceof TaskCancelled)) {
+          this.logger.warn("the group's $davinci-data-export failed; exporting member by member", { task: parentId, issuer, error: reason });
+          await this.tracker.change(parentId, { note: `The group's $davinci-data-export failed (${reason}); each member is exported on its own` }).catch(() => undefined);
+        }
+        if (ctx.job.data.groupExport && remote) await remote.cancel(ctx.job.data.groupExport.statusUrl);
+        await fs.promises.rm(path.join(this.d.workDir, parentId), { recursive: true, force: true });
+        received = undefined;
       }
     }
     for (const id of children) {
@@ -115,13 +133,74 @@ export class BulkExchangeJob {
         await this.tracker.change(id, { status: 'failed', step: 'failed', statusReason: outcome.failed, note: `Failed: ${outcome.failed}` }).catch((e) => (e instanceof TaskCancelled ? undefined : Promise.reject(e)));
         await this.d.releaseLock(id);
       } else if (outcome) {
-        await this.tracker.change(id, { note: 'The source payer matched the member ($bulk-member-match)', output: [{ type: { text: 'MemberId' }, valueReference: { reference: `${remote?.payer.fhirBaseUrl}/Patient/${outcome.memberId}` } }] }).catch((e) => (e instanceof TaskCancelled ? undefined : Promise.reject(e)));
-        await this.d.runner.release(id, { matched: { memberId: outcome.memberId }, memberMatch: NO_MEMBER_DATA });
+        const files = received?.shares.get(id);
+        const note = files ? "The source payer matched the member ($bulk-member-match); its data came with the group's $davinci-data-export" : 'The source payer matched the member ($bulk-member-match)';
+        await this.tracker.change(id, { note, output: [{ type: { text: 'MemberId' }, valueReference: { reference: `${remote?.payer.fhirBaseUrl}/Patient/${outcome.memberId}` } }] }).catch((e) => (e instanceof TaskCancelled ? undefined : Promise.reject(e)));
+        const given = received && files
+          ? {
+              manifest: { requiresAccessToken: received.manifest.requiresAccessToken, files: [], skipped: received.manifest.skipped, transactionTime: received.manifest.transactionTime } satisfies CheckedManifest,
+              downloads: { files, bytes: files.reduce((n, f) => n + f.size, 0), sourceErrors: received.sourceErrors, done: true },
+            }
+          : {};
+        await this.d.runner.release(id, { matched: { memberId: outcome.memberId }, memberMatch: NO_MEMBER_DATA, ...given });
       } else {
         await this.d.runner.release(id);
       }
     }
     await ctx.checkpoint({ dispatched: true });
+  }
+
+  /** Matches every member with the source's `$bulk-member-match`; undefined (each member then matches itself) if that fails. */
+  private async bulkMatch(ctx: JobContext<BulkExchangeJobData>, remote: RemotePayer): Promise<BulkMatch | undefined> {
+    const { children, issuer, parentId } = ctx.job.data;
+    if (!remote.bulkMemberMatch) return undefined;
+    try {
+      const inputs: { id: string; patient?: Patient; parts: ParametersParameter[] }[] = [];
+      for (const id of children) {
+        const job = await this.d.runner.get<ExchangeJobData>(id);
+        const parts = job?.data.memberMatch?.parameter ?? [];
+        if (parts.length) inputs.push({ id, patient: parts.find((p) => p.name === 'MemberPatient')?.resource as Patient, parts });
+      }
+      const statusUrl = await remote.bulkMemberMatch(inputs.map((i) => ({ name: 'MemberBundle', part: i.parts })));
+      const deadline = Date.now() + BULK_MATCH_TIMEOUT_MS;
+      let status = await remote.status(statusUrl);
+      while (!status.done) {
+        if (Date.now() > deadline) throw new Error('the source did not finish $bulk-member-match in time');
+        await sleep(Math.min(5000, Math.max(200, status.retryAfterMs ?? 1000)), ctx.signal);
+        status = await remote.status(statusUrl);
+      }
+      const groups: Group[] = [];
+      for (const o of status.manifest.output.filter((x) => x.type === 'Group')) {
+        if (!remote.mayDownload(o.url)) continue;
+        for await (const { resource } of readResources(await remote.download(o.url, status.manifest.requiresAccessToken !== false, ctx.signal), { expectedType: 'Group', maxLineLength: 64 << 20, label: 'the result Groups' })) groups.push(resource as unknown as Group);
+      }
+      await remote.cancel(statusUrl);
+      const outcomes = new Map<string, MatchOutcome>();
+      let groupId: string | undefined;
+      const byDemographics = new Map(inputs.map((i) => [demographics(i.patient), i.id]));
+      for (const g of groups) {
+        const code = g.characteristic?.flatMap((c) => c.code?.coding ?? []).find((c) => c.system === RESULT_SYSTEM)?.code;
+        if (code === 'match' && typeof g.id === 'string' && /^[A-Za-z0-9\-.]{1,64}$/.test(g.id)) groupId = g.id;
+        const contained = new Map((g.contained ?? []).map((c) => [`#${c.id}`, c as Patient]));
+        for (const m of g.member ?? []) {
+          const pointer = code === 'match' ? m.entity.extension?.find((e) => e.valueReference)?.valueReference?.reference : m.entity.reference;
+          const child = byDemographics.get(demographics(contained.get(pointer ?? '')));
+          if (!child || outcomes.has(child)) continue;
+          const memberId = patientIdOf(m.entity.reference);
+          if (code === 'match' && memberId) outcomes.set(child, { memberId });
+          else if (code === 'nomatch') outcomes.set(child, { failed: 'The source payer found no unique match ($bulk-member-match)' });
+          else if (code === 'consentconstraint') outcomes.set(child, { failed: "The source payer cannot honour the member's consent ($bulk-member-match)" });
+        }
+      }
+      this.logger.info('bulk member match', { task: parentId, issuer, members: inputs.length, matched: [...outcomes.values()].filter((o) => 'memberId' in o).length });
+      const match: BulkMatch = { outcomes: [...outcomes], groupId };
+      await ctx.checkpoint({ match });
+      return match;
+    } catch (err) {
+      if (ctx.signal.aborted) throw ctx.signal.reason;
+      this.logger.warn('$bulk-member-match failed; matching member by member', { task: parentId, issuer, error: (err as Error).message });
+      return undefined;
+    }
   }
 
   run = async (ctx: JobContext<BulkExchangeJobData>): Promise<void> => {

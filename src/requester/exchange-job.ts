@@ -4,10 +4,12 @@ import type { Identifier, Parameters, Reference, Resource, TaskOutput } from 'fh
 import { ResourceStore } from '../store/resource-store';
 import { JobContext, JobDoc, RetryLater, sleep } from '../jobs/job-runner';
 import type { Logger } from '../logger';
-import { isServedType, RESOURCE_TYPES, SERVER_WRITTEN_TYPES } from '../fhir/resource-types';
-import { isFhirResourceType, validateResource } from '../fhir/validator';
+import { RESOURCE_TYPES, SERVER_WRITTEN_TYPES } from '../fhir/resource-types';
+import { validateResource } from '../fhir/validator';
 import { FhirError } from '../fhir/outcome';
-import { BulkManifest, parseRetryAfter, RemoteError, RemotePayer } from './remote-payer-client';
+import { parseRetryAfter, RemoteError, RemotePayer } from './remote-payer-client';
+import { allPages, CheckedManifest, checkManifest } from './manifest';
+export type { CheckedManifest } from './manifest';
 import { SourcePayer } from './source-payers';
 import { TaskCancelled, TaskTracker } from './task-tracker';
 import { Importer } from './importer';
@@ -28,17 +30,6 @@ export const EXCHANGE_JOB = 'p2p-exchange';
 export interface Matched {
   memberId: string;
   identifier?: Identifier;
-}
-
-/** Step 3's result: the manifest, checked: every type a FHIR type, every URL on the source's origin. */
-export interface CheckedManifest {
-  requiresAccessToken: boolean;
-  /** Files to download, in order; `kind: error` ones hold the source's OperationOutcomes. */
-  files: { type: string; url: string; count?: number; kind: 'output' | 'error' }[];
-  /** Types this server does not store, with the resources the manifest announced for each. */
-  skipped: Record<string, number>;
-  /** The source's transactionTime: a later run-off asks for what changed since. */
-  transactionTime?: string;
 }
 
 export interface DownloadedFile {
@@ -104,14 +95,6 @@ export interface ExchangeDeps {
 /** What a job keeps of the member's demographics once they are no longer needed. */
 export const NO_MEMBER_DATA: Parameters = { resourceType: 'Parameters', parameter: [] };
 
-function safeOrigin(url: unknown): string {
-  try {
-    return new URL(String(url)).origin;
-  } catch {
-    return 'an invalid URL';
-  }
-}
-
 /**
  * The requesting payer's exchange, run in the background:
  *   match → kick off the export → poll for the manifest → download and check every file →
@@ -130,12 +113,12 @@ export class ExchangeJobHandler {
       if (await this.d.tracker.isCancelled(data.taskId)) throw new TaskCancelled();
       if (!remote || !payer) throw new ExchangeFailed(`the source payer ${data.issuer} is no longer registered`);
       if (!data.started) {
-        await this.d.tracker.change(data.taskId, { status: 'in-progress', step: 'matching', note: `Started; asking ${payer.name ?? data.issuer} to match the member` });
+        await this.d.tracker.change(data.taskId, data.matched ? { status: 'in-progress', step: data.manifest ? 'importing' : 'exporting', note: 'Started' } : { status: 'in-progress', step: 'matching', note: `Started; asking ${payer.name ?? data.issuer} to match the member` });
         await ctx.checkpoint({ started: true });
       }
       const matched = data.matched ?? (await this.match(ctx, remote));
-      const started = data.exportStarted ?? (await this.kickoff(ctx, remote, matched));
-      const manifest = data.manifest ?? (await this.poll(ctx, remote, started.statusUrl));
+      // A member of a bulk exchange may come with its files already received (the group's $davinci-data-export).
+      const manifest = data.manifest ?? (await this.poll(ctx, remote, (data.exportStarted ?? (await this.kickoff(ctx, remote, matched))).statusUrl));
       const mapping: IdMapping = { sourcePatientId: matched.memberId, localPatientId: data.localPatientId, sourceBase: payer.fhirBaseUrl, issuer: data.issuer };
       // Each file is imported once it is downloaded and checked, while the next one downloads.
       const imports = new ImportQueue((f) => this.importOne(ctx, f, mapping, payer));
@@ -196,7 +179,7 @@ export class ExchangeJobHandler {
       this.checkDeadline(data, 'waiting for the export');
       const status = await remote.status(statusUrl);
       if (status.done) {
-        const manifest = this.checkManifest(remote, await this.allPages(remote, status.manifest, statusUrl));
+        const manifest = checkManifest(remote, await allPages(remote, status.manifest, statusUrl, this.d.limits), this.d.limits);
         await ctx.checkpoint({ manifest });
         const skipped = Object.keys(manifest.skipped);
         await this.d.tracker.change(data.taskId, {
@@ -212,41 +195,6 @@ export class ExchangeJobHandler {
       const wait = Math.min(this.d.pollMaxMs, Math.max(this.d.pollMinMs, status.retryAfterMs ?? this.d.pollMinMs));
       await sleep(Math.min(wait, Math.max(0, this.deadline(data) - Date.now()) + 1), ctx.signal);
     }
-  }
-
-  /** Follows `link next` within the page limit, never the same page twice. */
-  private async allPages(remote: RemotePayer, first: BulkManifest, statusUrl: string): Promise<BulkManifest> {
-    let manifest = first;
-    const seen = new Set([statusUrl]);
-    for (let next = nextLink(first); next; next = nextLink(manifest)) {
-      if (seen.has(next)) throw new ExchangeFailed('The manifest pages link back to a page already read');
-      if (seen.size >= this.d.limits.maxManifestPages) throw new LimitReached(`The manifest has more than ${this.d.limits.maxManifestPages} pages`);
-      seen.add(next);
-      const page = await remote.status(next);
-      if (!page.done) throw new ExchangeFailed('A manifest page answered as if the export were still running');
-      manifest = { ...manifest, output: [...manifest.output, ...page.manifest.output], error: [...(manifest.error ?? []), ...(page.manifest.error ?? [])], link: page.manifest.link };
-      if (manifest.output.length + (manifest.error?.length ?? 0) > this.d.limits.maxManifestFiles) break;
-    }
-    return manifest;
-  }
-
-  private checkManifest(remote: RemotePayer, manifest: BulkManifest): CheckedManifest {
-    type Entry = { type?: unknown; url?: unknown; count?: unknown; kind: 'output' | 'error' };
-    const entries: Entry[] = [...(Array.isArray(manifest.output) ? manifest.output : []).map((o) => ({ ...o, kind: 'output' as const })), ...(Array.isArray(manifest.error) ? manifest.error : []).map((o) => ({ ...o, kind: 'error' as const }))];
-    if (entries.length > this.d.limits.maxManifestFiles) throw new LimitReached(`The manifest lists more than ${this.d.limits.maxManifestFiles} files`);
-    const checked: CheckedManifest = { requiresAccessToken: manifest.requiresAccessToken !== false, files: [], skipped: {} };
-    if (typeof manifest.transactionTime === 'string' && !Number.isNaN(Date.parse(manifest.transactionTime))) checked.transactionTime = new Date(manifest.transactionTime).toISOString();
-    for (const e of entries) {
-      if (!e || typeof e !== 'object' || !isFhirResourceType(e.type)) throw new ExchangeFailed(`The manifest names a file type that is not a FHIR resource type: ${JSON.stringify(String(e?.type)).slice(0, 80)}`);
-      if (typeof e.url !== 'string' || !remote.mayDownload(e.url)) throw new ExchangeFailed(`Refused to download ${e.type} from ${safeOrigin(e.url)}: not the source payer's origin or one of its fileOrigins`);
-      const count = typeof e.count === 'number' && Number.isInteger(e.count) && e.count >= 0 ? e.count : undefined;
-      if (e.kind === 'output' && (!isServedType(e.type) || SERVER_WRITTEN_TYPES.includes(e.type))) {
-        checked.skipped[e.type] = (checked.skipped[e.type] ?? 0) + (count ?? 0);
-        continue;
-      }
-      checked.files.push({ type: e.type, url: e.url, count, kind: e.kind });
-    }
-    return checked;
   }
 
   /** Downloads every file, checking each resource before it is kept; nothing is stored yet. */
@@ -451,8 +399,3 @@ class ImportQueue {
 
 /** What an exchange asks the source for when the request names no `_type`: every type this server stores but Binary. */
 export const DEFAULT_TYPES: string[] = RESOURCE_TYPES.filter((t) => t !== 'Binary' && !SERVER_WRITTEN_TYPES.includes(t));
-
-function nextLink(m: BulkManifest): string | undefined {
-  const link = Array.isArray(m.link) ? m.link.find((l) => l?.relation === 'next')?.url : undefined;
-  return typeof link === 'string' ? link : undefined;
-}

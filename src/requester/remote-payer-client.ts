@@ -6,6 +6,7 @@ import type { CapabilityStatement, Identifier, OperationOutcome, Parameters, Par
 import { SourcePayer } from './source-payers';
 import { signClientAssertion } from './client-assertion';
 import type { Logger } from '../logger';
+import { PAYER_TO_PAYER } from '../fhir/pdex';
 
 /** A failure talking to the source payer. `transient` ones are worth trying again later. */
 export class RemoteError extends Error {
@@ -65,10 +66,12 @@ export interface RemotePayer {
   memberMatch(params: Parameters): Promise<{ memberId?: string; identifier?: Identifier }>;
   /** The ids of the source's Patients that `Patient?identifier={token}` finds. */
   patientsByIdentifier(token: string): Promise<string[]>;
-  /** Whether the source declares PDex's `$bulk-member-match` on Group in its CapabilityStatement. */
-  servesBulkMemberMatch?(): Promise<boolean>;
+  /** The operations the source's CapabilityStatement declares on Group (`bulk-member-match`, `davinci-data-export`…); none when it has no readable one. */
+  groupOperations?(): Promise<Set<string>>;
   /** Starts `Group/$bulk-member-match` (asynchronous); answers the status URL. */
   bulkMemberMatch?(memberBundles: ParametersParameter[]): Promise<string>;
+  /** Starts PDex's `Group/{id}/$davinci-data-export` (payer-to-payer) of a MatchedMembers Group; answers the status URL. */
+  kickoffGroupExport?(groupId: string, params: Record<string, string[]>): Promise<string>;
   kickoff(memberId: string, params: Record<string, string[]>): Promise<string>;
   status(statusUrl: string): Promise<ExportStatus>;
   download(url: string, requiresAccessToken: boolean, signal?: AbortSignal): Promise<Readable>;
@@ -276,13 +279,13 @@ export class RemotePayerClient implements RemotePayer {
     return [...new Set(ids.filter((id): id is string => typeof id === 'string'))];
   }
 
-  async servesBulkMemberMatch(): Promise<boolean> {
+  async groupOperations(): Promise<Set<string>> {
     try {
       const res = await this.request<CapabilityStatement>({ method: 'GET', url: `${this.payer.fhirBaseUrl}/metadata`, headers: { accept: 'application/fhir+json' }, ...retryable(this.opts.retries) }, 'metadata');
       const group = res.data?.rest?.[0]?.resource?.find((r) => r.type === 'Group');
-      return !!group?.operation?.some((o) => o.name === 'bulk-member-match');
+      return new Set((group?.operation ?? []).map((o) => o.name).filter((n): n is string => typeof n === 'string'));
     } catch {
-      return false; // no readable CapabilityStatement: one $member-match per member
+      return new Set(); // no readable CapabilityStatement: one $member-match and one export per member
     }
   }
 
@@ -291,9 +294,23 @@ export class RemotePayerClient implements RemotePayer {
       { method: 'POST', url: `${this.payer.fhirBaseUrl}/Group/$bulk-member-match`, data: { resourceType: 'Parameters', parameter: memberBundles }, headers: { 'content-type': 'application/fhir+json', accept: 'application/fhir+json', prefer: 'respond-async' } },
       '$bulk-member-match',
     );
+    return this.statusLocation(res, '$bulk-member-match');
+  }
+
+  async kickoffGroupExport(groupId: string, params: Record<string, string[]>): Promise<string> {
+    const parameter = [{ name: 'exportType', valueString: PAYER_TO_PAYER }, ...Object.entries(params).flatMap(([k, vs]) => vs.map((v) => ({ name: k, valueString: v })))];
+    const res = await this.request(
+      { method: 'POST', url: `${this.payer.fhirBaseUrl}/Group/${encodeURIComponent(groupId)}/$davinci-data-export`, data: { resourceType: 'Parameters', parameter }, headers: { accept: 'application/fhir+json', prefer: 'respond-async', 'content-type': 'application/fhir+json' } },
+      '$davinci-data-export kick-off',
+    );
+    return this.statusLocation(res, '$davinci-data-export kick-off');
+  }
+
+  /** The status URL of an asynchronous request: a 202 with a Content-Location on the source's own origin. */
+  private statusLocation(res: AxiosResponse, what: string): string {
     const location = res.headers['content-location'] as string | undefined;
-    if (res.status !== 202 || !location) throw new RemoteError(`$bulk-member-match answered ${res.status} without a Content-Location`, res.status, false);
-    if (!this.ownsUrl(location)) throw new RemoteError(`$bulk-member-match status URL ${originOf(location) ?? location.slice(0, 80)} is not on the source payer's origin`, res.status, false);
+    if (res.status !== 202 || !location) throw new RemoteError(`${what} answered ${res.status} without a Content-Location`, res.status, false);
+    if (!this.ownsUrl(location)) throw new RemoteError(`${what}: the status URL ${originOf(location) ?? location.slice(0, 80)} is not on the source payer's origin`, res.status, false);
     return location;
   }
 
@@ -311,10 +328,7 @@ export class RemotePayerClient implements RemotePayer {
       const parameter = [{ name: 'patient', valueReference: { reference: `Patient/${memberId}` } }, ...Object.entries(params).flatMap(([k, vs]) => vs.map((v) => ({ name: k, valueString: v })))];
       res = await this.request({ method: 'POST', url: `${this.payer.fhirBaseUrl}/Patient/$export`, data: { resourceType: 'Parameters', parameter }, headers: { ...headers, 'content-type': 'application/fhir+json' } }, 'export kick-off');
     }
-    const location = res.headers['content-location'] as string | undefined;
-    if (res.status !== 202 || !location) throw new RemoteError(`export kick-off answered ${res.status} without a Content-Location`, res.status, false);
-    if (!this.ownsUrl(location)) throw new RemoteError(`export status URL ${originOf(location) ?? location.slice(0, 80)} is not on the source payer's origin`, res.status, false);
-    return location;
+    return this.statusLocation(res, 'export kick-off');
   }
 
   async status(statusUrl: string): Promise<ExportStatus> {

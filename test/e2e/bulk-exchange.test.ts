@@ -44,13 +44,20 @@ describe('bulk exchange ($sdh.s2s.invoke-bulk-export)', () => {
     expect(tasks[2].statusReason.text).toMatch(/no unique match/i);
     // The source declares $bulk-member-match: all members were matched in that one request, none by its own $member-match.
     expect(tasks[2].statusReason.text).toMatch(/\$bulk-member-match/);
-    for (const t of tasks.slice(0, 2)) expect(t.note.map((n: any) => n.text)).toContain('The source payer matched the member ($bulk-member-match)');
+    // It also declares $davinci-data-export: the matched members' data came in one export of the MatchedMembers Group.
+    for (const t of tasks.slice(0, 2)) expect(t.note.map((n: any) => n.text)).toContain("The source payer matched the member ($bulk-member-match); its data came with the group's $davinci-data-export");
+    const exports = (await source.server.store.search('AuditEvent', {})).map((a: any) => a.outcomeDesc as string).filter((d: string) => /started \((patient|group) level\)/.test(d));
+    expect(exports.filter((d: string) => d.includes('$davinci-data-export'))).toHaveLength(1);
+    expect(exports.filter((d: string) => !d.includes('$davinci-data-export'))).toHaveLength(0);
     expect(tasks[0].output.find((o: any) => o.type.text === 'MemberId').valueReference.reference).toBe(`${source.server.baseUrl}/Patient/${ms[0].patientId}`);
-    // Each member's data landed on that member, and only there.
+    // Each member's data landed on that member, and only there: the claims of the last five years
+    // (PDex's window for $davinci-data-export; the synthetic claims are created on their service date).
+    const now = new Date();
+    const windowStart = new Date(Date.UTC(now.getUTCFullYear() - 5, now.getUTCMonth(), now.getUTCDate())).toISOString();
     for (const [i, m] of ms.slice(0, 2).entries()) {
       const local = (await fhir('GET', `${requester.baseUrl}/ExplanationOfBenefit?patient=${locals[i]}&_summary=count`)).body.total;
       const token = await sourceToken();
-      const there = (await fhir('GET', `${source.server.baseUrl}/ExplanationOfBenefit?patient=${m.patientId}&_summary=count`, undefined, { authorization: `Bearer ${token}` })).body.total;
+      const there = (await fhir('GET', `${source.server.baseUrl}/ExplanationOfBenefit?patient=${m.patientId}&created=ge${windowStart}&_summary=count`, undefined, { authorization: `Bearer ${token}` })).body.total;
       expect(local).toBe(there);
     }
     expect((await fhir('GET', `${requester.baseUrl}/ExplanationOfBenefit?patient=${locals[2]}&_summary=count`)).body.total).toBe(0);

@@ -22,6 +22,10 @@ export interface FakeSource {
   manifest?: (req: http.IncomingMessage) => unknown;
   smartConfiguration?: () => unknown;
   memberMatch?: (res: http.ServerResponse) => void;
+  /** Request bodies received, by path. */
+  bodies: Record<string, string>;
+  /** Operations declared on Group in /metadata (none: /metadata is 404). */
+  groupOperations?: string[];
   file?: (name: string, res: http.ServerResponse) => boolean;
   close(): Promise<void>;
 }
@@ -39,6 +43,7 @@ export async function startFakeSource(): Promise<FakeSource> {
     base,
     log: [],
     auth: {},
+    bodies: {},
     files: {},
     output: [],
     close: () =>
@@ -52,8 +57,10 @@ export async function startFakeSource(): Promise<FakeSource> {
     res.end(JSON.stringify(body));
   };
   server.on('request', async (req, res) => {
-    for await (const _ of req) void _;
+    let body = '';
+    for await (const chunk of req) body += chunk;
     const url = new URL(req.url ?? '/', origin);
+    if (body) fake.bodies[url.pathname] = body;
     fake.log.push(`${req.method} ${url.pathname}`);
     fake.auth[url.pathname] = req.headers.authorization;
     const p = url.pathname;
@@ -63,9 +70,14 @@ export async function startFakeSource(): Promise<FakeSource> {
       if (fake.memberMatch) return fake.memberMatch(res);
       return json(res, 200, { resourceType: 'Parameters', parameter: [{ name: 'MemberId', valueReference: { reference: 'Patient/m1' } }] });
     }
-    if (p === '/fhir/Patient/m1/$export') {
-      fake.exportQuery = url.searchParams;
-      res.writeHead(202, { 'content-location': `${base}/status` });
+    if (p === '/fhir/metadata' && fake.groupOperations) {
+      return json(res, 200, { resourceType: 'CapabilityStatement', status: 'active', kind: 'instance', fhirVersion: '4.0.1', format: ['json'], rest: [{ mode: 'server', resource: [{ type: 'Group', operation: fake.groupOperations.map((name) => ({ name, definition: `${base}/OperationDefinition/${name}` })) }] }] });
+    }
+    // Asynchronous kick-offs answer a status URL naming what was asked: ?of=member-match, ?of=Group/{id}, ?of=Patient/{id}.
+    const started = p === '/fhir/Group/$bulk-member-match' ? 'member-match' : p.match(/^\/fhir\/((?:Group|Patient)\/[^/]+)\/\$(?:davinci-data-export|export)$/)?.[1];
+    if (started && (fake.groupOperations || p === '/fhir/Patient/m1/$export')) {
+      if (p.endsWith('/$export')) fake.exportQuery = url.searchParams;
+      res.writeHead(202, { 'content-location': `${base}/status?of=${encodeURIComponent(started)}` });
       return res.end();
     }
     if (p.startsWith('/fhir/status')) {

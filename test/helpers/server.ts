@@ -18,7 +18,7 @@ export function testConfig(overrides: Partial<AppConfig> = {}): AppConfig {
 }
 
 export async function startTestServer(overrides: Partial<AppConfig> = {}, logger?: Logger): Promise<RunningServer> {
-  return startServer(testConfig(overrides), logger ?? createLogger('error', process.env.TEST_LOGS !== '1'));
+  return startServer(testConfig(overrides), logger ?? createLogger(process.env.TEST_LOG_LEVEL ?? 'error', process.env.TEST_LOGS !== '1'));
 }
 
 /** A debug-level logger that keeps every line it writes, for asserting what reaches the logs. */

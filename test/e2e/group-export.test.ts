@@ -1,0 +1,140 @@
+import fs from 'node:fs';
+import http from 'node:http';
+import path from 'node:path';
+import { RunningServer } from '../../src/main';
+import { generateClientKeys } from '../../src/auth/keys';
+import { SyntheticMember } from '../../scripts/synthetic';
+import { fhir } from '../helpers/server';
+import { FakeSource, ndjson, startFakeSource } from '../helpers/fake-source';
+import { createLocalPatient, invokeBody, startRequester, waitForTask } from '../helpers/payers';
+
+/**
+ * A bulk exchange with a source that declares $bulk-member-match and $davinci-data-export: the
+ * matched members' data comes in one export of the group, split by member on our side. A source
+ * that puts into the group's files a record no member can be named for gets no record stored from
+ * those files: each member is then exported on its own.
+ */
+const RESULT = 'http://hl7.org/fhir/us/davinci-pdex/CodeSystem/PdexMultiMemberMatchResultCS';
+const members = [
+  { patientId: 'm1', memberId: 'MEM-1', family: 'Groupie', given: 'Ann', birthDate: '1971-01-01', gender: 'female' },
+  { patientId: 'm2', memberId: 'MEM-2', family: 'Groupie', given: 'Bob', birthDate: '1972-02-02', gender: 'male' },
+] as SyntheticMember[];
+const obs = (id: string, patient: string, extra: Record<string, unknown> = {}) => ({ resourceType: 'Observation', id, status: 'final', code: { text: id }, subject: { reference: `Patient/${patient}` }, ...extra });
+
+describe('bulk exchange through the group export ($davinci-data-export)', () => {
+  let fake: FakeSource;
+  let requester: RunningServer;
+  const locals: string[] = [];
+
+  beforeAll(async () => {
+    fake = await startFakeSource();
+    fake.groupOperations = ['bulk-member-match', 'davinci-data-export'];
+    const { privateJwk } = await generateClientKeys();
+    requester = await startRequester({ tokenUrl: '', fhirBaseUrl: fake.base, client: { clientId: 'us', privateJwk }, payer: { bulkMemberMatch: true } }, { pollMinMs: 20, pollMaxMs: 200 });
+    for (const m of members) locals.push(await createLocalPatient(requester, m));
+  });
+  afterAll(async () => {
+    await requester.stop();
+    await fake.close();
+  });
+
+  /** The source matches both members (echoing the MemberPatients it received) into Group G1, and serves `groupFiles` for its export. */
+  function source(groupFiles: Record<string, unknown[]>, perMember: Record<string, Record<string, unknown[]>> = {}) {
+    fake.log = [];
+    fake.files = {};
+    const manifestOf = (prefix: string, files: Record<string, unknown[]>) => {
+      for (const [type, rs] of Object.entries(files)) fake.files[`${prefix}-${type}`] = ndjson(rs);
+      return { transactionTime: new Date().toISOString(), request: 'x', requiresAccessToken: true, output: Object.keys(files).map((type) => ({ type, url: `${fake.base}/files/${prefix}-${type}` })), error: [] };
+    };
+    fake.manifest = (req: http.IncomingMessage) => {
+      const of = new URL(req.url ?? '/', fake.origin).searchParams.get('of');
+      if (of === 'member-match') {
+        const submitted = JSON.parse(fake.bodies['/fhir/Group/$bulk-member-match']).parameter.map((p: any) => p.part.find((x: any) => x.name === 'MemberPatient').resource);
+        const group = {
+          resourceType: 'Group',
+          id: 'G1',
+          type: 'person',
+          actual: true,
+          contained: submitted.map((p: any, i: number) => ({ ...p, id: `mp${i}` })),
+          characteristic: [{ code: { coding: [{ system: RESULT, code: 'match' }] }, valueReference: { identifier: { value: 'us' } }, exclude: false }],
+          member: submitted.map((_: any, i: number) => ({ entity: { reference: `Patient/m${i + 1}`, extension: [{ url: 'http://hl7.org/fhir/us/davinci-pdex/StructureDefinition/base-ext-match-parameters', valueReference: { reference: `#mp${i}` } }] } })),
+        };
+        return manifestOf('match', { Group: [group] });
+      }
+      if (of === 'Group/G1') return manifestOf('group', groupFiles);
+      const patient = of?.replace('Patient/', '') ?? '';
+      return manifestOf(patient, perMember[patient] ?? {});
+    };
+  }
+
+  async function bulkExchange(): Promise<{ parent: any; children: any[] }> {
+    const res = await fhir('POST', `${requester.baseUrl}/Group/$sdh.s2s.invoke-bulk-export`, {
+      resourceType: 'Parameters',
+      parameter: [
+        { name: 'sourceIssuerUrl', valueString: 'https://source-payer.example.com' },
+        ...members.map((m, i) => ({ name: 'member', part: (invokeBody(locals[i], m).parameter as any[]).filter((p) => p.name === 'localPatient' || p.name === 'memberMatch') })),
+      ],
+    });
+    expect(res.status).toBe(200);
+    const parent = await waitForTask(requester, res.body.id, (t) => t.status === 'completed', 20000);
+    const ids = parent.output.filter((o: any) => o.type.text === 'member-task').map((o: any) => o.valueReference.reference.split('/')[1]);
+    const children = await Promise.all(ids.map((id: string) => fhir('GET', `${requester.baseUrl}/Task/${id}`).then((r) => r.body)));
+    return { parent, children };
+  }
+
+  const codesOf = async (local: string) => ((await fhir('GET', `${requester.baseUrl}/Observation?patient=${local}&_count=100`)).body.entry ?? []).map((e: any) => e.resource.code.text).sort();
+
+  it("splits the group's files by member: each member's records to that member, a directory record to the members that refer to it", async () => {
+    source({
+      Patient: [{ resourceType: 'Patient', id: 'm1' }, { resourceType: 'Patient', id: 'm2' }],
+      Observation: [obs('a-1', 'm1', { performer: [{ reference: 'Practitioner/doc1' }] }), obs('b-1', 'm2'), obs('b-2', 'm2')],
+      Practitioner: [{ resourceType: 'Practitioner', id: 'doc1', name: [{ family: 'Seen' }] }, { resourceType: 'Practitioner', id: 'doc2', name: [{ family: 'Unreferenced' }] }],
+    });
+    const { children } = await bulkExchange();
+    expect(children.map((c) => c.status)).toEqual(['completed', 'completed']);
+    // One export for the group; no member exported on its own.
+    expect(fake.log).toContain('POST /fhir/Group/G1/$davinci-data-export');
+    expect(fake.log.filter((l) => /Patient\/[^/]+\/\$export/.test(l))).toEqual([]);
+    expect(fake.bodies['/fhir/Group/G1/$davinci-data-export']).toContain('hl7.fhir.us.davinci-pdex#payertopayer');
+    expect(await codesOf(locals[0])).toEqual(['a-1']);
+    expect(await codesOf(locals[1])).toEqual(['b-1', 'b-2']);
+    const counts = (c: any) => Object.fromEntries(c.output.filter((o: any) => o.type.text.startsWith('count:')).map((o: any) => [o.type.text, o.valueInteger]));
+    expect(counts(children[0])).toEqual({ 'count:Observation': 1, 'count:Practitioner': 1 });
+    expect(counts(children[1])).toEqual({ 'count:Observation': 2 });
+    const practitioners = (await fhir('GET', `${requester.baseUrl}/Practitioner?_count=100`)).body.entry.map((e: any) => e.resource.name[0].family);
+    expect(practitioners).toEqual(['Seen']);
+    // The group's files and each member's share are gone once the exchanges ended.
+    expect(fs.readdirSync(path.join(requester.config.dataDir, 'exchanges'))).toEqual([]);
+  });
+
+  it("refuses group files holding another person's record: nothing from them is stored, and each member is exported on its own", async () => {
+    source(
+      {
+        Patient: [{ resourceType: 'Patient', id: 'm1' }, { resourceType: 'Patient', id: 'm2' }],
+        Observation: [obs('a-2', 'm1'), obs('stranger-1', 'm3')],
+      },
+      { m1: { Observation: [obs('a-3', 'm1')] }, m2: { Observation: [obs('b-3', 'm2')] } },
+    );
+    const { parent, children } = await bulkExchange();
+    expect(parent.note.map((n: any) => n.text).join(' ')).toMatch(/\$davinci-data-export failed \(.*not one of the matched members\); each member is exported on its own/);
+    expect(children.map((c) => c.status)).toEqual(['completed', 'completed']);
+    expect(fake.log).toContain('GET /fhir/Patient/m1/$export');
+    expect(fake.log).toContain('GET /fhir/Patient/m2/$export');
+    expect(fake.log).toContain('DELETE /fhir/status');
+    expect(await codesOf(locals[0])).toEqual(['a-1', 'a-3']);
+    expect(await codesOf(locals[1])).toEqual(['b-1', 'b-2', 'b-3']);
+    const all = (await fhir('GET', `${requester.baseUrl}/Observation?_count=100`)).body.entry.map((e: any) => e.resource.code.text).sort();
+    expect(all).toEqual(['a-1', 'a-3', 'b-1', 'b-2', 'b-3']);
+  });
+
+  it("refuses group files in which one member's record refers to another member", async () => {
+    source(
+      { Patient: [{ resourceType: 'Patient', id: 'm1' }, { resourceType: 'Patient', id: 'm2' }], Observation: [obs('a-4', 'm1', { performer: [{ reference: 'Patient/m2' }] })] },
+      { m1: {}, m2: {} },
+    );
+    const { parent, children } = await bulkExchange();
+    expect(parent.note.map((n: any) => n.text).join(' ')).toMatch(/refers to more than one member/);
+    expect(children.map((c) => c.status)).toEqual(['completed', 'completed']);
+    expect(await codesOf(locals[0])).toEqual(['a-1', 'a-3']);
+  });
+});
