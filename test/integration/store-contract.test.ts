@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { Resource } from 'fhir/r4';
-import { Database } from '../../src/store/types';
+import { Database, DuplicateKeyError } from '../../src/store/types';
 import { SqliteDatabase } from '../../src/store/sqlite/sqlite-database';
 import { MongoDatabase } from '../../src/store/mongo/mongo-database';
 import { ResourceStore } from '../../src/store/resource-store';
@@ -131,6 +131,22 @@ describe.each(engines)('store contract on $name', (engine) => {
     await store.update('Condition', 'other', labelled('other', ['TBOO']));
     const found = await store.search('Condition', { 's._security': { $nin: ['http://terminology.hl7.org/CodeSystem/v3-ActCode|PSY'] } });
     expect(found.map((r) => r.id).sort()).toEqual(['none', 'other']);
+  });
+
+  it('writes asked for at once are each applied or refused on their own (the embedded engine commits them together)', async () => {
+    const c = db.collection('things');
+    await c.insertOne({ _id: 'taken', n: 0 });
+    const results = await Promise.allSettled([
+      c.insertOne({ _id: 'x1', n: 1 }),
+      c.insertOne({ _id: 'taken', n: 99 }),
+      c.updateOne({ _id: 'taken' }, { n: 2 }),
+      db.atomicWrite([{ collection: 'things', insert: { _id: 'x2', n: 1 } }, { collection: 'things', insert: { _id: 'x1', n: 5 } }]),
+      c.insertOne({ _id: 'x3', n: 3 }),
+    ]);
+    expect(results.map((r) => r.status)).toEqual(['fulfilled', 'rejected', 'fulfilled', 'rejected', 'fulfilled']);
+    expect((results[1] as PromiseRejectedResult).reason).toBeInstanceOf(DuplicateKeyError);
+    // The refused atomic write left nothing, not even its first insert; the others stand.
+    expect((await c.find({}, { sort: { _id: 1 } })).map((d) => [d._id, d.n])).toEqual([['taken', 2], ['x1', 1], ['x3', 3]]);
   });
 
   it('applies a batch of writes in order: inserts refused on a taken id, replacements only where the filter matches, dependants only after their write', async () => {

@@ -6,6 +6,7 @@ import { BatchConflict, BulkOp, Collection, Database, DuplicateKeyError, Filter,
 import { CollectionLayout, FilterCompiler, jsonPath, quoteIdent, sqlValue } from './filter-sql';
 import { BlobStore } from '../blobs/blob-store';
 import { FileBlobStore } from '../blobs/file-blob-store';
+import { GroupCommit } from './group-commit';
 
 type Db = BetterSqlite3.Database;
 type Row = { rid: number; doc: string };
@@ -27,7 +28,7 @@ class SqliteCollection<T extends StoredDoc> implements Collection<T> {
   private compiler: FilterCompiler;
   private readonly statements = new Map<string, BetterSqlite3.Statement>();
 
-  constructor(private readonly db: Db, name: string) {
+  constructor(private readonly db: Db, name: string, private readonly commits: GroupCommit) {
     this.layout = { table: `c_${name}`, wildcards: new Map() };
     const t = quoteIdent(this.layout.table);
     db.exec(`CREATE TABLE IF NOT EXISTS ${t} (rid INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, doc TEXT NOT NULL)`);
@@ -118,12 +119,13 @@ class SqliteCollection<T extends StoredDoc> implements Collection<T> {
     return row?.rid;
   }
 
-  private tx<R>(fn: () => R): R {
-    return this.db.transaction(fn).immediate();
+  /** A write: it runs in the next group commit, and is acknowledged once committed. */
+  private tx<R>(fn: () => R): Promise<R> {
+    return this.commits.run(fn);
   }
 
   async insertOne(doc: T): Promise<void> {
-    this.tx(() => this.insertSync(doc));
+    await this.tx(() => this.insertSync(doc));
   }
 
   /** One write of a batch, inside the batch's transaction: whether it was applied. */
@@ -259,6 +261,7 @@ export class SqliteDatabase implements Database {
   /** In memory, blobs go to a temporary folder, removed on close. */
   private readonly tempBlobs?: string;
   private readonly db: Db;
+  private readonly commits: GroupCommit;
   private readonly collections = new Map<string, SqliteCollection<StoredDoc>>();
 
   constructor(dataDir: string | undefined) {
@@ -266,6 +269,7 @@ export class SqliteDatabase implements Database {
     this.db = new BetterSqlite3(dataDir ? path.join(dataDir, 'store.sqlite') : ':memory:');
     if (!dataDir) this.tempBlobs = fs.mkdtempSync(path.join(os.tmpdir(), 'p2p-blobs-'));
     this.blobs = new FileBlobStore(dataDir ? path.join(dataDir, 'blobs') : (this.tempBlobs as string));
+    this.commits = new GroupCommit(this.db);
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = NORMAL');
     this.db.pragma('busy_timeout = 10000');
@@ -295,35 +299,32 @@ export class SqliteDatabase implements Database {
     if (!/^[A-Za-z0-9_.-]+$/.test(name)) throw new Error(`invalid collection name ${name}`);
     let c = this.collections.get(name);
     if (!c) {
-      c = new SqliteCollection<StoredDoc>(this.db, name);
+      c = new SqliteCollection<StoredDoc>(this.db, name, this.commits);
       this.collections.set(name, c);
     }
     return c;
   }
 
   async atomicWrite(ops: BulkOp[]): Promise<void> {
-    this.db
-      .transaction(() => {
-        ops.forEach((op, i) => {
-          if (!this.sqliteCollection(op.collection).applySync(op)) throw new BatchConflict(i);
-        });
-      })
-      .immediate();
+    await this.commits.run(() => {
+      ops.forEach((op, i) => {
+        if (!this.sqliteCollection(op.collection).applySync(op)) throw new BatchConflict(i);
+      });
+    });
   }
 
   async bulkWrite(ops: BulkOp[]): Promise<boolean[]> {
-    return this.db
-      .transaction(() => {
-        const applied: boolean[] = [];
-        for (const op of ops) applied.push(op.after !== undefined && !applied[op.after] ? false : this.sqliteCollection(op.collection).applySync(op));
-        return applied;
-      })
-      .immediate();
+    return this.commits.run(() => {
+      const applied: boolean[] = [];
+      for (const op of ops) applied.push(op.after !== undefined && !applied[op.after] ? false : this.sqliteCollection(op.collection).applySync(op));
+      return applied;
+    });
   }
 
   async close(): Promise<void> {
     this.collections.clear();
     if (this.db.open) {
+      this.commits.flush();
       this.db.pragma('optimize');
       this.db.close();
     }
