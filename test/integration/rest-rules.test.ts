@@ -41,6 +41,17 @@ describe('REST rules and bad input', () => {
     }
   });
 
+  it("every answer carries helmet's security headers, a read and an error alike", async () => {
+    for (const res of [await raw('GET', 'Patient/p1', undefined, {}), await raw('GET', 'Patient/not-here', undefined, {}), await fetch(`${base}/metadata`)]) {
+      expect(res.headers.get('content-security-policy')).toBe("default-src 'none';frame-ancestors 'none'");
+      expect(res.headers.get('x-content-type-options')).toBe('nosniff');
+      expect(res.headers.get('x-frame-options')).toBe('SAMEORIGIN');
+      expect(res.headers.get('referrer-policy')).toBe('no-referrer');
+      expect(res.headers.get('x-powered-by')).toBeNull();
+      await res.arrayBuffer();
+    }
+  });
+
   it('CORS: a preflight needs no token, and only the configured origins are allowed', async () => {
     const preflight = await fetch(`${base}/Patient/p1`, { method: 'OPTIONS', headers: { origin: 'https://app.example.com', 'access-control-request-method': 'GET', 'access-control-request-headers': 'authorization' } });
     expect(preflight.status).toBe(204);
