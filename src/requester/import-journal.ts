@@ -24,7 +24,7 @@ export class ImportJournal {
   private readonly docs: Collection<JournalDoc>;
   private indexed?: Promise<void>;
 
-  constructor(private readonly db: Database, private readonly store: ResourceStore, private readonly logger: Logger) {
+  constructor(db: Database, private readonly store: ResourceStore, private readonly logger: Logger) {
     this.docs = db.collection<JournalDoc>(JOURNAL);
   }
 
@@ -56,8 +56,9 @@ export class ImportJournal {
     const docs = await this.ready();
     const changed = plans.filter((p) => p.changed);
     if (changed.length === 0) return new Map();
-    await this.db.bulkWrite(changed.map((p) => ({ collection: JOURNAL, insert: { _id: `${taskId}|${type}|${p.id}`, taskId, type, id: p.id, before: p.before, wrote: p.version } })));
-    const versions = await this.store.applyWrites(type, plans);
+    // The notes go in the same batch as the writes, before them: on the embedded engine one transaction.
+    const notes = changed.map((p) => ({ collection: JOURNAL, insert: { _id: `${taskId}|${type}|${p.id}`, taskId, type, id: p.id, before: p.before, wrote: p.version } }));
+    const versions = await this.store.applyWrites(type, plans, notes);
     for (const p of changed) {
       const got = versions.get(p.id);
       if (got !== p.version) await docs.updateOne({ _id: `${taskId}|${type}|${p.id}` }, { wrote: got });

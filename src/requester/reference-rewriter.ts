@@ -16,8 +16,19 @@ export interface IdMapping {
  * can be rewritten in one streaming pass with no look-up table.
  */
 export function localIdFor(issuer: string, type: string, sourceId: string): string {
-  return `p2p-${createHash('sha256').update(`${issuer}|${type}|${sourceId}`).digest('hex').slice(0, 40)}`;
+  const key = `${issuer}|${type}|${sourceId}`;
+  let id = recent.get(key);
+  if (id === undefined) {
+    id = `p2p-${createHash('sha256').update(key).digest('hex').slice(0, 40)}`;
+    // The same practitioners, organizations and encounters are referred to again and again: remember the latest ids.
+    if (recent.size >= RECENT_IDS) recent.clear();
+    recent.set(key, id);
+  }
+  return id;
 }
+
+const RECENT_IDS = 50_000;
+const recent = new Map<string, string>();
 
 const REF = /^(?:(.+)\/)?([A-Z][A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/[^/]+)?$/;
 

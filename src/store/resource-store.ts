@@ -190,12 +190,13 @@ export class ResourceStore {
   /**
    * Writes the changed resources of a plan in one batch (one transaction on the embedded engine),
    * each with its history entry; a resource someone else wrote since it was planned is written on
-   * its own afterwards. Answers the version each changed resource got.
+   * its own afterwards. Answers the version each changed resource got. `alongside` are other writes
+   * (the caller's own documents) to make in the same batch, before these.
    */
-  async applyWrites(type: string, plans: PlannedWrite[]): Promise<Map<string, number>> {
+  async applyWrites(type: string, plans: PlannedWrite[], alongside: BulkOp[] = []): Promise<Map<string, number>> {
     const changed = plans.filter((p) => p.changed);
     const lastUpdated = this.now();
-    const ops: BulkOp[] = [];
+    const ops: BulkOp[] = [...alongside];
     for (const p of changed) {
       const stored = withMeta(p.resource, p.id, p.version, lastUpdated);
       const doc = this.currentDoc(p.id, p.version, lastUpdated.getTime(), stored, p.hash);
@@ -208,7 +209,7 @@ export class ResourceStore {
     const applied = ops.length ? await this.db.bulkWrite(ops) : [];
     const versions = new Map<string, number>();
     for (const [i, p] of changed.entries()) {
-      if (applied[2 * i]) versions.set(p.id, p.version);
+      if (applied[alongside.length + 2 * i]) versions.set(p.id, p.version);
       else versions.set(p.id, Number((await this.update(type, p.id, p.resource)).resource.meta?.versionId));
     }
     return versions;

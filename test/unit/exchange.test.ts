@@ -47,9 +47,9 @@ describe('an exchange that fails while importing its last file', () => {
     await store.update('Condition', earlierId, { ...cond(earlierId, 'as first received'), subject: { reference: 'Patient/local' } } as Resource);
     // The disk fails on the last file's batch.
     const realApply = store.applyWrites.bind(store);
-    store.applyWrites = async (type, plans) => {
+    store.applyWrites = async (type, plans, alongside) => {
       if (type === 'Observation') throw new Error('disk full');
-      return realApply(type, plans);
+      return realApply(type, plans, alongside);
     };
     const task: Task = { resourceType: 'Task', id: 't1', meta: { tag: [EXCHANGE_TAG] }, status: 'requested', intent: 'order', for: { reference: 'Patient/local' } };
     await tracker.create(task);
