@@ -76,8 +76,8 @@ export class BulkExchangeJob {
   }
 
   /**
-   * Lets the parked children run. Where the source payer is registered for it and declares
-   * `$bulk-member-match`, all members are matched in that one request first: matched members skip
+   * Lets the parked children run. Where the source declares `$bulk-member-match` (and its
+   * registration does not say `bulkMemberMatch: false`), all members are matched in that one request first: matched members skip
    * their own `$member-match`, the others end failed with the source's answer (no match, consent
    * constraint). If the source also declares `$davinci-data-export`, the matched members' data comes
    * in one export of the MatchedMembers Group, split by member into each child's work folder; each
@@ -86,7 +86,7 @@ export class BulkExchangeJob {
   private async dispatch(ctx: JobContext<BulkExchangeJobData>): Promise<void> {
     const { children, issuer, parentId } = ctx.job.data;
     const remote = issuer ? this.d.remoteFor(issuer) : undefined;
-    const ops = remote?.payer.bulkMemberMatch && remote.groupOperations ? await remote.groupOperations() : new Set<string>();
+    const ops = remote && remote.payer.bulkMemberMatch !== false && remote.groupOperations ? await remote.groupOperations() : new Set<string>();
     const match = ctx.job.data.match ?? (ops.has('bulk-member-match') && remote ? await this.bulkMatch(ctx, remote) : undefined);
     const outcomes = new Map(match?.outcomes ?? []);
     const matched = new Map([...outcomes].flatMap(([child, o]) => ('memberId' in o ? [[o.memberId, child] as [string, string]] : [])));

@@ -25,9 +25,9 @@ export interface SourcePayer {
    */
   fileOrigins?: string[];
   /**
-   * Match the members of a bulk exchange with the source's `$bulk-member-match` (when its
-   * CapabilityStatement declares it) rather than one `$member-match` each. Off by default: on the
-   * bench the member-by-member path is faster (see the README).
+   * Whether a bulk exchange uses the source's PDex bulk operations where its CapabilityStatement
+   * declares them: `$bulk-member-match` for all members at once, then one `$davinci-data-export` of
+   * the matched group. On unless set to false (then: one `$member-match` and one export per member).
    */
   bulkMemberMatch?: boolean;
 }
@@ -63,6 +63,7 @@ export class SourcePayerRegistry {
           return url;
         });
       }
+      if (raw.bulkMemberMatch !== undefined && typeof raw.bulkMemberMatch !== 'boolean') throw new Error(`source payer ${issuer}: bulkMemberMatch must be true or false`);
       if (typeof raw.clientId !== 'string' || !raw.clientId) throw new Error(`source payer ${issuer}: clientId is required`);
       if (typeof raw.scopes !== 'string' || !raw.scopes.trim()) throw new Error(`source payer ${issuer}: scopes are required`);
       if (raw.clientAuthenticationMode === 'PRIVATE_KEY_JWT') {

@@ -17,8 +17,8 @@ describe('bulk exchange ($sdh.s2s.invoke-bulk-export)', () => {
 
   beforeAll(async () => {
     source = await startSource(6);
-    // This source payer is registered to be matched in bulk ($bulk-member-match), which the source declares.
-    requester = await startRequester({ tokenUrl: source.server.tokenUrl, fhirBaseUrl: source.server.baseUrl, client: source.client, payer: { bulkMemberMatch: true } });
+    // The source declares $bulk-member-match and $davinci-data-export: bulk exchanges use them (the default).
+    requester = await startRequester({ tokenUrl: source.server.tokenUrl, fhirBaseUrl: source.server.baseUrl, client: source.client });
     op = `${requester.baseUrl}/Group/$sdh.s2s.invoke-bulk-export`;
   });
   afterAll(async () => {
@@ -78,7 +78,7 @@ describe('bulk exchange ($sdh.s2s.invoke-bulk-export)', () => {
     // The requesting server stops as soon as the request is answered, and comes back on the same data.
     const { config, port } = requester;
     await requester.stop();
-    requester = await startRequester({ tokenUrl: source.server.tokenUrl, fhirBaseUrl: source.server.baseUrl, client: source.client, payer: { bulkMemberMatch: true } }, { dataDir: config.dataDir, port, jobLeaseSeconds: 1 });
+    requester = await startRequester({ tokenUrl: source.server.tokenUrl, fhirBaseUrl: source.server.baseUrl, client: source.client }, { dataDir: config.dataDir, port, jobLeaseSeconds: 1 });
     op = `${requester.baseUrl}/Group/$sdh.s2s.invoke-bulk-export`;
     const parent = await waitForTask(requester, res.body.id, (t) => t.status === 'completed', 30000);
     const counts = Object.fromEntries(parent.output.filter((o: any) => o.type.text.startsWith('members:')).map((o: any) => [o.type.text, o.valueInteger]));

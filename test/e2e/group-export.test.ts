@@ -30,7 +30,7 @@ describe('bulk exchange through the group export ($davinci-data-export)', () => 
     fake = await startFakeSource();
     fake.groupOperations = ['bulk-member-match', 'davinci-data-export'];
     const { privateJwk } = await generateClientKeys();
-    requester = await startRequester({ tokenUrl: '', fhirBaseUrl: fake.base, client: { clientId: 'us', privateJwk }, payer: { bulkMemberMatch: true } }, { pollMinMs: 20, pollMaxMs: 200 });
+    requester = await startRequester({ tokenUrl: '', fhirBaseUrl: fake.base, client: { clientId: 'us', privateJwk } }, { pollMinMs: 20, pollMaxMs: 200 });
     for (const m of members) locals.push(await createLocalPatient(requester, m));
   });
   afterAll(async () => {
