@@ -1,6 +1,6 @@
 import { RunningServer } from '../../src/main';
 import { generateClientKeys } from '../../src/auth/keys';
-import { fhir } from '../helpers/server';
+import { fhir, startTestServer } from '../helpers/server';
 import { FakeSource, startFakeSource } from '../helpers/fake-source';
 import { createLocalPatient, invokeBody, SourcePayerFixture, startRequester, startSource, waitForTask } from '../helpers/payers';
 
@@ -133,6 +133,35 @@ describe('bulk exchange ($sdh.s2s.invoke-bulk-export)', () => {
     const { getToken } = await import('../helpers/clients');
     return getToken(source.server.tokenUrl, source.client);
   }
+});
+
+describe('a bulk exchange while the source restarts', () => {
+  it('completes every member once the source is back, each with its own data, nothing twice', async () => {
+    const source = await startSource(3);
+    const { port, dataDir } = { port: source.server.port, dataDir: source.server.config.dataDir };
+    const requester = await startRequester({ tokenUrl: source.server.tokenUrl, fhirBaseUrl: source.server.baseUrl, client: source.client });
+    let restarted: RunningServer | undefined;
+    try {
+      const locals: string[] = [];
+      for (const m of source.members) locals.push(await createLocalPatient(requester, m));
+      const res = await fhir('POST', `${requester.baseUrl}/Group/$sdh.s2s.invoke-bulk-export`, { resourceType: 'Parameters', parameter: [{ name: 'sourceIssuerUrl', valueString: 'https://source-payer.example.com' }, ...source.members.map((m, i) => memberPart(locals[i], m))] });
+      expect(res.status).toBe(200);
+      // The source goes down as the exchange starts, and comes back on the same data.
+      await source.server.stop();
+      await new Promise((r) => setTimeout(r, 300));
+      restarted = await startTestServer({ dataDir, port, authRequired: true, clientsFile: source.clientsFile });
+      const parent = await waitForTask(requester, res.body.id, (t) => t.status === 'completed', 60000);
+      expect(parent.output.find((o: any) => o.type.text === 'members:completed').valueInteger).toBe(3);
+      for (const local of locals) {
+        const eobs = (await fhir('GET', `${requester.baseUrl}/ExplanationOfBenefit?patient=${local}&_count=100`)).body.entry ?? [];
+        expect(eobs.every((e: any) => e.resource.meta.versionId === '1')).toBe(true);
+        expect((await fhir('GET', `${requester.baseUrl}/Patient/${local}`)).body.meta.versionId).toBe('1');
+      }
+    } finally {
+      await requester.stop();
+      await restarted?.stop();
+    }
+  });
 });
 
 describe('cancelling a bulk exchange', () => {
