@@ -96,6 +96,8 @@ export function parseInvokeExport(body: unknown): InvokeExportRequest {
  */
 export class InvokeExportService {
   private readonly locks: Collection<LockDoc>;
+  /** The source payers' Organizations, as last checked (see ownerFor). */
+  private readonly owners = new Map<string, { owner: Promise<Organization>; until: number }>();
 
   constructor(
     db: Database,
@@ -128,11 +130,31 @@ export class InvokeExportService {
   }
 
   /** The source payer as an Organization here (the Tasks' owner), kept in step with the registry's name. */
-  private async ownerFor(payer: SourcePayer): Promise<Organization> {
+  /**
+   * The source payer's Organization, the owner of its exchange Tasks: written when missing or
+   * renamed. Concurrent requests share one check (a minute at most), so a burst of exchanges does
+   * not race to write it; one that loses a race with another process finds it written.
+   */
+  private ownerFor(payer: SourcePayer): Promise<Organization> {
+    const key = `${payer.issuer}|${payer.name ?? ''}`;
+    const known = this.owners.get(key);
+    if (known && known.until > Date.now()) return known.owner;
+    const owner = this.ensureOwner(payer);
+    this.owners.set(key, { owner, until: Date.now() + 60_000 });
+    owner.catch(() => this.owners.delete(key));
+    return owner;
+  }
+
+  private async ensureOwner(payer: SourcePayer): Promise<Organization> {
     const ownerId = `source-payer-${createHash('sha256').update(payer.issuer).digest('hex').slice(0, 32)}`;
     const owner: Organization = { resourceType: 'Organization', id: ownerId, active: true, name: payer.name ?? payer.issuer, identifier: [{ system: 'urn:ietf:rfc:3986', value: payer.issuer }] };
-    const existingOwner = await this.store.readIfExists('Organization', ownerId);
-    if (!existingOwner || (existingOwner as Organization).name !== owner.name) await this.store.update('Organization', ownerId, owner);
+    const current = async () => (await this.store.readIfExists('Organization', ownerId)) as Organization | undefined;
+    if ((await current())?.name === owner.name) return owner;
+    try {
+      await this.store.update('Organization', ownerId, owner);
+    } catch (err) {
+      if (!(err instanceof FhirError && err.status === 412 && (await current())?.name === owner.name)) throw err;
+    }
     return owner;
   }
 

@@ -289,6 +289,25 @@ describe('exchange when the source is down, then back', () => {
   });
 });
 
+describe('a burst of exchanges', () => {
+  it('answers every one of 40 concurrent requests on a fresh server with its Task, and completes them all', async () => {
+    const source = await startSource(40);
+    const requester = await startRequester({ tokenUrl: source.server.tokenUrl, fhirBaseUrl: source.server.baseUrl, client: source.client });
+    try {
+      const locals = await Promise.all(source.members.map((m) => createLocalPatient(requester, m)));
+      // All at once, before this server has ever written the source payer's Organization.
+      const answers = await Promise.all(source.members.map((m, i) => fhir('POST', `${requester.baseUrl}/Patient/$sdh.s2s.invoke-export`, invokeBody(locals[i], m))));
+      expect(answers.map((a) => a.status)).toEqual(answers.map(() => 200));
+      const tasks = await Promise.all(answers.map((a) => waitForTask(requester, a.body.id, undefined, 60000)));
+      expect(tasks.map((t) => t.status)).toEqual(tasks.map(() => 'completed'));
+      expect(new Set(tasks.map((t) => t.owner.reference)).size).toBe(1);
+    } finally {
+      await requester.stop();
+      await source.server.stop();
+    }
+  });
+});
+
 describe('log hygiene', () => {
   it('writes no tokens, keys or member data to the logs of either payer, even at debug level', async () => {
     const sourceLogs = capturingLogger();
