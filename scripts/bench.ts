@@ -234,6 +234,7 @@ async function waitForTasks(base: string, ids: string[]): Promise<string[]> {
 
 async function createLocal(base: string, m: SyntheticMember): Promise<string> {
   const res = await fetch(`${base}/Patient`, { method: 'POST', headers: { 'content-type': 'application/fhir+json' }, body: JSON.stringify({ resourceType: 'Patient', name: [{ family: m.family, given: [m.given] }], birthDate: m.birthDate }) });
+  if (res.status !== 201) throw new Error(`creating a local patient answered ${res.status}: ${(await res.text()).slice(0, 300)}`);
   return ((await res.json()) as { id: string }).id;
 }
 
@@ -395,6 +396,7 @@ async function main() {
         const ids = await Promise.all(
           members.map(async (m, i) => {
             const res = await fetch(`${requester.base}/Patient/$sdh.s2s.invoke-export`, { method: 'POST', headers: { 'content-type': 'application/fhir+json' }, body: JSON.stringify(invokeBody(locals[i], m, system)) });
+            if (res.status !== 200) throw new Error(`invoke-export answered ${res.status}: ${(await res.text()).slice(0, 300)}`);
             return ((await res.json()) as { id: string }).id;
           }),
         );

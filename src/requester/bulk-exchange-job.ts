@@ -77,9 +77,9 @@ export class BulkExchangeJob {
 
   /**
    * Lets the parked children run. Where the source declares `$bulk-member-match` (and its
-   * registration does not say `bulkMemberMatch: false`), all members are matched in that one request first: matched members skip
-   * their own `$member-match`, the others end failed with the source's answer (no match, consent
-   * constraint). If the source also declares `$davinci-data-export`, the matched members' data comes
+   * registration does not say `bulkMemberMatch: false`), all members are matched in that one
+   * request first: matched members skip their own `$member-match`, the others end failed with the
+   * source's answer (no match, consent constraint). If the source also declares `$davinci-data-export`, the matched members' data comes
    * in one export of the MatchedMembers Group, split by member into each child's work folder; each
    * child then only imports its share. Whatever of this fails, each child does the rest itself.
    */
@@ -107,7 +107,7 @@ export class BulkExchangeJob {
           statusUrl: ctx.job.data.groupExport?.statusUrl,
           started: (statusUrl) => ctx.checkpoint({ groupExport: { statusUrl } }),
           check: async () => {
-            if ((await this.tracker.isCancelled(parentId))) throw new TaskCancelled();
+            if (await this.tracker.isCancelled(parentId)) throw new TaskCancelled();
           },
           progress: (detail) => this.tracker.change(parentId, { status: 'in-progress', step: 'exporting', detail }).then(() => undefined),
         });

@@ -148,6 +148,7 @@ export class GroupExporter {
             if (sourceErrors.length < 100) sourceErrors.push(String((resource.issue as { diagnostics?: string }[] | undefined)?.[0]?.diagnostics ?? 'unspecified error').slice(0, 500));
             return;
           }
+          if (typeof resource.id !== 'string') throw new ExchangeFailed(`${label} line ${line} is a ${entry.type} without an id`);
           const { child, refs } = attribute(resource as { resourceType: string; id?: string }, r.members, remote.payer.fhirBaseUrl);
           if (!child) directory.set(`${resource.resourceType}/${resource.id}`, refs);
         },

@@ -74,7 +74,8 @@ export class ExportJobHandler {
     const errorOutput: ExportOutput[] = [];
     if (req.reportWithheld) {
       const asked = req.level === 'group' ? (req.patientIds ?? (await this.groupMembers(req.groupId as string))) : (req.patientIds ?? []);
-      const withheld = asked.filter((id) => !(patientIds ?? []).includes(id));
+      const exported = new Set(patientIds ?? []);
+      const withheld = asked.filter((id) => !exported.has(id));
       if (withheld.length) {
         const writer = this.files.open(job._id, 'OperationOutcome.ndjson');
         for (const id of withheld) await writer.write(outcome('warning', 'not-found', `Patient/${id} is not exported: not a member of the Group, or no consent in force for this client`));
