@@ -1,6 +1,7 @@
 import { RunningServer } from '../../src/main';
 import { generateClientKeys } from '../../src/auth/keys';
 import { fhir, startTestServer } from '../helpers/server';
+import { getToken } from '../helpers/clients';
 import { FakeSource, startFakeSource } from '../helpers/fake-source';
 import { createLocalPatient, invokeBody, SourcePayerFixture, startRequester, startSource, waitForTask } from '../helpers/payers';
 
@@ -133,6 +134,37 @@ describe('bulk exchange ($sdh.s2s.invoke-bulk-export)', () => {
     const { getToken } = await import('../helpers/clients');
     return getToken(source.server.tokenUrl, source.client);
   }
+});
+
+describe('a bulk exchange member by member (bulkMemberMatch: false, as with a source without the bulk operations)', () => {
+  it("matches and exports each member on its own; each ends with its own data", async () => {
+    const source = await startSource(3);
+    const requester = await startRequester({ tokenUrl: source.server.tokenUrl, fhirBaseUrl: source.server.baseUrl, client: source.client, payer: { bulkMemberMatch: false } });
+    try {
+      const ms = [source.members[0], source.members[1], { ...source.members[2], family: 'Someone-Else', memberId: 'NOPE' }];
+      const locals: string[] = [];
+      for (const m of ms) locals.push(await createLocalPatient(requester, m));
+      const res = await fhir('POST', `${requester.baseUrl}/Group/$sdh.s2s.invoke-bulk-export`, { resourceType: 'Parameters', parameter: [{ name: 'sourceIssuerUrl', valueString: 'https://source-payer.example.com' }, ...ms.map((m, i) => memberPart(locals[i], m))] });
+      expect(res.status).toBe(200);
+      const parent = await waitForTask(requester, res.body.id, (t) => t.status === 'completed', 30000);
+      expect(Object.fromEntries(parent.output.filter((o: any) => o.type.text.startsWith('members:')).map((o: any) => [o.type.text, o.valueInteger]))).toEqual({ 'members:completed': 2, 'members:failed': 1, 'members:cancelled': 0 });
+      const failed = (await fhir('GET', `${requester.baseUrl}/Task?part-of=Task/${res.body.id}&status=failed`)).body.entry[0].resource;
+      expect(failed.statusReason.text).toMatch(/no unique match/);
+      expect(failed.statusReason.text).not.toMatch(/bulk-member-match/);
+      // The source saw one $member-match and one export per member, no bulk operation.
+      const audit = (await source.server.store.search('AuditEvent', {})).map((a: any) => a.outcomeDesc as string);
+      expect(audit.filter((d) => /\$bulk-member-match|\$davinci-data-export/.test(d))).toEqual([]);
+      expect(audit.filter((d) => /^\$export started \(patient level\)/.test(d))).toHaveLength(2);
+      for (const [i, m] of ms.slice(0, 2).entries()) {
+        const token = await getToken(source.server.tokenUrl, source.client);
+        const there = (await fhir('GET', `${source.server.baseUrl}/ExplanationOfBenefit?patient=${m.patientId}&_summary=count`, undefined, { authorization: `Bearer ${token}` })).body.total;
+        expect((await fhir('GET', `${requester.baseUrl}/ExplanationOfBenefit?patient=${locals[i]}&_summary=count`)).body.total).toBe(there);
+      }
+    } finally {
+      await requester.stop();
+      await source.server.stop();
+    }
+  });
 });
 
 describe('a bulk exchange while the source restarts', () => {
