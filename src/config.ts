@@ -58,6 +58,9 @@ export interface AppConfig {
   jobMaxAttempts: number;
   /** Brute-force guard on $member-match: failed matches a client may have within the window. */
   memberMatchMaxFailures: number;
+  /** Members a client's $bulk-member-match requests may fail to match (or not honour consent for) within the window. */
+  bulkMatchMaxFailures: number;
+  bulkMatchWindowSeconds: number;
   memberMatchWindowSeconds: number;
 }
 
@@ -147,6 +150,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, cwd = process.c
     manifestMaxFiles: int(env.MANIFEST_MAX_FILES, 'MANIFEST_MAX_FILES', 10_000, 1),
     jobMaxAttempts: int(env.JOB_MAX_ATTEMPTS, 'JOB_MAX_ATTEMPTS', 25, 1),
     memberMatchMaxFailures: int(env.MEMBER_MATCH_MAX_FAILURES, 'MEMBER_MATCH_MAX_FAILURES', 10, 1),
+    bulkMatchMaxFailures: int(env.BULK_MATCH_MAX_FAILURES, 'BULK_MATCH_MAX_FAILURES', 10_000, 1),
+    bulkMatchWindowSeconds: int(env.BULK_MATCH_WINDOW_SECONDS, 'BULK_MATCH_WINDOW_SECONDS', 86_400, 1),
     memberMatchWindowSeconds: int(env.MEMBER_MATCH_WINDOW_SECONDS, 'MEMBER_MATCH_WINDOW_SECONDS', 900, 1),
   };
   validateConfig(config);

@@ -114,7 +114,9 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
   runner.register(EXPORT_JOB, exportJobs.run);
   const throttle = new MatchThrottle(db, { maxFailures: config.memberMatchMaxFailures, windowMs: config.memberMatchWindowSeconds * 1000 }, logger);
   const memberMatch = new MemberMatchService(store, grants, throttle, logger, undefined, audit);
-  runner.register(BULK_MATCH_JOB, new BulkMemberMatchJob(store, memberMatch, files, config.exportFileTtlSeconds * 1000, logger).run);
+  // Bulk matches have their own, larger allowance of failures: a bulk request must not be a way around the brute-force limit.
+  const bulkThrottle = new MatchThrottle(db, { maxFailures: config.bulkMatchMaxFailures, windowMs: config.bulkMatchWindowSeconds * 1000, collection: 'bulk_match_failures' }, logger);
+  runner.register(BULK_MATCH_JOB, new BulkMemberMatchJob(store, memberMatch, files, config.exportFileTtlSeconds * 1000, logger, bulkThrottle).run);
 
   const remoteClients = new Map<string, RemotePayerClient>();
   const clientFor = (issuer: string) => {
@@ -196,7 +198,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
       bundleRoutes(guard, new BundleProcessor({ services, store, baseUrl })),
       runOffRoutes(guard, invokeExport),
       systemHistoryRoutes({ guard, store, access, baseUrl, defaultPageSize: config.defaultPageSize, maxPageSize: config.maxPageSize }),
-      bulkExportRoutes({ runner, files, store, registry, compartment, access, guard, baseUrl, authRequired: config.authRequired, statusWaitMs: 500, audit, serviceWindowYears: config.serviceWindowYears }),
+      bulkExportRoutes({ runner, files, store, registry, compartment, access, guard, baseUrl, authRequired: config.authRequired, statusWaitMs: 500, audit, serviceWindowYears: config.serviceWindowYears, bulkThrottle }),
       everythingRoutes({ store, compartment, access, guard, baseUrl, defaultPageSize: config.defaultPageSize, maxPageSize: config.maxPageSize }),
       grantRoutes(guard, grants, logger),
       definitionRoutes(guard, operations, baseUrl),

@@ -13,6 +13,7 @@ import { allows } from '../auth/scopes';
 import { ExportFiles } from './export-files';
 import { ExportLevel, kickoffParams, parseExportRequest } from './export-request';
 import { serviceWindowStart } from './service-window';
+import type { MatchThrottle } from './match-throttle';
 import { EXPORT_JOB, ExportJobData } from './export-job';
 import { BULK_MATCH_JOB, BulkMatchJobData, parseBulkMemberMatch } from './bulk-member-match';
 import { PAYER_TO_PAYER, RESULT_SYSTEM } from '../fhir/pdex';
@@ -39,6 +40,8 @@ export interface BulkExportDeps {
   audit?: AuditLog;
   /** PDex's window for $davinci-data-export: data with dates of service in the last this many years (0: no window). */
   serviceWindowYears: number;
+  /** The allowance of failed matches of $bulk-member-match. */
+  bulkThrottle: MatchThrottle;
 }
 
 /** Bulk Data Access 2.0 export: kick-off at system, Patient, Patient/{id} and Group/{id}; status; files. */
@@ -112,6 +115,7 @@ export function bulkExportRoutes(deps: BulkExportDeps): Router {
     guard.require({ type: 'Patient', action: 'r' }),
     asyncHandler(async (req, res) => {
       if (!/respond-async/i.test(req.get('prefer') ?? '')) throw badRequest('$bulk-member-match needs the header Prefer: respond-async');
+      await deps.bulkThrottle.check(req.access?.clientId ?? 'anonymous');
       const inputs = parseBulkMemberMatch(req.body);
       const jobId = randomUUID();
       const data: BulkMatchJobData = {

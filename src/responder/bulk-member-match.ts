@@ -4,12 +4,13 @@ import { badRequest } from '../fhir/outcome';
 import { parametersOf } from '../fhir/parameters';
 import { CLIENT_TAG_SYSTEM } from '../fhir/internal-markers';
 import { ResourceStore } from '../store/resource-store';
-import { JobContext } from '../jobs/job-runner';
+import { JobContext, JobFailure } from '../jobs/job-runner';
 import type { Role } from '../auth/client-registry';
 import type { Logger } from '../logger';
 import { ExportFiles } from './export-files';
 import { ExportOutput } from './export-job';
 import { MemberMatchInput, MemberMatchService, readMemberMatchParts } from './member-match';
+import type { MatchThrottle } from './match-throttle';
 import { RESULT_SYSTEM } from '../fhir/pdex';
 
 export const BULK_MATCH_JOB = 'bulk-member-match';
@@ -65,6 +66,7 @@ export class BulkMemberMatchJob {
     private readonly files: ExportFiles,
     private readonly fileTtlMs: number,
     private readonly logger: Logger,
+    private readonly throttle: MatchThrottle,
   ) {}
 
   run = async (ctx: JobContext<BulkMatchJobData>): Promise<void> => {
@@ -72,9 +74,19 @@ export class BulkMemberMatchJob {
     await this.files.reset(ctx.job._id);
     const members: Record<Outcome, GroupMember[]> = { match: [], nomatch: [], consentconstraint: [] };
     const contained: Record<Outcome, Patient[]> = { match: [], nomatch: [], consentconstraint: [] };
+    // The client's allowance of failed matches: a bulk request is no way around the brute-force limit.
+    const { left } = await this.throttle.remaining(data.owner);
+    let failed = 0;
     for (const [i, input] of data.inputs.entries()) {
       if (ctx.signal.aborted) throw ctx.signal.reason;
+      if (failed >= left) {
+        await this.throttle.failed(data.owner, failed);
+        this.logger.warn('bulk-member-match stopped: too many failed matches', { client: data.owner, members: data.inputs.length, evaluated: i });
+        await ctx.checkpoint({ inputs: [] });
+        throw new JobFailure(`Too many members not matched: the client's allowance of failed matches is used up (${i} of ${data.inputs.length} members evaluated); try again later`);
+      }
       const result = await this.matcher.evaluate(input, data.owner);
+      if (result.outcome !== 'match') failed++;
       const submitted: Patient = { ...input.patient, id: `member-${i + 1}` };
       delete submitted.meta;
       contained[result.outcome].push(submitted);
@@ -86,6 +98,7 @@ export class BulkMemberMatchJob {
       );
       if ((i + 1) % 100 === 0) await ctx.checkpoint({ progress: `${i + 1} of ${data.inputs.length} members matched` });
     }
+    await this.throttle.failed(data.owner, failed);
     const today = new Date(data.transactionTime).toISOString().slice(0, 10);
     const groups: Partial<Record<Outcome, Group>> = {};
     for (const outcome of ['match', 'nomatch', 'consentconstraint'] as Outcome[]) {

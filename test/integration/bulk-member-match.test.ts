@@ -130,3 +130,32 @@ describe('$bulk-member-match and $davinci-data-export', () => {
     expect(await exported(`${base}/Patient/$export`, [types, { name: 'patient', valueReference: { reference: `Patient/${m.patientId}` } }])).toEqual(records.map((r) => r.id).sort());
   });
 });
+
+describe('$bulk-member-match and the brute-force limit', () => {
+  it("counts members not matched against the client's allowance: past it the request fails, and the next is 429", async () => {
+    const { file, clients } = await writeClientsFile([{ clientId: 'prober', scopes: 'system/*.read' }]);
+    const server = await startTestServer({ authRequired: true, clientsFile: file, bulkMatchMaxFailures: 3 });
+    try {
+      const members = await seedPopulation(server, 2);
+      const token = await getToken(server.tokenUrl, clients.prober);
+      const invented = (i: number) => ({ name: 'MemberBundle', part: memberMatchBody({ family: `Nobody${i}`, given: 'Invented', birthDate: '1901-01-01', memberId: `NOPE-${i}` }).parameter });
+      const real = { name: 'MemberBundle', part: memberMatchBody(members[0]).parameter };
+      // Two failures: within the allowance; the request completes.
+      let k = await kickoff(`${server.baseUrl}/Group/$bulk-member-match`, { method: 'POST', body: { resourceType: 'Parameters', parameter: [real, invented(1), invented(2)] }, token });
+      expect((await poll(k.location as string, token)).status).toBe(200);
+      // Five more guesses: the allowance runs out on the way, and the request fails without an answer for anyone.
+      k = await kickoff(`${server.baseUrl}/Group/$bulk-member-match`, { method: 'POST', body: { resourceType: 'Parameters', parameter: [3, 4, 5, 6, 7].map(invented) }, token });
+      expect(k.status).toBe(202);
+      const done = await poll(k.location as string, token);
+      expect(done.status).toBeGreaterThanOrEqual(400);
+      expect(JSON.stringify(done.body)).toMatch(/allowance of failed matches is used up/);
+      // Now the kick-off itself is refused, with when to come back.
+      const res = await fetch(`${server.baseUrl}/Group/$bulk-member-match`, { method: 'POST', headers: { 'content-type': 'application/fhir+json', prefer: 'respond-async', authorization: `Bearer ${token}` }, body: JSON.stringify({ resourceType: 'Parameters', parameter: [real] }) });
+      expect(res.status).toBe(429);
+      expect(Number(res.headers.get('retry-after'))).toBeGreaterThan(0);
+      await res.arrayBuffer();
+    } finally {
+      await server.stop();
+    }
+  });
+});
