@@ -3,7 +3,9 @@ import { createHash } from 'node:crypto';
 import { once } from 'node:events';
 import { Transform, TransformCallback, Readable } from 'node:stream';
 import { readResources } from './ndjson';
-import { LimitReached } from './exchange-errors';
+import { ExchangeFailed, LimitReached } from './exchange-errors';
+import { validateResource } from '../fhir/validator';
+import { FhirError } from '../fhir/outcome';
 
 export interface DownloadLimits {
   /** Bytes one file may hold. */
@@ -95,4 +97,19 @@ export async function downloadTo(source: Readable, file: string, opts: { label: 
     await new Promise<void>((resolve) => out.end(() => resolve()));
   }
   return { count, size, sha1: hash.digest('base64') };
+}
+
+/** Checks a received resource is valid FHIR R4 of the file's type; a refusal names the file and the line. */
+export function validateReceived(resource: Record<string, unknown>, expectedType: string, label: string, line: number): void {
+  try {
+    validateResource(resource, expectedType);
+  } catch (err) {
+    if (err instanceof FhirError) throw new ExchangeFailed(`${label} line ${line} is not valid FHIR R4: ${err.message}`);
+    throw err;
+  }
+}
+
+/** What an OperationOutcome of the source's error files says, kept short. */
+export function sourceErrorOf(outcome: Record<string, unknown>): string {
+  return String((outcome.issue as { diagnostics?: string }[] | undefined)?.[0]?.diagnostics ?? 'unspecified error').slice(0, 500);
 }

@@ -5,8 +5,6 @@ import { ResourceStore } from '../store/resource-store';
 import { JobContext, JobDoc, RetryLater, sleep } from '../jobs/job-runner';
 import type { Logger } from '../logger';
 import { RESOURCE_TYPES, SERVER_WRITTEN_TYPES } from '../fhir/resource-types';
-import { validateResource } from '../fhir/validator';
-import { FhirError } from '../fhir/outcome';
 import { parseRetryAfter, RemoteError, RemotePayer } from './remote-payer-client';
 import { allPages, CheckedManifest, checkManifest } from './manifest';
 export type { CheckedManifest } from './manifest';
@@ -15,7 +13,7 @@ import { TaskCancelled, TaskTracker } from './task-tracker';
 import { Importer } from './importer';
 import { IdMapping } from './reference-rewriter';
 import { ImportJournal } from './import-journal';
-import { downloadTo } from './downloader';
+import { downloadTo, sourceErrorOf, validateReceived } from './downloader';
 import { archiveFolder, archiveOf, provenanceOf } from './archive';
 import { pipeline } from 'node:stream/promises';
 import type { BlobStore } from '../store/blobs/blob-store';
@@ -219,13 +217,8 @@ export class ExchangeJobHandler {
         expectedType,
         limits: { ...this.d.limits, remainingBytes: this.d.limits.maxExchangeBytes - state.bytes, deadline: this.deadline(data) },
         check: (resource, line) => {
-          try {
-            validateResource(resource, expectedType);
-          } catch (err) {
-            if (err instanceof FhirError) throw new ExchangeFailed(`${label} line ${line} is not valid FHIR R4: ${err.message}`);
-            throw err;
-          }
-          if (entry.kind === 'error') errors.push(String((resource.issue as { diagnostics?: string }[] | undefined)?.[0]?.diagnostics ?? 'unspecified error').slice(0, 500));
+          validateReceived(resource, expectedType, label, line);
+          if (entry.kind === 'error') errors.push(sourceErrorOf(resource));
           else this.d.importer.prepare(resource as never, mapping, identifierSystem);
         },
       });

@@ -2,12 +2,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { createHash, Hash } from 'node:crypto';
 import { sleep } from '../jobs/job-runner';
-import { validateResource } from '../fhir/validator';
-import { FhirError } from '../fhir/outcome';
 import type { Logger } from '../logger';
 import type { RemotePayer } from './remote-payer-client';
 import { allPages, CheckedManifest, checkManifest } from './manifest';
-import { downloadTo } from './downloader';
+import { downloadTo, sourceErrorOf, validateReceived } from './downloader';
 import { readResources } from './ndjson';
 import { ExchangeFailed, LimitReached } from './exchange-errors';
 import type { DownloadedFile, ExchangeLimits } from './exchange-job';
@@ -138,14 +136,9 @@ export class GroupExporter {
         expectedType,
         limits: { ...limits, remainingBytes: limits.maxExchangeBytes - bytes, deadline: r.deadline },
         check: (resource, line) => {
-          try {
-            validateResource(resource, expectedType);
-          } catch (err) {
-            if (err instanceof FhirError) throw new ExchangeFailed(`${label} line ${line} is not valid FHIR R4: ${err.message}`);
-            throw err;
-          }
+          validateReceived(resource, expectedType, label, line);
           if (entry.kind === 'error') {
-            if (sourceErrors.length < 100) sourceErrors.push(String((resource.issue as { diagnostics?: string }[] | undefined)?.[0]?.diagnostics ?? 'unspecified error').slice(0, 500));
+            if (sourceErrors.length < 100) sourceErrors.push(sourceErrorOf(resource));
             return;
           }
           if (typeof resource.id !== 'string') throw new ExchangeFailed(`${label} line ${line} is a ${entry.type} without an id`);
