@@ -3,7 +3,7 @@ import { generateClientKeys } from '../../src/auth/keys';
 import { fhir, startTestServer } from '../helpers/server';
 import { getToken } from '../helpers/clients';
 import { FakeSource, startFakeSource } from '../helpers/fake-source';
-import { createLocalPatient, invokeBody, SourcePayerFixture, startRequester, startSource, waitForTask } from '../helpers/payers';
+import { createLocalPatient, invokeBody, reaching, SourcePayerFixture, startRequester, startSource, waitForTask } from '../helpers/payers';
 
 /** Many members from one source in one request: a parent Task, one child per member, each ending on its own. */
 const memberPart = (local: string, m: Parameters<typeof invokeBody>[1]) => {
@@ -19,7 +19,7 @@ describe('bulk exchange ($sdh.s2s.invoke-bulk-export)', () => {
   beforeAll(async () => {
     source = await startSource(6);
     // The source declares $bulk-member-match and $davinci-data-export: bulk exchanges use them (the default).
-    requester = await startRequester({ tokenUrl: source.server.tokenUrl, fhirBaseUrl: source.server.baseUrl, client: source.client });
+    requester = await startRequester(reaching(source));
     op = `${requester.baseUrl}/Group/$sdh.s2s.invoke-bulk-export`;
   });
   afterAll(async () => {
@@ -79,7 +79,7 @@ describe('bulk exchange ($sdh.s2s.invoke-bulk-export)', () => {
     // The requesting server stops as soon as the request is answered, and comes back on the same data.
     const { config, port } = requester;
     await requester.stop();
-    requester = await startRequester({ tokenUrl: source.server.tokenUrl, fhirBaseUrl: source.server.baseUrl, client: source.client }, { dataDir: config.dataDir, port, jobLeaseSeconds: 1 });
+    requester = await startRequester(reaching(source), { dataDir: config.dataDir, port, jobLeaseSeconds: 1 });
     op = `${requester.baseUrl}/Group/$sdh.s2s.invoke-bulk-export`;
     const parent = await waitForTask(requester, res.body.id, (t) => t.status === 'completed', 30000);
     const counts = Object.fromEntries(parent.output.filter((o: any) => o.type.text.startsWith('members:')).map((o: any) => [o.type.text, o.valueInteger]));
@@ -139,7 +139,7 @@ describe('bulk exchange ($sdh.s2s.invoke-bulk-export)', () => {
 describe('a bulk exchange member by member (bulkMemberMatch: false, as with a source without the bulk operations)', () => {
   it("matches and exports each member on its own; each ends with its own data", async () => {
     const source = await startSource(3);
-    const requester = await startRequester({ tokenUrl: source.server.tokenUrl, fhirBaseUrl: source.server.baseUrl, client: source.client, payer: { bulkMemberMatch: false } });
+    const requester = await startRequester(reaching(source, { bulkMemberMatch: false }));
     try {
       const ms = [source.members[0], source.members[1], { ...source.members[2], family: 'Someone-Else', memberId: 'NOPE' }];
       const locals: string[] = [];
@@ -171,7 +171,7 @@ describe('a bulk exchange while the source restarts', () => {
   it('completes every member once the source is back, each with its own data, nothing twice', async () => {
     const source = await startSource(3);
     const { port, dataDir } = { port: source.server.port, dataDir: source.server.config.dataDir };
-    const requester = await startRequester({ tokenUrl: source.server.tokenUrl, fhirBaseUrl: source.server.baseUrl, client: source.client });
+    const requester = await startRequester(reaching(source));
     let restarted: RunningServer | undefined;
     try {
       const locals: string[] = [];

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { RunningServer } from '../../src/main';
 import { capturingLogger, fhir, startTestServer } from '../helpers/server';
 import { FaultProxy, startFaultProxy } from '../helpers/fault-proxy';
-import { createLocalPatient, invokeBody, SourcePayerFixture, startRequester, startSource, waitForTask } from '../helpers/payers';
+import { createLocalPatient, invokeBody, reaching, SourcePayerFixture, startRequester, startSource, waitForTask } from '../helpers/payers';
 
 const bundleIds = (b: any) => (b.entry ?? []).filter((e: any) => e.search?.mode === 'match').map((e: any) => e.resource.id).sort();
 
@@ -13,7 +13,7 @@ describe('payer-to-payer exchange between two servers', () => {
 
   beforeAll(async () => {
     source = await startSource(6);
-    requester = await startRequester({ tokenUrl: source.server.tokenUrl, fhirBaseUrl: source.server.baseUrl, client: source.client });
+    requester = await startRequester(reaching(source));
     op = `${requester.baseUrl}/Patient/$sdh.s2s.invoke-export`;
   });
   afterAll(async () => {
@@ -269,7 +269,7 @@ describe('exchange when the source is down, then back', () => {
   it('retries, and completes once the source answers again', async () => {
     const source = await startSource(3);
     const { port, dataDir } = { port: source.server.port, dataDir: source.server.config.dataDir };
-    const requester = await startRequester({ tokenUrl: source.server.tokenUrl, fhirBaseUrl: source.server.baseUrl, client: source.client });
+    const requester = await startRequester(reaching(source));
     await source.server.stop();
     let restarted: RunningServer | undefined;
     try {
@@ -292,7 +292,7 @@ describe('exchange when the source is down, then back', () => {
 describe('a burst of exchanges', () => {
   it('answers every one of 40 concurrent requests on a fresh server with its Task, and completes them all', async () => {
     const source = await startSource(40);
-    const requester = await startRequester({ tokenUrl: source.server.tokenUrl, fhirBaseUrl: source.server.baseUrl, client: source.client });
+    const requester = await startRequester(reaching(source));
     try {
       const locals = await Promise.all(source.members.map((m) => createLocalPatient(requester, m)));
       // All at once, before this server has ever written the source payer's Organization.
@@ -313,7 +313,7 @@ describe('log hygiene', () => {
     const sourceLogs = capturingLogger();
     const requesterLogs = capturingLogger();
     const source = await startSource(2, {}, sourceLogs.logger);
-    const requester = await startRequester({ tokenUrl: source.server.tokenUrl, fhirBaseUrl: source.server.baseUrl, client: source.client }, {}, requesterLogs.logger);
+    const requester = await startRequester(reaching(source), {}, requesterLogs.logger);
     try {
       const m = source.members[1];
       const local = await createLocalPatient(requester, m);

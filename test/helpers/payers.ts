@@ -26,6 +26,11 @@ export async function startSource(members = 5, overrides: Partial<AppConfig> = {
   return { server, members: list, client: clients[REQUESTER_CLIENT_ID], clientsFile: file };
 }
 
+/** How a requesting payer reaches a source payer started by `startSource` (its token URL, FHIR base and our client there). */
+export function reaching(source: SourcePayerFixture, payer?: Record<string, unknown>): { tokenUrl: string; fhirBaseUrl: string; client: TestClient; payer?: Record<string, unknown> } {
+  return { tokenUrl: source.server.tokenUrl, fhirBaseUrl: source.server.baseUrl, client: source.client, ...(payer ? { payer } : {}) };
+}
+
 /** A requesting payer whose registry names the source (optionally reached through a proxy URL). */
 export async function startRequester(source: { tokenUrl: string; fhirBaseUrl: string; client: TestClient; payer?: Record<string, unknown> }, overrides: Partial<AppConfig> = {}, logger?: Logger): Promise<RunningServer> {
   const dir = tempDir('requester-config-');
