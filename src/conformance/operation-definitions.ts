@@ -190,7 +190,7 @@ export function servedOperations(base: string): ServedOperation[] {
         title: 'Da Vinci $davinci-data-export, as served here',
         code: 'davinci-data-export',
         levels: { types: ['Group'], instance: true },
-        description: 'Bulk export of the members of a MatchedMembers Group (its owner only), each member\'s consent judged again when the export runs.',
+        description: 'Bulk export of the members of a MatchedMembers Group (its owner only), each member\'s consent judged again when the export runs, keeping to the five-year window of service dates; members asked for but not exported are listed in the manifest\'s error file.',
         parameter: [
           param('patient', 'in', 0, '*', 'Reference', 'A subset of the Group\'s members'),
           param('exportType', 'in', 0, '1', 'string', 'hl7.fhir.us.davinci-pdex#payertopayer'),
