@@ -70,33 +70,55 @@ class Limiter extends Transform {
  * Streams one NDJSON file from the source to a work file of ours, within the limits, checking each
  * line (JSON, no prototype keys, the expected type, then `check`, which throws to refuse it) before
  * it is written. The file name is the caller's: nothing the source sends names a file.
+ * With `derived`, what `check` returns for a line (if anything) is written as one line of that second
+ * file: the caller's own form of the record, made in the same pass, so nothing is parsed twice.
  */
-export async function downloadTo(source: Readable, file: string, opts: { label: string; expectedType: string; limits: DownloadLimits; check: (resource: Record<string, unknown>, line: number) => void }): Promise<Downloaded> {
+export async function downloadTo(source: Readable, file: string, opts: { label: string; expectedType: string; limits: DownloadLimits; check: (resource: Record<string, unknown>, line: number) => string | void; derived?: string }): Promise<Downloaded> {
   const limiter = new Limiter(opts.label, opts.limits);
   source.on('error', (err) => limiter.destroy(err));
   limiter.on('error', () => source.destroy());
   source.pipe(limiter);
-  const out = fs.createWriteStream(file, { flags: 'w', mode: 0o600 });
-  const outFailed = new Promise<never>((_resolve, reject) => out.once('error', reject));
-  outFailed.catch(() => undefined);
+  const out = new LineWriter(file);
+  const derived = opts.derived ? new LineWriter(opts.derived) : undefined;
   const hash = createHash('sha1');
   let count = 0;
   let size = 0;
   try {
     for await (const { resource, raw, line } of readResources(limiter, { expectedType: opts.expectedType, maxLineLength: opts.limits.maxLineLength, label: opts.label })) {
-      opts.check(resource, line);
+      const mine = opts.check(resource, line);
       const text = `${raw}\n`;
       hash.update(text);
       size += Buffer.byteLength(text);
       count++;
-      if (!out.write(text)) await Promise.race([once(out, 'drain'), outFailed]);
+      await out.write(text);
+      if (derived && mine !== undefined) await derived.write(`${mine}\n`);
     }
   } finally {
     source.destroy();
     limiter.destroy();
-    await new Promise<void>((resolve) => out.end(() => resolve()));
+    await Promise.all([out.end(), derived?.end()]);
   }
   return { count, size, sha1: hash.digest('base64') };
+}
+
+/** A work file written line by line, honouring back-pressure; a write error fails the next write. */
+class LineWriter {
+  private readonly out: fs.WriteStream;
+  private readonly failed: Promise<never>;
+
+  constructor(file: string) {
+    this.out = fs.createWriteStream(file, { flags: 'w', mode: 0o600 });
+    this.failed = new Promise<never>((_resolve, reject) => this.out.once('error', reject));
+    this.failed.catch(() => undefined);
+  }
+
+  async write(text: string): Promise<void> {
+    if (!this.out.write(text)) await Promise.race([once(this.out, 'drain'), this.failed]);
+  }
+
+  end(): Promise<void> {
+    return new Promise<void>((resolve) => this.out.end(() => resolve()));
+  }
 }
 
 /** Checks a received resource is valid FHIR R4 of the file's type; a refusal names the file and the line. */

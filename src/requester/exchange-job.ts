@@ -36,6 +36,8 @@ export interface DownloadedFile {
   type: string;
   kind: 'output' | 'error';
   file: string;
+  /** The same records in their local form (Importer.preparedLine), made as the file downloaded; absent in older checkpoints and members' shares of a group export. */
+  prepared?: string;
   count: number;
   size: number;
   sha1: string;
@@ -212,6 +214,7 @@ export class ExchangeJobHandler {
       const expectedType = entry.kind === 'error' ? 'OperationOutcome' : entry.type;
       const errors: string[] = [];
       const stream = await remote.download(entry.url, manifest.requiresAccessToken, ctx.signal);
+      const prepared = entry.kind === 'output' ? path.join(dir, `${String(i).padStart(5, '0')}.local`) : undefined;
       const got = await downloadTo(stream, path.join(dir, name), {
         label,
         expectedType,
@@ -219,13 +222,14 @@ export class ExchangeJobHandler {
         check: (resource, line) => {
           validateReceived(resource, expectedType, label, line);
           if (entry.kind === 'error') errors.push(sourceErrorOf(resource));
-          else this.d.importer.prepare(resource as never, mapping, identifierSystem);
+          else return this.d.importer.preparedLine(resource as never, mapping, identifierSystem);
         },
+        derived: prepared,
       });
       if (entry.kind === 'output' && entry.count !== undefined && entry.count !== got.count) {
         throw new NdjsonError(`${label} holds ${got.count} resources, the manifest announced ${entry.count} (truncated download?)`);
       }
-      const downloaded: DownloadedFile = { name, type: expectedType, kind: entry.kind, file: path.join(dir, name), ...got };
+      const downloaded: DownloadedFile = { name, type: expectedType, kind: entry.kind, file: path.join(dir, name), ...(prepared ? { prepared } : {}), ...got };
       state.files.push(downloaded);
       state.bytes += got.size;
       state.sourceErrors.push(...errors.slice(0, 100));
@@ -245,7 +249,8 @@ export class ExchangeJobHandler {
     if (f.kind === 'error' || state.files.includes(f.name)) return;
     if (await this.d.tracker.isCancelled(data.taskId)) throw new TaskCancelled();
     const system = payer.responderIdentifierSystem ?? `${payer.issuer}/resource-id`;
-    const result = await this.d.importer.importFile(f.file, f.type, mapping, system, { taskId: data.taskId, signal: ctx.signal, deadline: this.deadline(data) });
+    const opts = { taskId: data.taskId, signal: ctx.signal, deadline: this.deadline(data) };
+    const result = f.prepared ? await this.d.importer.importPrepared(f.prepared, f.type, opts) : await this.d.importer.importFile(f.file, f.type, mapping, system, opts);
     if (result.count) state.counts[f.type] = (state.counts[f.type] ?? 0) + result.count;
     state.files.push(f.name);
     await ctx.checkpoint({ imports: state });
@@ -276,7 +281,8 @@ export class ExchangeJobHandler {
 
     const targets: string[] = [];
     for (const f of files) {
-      if (f.kind === 'output') for await (const ref of this.d.importer.localReferences(f.file, f.type, mapping)) targets.push(ref);
+      if (f.kind !== 'output') continue;
+      for await (const ref of f.prepared ? this.d.importer.preparedReferences(f.prepared) : this.d.importer.localReferences(f.file, f.type, mapping)) targets.push(ref);
     }
     if (targets.length === 0) targets.push(`Patient/${data.localPatientId}`);
     const provenance = provenanceOf({ taskId: data.taskId, issuer: data.issuer, targets, archived, ownerReference: data.ownerReference, sourceName, requesterDisplay: this.d.requesterDisplay, now });

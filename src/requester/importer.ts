@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import split2 from 'split2';
 import type { Resource } from 'fhir/r4';
 import { ResourceStore } from '../store/resource-store';
 import { hasElement } from '../fhir/validator';
@@ -73,6 +74,17 @@ export class Importer {
     return out;
   }
 
+  /**
+   * One line of a prepared file: the local form of a resource as received, after the local
+   * reference it gets (`Type/id`, then a tab: JSON has no raw tab outside a string), or undefined
+   * for the member's own Patient. Made while the file downloads, so the import parses each record
+   * once and checks it once; throws ImportRefused.
+   */
+  preparedLine(resource: Resource & { id?: string }, m: IdMapping, identifierSystem: string): string | undefined {
+    const local = this.prepare(resource, m, identifierSystem);
+    return local && `${local.resourceType}/${local.id}\t${JSON.stringify(local)}`;
+  }
+
   /** The local references (`Type/id`) of the resources a downloaded file imported (the member's own Patient is not one), without rewriting them. */
   async *localReferences(file: string, type: string, m: IdMapping): AsyncGenerator<string> {
     for await (const { resource } of readResources(fs.createReadStream(file), { expectedType: type, maxLineLength: this.maxLineLength, label: type })) {
@@ -81,11 +93,35 @@ export class Importer {
     }
   }
 
+  /** The local references of a prepared file's resources: each line's prefix, nothing parsed. */
+  async *preparedReferences(file: string): AsyncGenerator<string> {
+    for await (const line of preparedLines(file)) yield line.slice(0, line.indexOf('\t'));
+  }
+
+  /** Imports a downloaded file as received: each resource is prepared here, then imported in chunks. */
+  async importFile(file: string, type: string, m: IdMapping, identifierSystem: string, opts: ImportOptions): Promise<ImportResult> {
+    const prepared = async function* (this: Importer) {
+      for await (const { resource } of readResources(fs.createReadStream(file), { expectedType: type, maxLineLength: this.maxLineLength, label: type })) {
+        const local = this.prepare(resource as unknown as Resource, m, identifierSystem);
+        if (local) yield local;
+      }
+    };
+    return this.importChunks(prepared.call(this), type, opts);
+  }
+
+  /** Imports a prepared file (see preparedLine), made from a downloaded file that was checked line by line. */
+  async importPrepared(file: string, type: string, opts: ImportOptions): Promise<ImportResult> {
+    const parsed = async function* () {
+      for await (const line of preparedLines(file)) yield JSON.parse(line.slice(line.indexOf('\t') + 1)) as Resource;
+    };
+    return this.importChunks(parsed(), type, opts);
+  }
+
   /**
-   * Imports a downloaded file in chunks: each chunk's resources are planned together (two queries),
+   * Imports local resources in chunks: each chunk's resources are planned together (two queries),
    * the unchanged ones skipped, and the rest written in one batch through the undo journal.
    */
-  async importFile(file: string, type: string, m: IdMapping, identifierSystem: string, opts: { taskId: string; signal?: AbortSignal; deadline: number; chunkSize?: number }): Promise<ImportResult> {
+  private async importChunks(resources: AsyncIterable<Resource>, type: string, opts: ImportOptions): Promise<ImportResult> {
     const result: ImportResult = { count: 0, written: 0, unchanged: 0 };
     const size = opts.chunkSize ?? 500;
     let chunk: Resource[] = [];
@@ -103,13 +139,23 @@ export class Importer {
       result.count += chunk.length;
       chunk = [];
     };
-    for await (const { resource } of readResources(fs.createReadStream(file), { expectedType: type, maxLineLength: this.maxLineLength, label: type })) {
-      const local = this.prepare(resource as unknown as Resource, m, identifierSystem);
-      if (!local) continue;
+    for await (const local of resources) {
       chunk.push(local);
       if (chunk.length >= size) await flush();
     }
     await flush();
     return result;
   }
+}
+
+export interface ImportOptions {
+  taskId: string;
+  signal?: AbortSignal;
+  deadline: number;
+  chunkSize?: number;
+}
+
+/** The lines of a work file this server wrote itself. */
+async function* preparedLines(file: string): AsyncGenerator<string> {
+  for await (const line of fs.createReadStream(file).pipe(split2()) as AsyncIterable<string>) if (line) yield line;
 }
