@@ -232,6 +232,18 @@ async function waitForTasks(base: string, ids: string[]): Promise<string[]> {
   }
 }
 
+/** Where an exchange's time went, from its Task's notes: seconds from the first note to the manifest, the last download, and the end. */
+async function phases(base: string, taskId: string): Promise<string> {
+  const task = (await (await fetch(`${base}/Task/${taskId}`)).json()) as { note?: { time: string; text: string }[] };
+  const notes = task.note ?? [];
+  const t0 = Date.parse(notes[0]?.time ?? '');
+  const at = (re: RegExp) => {
+    const n = notes.find((x) => re.test(x.text));
+    return n ? ((Date.parse(n.time) - t0) / 1000).toFixed(1) : '?';
+  };
+  return `export ready at ${at(/^Export ready/)} s, downloaded at ${at(/^Downloaded/)} s, imported at ${at(/^Imported/)} s`;
+}
+
 async function createLocal(base: string, m: SyntheticMember): Promise<string> {
   const res = await fetch(`${base}/Patient`, { method: 'POST', headers: { 'content-type': 'application/fhir+json' }, body: JSON.stringify({ resourceType: 'Patient', name: [{ family: m.family, given: [m.given] }], birthDate: m.birthDate }) });
   if (res.status !== 201) throw new Error(`creating a local patient answered ${res.status}: ${(await res.text()).slice(0, 300)}`);
@@ -300,17 +312,18 @@ async function main() {
       const [bytes, downloadMs] = await timed(() => plainDownload(`${source.base}/Patient/${patientId}/$export?_type=${DEFAULT_TYPES.join(',')}`, path.join(dir, `download-${size}`), token));
       progress(`exchange of a ${size}-resource member`);
       const local = await createLocal(requester.base, member);
+      let taskId = '';
       const [status, exchangeMs] = await timed(async () => {
         const res = await fetch(`${requester.base}/Patient/$sdh.s2s.invoke-export`, { method: 'POST', headers: { 'content-type': 'application/fhir+json' }, body: JSON.stringify(invokeBody(local, member, system)) });
-        const id = ((await res.json()) as { id: string }).id;
-        return (await waitForTasks(requester.base, [id]))[0];
+        taskId = ((await res.json()) as { id: string }).id;
+        return (await waitForTasks(requester.base, [taskId]))[0];
       });
       if (status !== 'completed') throw new Error(`the ${size}-resource exchange ended ${status}`);
       figures.push({
         name: `exchange of a ${size}-resource member vs plain download`,
         ratio: downloadMs / exchangeMs,
         goal: '>= 1.0',
-        detail: `download ${(downloadMs / 1000).toFixed(2)} s (${(bytes / 1e6).toFixed(1)} MB), exchange ${(exchangeMs / 1000).toFixed(2)} s`,
+        detail: `download ${(downloadMs / 1000).toFixed(2)} s (${(bytes / 1e6).toFixed(1)} MB), exchange ${(exchangeMs / 1000).toFixed(2)} s (${await phases(requester.base, taskId)})`,
       });
       await requester.stop();
     }

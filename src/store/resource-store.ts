@@ -382,15 +382,25 @@ export class ResourceStore {
   /** Streams every match in pages ordered by id, so memory stays bounded whatever the result's size. */
   async *stream(type: string, filter: Filter, pageSize = 500): AsyncGenerator<Resource> {
     await this.ensureIndexes(type);
+    const current = this.current(type);
+    // The matching ids first, many at a time (one evaluation of the filter serves STREAM_IDS of
+    // them), then their documents a page at a time, each page checked against the filter again (a
+    // resource changed meanwhile is yielded only if it still matches). Paging the documents
+    // themselves by the filter would evaluate the whole filter again for every page.
     let after: string | undefined;
     for (;;) {
-      const page = await this.current(type).find(after === undefined ? filter : { $and: [filter, { _id: { $gt: after } }] }, { sort: { _id: 1 }, limit: pageSize });
-      for (const d of page) yield d.res;
-      if (page.length < pageSize) return;
-      after = page[page.length - 1]._id;
+      const ids = (await current.find(after === undefined ? filter : { $and: [filter, { _id: { $gt: after } }] }, { sort: { _id: 1 }, limit: STREAM_IDS, fields: ['_id'] })).map((d) => d._id);
+      for (let i = 0; i < ids.length; i += pageSize) {
+        for (const d of await current.find({ $and: [filter, { _id: { $in: ids.slice(i, i + pageSize) } }] }, { sort: { _id: 1 } })) yield d.res;
+      }
+      if (ids.length < STREAM_IDS) return;
+      after = ids[ids.length - 1];
     }
   }
 }
+
+/** How many matching ids `stream` asks for at a time. */
+const STREAM_IDS = 10_000;
 
 function withMeta(resource: Resource, id: string, version: number, lastUpdated: Date): Resource {
   return { ...resource, id, meta: { ...(resource.meta ?? {}), versionId: String(version), lastUpdated: lastUpdated.toISOString() } };

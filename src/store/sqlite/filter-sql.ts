@@ -57,6 +57,18 @@ function inList(list: unknown[]): { sql: string; params: unknown[] } {
 }
 
 type Ops = Record<string, unknown>;
+
+/** The longest `_id` list that makes a filter driven by its ids. */
+const PINNED_IDS = 1000;
+
+/** Whether a filter holds `_id: {$in: [...]}` (at most PINNED_IDS) at its top level or in a top-level `$and`. */
+function pinsIds(filter: Filter): boolean {
+  const pinned = (f: Filter) => {
+    const id = f._id as { $in?: unknown[] } | undefined;
+    return !!id && typeof id === 'object' && Array.isArray(id.$in) && id.$in.length <= PINNED_IDS;
+  };
+  return pinned(filter) || (Array.isArray(filter.$and) && (filter.$and as Filter[]).some(pinned));
+}
 const isOps = (v: unknown): v is Ops => !!v && typeof v === 'object' && !Array.isArray(v) && !(v instanceof RegExp) && Object.keys(v).length > 0 && Object.keys(v).every((k) => k.startsWith('$'));
 
 /** Roughly how many side rows a condition selects (counted up to a cap): to pick which of several drives a query. */
@@ -68,8 +80,15 @@ export class FilterCompiler {
 
   constructor(private readonly layout: CollectionLayout, private readonly estimate?: Estimate) {}
 
+  /** Whether this compilation checks side-table conditions row by row (see `compile`). */
+  private correlated = false;
+
   compile(filter: Filter): Compiled {
     this.driving.clear(); // what one compilation learns serves it alone
+    // A filter that pins `_id` to a short list (a page of known ids being re-checked) is driven by
+    // those ids: its side-table conditions are checked per row (EXISTS by rid) instead of each
+    // listing every row it matches, which would cost the whole match for every page.
+    this.correlated = pinsIds(filter);
     const params: unknown[] = [];
     const sql = this.node(filter, params);
     return { sql, params };
@@ -210,16 +229,19 @@ export class FilterCompiler {
    */
   private wildcardField(side: string, p: string, value: unknown, params: unknown[]): string {
     const t = quoteIdent(side);
+    const byRow = (where: string) => `EXISTS (SELECT 1 FROM ${t} AS w WHERE w.rid = ${quoteIdent(this.layout.table)}.rid AND ${where})`;
     const some = (cond: string, condParams: unknown[]) => {
       params.push(p, ...condParams);
       const where = `p = ?${cond ? ` AND ${cond}` : ''}`;
+      if (this.correlated) return byRow(where);
       const sql = `rid IN (SELECT rid FROM ${t} WHERE ${where})`;
       this.driving.set(sql, { side, where, whereParams: [p, ...condParams] });
       return sql;
     };
     const none = (cond: string, condParams: unknown[]) => {
       params.push(p, ...condParams);
-      return `rid NOT IN (SELECT rid FROM ${t} WHERE p = ?${cond ? ` AND ${cond}` : ''})`;
+      const where = `p = ?${cond ? ` AND ${cond}` : ''}`;
+      return this.correlated ? `NOT ${byRow(where)}` : `rid NOT IN (SELECT rid FROM ${t} WHERE ${where})`;
     };
     if (value instanceof RegExp) {
       const local: unknown[] = [];
