@@ -100,21 +100,19 @@ export class Importer {
 
   /** Imports a downloaded file as received: each resource is prepared here, then imported in chunks. */
   async importFile(file: string, type: string, m: IdMapping, identifierSystem: string, opts: ImportOptions): Promise<ImportResult> {
-    const prepared = async function* (this: Importer) {
-      for await (const { resource } of readResources(fs.createReadStream(file), { expectedType: type, maxLineLength: this.maxLineLength, label: type })) {
-        const local = this.prepare(resource as unknown as Resource, m, identifierSystem);
-        if (local) yield local;
-      }
-    };
-    return this.importChunks(prepared.call(this), type, opts);
+    return this.importChunks(this.preparedFrom(file, type, m, identifierSystem), type, opts);
   }
 
   /** Imports a prepared file (see preparedLine), made from a downloaded file that was checked line by line. */
   async importPrepared(file: string, type: string, opts: ImportOptions): Promise<ImportResult> {
-    const parsed = async function* () {
-      for await (const line of preparedLines(file)) yield JSON.parse(line.slice(line.indexOf('\t') + 1)) as Resource;
-    };
-    return this.importChunks(parsed(), type, opts);
+    return this.importChunks(preparedResources(file), type, opts);
+  }
+
+  private async *preparedFrom(file: string, type: string, m: IdMapping, identifierSystem: string): AsyncGenerator<Resource> {
+    for await (const { resource } of readResources(fs.createReadStream(file), { expectedType: type, maxLineLength: this.maxLineLength, label: type })) {
+      const local = this.prepare(resource as unknown as Resource, m, identifierSystem);
+      if (local) yield local;
+    }
   }
 
   /**
@@ -153,6 +151,11 @@ export interface ImportOptions {
   signal?: AbortSignal;
   deadline: number;
   chunkSize?: number;
+}
+
+/** The resources of a prepared file. */
+async function* preparedResources(file: string): AsyncGenerator<Resource> {
+  for await (const line of preparedLines(file)) yield JSON.parse(line.slice(line.indexOf('\t') + 1)) as Resource;
 }
 
 /** The lines of a work file this server wrote itself. */

@@ -138,12 +138,17 @@ export class FilterCompiler {
       parts = parts.map((p, i) => {
         const d = this.driving.get(p.sql);
         if (!d || i === driver) return p;
-        return { sql: `EXISTS (SELECT 1 FROM ${quoteIdent(d.side)} AS w WHERE w.rid = ${quoteIdent(this.layout.table)}.rid AND ${d.where})`, params: p.params };
+        return { sql: this.byRow(d.side, d.where), params: p.params };
       });
     }
     const params: unknown[] = [];
     for (const p of parts) params.push(...p.params);
     return { sql: parts.length === 1 ? parts[0].sql : `(${parts.map((p) => p.sql).join(' AND ')})`, params };
+  }
+
+  /** A side-table condition checked for the row at hand (by its rid), not listed for every row. */
+  private byRow(side: string, where: string): string {
+    return `EXISTS (SELECT 1 FROM ${quoteIdent(side)} AS w WHERE w.rid = ${quoteIdent(this.layout.table)}.rid AND ${where})`;
   }
 
   private wildcardOf(field: string): { side: string; p: string } | undefined {
@@ -229,11 +234,10 @@ export class FilterCompiler {
    */
   private wildcardField(side: string, p: string, value: unknown, params: unknown[]): string {
     const t = quoteIdent(side);
-    const byRow = (where: string) => `EXISTS (SELECT 1 FROM ${t} AS w WHERE w.rid = ${quoteIdent(this.layout.table)}.rid AND ${where})`;
     const some = (cond: string, condParams: unknown[]) => {
       params.push(p, ...condParams);
       const where = `p = ?${cond ? ` AND ${cond}` : ''}`;
-      if (this.correlated) return byRow(where);
+      if (this.correlated) return this.byRow(side, where);
       const sql = `rid IN (SELECT rid FROM ${t} WHERE ${where})`;
       this.driving.set(sql, { side, where, whereParams: [p, ...condParams] });
       return sql;
@@ -241,7 +245,7 @@ export class FilterCompiler {
     const none = (cond: string, condParams: unknown[]) => {
       params.push(p, ...condParams);
       const where = `p = ?${cond ? ` AND ${cond}` : ''}`;
-      return this.correlated ? `NOT ${byRow(where)}` : `rid NOT IN (SELECT rid FROM ${t} WHERE ${where})`;
+      return this.correlated ? `NOT ${this.byRow(side, where)}` : `rid NOT IN (SELECT rid FROM ${t} WHERE ${where})`;
     };
     if (value instanceof RegExp) {
       const local: unknown[] = [];
