@@ -10,12 +10,14 @@ import type { Logger } from '../logger';
 import { ExportFiles } from './export-files';
 import { ExportOutput } from './export-job';
 import { MemberMatchInput, MemberMatchService, readMemberMatchParts } from './member-match';
-import type { MatchThrottle } from './match-throttle';
+import type { MatchThrottle, Reservation } from './match-throttle';
 import { RESULT_SYSTEM } from '../fhir/pdex';
 
 export const BULK_MATCH_JOB = 'bulk-member-match';
 /** At most this many members in one $bulk-member-match. */
 export const MAX_BULK_MEMBERS = 10_000;
+/** Failed matches a $bulk-member-match takes from the client's allowance at a time. */
+const RESERVE_BLOCK = 100;
 
 const MATCH_PARAMETERS_EXT = 'http://hl7.org/fhir/us/davinci-pdex/StructureDefinition/base-ext-match-parameters';
 const MATCH_GROUP_PROFILE = 'http://hl7.org/fhir/us/davinci-pdex/StructureDefinition/pdex-member-match-group';
@@ -74,31 +76,40 @@ export class BulkMemberMatchJob {
     await this.files.reset(ctx.job._id);
     const members: Record<Outcome, GroupMember[]> = { match: [], nomatch: [], consentconstraint: [] };
     const contained: Record<Outcome, Patient[]> = { match: [], nomatch: [], consentconstraint: [] };
-    // The client's allowance of failed matches: a bulk request is no way around the brute-force limit.
-    const { left } = await this.throttle.remaining(data.owner);
+    // The client's allowance of failed matches: a bulk request is no way around the brute-force
+    // limit. It is taken a block at a time before the block's members are tried, so two requests of
+    // one client running at once cannot together go past it.
+    let slot: Reservation | undefined;
     let failed = 0;
-    for (const [i, input] of data.inputs.entries()) {
-      if (ctx.signal.aborted) throw ctx.signal.reason;
-      if (failed >= left) {
-        await this.throttle.failed(data.owner, failed);
-        this.logger.warn('bulk-member-match stopped: too many failed matches', { client: data.owner, members: data.inputs.length, evaluated: i });
-        await ctx.checkpoint({ inputs: [] });
-        throw new JobFailure(`Too many members not matched: the client's allowance of failed matches is used up (${i} of ${data.inputs.length} members evaluated); try again later`);
+    try {
+      for (const [i, input] of data.inputs.entries()) {
+        if (ctx.signal.aborted) throw ctx.signal.reason;
+        if (!slot || failed >= slot.granted) {
+          await slot?.settle(failed);
+          failed = 0;
+          slot = await this.throttle.reserve(data.owner, Math.min(RESERVE_BLOCK, data.inputs.length - i));
+          if (slot.granted === 0) {
+            this.logger.warn('bulk-member-match stopped: too many failed matches', { client: data.owner, members: data.inputs.length, evaluated: i });
+            await ctx.checkpoint({ inputs: [] });
+            throw new JobFailure(`Too many members not matched: the client's allowance of failed matches is used up (${i} of ${data.inputs.length} members evaluated); try again later`);
+          }
+        }
+        const result = await this.matcher.evaluate(input, data.owner);
+        if (result.outcome !== 'match') failed++;
+        const submitted: Patient = { ...input.patient, id: `member-${i + 1}` };
+        delete submitted.meta;
+        contained[result.outcome].push(submitted);
+        const pointer = { url: MATCH_PARAMETERS_EXT, valueReference: { reference: `#member-${i + 1}` } };
+        members[result.outcome].push(
+          result.outcome === 'match'
+            ? { entity: { reference: `Patient/${result.patient.id}`, extension: [pointer] } }
+            : { entity: { reference: `#member-${i + 1}` } },
+        );
+        if ((i + 1) % 100 === 0) await ctx.checkpoint({ progress: `${i + 1} of ${data.inputs.length} members matched` });
       }
-      const result = await this.matcher.evaluate(input, data.owner);
-      if (result.outcome !== 'match') failed++;
-      const submitted: Patient = { ...input.patient, id: `member-${i + 1}` };
-      delete submitted.meta;
-      contained[result.outcome].push(submitted);
-      const pointer = { url: MATCH_PARAMETERS_EXT, valueReference: { reference: `#member-${i + 1}` } };
-      members[result.outcome].push(
-        result.outcome === 'match'
-          ? { entity: { reference: `Patient/${result.patient.id}`, extension: [pointer] } }
-          : { entity: { reference: `#member-${i + 1}` } },
-      );
-      if ((i + 1) % 100 === 0) await ctx.checkpoint({ progress: `${i + 1} of ${data.inputs.length} members matched` });
+    } finally {
+      await slot?.settle(failed);
     }
-    await this.throttle.failed(data.owner, failed);
     const today = new Date(data.transactionTime).toISOString().slice(0, 10);
     const groups: Partial<Record<Outcome, Group>> = {};
     for (const outcome of ['match', 'nomatch', 'consentconstraint'] as Outcome[]) {

@@ -109,12 +109,20 @@ export class MemberMatchService {
 
   async handle(body: unknown, req: Request): Promise<Parameters> {
     const clientId = req.access?.clientId ?? 'anonymous';
-    await this.throttle.check(clientId);
-    const input = parseMemberMatch(body);
-    const result = await this.evaluate(input, clientId);
+    // One failed match of the client's allowance is taken before the match is tried, so concurrent
+    // requests cannot together go past it; it is given back if the match succeeds.
+    const slot = await this.throttle.reserve(clientId, 1);
+    if (slot.granted === 0) throw this.throttle.throttled(clientId, slot.retryAfterSeconds);
+    let result: Awaited<ReturnType<MemberMatchService['evaluate']>>;
+    try {
+      result = await this.evaluate(parseMemberMatch(body), clientId);
+    } catch (err) {
+      await slot.settle(0);
+      throw err;
+    }
+    await slot.settle(result.outcome === 'match' ? 0 : 1);
     if (result.outcome !== 'match') {
       this.logger.info(result.outcome === 'nomatch' ? 'member-match found no unique member' : 'member-match refused', { client: clientId, reason: result.outcome, candidates: result.candidates });
-      await this.throttle.failed(clientId);
       await this.audit?.record({ kind: 'member-match', action: 'E', outcome: 'failure', client: clientId, description: `$member-match: ${result.outcome === 'nomatch' ? 'no unique match' : 'consent cannot be honoured'}` });
       throw unprocessable(NO_MATCH);
     }

@@ -158,4 +158,28 @@ describe('$bulk-member-match and the brute-force limit', () => {
       await server.stop();
     }
   });
+
+  it('counts two requests of one client running at once against one allowance', async () => {
+    const { file, clients } = await writeClientsFile([{ clientId: 'prober', scopes: 'system/*.read' }]);
+    const server = await startTestServer({ authRequired: true, clientsFile: file, bulkMatchMaxFailures: 50 });
+    try {
+      const real = await seedPopulation(server, 10);
+      const token = await getToken(server.tokenUrl, clients.prober);
+      const invented = (i: number) => ({ name: 'MemberBundle', part: memberMatchBody({ family: `Nobody${i}`, given: 'Invented', birthDate: '1901-01-01', memberId: `NOPE-${i}` }).parameter });
+      // 40 guesses each, 80 together, against an allowance of 50: both cannot be answered. Real
+      // members among them (each match is written) keep the two requests running side by side.
+      const requests = [0, 1].map((r) => ({
+        resourceType: 'Parameters',
+        parameter: Array.from({ length: 40 }, (_, i) => invented(r * 100 + i)).flatMap((g, i) => (i % 8 === 0 ? [{ name: 'MemberBundle', part: memberMatchBody(real[(r * 5 + i / 8) % real.length]).parameter }, g] : [g])),
+      }));
+      const kicked = await Promise.all(requests.map((body) => kickoff(`${server.baseUrl}/Group/$bulk-member-match`, { method: 'POST', body, token })));
+      expect(kicked.map((k) => k.status)).toEqual([202, 202]);
+      const done = await Promise.all(kicked.map((k) => poll(k.location as string, token)));
+      const answered = done.filter((d) => d.status === 200).length;
+      expect(answered).toBeLessThanOrEqual(1);
+      for (const d of done.filter((x) => x.status !== 200)) expect(JSON.stringify(d.body)).toMatch(/allowance of failed matches is used up/);
+    } finally {
+      await server.stop();
+    }
+  });
 });

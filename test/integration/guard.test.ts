@@ -260,6 +260,35 @@ describe('$member-match brute-force guard', () => {
       await server.stop();
     }
   });
+  it('lets no more failed matches through than the limit when they arrive all at once', async () => {
+    const written = await writeClientsFile([{ clientId: 'prober', scopes: 'system/*.read' }]);
+    const server = await startTestServer({ authRequired: true, clientsFile: written.file, memberMatchMaxFailures: 3, memberMatchWindowSeconds: 600 });
+    try {
+      const [m] = await seedPopulation(server, 1);
+      const prober = { authorization: `Bearer ${await getToken(server.tokenUrl, written.clients.prober)}` };
+      const guesses = await Promise.all(Array.from({ length: 12 }, (_, i) => fhir('POST', `${server.baseUrl}/Patient/$member-match`, memberMatchBody({ ...m, birthDate: `1900-01-${String(i + 1).padStart(2, '0')}` }), prober)));
+      const statuses = guesses.map((g) => g.status);
+      expect(statuses.every((s) => s === 422 || s === 429)).toBe(true);
+      // Each 422 is a guess the server evaluated: never more than the limit.
+      expect(statuses.filter((s) => s === 422).length).toBeLessThanOrEqual(3);
+      expect(statuses.filter((s) => s === 429).length).toBeGreaterThanOrEqual(9);
+    } finally {
+      await server.stop();
+    }
+  });
+
+  it("does not hold back an honest client's burst of matches, which mostly succeed", async () => {
+    const written = await writeClientsFile([{ clientId: 'honest', scopes: 'system/*.read' }]);
+    const server = await startTestServer({ authRequired: true, clientsFile: written.file, memberMatchMaxFailures: 3, memberMatchWindowSeconds: 600 });
+    try {
+      const members = await seedPopulation(server, 16);
+      const honest = { authorization: `Bearer ${await getToken(server.tokenUrl, written.clients.honest)}` };
+      const answers = await Promise.all(members.map((m) => fhir('POST', `${server.baseUrl}/Patient/$member-match`, memberMatchBody(m), honest)));
+      expect(answers.map((a) => a.status)).toEqual(members.map(() => 200));
+    } finally {
+      await server.stop();
+    }
+  });
 });
 
 describe('invoke-export under concurrency', () => {
