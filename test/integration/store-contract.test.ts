@@ -18,6 +18,8 @@ interface Engine {
   name: string;
   open(): Promise<Database>;
   reopen?: (db: Database) => Promise<Database>;
+  /** Another connection to the same store, as a second process would have. */
+  share?: (db: Database) => Database;
 }
 
 const engines: Engine[] = [];
@@ -30,6 +32,7 @@ engines.push({
     embeddedDirs.set(db, dir);
     return db;
   },
+  share: (db) => new SqliteDatabase(embeddedDirs.get(db) as string),
   async reopen(db) {
     const dir = embeddedDirs.get(db) as string;
     await db.close();
@@ -242,6 +245,32 @@ describe.each(engines)('store contract on $name', (engine) => {
     }
     expect(finals).toEqual(seen.filter((id) => id !== 'o20').sort());
   });
+
+  if (engine.share) {
+    it('shows a read every change committed before it, by this process or another sharing the store', async () => {
+      const other = (engine.share as (db: Database) => Database)(db);
+      try {
+        const elsewhere = new ResourceStore(other, registry);
+        const created = await store.create({ resourceType: 'Patient', name: [{ family: 'Shared' }] } as Resource);
+        const id = created.id as string;
+        expect((await store.read('Patient', id)).meta?.versionId).toBe('1');
+        expect((await store.read('Patient', id)).meta?.versionId).toBe('1');
+        await elsewhere.update('Patient', id, { resourceType: 'Patient', id, name: [{ family: 'Changed' }] } as Resource);
+        expect(await store.read('Patient', id)).toMatchObject({ meta: { versionId: '2' }, name: [{ family: 'Changed' }] });
+        await store.update('Patient', id, { resourceType: 'Patient', id, name: [{ family: 'Mine' }] } as Resource);
+        expect((await elsewhere.read('Patient', id)).meta?.versionId).toBe('3');
+        expect((await store.read('Patient', id)).meta?.versionId).toBe('3');
+        await elsewhere.delete('Patient', id);
+        await expect(store.read('Patient', id)).rejects.toMatchObject({ status: 410 });
+        // What a reader is handed is its own copy.
+        const copy = await elsewhere.read('Patient', (await elsewhere.create({ resourceType: 'Patient', name: [{ family: 'Copy' }] } as Resource)).id as string);
+        (copy as { name: { family: string }[] }).name[0].family = 'Tampered';
+        expect((await elsewhere.read('Patient', copy.id as string)) as unknown).toMatchObject({ name: [{ family: 'Copy' }] });
+      } finally {
+        await other.close();
+      }
+    });
+  }
 
   if (engine.reopen) {
     it('keeps its data across a restart', async () => {

@@ -16,6 +16,8 @@ interface Pending {
 export class GroupCommit {
   private queue: Pending[] = [];
   private scheduled = false;
+  /** Changes with every transaction this process ends: what was read before may have changed. */
+  generation = 0;
 
   constructor(private readonly db: Db) {}
 
@@ -36,6 +38,7 @@ export class GroupCommit {
     const batch = this.queue;
     this.queue = [];
     const results: ({ ok: true; value: unknown } | { ok: false; error: unknown })[] = [];
+    this.generation++;
     try {
       this.db
         .transaction(() => {

@@ -2,6 +2,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
+// A byte-bounded LRU for the read cache (isaacs' lru-cache, already in the tree through glob).
+import { LRUCache } from 'lru-cache';
 import { BatchConflict, BulkOp, Collection, Database, DuplicateKeyError, Filter, FindOptions, StoredDoc } from '../types';
 import { CollectionLayout, FilterCompiler, jsonPath, quoteIdent, sqlValue } from './filter-sql';
 import { BlobStore } from '../blobs/blob-store';
@@ -10,6 +12,20 @@ import { GroupCommit } from './group-commit';
 
 type Db = BetterSqlite3.Database;
 type Row = { rid: number; doc: string };
+
+/**
+ * Documents read by id, as stored (JSON text, parsed again for every reader), each with the stamp
+ * of the database's state it was read in: SQLite's `data_version` (which changes when another
+ * connection, in any process, commits) and this process's own commit generation. An entry is used
+ * only while both are unchanged, so a reader never sees a document older than the last commit.
+ */
+interface ReadCache {
+  entries: LRUCache<string, { stamp: string; row: (Row & { id: string }) | null }>;
+  stamp(): string;
+}
+/** Bytes of JSON the read cache holds at most, and the largest document it keeps. */
+const READ_CACHE_BYTES = 32 * 1024 * 1024;
+const READ_CACHE_MAX_DOC = 256 * 1024;
 const WILDCARD = /^([A-Za-z_][A-Za-z0-9_]*)\.\$\*\*$/;
 const SIDE_ROWS = 64;
 const MAX_STATEMENTS = 200;
@@ -28,7 +44,7 @@ class SqliteCollection<T extends StoredDoc> implements Collection<T> {
   private compiler: FilterCompiler;
   private readonly statements = new Map<string, BetterSqlite3.Statement>();
 
-  constructor(private readonly db: Db, name: string, private readonly commits: GroupCommit) {
+  constructor(private readonly db: Db, name: string, private readonly commits: GroupCommit, private readonly cache: ReadCache) {
     this.layout = { table: `c_${name}`, wildcards: new Map() };
     const t = quoteIdent(this.layout.table);
     db.exec(`CREATE TABLE IF NOT EXISTS ${t} (rid INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, doc TEXT NOT NULL)`);
@@ -176,6 +192,7 @@ class SqliteCollection<T extends StoredDoc> implements Collection<T> {
   }
 
   async find(filter: Filter, options: FindOptions = {}): Promise<T[]> {
+    if (typeof filter._id === 'string' && Object.keys(filter).length === 1 && !options.fields && !options.skip && (options.limit ?? 1) >= 1) return this.byId(filter._id);
     const { sql, params } = this.compiler.compile(filter);
     const fields = options.fields?.filter((f) => f !== '_id');
     const doc = fields ? `json_object(${fields.map((f) => `'${f.replace(/'/g, "''")}', json_extract(doc, '${jsonPath(f)}')`).join(', ')})` : 'doc';
@@ -185,6 +202,19 @@ class SqliteCollection<T extends StoredDoc> implements Collection<T> {
       params.push(options.limit || -1, options.skip ?? 0);
     }
     return (this.stmt(q).all(...params) as (Row & { id: string })[]).map((r) => this.parse(r));
+  }
+
+  /** The document with this id (or none), through the read cache: reads by id are the hot path. */
+  private byId(id: string): T[] {
+    const key = `${this.layout.table}\u0000${id}`;
+    const stamp = this.cache.stamp();
+    let hit = this.cache.entries.get(key);
+    if (!hit || hit.stamp !== stamp) {
+      const row = (this.stmt(`SELECT id, doc FROM ${this.t} WHERE id = ?`).get(id) as (Row & { id: string }) | undefined) ?? null;
+      hit = { stamp, row };
+      if (!row || row.doc.length <= READ_CACHE_MAX_DOC) this.cache.entries.set(key, hit);
+    }
+    return hit.row ? [this.parse(hit.row)] : [];
   }
 
   async count(filter: Filter): Promise<number> {
@@ -263,6 +293,7 @@ export class SqliteDatabase implements Database {
   private readonly db: Db;
   private readonly commits: GroupCommit;
   private readonly collections = new Map<string, SqliteCollection<StoredDoc>>();
+  private readonly cache: ReadCache;
 
   constructor(dataDir: string | undefined) {
     if (dataDir) fs.mkdirSync(dataDir, { recursive: true });
@@ -277,6 +308,11 @@ export class SqliteDatabase implements Database {
     this.db.pragma('temp_store = MEMORY');
     // Fewer, larger checkpoints of the WAL into the database (about 40 MB at a time).
     this.db.pragma('wal_autocheckpoint = 10000');
+    const dataVersion = this.db.prepare('PRAGMA data_version').pluck();
+    this.cache = {
+      entries: new LRUCache({ maxSize: READ_CACHE_BYTES, sizeCalculation: (e) => (e.row?.doc.length ?? 0) + 64 }),
+      stamp: () => `${dataVersion.get()}:${this.commits.generation}`,
+    };
     const cache = new Map<string, RegExp>();
     this.db.function('regexp_match', { deterministic: true }, (source: unknown, flags: unknown, value: unknown) => {
       if (typeof value !== 'string') return 0;
@@ -299,7 +335,7 @@ export class SqliteDatabase implements Database {
     if (!/^[A-Za-z0-9_.-]+$/.test(name)) throw new Error(`invalid collection name ${name}`);
     let c = this.collections.get(name);
     if (!c) {
-      c = new SqliteCollection<StoredDoc>(this.db, name, this.commits);
+      c = new SqliteCollection<StoredDoc>(this.db, name, this.commits, this.cache);
       this.collections.set(name, c);
     }
     return c;
