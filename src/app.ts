@@ -86,18 +86,46 @@ const fhirMediaType: RequestHandler = (req, res, next) => {
 };
 
 /**
- * Helmet's security headers (as node-fhir-server-core's configureHelmet would apply them), worked
- * out once by helmet itself and then set in one step per response: with static options they are the
- * same for every response, and helmet's chain of a dozen middlewares cost a sixth of a read.
+ * The headers a middleware sets, worked out once by the middleware itself (on a probe request) and
+ * then set in one step per response: for middlewares whose headers are the same for every request.
  */
-function securityHeaders(options: HelmetOptions): RequestHandler {
-  const headers: [string, string][] = [];
-  const probe = { setHeader: (name: string, value: unknown) => headers.push([name, String(value)]), removeHeader: () => undefined, getHeader: () => undefined };
-  helmet(options)({} as express.Request, probe as unknown as express.Response, () => undefined);
-  return (_req, res, next) => {
+function headersOnce(middleware: RequestHandler, probe: Partial<express.Request> = {}): [string, string][] {
+  const headers = new Map<string, [string, string]>();
+  const res = {
+    setHeader: (name: string, value: unknown) => headers.set(name.toLowerCase(), [name, String(value)]),
+    getHeader: (name: string) => headers.get(name.toLowerCase())?.[1],
+    removeHeader: (name: string) => headers.delete(name.toLowerCase()),
+  };
+  middleware({ method: 'GET', headers: {}, ...probe } as express.Request, res as unknown as express.Response, () => undefined);
+  return [...headers.values()];
+}
+
+const setting =
+  (headers: [string, string][]): RequestHandler =>
+  (_req, res, next) => {
     for (const [name, value] of headers) res.setHeader(name, value);
     next();
   };
+
+/**
+ * Helmet's security headers (as node-fhir-server-core's configureHelmet would apply them): with
+ * static options they are the same for every response, and helmet's chain of a dozen middlewares
+ * cost a sixth of a read.
+ */
+function securityHeaders(options: HelmetOptions): RequestHandler {
+  return setting(headersOnce(helmet(options) as unknown as RequestHandler));
+}
+
+/**
+ * CORS by the Express project's middleware. With every origin allowed, an actual request's headers
+ * are the same whatever its origin (`*`, the exposed headers): worked out once by the middleware,
+ * which still answers every preflight itself. With a list of origins it runs on every request.
+ */
+function corsHeaders(options: cors.CorsOptions): RequestHandler {
+  const middleware = cors(options);
+  if (options.origin !== '*') return middleware;
+  const fixed = setting(headersOnce(middleware, { headers: { origin: 'https://any.example' } }));
+  return (req, res, next) => (req.method === 'OPTIONS' ? middleware(req, res, next) : fixed(req, res, next));
 }
 
 function requestLog(logger: Logger): RequestHandler {
@@ -160,7 +188,7 @@ export function buildApp(parts: AppParts): Express {
   app.use(requestLog(logger));
   // CORS first: a preflight is answered here, before any route or token is looked at.
   app.use(
-    cors({
+    corsHeaders({
       origin: config.corsOrigins.includes('*') ? '*' : config.corsOrigins,
       methods: ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE'],
       allowedHeaders: ['Authorization', 'Content-Type', 'Accept', 'Prefer', 'If-Match', 'If-None-Match', 'If-None-Exist', 'If-Modified-Since'],

@@ -64,6 +64,24 @@ describe('REST rules and bad input', () => {
     expect(other.headers.get('access-control-allow-origin')).toBeNull();
   });
 
+  it('CORS open to every origin (the default): the same headers on every answer, and preflights answered without a token', async () => {
+    const open = await startTestServer({ authRequired: true });
+    try {
+      const preflight = await fetch(`${open.baseUrl}/Patient/p1`, { method: 'OPTIONS', headers: { origin: 'https://any.example.org', 'access-control-request-method': 'PUT', 'access-control-request-headers': 'authorization,if-match' } });
+      expect(preflight.status).toBe(204);
+      expect(preflight.headers.get('access-control-allow-origin')).toBe('*');
+      expect(preflight.headers.get('access-control-allow-methods')).toMatch(/PUT/);
+      expect(preflight.headers.get('access-control-allow-headers')).toMatch(/If-Match/);
+      for (const res of [await fetch(`${open.baseUrl}/metadata`, { headers: { origin: 'https://any.example.org' } }), await fetch(`${open.baseUrl}/Patient/p1`, { headers: { origin: 'https://other.example.net' } })]) {
+        expect(res.headers.get('access-control-allow-origin')).toBe('*');
+        expect(res.headers.get('access-control-expose-headers')).toMatch(/Content-Location.*ETag/);
+        await res.arrayBuffer();
+      }
+    } finally {
+      await open.stop();
+    }
+  });
+
   it('a POST kick-off needs a Parameters body, with well-formed parts', async () => {
     const kickoff = (body: string | undefined) => raw('POST', 'Patient/$export', body, { 'content-type': 'application/fhir+json', prefer: 'respond-async' });
     for (const body of ['"a string"', 'null', '42', undefined, '[]', '{"resourceType":"Patient"}', '{"resourceType":"Parameters","parameter":[null]}', '{"resourceType":"Parameters","parameter":5}', '{"resourceType":"Parameters","parameter":[{"name":"_type","valueInteger":3}]}']) {
