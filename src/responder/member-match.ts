@@ -109,13 +109,14 @@ export class MemberMatchService {
 
   async handle(body: unknown, req: Request): Promise<Parameters> {
     const clientId = req.access?.clientId ?? 'anonymous';
+    const input = parseMemberMatch(body);
     // One failed match of the client's allowance is taken before the match is tried, so concurrent
     // requests cannot together go past it; it is given back if the match succeeds.
     const slot = await this.throttle.reserve(clientId, 1);
     if (slot.granted === 0) throw this.throttle.throttled(clientId, slot.retryAfterSeconds);
     let result: Awaited<ReturnType<MemberMatchService['evaluate']>>;
     try {
-      result = await this.evaluate(parseMemberMatch(body), clientId);
+      result = await this.evaluate(input, clientId);
     } catch (err) {
       await slot.settle(0);
       throw err;
