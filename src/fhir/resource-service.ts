@@ -95,6 +95,7 @@ export function createResourceService(type: string, deps: ResourceServiceDeps) {
       readHistory: true,
       updateCreate: true,
       conditionalCreate: true,
+      conditionalRead: 'full-support',
       conditionalUpdate: true,
       conditionalDelete: 'single',
       searchParam: [...registry.params(type).values()].map((p) => ({ name: p.code, definition: p.url, type: p.type })),

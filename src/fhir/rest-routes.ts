@@ -1,6 +1,6 @@
 import { Router, Request, Response } from 'express';
 import type { Resource } from 'fhir/r4';
-import { asyncHandler, sendResource } from './http';
+import { asyncHandler, notModified, sendResource } from './http';
 import { ID_PATTERN, isServedType, RESOURCE_TYPES } from './resource-types';
 import { Guard } from '../auth/guard';
 import { ResourceService } from './resource-service';
@@ -37,10 +37,13 @@ export function restRoutes(services: Map<string, ResourceService>, baseUrl: (req
 
   const serviceFor = (type: string) => (isServedType(type) ? services.get(type) : undefined);
 
-  /** A read answers the resource with its version as ETag and its time as Last-Modified. */
-  const sendVersion = (res: Response, resource: Resource) => {
-    res.set('ETag', `W/"${resource.meta?.versionId}"`);
-    res.set('Last-Modified', new Date(resource.meta?.lastUpdated ?? Date.now()).toUTCString());
+  /** A read answers the resource with its version as ETag and its time as Last-Modified; 304 if the client has it. */
+  const sendVersion = (req: Request, res: Response, resource: Resource) => {
+    const etag = `W/"${resource.meta?.versionId}"`;
+    const lastModified = new Date(resource.meta?.lastUpdated ?? Date.now());
+    res.setHeader('ETag', etag);
+    res.setHeader('Last-Modified', lastModified.toUTCString());
+    if (notModified(req, etag, lastModified)) return void res.status(304).end();
     sendResource(res, 200, resource);
   };
   router.get(
@@ -49,7 +52,7 @@ export function restRoutes(services: Map<string, ResourceService>, baseUrl: (req
     asyncHandler(async (req, res, next) => {
       const service = serviceFor(req.params.type);
       if (!service) return next();
-      sendVersion(res, await service.searchById({ id: req.params.id }, { req }));
+      sendVersion(req, res, await service.searchById({ id: req.params.id }, { req }));
     }),
   );
   router.get(
@@ -58,7 +61,7 @@ export function restRoutes(services: Map<string, ResourceService>, baseUrl: (req
     asyncHandler(async (req, res, next) => {
       const service = serviceFor(req.params.type);
       if (!service) return next();
-      sendVersion(res, await service.searchByVersionId({ id: req.params.id, version_id: req.params.version_id }, { req }));
+      sendVersion(req, res, await service.searchByVersionId({ id: req.params.id, version_id: req.params.version_id }, { req }));
     }),
   );
 

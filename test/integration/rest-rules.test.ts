@@ -41,6 +41,37 @@ describe('REST rules and bad input', () => {
     }
   });
 
+  it('a read tells its length and media type; HEAD sends no body; a conditional read of the current version is 304', async () => {
+    const read = await raw('GET', 'Patient/p1', undefined, {});
+    const text = await read.text();
+    expect(read.headers.get('content-type')).toBe('application/fhir+json; charset=utf-8');
+    expect(Number(read.headers.get('content-length'))).toBe(Buffer.byteLength(text));
+    expect(JSON.parse(text)).toMatchObject({ resourceType: 'Patient', id: 'p1' });
+    const head = await raw('HEAD', 'Patient/p1', undefined, {});
+    expect(head.status).toBe(200);
+    expect(head.headers.get('content-length')).toBe(read.headers.get('content-length'));
+    expect(await head.text()).toBe('');
+    const etag = read.headers.get('etag') as string;
+    expect(etag).toMatch(/^W\/"\d+"$/);
+    // (fetch adds Cache-Control: no-cache to a conditional request: the server evaluates it all the same.)
+    for (const match of [etag, `W/"0", ${etag}`, '*', etag.slice(2)]) {
+      const same = await raw('GET', 'Patient/p1', undefined, { 'if-none-match': match });
+      expect({ match, status: same.status }).toEqual({ match, status: 304 });
+      expect(same.headers.get('etag')).toBe(etag);
+      expect(await same.text()).toBe('');
+    }
+    const older = await raw('GET', 'Patient/p1', undefined, { 'if-none-match': 'W/"0"' });
+    expect(older.status).toBe(200);
+    expect((await older.json()).id).toBe('p1');
+    const lastModified = read.headers.get('last-modified') as string;
+    expect((await raw('GET', 'Patient/p1', undefined, { 'if-modified-since': lastModified })).status).toBe(304);
+    expect((await raw('GET', 'Patient/p1/_history/1', undefined, { 'if-modified-since': lastModified })).status).toBe(304);
+    const before = new Date(Date.parse(lastModified) - 1000).toUTCString();
+    expect((await raw('GET', 'Patient/p1', undefined, { 'if-modified-since': before })).status).toBe(200);
+    // If-None-Match decides when both are sent.
+    expect((await raw('GET', 'Patient/p1', undefined, { 'if-none-match': 'W/"0"', 'if-modified-since': lastModified })).status).toBe(200);
+  });
+
   it("every answer carries helmet's security headers, a read and an error alike", async () => {
     for (const res of [await raw('GET', 'Patient/p1', undefined, {}), await raw('GET', 'Patient/not-here', undefined, {}), await fetch(`${base}/metadata`)]) {
       expect(res.headers.get('content-security-policy')).toBe("default-src 'none';frame-ancestors 'none'");
