@@ -31,11 +31,10 @@ export function capturingLogger(): { logger: Logger; lines: string[] } {
       done();
     },
   });
-  logger.add(new winston.transports.Stream({ stream }));
+  const capture = new winston.transports.Stream({ stream });
+  logger.transports.forEach((t) => (t.silent = true));
+  logger.add(capture);
   logger.silent = false;
-  logger.transports.forEach((t) => {
-    if (t instanceof winston.transports.Console) t.silent = true;
-  });
   return { logger, lines };
 }
 
