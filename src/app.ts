@@ -15,7 +15,7 @@ import { restRoutes, TYPE_PARAM, ID_PARAM } from './fhir/rest-routes';
 import { exactBase, Guard, Permission, PUBLIC } from './auth/guard';
 import { buildCapabilityStatement, interactionsOf } from './fhir/capability';
 import { errorHandler, notFoundHandler } from './fhir/errors';
-import { FHIR_JSON } from './fhir/http';
+import { FHIR_JSON, hasBody } from './fhir/http';
 import { badRequest } from './fhir/outcome';
 import { MAX_JSON_DEPTH, nestsDeeperThan } from './fhir/json-limits';
 import { methodNotAllowed, requireAcceptableAnswer, requireReadableBody } from './fhir/negotiation';
@@ -128,6 +128,26 @@ function corsHeaders(options: cors.CorsOptions): RequestHandler {
   return (req, res, next) => (req.method === 'OPTIONS' ? middleware(req, res, next) : fixed(req, res, next));
 }
 
+/**
+ * A body as JSON (FHIR's media types) or a form, nested no deeper than MAX_JSON_DEPTH. A request
+ * without a body (most of them: reads, searches) skips the parsers, with `{}` as they would leave it.
+ */
+function bodyParsers(limit: string | number): RequestHandler {
+  const jsonTypes = ['application/json', 'application/fhir+json', 'application/json+fhir', 'application/json-patch+json'];
+  const json = express.json({ type: jsonTypes, limit, strict: false, reviver: noProtoReviver });
+  const form = express.urlencoded({ extended: false, limit: '1mb' });
+  return (req, res, next) => {
+    if (!hasBody(req)) {
+      req.body = {};
+      return next();
+    }
+    json(req, res, (err?: unknown) => {
+      if (err) return next(err);
+      form(req, res, (err2?: unknown) => next(err2 ?? (nestsDeeperThan(req.body) ? badRequest(`The body nests deeper than ${MAX_JSON_DEPTH} levels`) : undefined)));
+    });
+  };
+}
+
 function requestLog(logger: Logger): RequestHandler {
   return (req, res, next) => {
     const start = process.hrtime.bigint();
@@ -198,10 +218,7 @@ export function buildApp(parts: AppParts): Express {
   );
   app.use(exactBase(FHIR_PATH, parts.rootPaths ?? []));
   app.use(compressWhereAccepted);
-  const jsonTypes = ['application/json', 'application/fhir+json', 'application/json+fhir', 'application/json-patch+json'];
-  app.use(express.json({ type: jsonTypes, limit: config.bodyLimit, strict: false, reviver: noProtoReviver }));
-  app.use(express.urlencoded({ extended: false, limit: '1mb' }));
-  app.use((req, _res, next) => next(nestsDeeperThan(req.body) ? badRequest(`The body nests deeper than ${MAX_JSON_DEPTH} levels`) : undefined));
+  app.use(bodyParsers(config.bodyLimit));
   app.use(FHIR_PATH, requireAcceptableAnswer, requireReadableBody);
 
   const profiles: Record<string, unknown> = {};
