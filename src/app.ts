@@ -249,15 +249,15 @@ export function buildApp(parts: AppParts): Express {
   );
 
   for (const r of parts.rootRoutes ?? []) app.use(r);
-  app.use(FHIR_PATH, metadataRoute(parts));
-  // Routes that take a path the generic REST routes would (Binary content), then those (the hot
-  // path: reads, searches, writes), then the special ones (discovery, bulk export, operations).
-  for (const r of parts.overrideRoutes ?? []) app.use(FHIR_PATH, r);
-  app.use(FHIR_PATH, restRoutes(parts.services, parts.baseUrl, parts.guard));
-  for (const r of parts.fhirRoutes ?? []) app.use(FHIR_PATH, r);
+  // The metadata route; routes that take a path the generic REST routes would (Binary content),
+  // then those (the hot path: reads, searches, writes), then the special ones (discovery, bulk
+  // export, operations), then the permissions of the core's routes: every route of the FHIR base.
+  const corePermissions = coreRoutePermissions(parts.guard, parts.operations ?? {});
+  const fhirBase = [metadataRoute(parts), ...(parts.overrideRoutes ?? []), restRoutes(parts.services, parts.baseUrl, parts.guard), ...(parts.fhirRoutes ?? [])];
+  for (const r of fhirBase) app.use(FHIR_PATH, r);
   app.use(FHIR_PATH, fhirMediaType);
-  app.use(FHIR_PATH, coreRoutePermissions(parts.guard, parts.operations ?? {}));
-  app.use(FHIR_PATH, methodNotAllowed);
+  app.use(FHIR_PATH, corePermissions);
+  app.use(FHIR_PATH, methodNotAllowed([...fhirBase, corePermissions]));
   app.use(parts.guard.denyUndeclared);
   core.setProfileRoutes();
   app.use(notFoundHandler);

@@ -1,7 +1,6 @@
-import type { RequestHandler } from 'express';
+import type { RequestHandler, Router } from 'express';
 import { FhirError } from './outcome';
 import { hasBody } from './http';
-import { ID_PATTERN, RESOURCE_TYPES } from './resource-types';
 
 const JSON_BODY = /^application\/(fhir\+json|json|json\+fhir)\b/i;
 const FORM_BODY = /^application\/x-www-form-urlencoded\b/i;
@@ -32,26 +31,30 @@ export const requireAcceptableAnswer: RequestHandler = (req, _res, next) => {
   next(new FhirError(406, 'not-supported', `Accept '${accept}' is not served: this server answers application/fhir+json`));
 };
 
-const TYPE = `(?:${RESOURCE_TYPES.join('|')})`;
-const ID = ID_PATTERN.source.replace(/^\^|\$$/g, '');
-/** The REST paths of a served type and the methods each takes. */
-const FORMS: [RegExp, string[]][] = [
-  [new RegExp(`^/${TYPE}$`), ['GET', 'POST', 'PUT', 'DELETE']],
-  [new RegExp(`^/${TYPE}/_search$`), ['POST']],
-  [new RegExp(`^/${TYPE}/_history$`), ['GET']],
-  [new RegExp(`^/${TYPE}/${ID}$`), ['GET', 'PUT', 'PATCH', 'DELETE']],
-  [new RegExp(`^/${TYPE}/${ID}/_history$`), ['GET']],
-  [new RegExp(`^/${TYPE}/${ID}/_history/${ID}$`), ['GET']],
-  [/^\/metadata$/, ['GET']],
-  [/^\/?$/, ['POST']],
-  [/^\/_history$/, ['GET']],
-];
+/** The order methods are listed in an Allow header. */
+const METHOD_ORDER = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE'];
 
-/** 405, with Allow, for a REST path of a served type that no route took with this method. */
-export const methodNotAllowed: RequestHandler = (req, res, next) => {
-  if (req.authorized || req.method === 'OPTIONS') return next();
-  const allowed = FORMS.find(([re]) => re.test(req.path))?.[1];
-  if (!allowed || allowed.includes(req.method)) return next();
-  res.set('Allow', allowed.join(', '));
-  next(new FhirError(405, 'not-supported', `${req.method} is not served on ${req.path}; allowed: ${allowed.join(', ')}`, undefined, { Allow: allowed.join(', ') }));
-};
+/** What an Express router holds for each route (Express 4's `router.stack`, as route-listing tools read it). */
+interface RouteLayer {
+  regexp: RegExp;
+  route?: { methods: Record<string, boolean> };
+}
+
+/**
+ * 405, with Allow, for a path some route of `routers` serves, asked with a method none of them
+ * takes. The methods come from the routers themselves, so Allow lists what is really served.
+ */
+export function methodNotAllowed(routers: Router[]): RequestHandler {
+  const routes = routers.flatMap((router) => (router as unknown as { stack: RouteLayer[] }).stack).filter((layer) => layer.route);
+  return (req, res, next) => {
+    if (req.authorized || req.method === 'OPTIONS') return next();
+    const methods = new Set<string>();
+    for (const layer of routes) {
+      if (layer.regexp.test(req.path)) for (const m of Object.keys(layer.route?.methods ?? {})) methods.add(m.toUpperCase());
+    }
+    if (methods.size === 0 || methods.has(req.method) || methods.has('_ALL')) return next();
+    const allowed = METHOD_ORDER.filter((m) => methods.has(m) && m !== 'HEAD').join(', ');
+    res.set('Allow', allowed);
+    next(new FhirError(405, 'not-supported', `${req.method} is not served on ${req.path}; allowed: ${allowed}`, undefined, { Allow: allowed }));
+  };
+}
