@@ -14,6 +14,8 @@ export interface AppConfig {
   /** $davinci-data-export sends data with dates of service in the last this many years (PDex); 0 turns the window off. */
   serviceWindowYears: number;
   bodyLimit: string;
+  /** How long an idle keep-alive connection stays open (above a load balancer's idle timeout, so it never reuses one this server has just closed). */
+  keepAliveSeconds: number;
   authRequired: boolean;
   /** Why authentication is on or off, for the start-up log. */
   authReason?: string;
@@ -120,6 +122,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, cwd = process.c
     mongodbDb: env.MONGODB_DB || undefined,
     logLevel: env.LOG_LEVEL || 'info',
     bodyLimit: env.BODY_LIMIT || '10mb',
+    keepAliveSeconds: int(env.KEEP_ALIVE_SECONDS, 'KEEP_ALIVE_SECONDS', 65, 1, 3600),
     authRequired: auth.on,
     authReason: auth.reason,
     clientsFile: path.resolve(cwd, env.CLIENTS_FILE || 'config/clients.json'),

@@ -35,7 +35,7 @@ describe('REST rules and bad input', () => {
     await expectOutcome(await raw('GET', 'Patient/p1', undefined, { accept: 'application/fhir+xml' }), 406);
     await expectOutcome(await raw('GET', 'Patient/p1?_format=xml', undefined, {}), 406);
     expect((await raw('GET', 'Patient/p1', undefined, { accept: 'application/fhir+json' })).status).toBe(200);
-    for (const [method, path, allow] of [['POST', 'Patient/p1', 'GET, PUT, PATCH, DELETE'], ['PATCH', 'Patient', 'GET, POST, PUT, DELETE'], ['PUT', 'Patient/_history', 'GET'], ['DELETE', 'Patient/p1/_history/1', 'GET'], ['GET', '', 'POST']]) {
+    for (const [method, path, allow] of [['POST', 'Patient/p1', 'GET, PUT, PATCH, DELETE'], ['PATCH', 'Patient', 'GET, POST, PUT, DELETE'], ['PUT', 'Patient/_history', 'GET'], ['DELETE', 'Patient/p1/_history/1', 'GET'], ['GET', '', 'POST'], ['GET', 'Patient/$member-match', 'POST'], ['PUT', 'Patient/p1/$everything', 'GET'], ['DELETE', 'Group/g1/$davinci-data-export', 'POST']]) {
       const res = await raw(method, path, ['DELETE', 'GET'].includes(method) ? undefined : '{}', { 'content-type': 'application/fhir+json' });
       expect({ method, path, status: res.status, allow: res.headers.get('allow') }).toEqual({ method, path, status: 405, allow });
     }
@@ -46,6 +46,8 @@ describe('REST rules and bad input', () => {
     const text = await read.text();
     expect(read.headers.get('content-type')).toBe('application/fhir+json; charset=utf-8');
     expect(Number(read.headers.get('content-length'))).toBe(Buffer.byteLength(text));
+    // Idle connections stay open past a load balancer's 60 s idle timeout (KEEP_ALIVE_SECONDS).
+    expect(read.headers.get('keep-alive')).toBe('timeout=65');
     expect(JSON.parse(text)).toMatchObject({ resourceType: 'Patient', id: 'p1' });
     const head = await raw('HEAD', 'Patient/p1', undefined, {});
     expect(head.status).toBe(200);
