@@ -235,8 +235,9 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
   await Promise.all([runner.ensureIndexes(), tokens.ensureIndexes(), invokeExport.ensureIndexes()]);
   warmUpValidator();
   const server = http.createServer(app);
-  // Idle connections outlive a client's or load balancer's idea of them (Node's 5 s default let a
-  // client reuse a connection the server was closing: ECONNRESET); headers must still come sooner.
+  // Idle connections outlive a client's or load balancer's idea of them (with Node's 5 s default a
+  // client may reuse a connection the server is closing: ECONNRESET). Node wants the headers
+  // timeout above the keep-alive one.
   server.keepAliveTimeout = config.keepAliveSeconds * 1000;
   server.headersTimeout = server.keepAliveTimeout + 1000;
   await new Promise<void>((resolve, reject) => {
