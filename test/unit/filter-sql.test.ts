@@ -12,12 +12,26 @@ describe('SQLite conjunctions', () => {
 
   it('drives from the condition selecting the fewest rows and checks the others per candidate', () => {
     const layout = { table: 'c_Patient', wildcards: new Map([['s', 'c_Patient__s']]) };
-    const sizes: Record<string, number> = { family: 5000, birthdate: 3 };
-    const compiler = new FilterCompiler(layout, (_side, _where, params) => sizes[params[0] as string]);
+    const sizes: Record<string, number> = { family: 80000, birthdate: 3 };
+    /** The rows each parameter's condition was counted up to, at most. */
+    const counted: Record<string, number> = {};
+    const compiler = new FilterCompiler(layout, (_side, _where, params, cap) => {
+      const param = params[0] as string;
+      counted[param] = Math.max(counted[param] ?? 0, Math.min(sizes[param], cap));
+      return Math.min(sizes[param], cap);
+    });
     const sr = parseSearch(registry, 'Patient', { family: 'smith', birthdate: '1970-05-05' }, { strict: true, defaultCount: 10, maxCount: 10 });
     const { sql } = compiler.compile(sr.filter);
     expect(sql).toMatch(/^\(EXISTS \(SELECT 1 FROM "c_Patient__s" AS w WHERE w\.rid = "c_Patient"\.rid AND p = \? AND .*\) AND rid IN \(SELECT rid FROM "c_Patient__s" WHERE p = \? AND /);
+    // The broad condition is counted only a little beyond the narrow one's 3 rows, not thousands.
+    expect(counted).toEqual({ family: 16, birthdate: 3 });
     sizes.family = 1;
+    expect(compiler.compile(sr.filter).sql).toMatch(/^\(rid IN .* AND EXISTS /);
+    // Both broad: counted further until one is below the cap, and the narrower drives.
+    sizes.family = 900;
+    sizes.birthdate = 300;
+    expect(compiler.compile(sr.filter).sql).toMatch(/^\(EXISTS .* AND rid IN /);
+    sizes.birthdate = 90000;
     expect(compiler.compile(sr.filter).sql).toMatch(/^\(rid IN .* AND EXISTS /);
   });
 

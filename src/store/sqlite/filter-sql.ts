@@ -71,8 +71,27 @@ function pinsIds(filter: Filter): boolean {
 }
 const isOps = (v: unknown): v is Ops => !!v && typeof v === 'object' && !Array.isArray(v) && !(v instanceof RegExp) && Object.keys(v).length > 0 && Object.keys(v).every((k) => k.startsWith('$'));
 
-/** Roughly how many side rows a condition selects (counted up to a cap): to pick which of several drives a query. */
-export type Estimate = (side: string, where: string, params: unknown[]) => number;
+/** How many side rows a condition selects, counted up to `cap`: to pick which of several drives a query. */
+export type Estimate = (side: string, where: string, params: unknown[], cap: number) => number;
+
+/** The most side rows counted for a condition when choosing which drives a conjunction. */
+const ESTIMATE_CAP = 5000;
+/** The first cap of a choice, and how much it grows while no condition is below it. */
+const FIRST_CAP = 16;
+const CAP_GROWTH = 8;
+
+/**
+ * Which of several conditions selects the fewest rows. Each is counted only a little beyond the
+ * fewest so far (caps growing from FIRST_CAP), so a selective condition beside a broad one costs
+ * what the selective one selects, not ESTIMATE_CAP rows of the broad one.
+ */
+function narrowest(count: ((cap: number) => number)[]): number {
+  for (let cap = FIRST_CAP; ; cap = Math.min(cap * CAP_GROWTH, ESTIMATE_CAP)) {
+    const sizes = count.map((c) => c(cap));
+    const least = Math.min(...sizes);
+    if (least < cap || cap >= ESTIMATE_CAP) return sizes.indexOf(least);
+  }
+}
 
 export class FilterCompiler {
   /** The `rid IN (…)` conditions compiled so far, by their SQL: candidates to drive a conjunction. */
@@ -133,8 +152,8 @@ export class FilterCompiler {
   private conjunction(parts: { sql: string; params: unknown[] }[]): { sql: string; params: unknown[] } {
     const lookups = parts.map((p) => this.driving.get(p.sql)).map((d, i) => (d ? { d, i } : undefined)).filter((x): x is { d: { side: string; where: string; whereParams: unknown[] }; i: number } => !!x);
     if (lookups.length >= 2 && this.estimate) {
-      const sizes = lookups.map(({ d }) => (this.estimate as Estimate)(d.side, d.where, d.whereParams));
-      const driver = lookups[sizes.indexOf(Math.min(...sizes))].i;
+      const estimate = this.estimate;
+      const driver = lookups[narrowest(lookups.map(({ d }) => (cap: number) => estimate(d.side, d.where, d.whereParams, cap)))].i;
       parts = parts.map((p, i) => {
         const d = this.driving.get(p.sql);
         if (!d || i === driver) return p;

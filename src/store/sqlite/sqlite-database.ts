@@ -29,8 +29,6 @@ const READ_CACHE_MAX_DOC = 256 * 1024;
 const WILDCARD = /^([A-Za-z_][A-Za-z0-9_]*)\.\$\*\*$/;
 const SIDE_ROWS = 64;
 const MAX_STATEMENTS = 200;
-/** Side rows counted at most when estimating which condition of a search is the narrowest. */
-const ESTIMATE_CAP = 5000;
 
 /**
  * One collection: a table of `(rid, id, doc)` (the document as JSON, `_id` as `id`), expression
@@ -58,7 +56,7 @@ class SqliteCollection<T extends StoredDoc> implements Collection<T> {
 
   /** A filter compiler that can ask how many side rows a condition selects (up to a cap). */
   private newCompiler(): FilterCompiler {
-    return new FilterCompiler(this.layout, (side, where, params) => (this.stmt(`SELECT count(*) AS n FROM (SELECT 1 FROM ${quoteIdent(side)} WHERE ${where} LIMIT ${ESTIMATE_CAP})`).get(...params) as { n: number }).n);
+    return new FilterCompiler(this.layout, (side, where, params, cap) => (this.stmt(`SELECT count(*) AS n FROM (SELECT 1 FROM ${quoteIdent(side)} WHERE ${where} LIMIT ?)`).get(...params, cap) as { n: number }).n);
   }
 
   /** Prepared statements by text, the most recently used kept (queries vary in shape: IN lists, filters). */
