@@ -96,6 +96,11 @@ describe('source side access model', () => {
           got.push({ [`${who} ${path}`]: res.status });
           want.push({ [`${who} ${path}`]: sees[who].includes(what) ? 200 : 404 });
           if (res.status === 404) expect(res.body.resourceType).toBe('OperationOutcome');
+          if (path.endsWith('/_history')) continue;
+          // A conditional read tells no more: 304 only for what the client may read, else 404.
+          const conditional = await fhir('GET', `${base}/${path}`, undefined, { ...auth(who), 'if-none-match': '*' });
+          got.push({ [`${who} ${path} If-None-Match`]: conditional.status });
+          want.push({ [`${who} ${path} If-None-Match`]: sees[who].includes(what) ? 304 : 404 });
         }
       }
     }
