@@ -132,13 +132,18 @@ describe('$bulk-member-match and $davinci-data-export', () => {
 });
 
 describe('$bulk-member-match and the brute-force limit', () => {
-  it("counts members not matched against the client's allowance: past it the request fails, and the next is 429", async () => {
+  /** A server allowing `maxFailures` failed matches, with `members` seeded, and a prober client's token. */
+  async function prober(maxFailures: number, members: number) {
     const { file, clients } = await writeClientsFile([{ clientId: 'prober', scopes: 'system/*.read' }]);
-    const server = await startTestServer({ authRequired: true, clientsFile: file, bulkMatchMaxFailures: 3 });
+    const server = await startTestServer({ authRequired: true, clientsFile: file, bulkMatchMaxFailures: maxFailures });
+    return { server, real: await seedPopulation(server, members), token: await getToken(server.tokenUrl, clients.prober) };
+  }
+  /** A member the server does not know: a guess. */
+  const invented = (i: number) => ({ name: 'MemberBundle', part: memberMatchBody({ family: `Nobody${i}`, given: 'Invented', birthDate: '1901-01-01', memberId: `NOPE-${i}` }).parameter });
+
+  it("counts members not matched against the client's allowance: past it the request fails, and the next is 429", async () => {
+    const { server, real: members, token } = await prober(3, 2);
     try {
-      const members = await seedPopulation(server, 2);
-      const token = await getToken(server.tokenUrl, clients.prober);
-      const invented = (i: number) => ({ name: 'MemberBundle', part: memberMatchBody({ family: `Nobody${i}`, given: 'Invented', birthDate: '1901-01-01', memberId: `NOPE-${i}` }).parameter });
       const real = { name: 'MemberBundle', part: memberMatchBody(members[0]).parameter };
       // Two failures: within the allowance; the request completes.
       let k = await kickoff(`${server.baseUrl}/Group/$bulk-member-match`, { method: 'POST', body: { resourceType: 'Parameters', parameter: [real, invented(1), invented(2)] }, token });
@@ -160,12 +165,8 @@ describe('$bulk-member-match and the brute-force limit', () => {
   });
 
   it('counts two requests of one client running at once against one allowance', async () => {
-    const { file, clients } = await writeClientsFile([{ clientId: 'prober', scopes: 'system/*.read' }]);
-    const server = await startTestServer({ authRequired: true, clientsFile: file, bulkMatchMaxFailures: 50 });
+    const { server, real, token } = await prober(50, 10);
     try {
-      const real = await seedPopulation(server, 10);
-      const token = await getToken(server.tokenUrl, clients.prober);
-      const invented = (i: number) => ({ name: 'MemberBundle', part: memberMatchBody({ family: `Nobody${i}`, given: 'Invented', birthDate: '1901-01-01', memberId: `NOPE-${i}` }).parameter });
       // 40 guesses each, 80 together, against an allowance of 50: both cannot be answered. Real
       // members among them (each match is written) keep the two requests running side by side.
       const requests = [0, 1].map((r) => ({

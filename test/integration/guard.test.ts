@@ -3,6 +3,7 @@ import { randomUUID } from 'node:crypto';
 import { importJWK, SignJWT } from 'jose';
 import { RunningServer } from '../../src/main';
 import { loadConfig } from '../../src/config';
+import type { Logger } from '../../src/logger';
 import { SyntheticMember } from '../../scripts/synthetic';
 import { capturingLogger, fhir, startTestServer } from '../helpers/server';
 import { memberMatchBody, seedPopulation } from '../helpers/seed';
@@ -234,17 +235,20 @@ describe('authentication defaults', () => {
 });
 
 describe('$member-match brute-force guard', () => {
-  it('answers 429 with Retry-After past the failure limit, per client, and logs the client without member data', async () => {
-    const written = await writeClientsFile([
-      { clientId: 'prober', scopes: 'system/*.read' },
-      { clientId: 'honest', scopes: 'system/*.read' },
-    ]);
-    const { logger, lines } = capturingLogger();
+  /** A server allowing 3 failed matches per client in 10 minutes, `count` members seeded, and each client's Authorization header. */
+  async function limited(clientIds: string[], count: number, logger?: Logger) {
+    const written = await writeClientsFile(clientIds.map((clientId) => ({ clientId, scopes: 'system/*.read' })));
     const server = await startTestServer({ authRequired: true, clientsFile: written.file, memberMatchMaxFailures: 3, memberMatchWindowSeconds: 600 }, logger);
+    const members = await seedPopulation(server, count);
+    const auth: Record<string, { authorization: string }> = {};
+    for (const id of clientIds) auth[id] = { authorization: `Bearer ${await getToken(server.tokenUrl, written.clients[id])}` };
+    return { server, members, auth };
+  }
+
+  it('answers 429 with Retry-After past the failure limit, per client, and logs the client without member data', async () => {
+    const { logger, lines } = capturingLogger();
+    const { server, members: [m], auth: { prober, honest } } = await limited(['prober', 'honest'], 1, logger);
     try {
-      const [m] = await seedPopulation(server, 1);
-      const prober = { authorization: `Bearer ${await getToken(server.tokenUrl, written.clients.prober)}` };
-      const honest = { authorization: `Bearer ${await getToken(server.tokenUrl, written.clients.honest)}` };
       const url = `${server.baseUrl}/Patient/$member-match`;
       for (let i = 0; i < 3; i++) expect((await fhir('POST', url, memberMatchBody({ ...m, birthDate: `1900-01-0${i + 1}` }), prober)).status).toBe(422);
       const blocked = await fhir('POST', url, memberMatchBody(m), prober);
@@ -261,11 +265,8 @@ describe('$member-match brute-force guard', () => {
     }
   });
   it('lets no more failed matches through than the limit when they arrive all at once', async () => {
-    const written = await writeClientsFile([{ clientId: 'prober', scopes: 'system/*.read' }]);
-    const server = await startTestServer({ authRequired: true, clientsFile: written.file, memberMatchMaxFailures: 3, memberMatchWindowSeconds: 600 });
+    const { server, members: [m], auth: { prober } } = await limited(['prober'], 1);
     try {
-      const [m] = await seedPopulation(server, 1);
-      const prober = { authorization: `Bearer ${await getToken(server.tokenUrl, written.clients.prober)}` };
       const guesses = await Promise.all(Array.from({ length: 12 }, (_, i) => fhir('POST', `${server.baseUrl}/Patient/$member-match`, memberMatchBody({ ...m, birthDate: `1900-01-${String(i + 1).padStart(2, '0')}` }), prober)));
       const statuses = guesses.map((g) => g.status);
       expect(statuses.every((s) => s === 422 || s === 429)).toBe(true);
@@ -278,11 +279,8 @@ describe('$member-match brute-force guard', () => {
   });
 
   it("does not hold back an honest client's burst of matches, which mostly succeed", async () => {
-    const written = await writeClientsFile([{ clientId: 'honest', scopes: 'system/*.read' }]);
-    const server = await startTestServer({ authRequired: true, clientsFile: written.file, memberMatchMaxFailures: 3, memberMatchWindowSeconds: 600 });
+    const { server, members, auth: { honest } } = await limited(['honest'], 16);
     try {
-      const members = await seedPopulation(server, 16);
-      const honest = { authorization: `Bearer ${await getToken(server.tokenUrl, written.clients.honest)}` };
       const answers = await Promise.all(members.map((m) => fhir('POST', `${server.baseUrl}/Patient/$member-match`, memberMatchBody(m), honest)));
       expect(answers.map((a) => a.status)).toEqual(members.map(() => 200));
     } finally {
