@@ -32,7 +32,7 @@ export const requireAcceptableAnswer: RequestHandler = (req, _res, next) => {
 };
 
 /** The order methods are listed in an Allow header. */
-const METHOD_ORDER = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE'];
+const METHOD_ORDER = ['GET', 'POST', 'PUT', 'PATCH', 'DELETE'];
 
 /** What an Express router holds for each route (Express 4's `router.stack`, as route-listing tools read it). */
 interface RouteLayer {
@@ -53,7 +53,7 @@ export function methodNotAllowed(routers: Router[]): RequestHandler {
       if (layer.regexp.test(req.path)) for (const m of Object.keys(layer.route?.methods ?? {})) methods.add(m.toUpperCase());
     }
     if (methods.size === 0 || methods.has(req.method) || methods.has('_ALL')) return next();
-    const allowed = METHOD_ORDER.filter((m) => methods.has(m) && m !== 'HEAD').join(', ');
+    const allowed = METHOD_ORDER.filter((m) => methods.has(m)).join(', ');
     res.set('Allow', allowed);
     next(new FhirError(405, 'not-supported', `${req.method} is not served on ${req.path}; allowed: ${allowed}`, undefined, { Allow: allowed }));
   };

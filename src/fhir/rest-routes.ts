@@ -21,10 +21,18 @@ export const ID_PARAM = `:id(${ID_PATTERN.source.replace(/^\^|\$$/g, '')})`;
 export function restRoutes(services: Map<string, ResourceService>, baseUrl: (req: Request) => string, guard: Guard): Router {
   const router = Router({ caseSensitive: true });
 
+  /** A version's headers: its versionId as a weak ETag, its time as Last-Modified. */
+  const versionHeaders = (res: Response, resource: Resource) => {
+    const etag = `W/"${resource.meta?.versionId}"`;
+    const lastModified = new Date(resource.meta?.lastUpdated ?? Date.now());
+    res.setHeader('ETag', etag);
+    res.setHeader('Last-Modified', lastModified.toUTCString());
+    return { etag, lastModified };
+  };
+
   const respond = (req: Request, res: Response, resource: Resource, status: number) => {
     const location = `${baseUrl(req)}/${resource.resourceType}/${resource.id}/_history/${resource.meta?.versionId}`;
-    res.set('ETag', `W/"${resource.meta?.versionId}"`);
-    res.set('Last-Modified', new Date(resource.meta?.lastUpdated ?? Date.now()).toUTCString());
+    versionHeaders(res, resource);
     res.set('Location', location);
     res.set('Content-Location', location);
     const prefer = req.get('prefer') ?? '';
@@ -39,10 +47,7 @@ export function restRoutes(services: Map<string, ResourceService>, baseUrl: (req
 
   /** A read answers the resource with its version as ETag and its time as Last-Modified; 304 if the client has it. */
   const sendVersion = (req: Request, res: Response, resource: Resource) => {
-    const etag = `W/"${resource.meta?.versionId}"`;
-    const lastModified = new Date(resource.meta?.lastUpdated ?? Date.now());
-    res.setHeader('ETag', etag);
-    res.setHeader('Last-Modified', lastModified.toUTCString());
+    const { etag, lastModified } = versionHeaders(res, resource);
     if (notModified(req, etag, lastModified)) return void res.status(304).end();
     sendResource(res, 200, resource);
   };
