@@ -30,4 +30,31 @@ describe('logger', () => {
       stderr.mockRestore();
     }
   });
+
+  it('redacts secrets at any depth, leaves the caller\'s objects alone, and still writes entries native JSON cannot (a cycle, a BigInt)', async () => {
+    const out: string[] = [];
+    const stdout = jest.spyOn(process.stdout, 'write').mockImplementation((chunk) => (out.push(String(chunk)), true));
+    try {
+      const logger = createLogger('info');
+      const payer = { issuer: 'https://old.example', auth: { client_secret: 's3cret', keys: [{ kty: 'EC', d: 'private-part' }] } };
+      const cyclic: Record<string, unknown> = { name: 'loop' };
+      cyclic.self = cyclic;
+      logger.info('payer', { payer });
+      logger.info('odd', { cyclic, count: BigInt(3) });
+      logger.info('at', { timestamp: '2026-01-02T03:04:05.000Z' });
+      await new Promise((resolve) => setImmediate(resolve));
+      const text = out.join('');
+      expect(text).not.toContain('s3cret');
+      expect(text).not.toContain('private-part');
+      const [first, second, third] = text.trimEnd().split('\n').map((line) => JSON.parse(line));
+      expect(first.payer).toEqual({ issuer: 'https://old.example', auth: { client_secret: '[redacted]', keys: [{ kty: 'EC', d: '[redacted]' }] } });
+      expect(payer.auth.client_secret).toBe('s3cret');
+      expect(second.message).toBe('odd');
+      expect(second.count).toBe('3');
+      expect(third.timestamp).toBe('2026-01-02T03:04:05.000Z');
+      expect(typeof first.timestamp).toBe('string');
+    } finally {
+      stdout.mockRestore();
+    }
+  });
 });
