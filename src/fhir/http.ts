@@ -16,11 +16,12 @@ export const FHIR_JSON = 'application/fhir+json; charset=utf-8';
  * answered by `notModified`).
  */
 export function sendResource(res: Response, status: number, body: unknown): void {
-  const bytes = Buffer.from(JSON.stringify(body));
+  const text = JSON.stringify(body);
   res.statusCode = status;
   res.setHeader('Content-Type', FHIR_JSON);
-  res.setHeader('Content-Length', bytes.length);
-  res.end(bytes);
+  res.setHeader('Content-Length', Buffer.byteLength(text));
+  // As text, Node writes the head and the body in one piece.
+  res.end(text);
 }
 
 /** `Prefer: handling=strict` asks for 400 on unknown search parameters instead of a warning. */
