@@ -300,10 +300,12 @@ export function buildApp(parts: AppParts): Express {
   // export, operations), then the permissions of the core's routes: every route of the FHIR base.
   const corePermissions = coreRoutePermissions(parts.guard, parts.operations ?? {});
   const fhirBase = [metadataRoute(parts), ...(parts.overrideRoutes ?? []), restRoutes(parts.services, parts.baseUrl, parts.guard), ...(parts.fhirRoutes ?? [])];
-  for (const r of fhirBase) app.use(FHIR_PATH, r);
-  app.use(FHIR_PATH, fhirMediaType);
-  app.use(FHIR_PATH, corePermissions);
-  app.use(FHIR_PATH, methodNotAllowed([...fhirBase, corePermissions]));
+  // One router holds them, mounted once: Express strips the base from the path once per request,
+  // not once per router.
+  const base = Router({ caseSensitive: true });
+  for (const r of fhirBase) base.use(r);
+  base.use(fhirMediaType, corePermissions, methodNotAllowed([...fhirBase, corePermissions]));
+  app.use(FHIR_PATH, base);
   app.use(parts.guard.denyUndeclared);
   core.setProfileRoutes();
   app.use(notFoundHandler);
