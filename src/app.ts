@@ -139,6 +139,8 @@ function bodyParsers(limit: string | number): RequestHandler {
   return (req, res, next) => {
     if (!hasBody(req)) {
       req.body = {};
+      // Read to its (empty) end now, so Node has nothing left to drain or wait for once the answer is sent.
+      req.resume();
       return next();
     }
     json(req, res, (err?: unknown) => {
