@@ -161,7 +161,10 @@ function requestLog(logger: Logger): RequestHandler {
   const flush = () => {
     const entries = batch;
     batch = [];
-    for (const entry of entries) logger.info('request', { ...entry, timestamp: new Date(entry.timestamp as number).toISOString() });
+    for (const entry of entries) {
+      entry.timestamp = new Date(entry.timestamp as number).toISOString();
+      logger.info('request', entry);
+    }
   };
   return (req, res, next) => {
     if (!logger.isLevelEnabled('info')) return next();
@@ -297,11 +300,12 @@ export function buildApp(parts: AppParts): Express {
   );
 
   for (const r of parts.rootRoutes ?? []) app.use(r);
-  // The metadata route; routes that take a path the generic REST routes would (Binary content),
-  // then those (the hot path: reads, searches, writes), then the special ones (discovery, bulk
-  // export, operations), then the permissions of the core's routes: every route of the FHIR base.
+  // Routes that take a path the generic REST routes would (Binary content), then those (the hot
+  // path: reads, searches, writes), then the metadata route (no resource type is `metadata`) and the
+  // special ones (discovery, bulk export, operations), then the permissions of the core's routes:
+  // every route of the FHIR base.
   const corePermissions = coreRoutePermissions(parts.guard, parts.operations ?? {});
-  const fhirBase = [metadataRoute(parts), ...(parts.overrideRoutes ?? []), restRoutes(parts.services, parts.baseUrl, parts.guard), ...(parts.fhirRoutes ?? [])];
+  const fhirBase = [...(parts.overrideRoutes ?? []), restRoutes(parts.services, parts.baseUrl, parts.guard), metadataRoute(parts), ...(parts.fhirRoutes ?? [])];
   // One router holds them, mounted once: Express strips the base from the path once per request,
   // not once per router.
   const base = Router({ caseSensitive: true });
