@@ -299,7 +299,6 @@ export function buildApp(parts: AppParts): Express {
     app,
   );
 
-  for (const r of parts.rootRoutes ?? []) app.use(r);
   // Routes that take a path the generic REST routes would (Binary content), then those (the hot
   // path: reads, searches, writes), then the metadata route (no resource type is `metadata`) and the
   // special ones (discovery, bulk export, operations), then the permissions of the core's routes:
@@ -312,6 +311,8 @@ export function buildApp(parts: AppParts): Express {
   for (const r of fhirBase) base.use(r);
   base.use(fhirMediaType, corePermissions, methodNotAllowed([...fhirBase, corePermissions]));
   app.use(FHIR_PATH, base);
+  // The routes outside the base (the token endpoint) after it: no FHIR request passes through them.
+  for (const r of parts.rootRoutes ?? []) app.use(r);
   app.use(parts.guard.denyUndeclared);
   core.setProfileRoutes();
   app.use(notFoundHandler);

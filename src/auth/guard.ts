@@ -1,5 +1,4 @@
-import type { Request, RequestHandler } from 'express';
-import { asyncHandler } from '../fhir/http';
+import type { NextFunction, Request, RequestHandler } from 'express';
 import { forbidden, notFound, unauthorized } from '../fhir/outcome';
 import { AccessContext, TokenService } from './token-service';
 import { Action, allows } from './scopes';
@@ -41,18 +40,29 @@ export class Guard {
   constructor(private readonly tokens: TokenService, private readonly authRequired: boolean) {}
 
   require(permission: Permission): RequestHandler {
-    return asyncHandler(async (req, _res, next) => {
+    /** Lets the request on as `access`, or stops it with 403 if the permission is not theirs. */
+    const grant = (req: Request, access: AccessContext, next: NextFunction) => {
+      try {
+        if ('type' in permission) Guard.authorize(access, permission.type === ':type' ? req.params.type : permission.type, permission.action, permission.role);
+      } catch (err) {
+        return next(err);
+      }
+      req.access = access;
+      req.authorized = permission;
+      next();
+    };
+    return (req, _res, next) => {
       if (req.authorized) return next(); // an earlier declaration of the same route decided
       if ('public' in permission) {
         req.authorized = permission;
         return next();
       }
-      const access = await this.authenticate(req);
-      if ('type' in permission) Guard.authorize(access, permission.type === ':type' ? req.params.type : permission.type, permission.action, permission.role);
-      req.access = access;
-      req.authorized = permission;
-      next();
-    });
+      // Only a token needs a look-up; without authentication the request goes on in the same step.
+      if (!this.authRequired) return grant(req, ANONYMOUS, next);
+      this.authenticate(req)
+        .then((access) => grant(req, access, next))
+        .catch(next);
+    };
   }
 
   /**
@@ -66,7 +76,6 @@ export class Guard {
 
   /** The caller behind the request's bearer token; 401 without a valid one. */
   private async authenticate(req: Request): Promise<AccessContext> {
-    if (!this.authRequired) return ANONYMOUS;
     const m = (req.get('authorization') ?? '').match(BEARER);
     if (!m) throw unauthorized('A bearer access token is required');
     const access = await this.tokens.introspect(m[1]);
