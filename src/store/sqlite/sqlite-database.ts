@@ -124,7 +124,10 @@ class SqliteCollection<T extends StoredDoc> implements Collection<T> {
   }
 
   private parse(row: Row & { id: string }): T {
-    return { _id: row.id, ...JSON.parse(row.doc) } as T;
+    // The id is kept beside the document, not in it: added to the parsed object, not copied with it.
+    const doc = JSON.parse(row.doc) as T;
+    doc._id = row.id;
+    return doc;
   }
 
   private firstRid(filter: Filter): number | undefined {
