@@ -19,6 +19,7 @@ import { FHIR_JSON, hasBody } from './fhir/http';
 import { badRequest } from './fhir/outcome';
 import { MAX_JSON_DEPTH, nestsDeeperThan } from './fhir/json-limits';
 import { methodNotAllowed, requireAcceptableAnswer, requireReadableBody } from './fhir/negotiation';
+import { series } from './fhir/routing';
 
 export const FHIR_PATH = '/4_0_1';
 
@@ -213,28 +214,6 @@ function metadataRoute(parts: AppParts): Router {
     res.status(200).type(FHIR_JSON).send(body);
   });
   return router;
-}
-
-/**
- * Middlewares run one after another as a single handler: what Express does for a chain of
- * `app.use` layers, without matching each layer's path again. A thrown error, or one passed on,
- * goes to Express's error handlers.
- */
-function series(...handlers: RequestHandler[]): RequestHandler {
-  return (req, res, next) => {
-    let i = 0;
-    const step = (err?: unknown): void => {
-      if (err) return next(err);
-      const handler = handlers[i++];
-      if (!handler) return next();
-      try {
-        handler(req, res, step);
-      } catch (thrown) {
-        next(thrown);
-      }
-    };
-    step();
-  };
 }
 
 /** A middleware for requests under the FHIR base only. */
