@@ -153,9 +153,8 @@ function bodyParsers(limit: string | number): RequestHandler {
 
 /**
  * One line per request, after its answer: the path only (queries and bodies may carry member
- * data). The lines of one turn of the event loop are handed to the logger together after it, with
- * the time each answer ended: formatted in one go, they cost a third of what they cost between
- * requests.
+ * data). The lines of one turn of the event loop are handed to the logger together after it, each
+ * with the time its answer ended, so formatting them does not come between requests.
  */
 function requestLog(logger: Logger): RequestHandler {
   let batch: Record<string, unknown>[] = [];
@@ -230,8 +229,8 @@ export function buildApp(parts: AppParts): Express {
   // `/4_0_1/patient/1` is not `/4_0_1/Patient/1`: routes and the permissions declared with them match the same exact text.
   app.set('case sensitive routing', true);
   app.set('etag', false); // ETags are resource versions, set by the handlers
-  // What every request goes through, in this order, as one step of Express's chain (a dozen layers
-  // cost a tenth of a read): its log line; CORS (a preflight is answered here, before any route or
+  // What every request goes through, in this order, as one step of Express's chain (Express matches
+  // every layer's path on every request): its log line; CORS (a preflight is answered here, before any route or
   // token is looked at); only the FHIR base and the root routes; compression where accepted; the
   // body; under the base, 406 and 415 for what this server neither answers nor reads; the security
   // headers.

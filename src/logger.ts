@@ -27,8 +27,9 @@ const fallbackJson = winston.format.json();
 
 /**
  * One format for every entry, in one pass: secrets replaced anywhere in it (so tokens and keys can
- * never reach the log by mistake), a timestamp (unless the entry brings its own), then the line as JSON, what
- * `combine(redact, timestamp(), json())` wrote, at a third of the cost per request.
+ * never reach the log by mistake), a timestamp (unless the entry brings its own), then the line as
+ * JSON. It writes what `combine(redact, timestamp(), json())` wrote, keys in the order given rather
+ * than sorted, in half the time.
  */
 const line = winston.format((info) => {
   for (const key of Object.keys(info)) info[key] = SECRET_KEYS.test(key) ? '[redacted]' : scrub(info[key], 0);
