@@ -12,7 +12,7 @@ import { AppConfig } from './config';
 import type { Logger } from './logger';
 import { ResourceService } from './fhir/resource-service';
 import { restRoutes, TYPE_PARAM, ID_PARAM } from './fhir/rest-routes';
-import { exactBase, Guard, Permission, PUBLIC } from './auth/guard';
+import { exactBase, Guard, isUnder, Permission, PUBLIC } from './auth/guard';
 import { buildCapabilityStatement, interactionsOf } from './fhir/capability';
 import { errorHandler, notFoundHandler } from './fhir/errors';
 import { FHIR_JSON, hasBody } from './fhir/http';
@@ -219,7 +219,7 @@ function metadataRoute(parts: AppParts): Router {
 const underBase =
   (handler: RequestHandler): RequestHandler =>
   (req, res, next) =>
-    req.path === FHIR_PATH || req.path.startsWith(`${FHIR_PATH}/`) ? handler(req, res, next) : next();
+    isUnder(FHIR_PATH, req.path) ? handler(req, res, next) : next();
 
 /** Builds the Express app and the node-fhir-server-core chain. Never listens. */
 export function buildApp(parts: AppParts): Express {

@@ -98,7 +98,12 @@ export class Guard {
 export function exactBase(base: string, rootPaths: string[]): RequestHandler {
   return (req, _res, next) => {
     const p = req.path;
-    if (p === base || p.startsWith(`${base}/`) || rootPaths.includes(p)) return next();
+    if (isUnder(base, p) || rootPaths.includes(p)) return next();
     next(notFound(`No route for ${req.method} ${p}`));
   };
+}
+
+/** Whether `path` is the base itself or a path inside it (`/4_0_1`, `/4_0_1/Patient`; not `/4_0_1x`). */
+export function isUnder(base: string, path: string): boolean {
+  return path === base || path.startsWith(`${base}/`);
 }
