@@ -169,9 +169,11 @@ function requestLog(logger: Logger): RequestHandler {
   return (req, res, next) => {
     if (!logger.isLevelEnabled('info')) return next();
     const start = process.hrtime.bigint();
+    // Taken now: by the answer, a router mounted on the base may have left its own path in `req.path`.
+    const path = req.path;
     res.on('finish', () => {
       if (batch.length === 0) setImmediate(flush);
-      batch.push({ method: req.method, path: req.path, status: res.statusCode, ms: Number(process.hrtime.bigint() - start) / 1e6, ...(req.access ? { client: req.access.clientId } : {}), timestamp: Date.now() });
+      batch.push({ method: req.method, path, status: res.statusCode, ms: Number(process.hrtime.bigint() - start) / 1e6, ...(req.access ? { client: req.access.clientId } : {}), timestamp: Date.now() });
     });
     next();
   };

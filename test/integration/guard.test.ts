@@ -232,6 +232,24 @@ describe('authentication defaults', () => {
     await server.stop();
     expect(lines.join('\n')).toMatch(/authentication ON \(PUBLIC_BASE_URL https:\/\/payer.example.com\/4_0_1 is not on a loopback address\)/);
   });
+
+  it('logs one line per request with its whole path and status, never its query', async () => {
+    const { logger, lines } = capturingLogger();
+    const server = await startTestServer({}, logger);
+    try {
+      expect((await fhir('GET', `${server.baseUrl}/Patient?family=Secretname&birthdate=1970-01-02`)).status).toBe(200);
+      expect((await fhir('GET', `${server.baseUrl}/Patient/no-such-patient`)).status).toBe(404);
+      await new Promise((resolve) => setImmediate(resolve));
+      const requests = lines.map((l) => JSON.parse(l)).filter((l) => l.message === 'request');
+      expect(requests.map((l) => [l.method, l.path, l.status])).toEqual([
+        ['GET', '/4_0_1/Patient', 200],
+        ['GET', '/4_0_1/Patient/no-such-patient', 404],
+      ]);
+      expect(lines.join('\n')).not.toContain('Secretname');
+    } finally {
+      await server.stop();
+    }
+  });
 });
 
 describe('$member-match brute-force guard', () => {
