@@ -1,24 +1,44 @@
-import { Collection, Database, DuplicateKeyError, StoredDoc } from '../store/types';
+import { randomUUID } from 'node:crypto';
+import { Collection, Database, StoredDoc } from '../store/types';
 import { PlannedWrite, ResourceStore } from '../store/resource-store';
 import type { Logger } from '../logger';
 
 const JOURNAL = 'exchange_journal';
 
+/** Where a resource's versions stood before the exchange wrote it. */
+type VersionState = { current: number | null; floor: number };
+
+/** One resource an exchange wrote: where it stood before, and the version written (unset if the process died between the write and this note). */
+interface Note {
+  id: string;
+  before: VersionState;
+  wrote?: number;
+}
+
+/**
+ * The notes of one batch of writes of one type, in one document (so a batch of 500 costs one
+ * insert, not 500): a few tens of kilobytes, far below MongoDB's 16 MB limit whatever the batch.
+ * Journals written before notes were batched hold one resource each, as `id`, `before` and `wrote`.
+ */
 interface JournalDoc extends StoredDoc {
   taskId: string;
   type: string;
-  id: string;
-  /** The resource's versions before the exchange first wrote it. */
-  before: { current: number | null; floor: number };
-  /** The latest version the exchange wrote (unset if the process died between the write and this note). */
+  notes?: Note[];
+  id?: string;
+  before?: VersionState;
   wrote?: number;
 }
+
+/** Notes per journal document at most. */
+const NOTES_PER_DOC = 1000;
 
 /**
  * The exchange's undo journal: before the exchange writes a resource, where that resource stood is
  * noted here, so a failed or cancelled exchange leaves none of its writes behind (created resources
  * vanish with their history, updated ones are back at their previous version). The notes outlive a
- * crash; a completed exchange forgets them.
+ * crash; a completed exchange forgets them. A resource the exchange writes more than once (sent
+ * twice by the source, or imported again after a restart) is put back to where it stood before the
+ * first write, provided nobody else wrote it since the last.
  */
 export class ImportJournal {
   private readonly docs: Collection<JournalDoc>;
@@ -34,34 +54,35 @@ export class ImportJournal {
     return this.docs;
   }
 
-  /** Writes through the journal: notes the resource's state (once per exchange), writes, then notes the version written. */
+  /** Writes through the journal: notes the resource's state, writes, then notes the version written. */
   async write(taskId: string, type: string, id: string, write: () => Promise<{ resource: { meta?: { versionId?: string } } }>): Promise<void> {
     const docs = await this.ready();
-    const _id = `${taskId}|${type}|${id}`;
-    try {
-      await docs.insertOne({ _id, taskId, type, id, before: await this.store.versionState(type, id) });
-    } catch (err) {
-      if (!(err instanceof DuplicateKeyError)) throw err; // written before by this exchange: the first state stands
-    }
+    const _id = `${taskId}|${randomUUID()}`;
+    const before = await this.store.versionState(type, id);
+    await docs.insertOne({ _id, taskId, type, notes: [{ id, before }] });
     const { resource } = await write();
-    await docs.updateOne({ _id }, { wrote: Number(resource.meta?.versionId) });
+    await docs.updateOne({ _id }, { notes: [{ id, before, wrote: Number(resource.meta?.versionId) }] });
   }
 
   /**
    * Writes a planned batch through the journal: notes where each changed resource stood and the
-   * version it is to get (in one batch; a resource this exchange wrote before keeps its first note),
-   * writes the batch, then corrects the note of any resource that got another version.
+   * version it is to get, in the same batch as the writes (on the embedded engine one transaction),
+   * then corrects the notes if any resource got another version.
    */
   async writeMany(taskId: string, type: string, plans: PlannedWrite[]): Promise<Map<string, number>> {
     const docs = await this.ready();
     const changed = plans.filter((p) => p.changed);
     if (changed.length === 0) return new Map();
-    // The notes go in the same batch as the writes, before them: on the embedded engine one transaction.
-    const notes = changed.map((p) => ({ collection: JOURNAL, insert: { _id: `${taskId}|${type}|${p.id}`, taskId, type, id: p.id, before: p.before, wrote: p.version } }));
-    const versions = await this.store.applyWrites(type, plans, notes);
-    for (const p of changed) {
-      const got = versions.get(p.id);
-      if (got !== p.version) await docs.updateOne({ _id: `${taskId}|${type}|${p.id}` }, { wrote: got });
+    const batches: JournalDoc[] = [];
+    for (let i = 0; i < changed.length; i += NOTES_PER_DOC) {
+      const notes = changed.slice(i, i + NOTES_PER_DOC).map((p) => ({ id: p.id, before: p.before, wrote: p.version }));
+      batches.push({ _id: `${taskId}|${randomUUID()}`, taskId, type, notes });
+    }
+    const versions = await this.store.applyWrites(type, plans, batches.map((insert) => ({ collection: JOURNAL, insert })));
+    for (const doc of batches) {
+      const notes = doc.notes as Note[];
+      if (notes.every((n) => versions.get(n.id) === n.wrote)) continue;
+      await docs.updateOne({ _id: doc._id }, { notes: notes.map((n) => ({ ...n, wrote: versions.get(n.id) })) });
     }
     return versions;
   }
@@ -69,13 +90,30 @@ export class ImportJournal {
   /** Undoes every write of the exchange; returns how many resources were put back. */
   async rollback(taskId: string): Promise<number> {
     const docs = await this.ready();
-    let reverted = 0;
+    // Each resource's notes merged: the earliest state (the lowest floor: versions only grow) and
+    // the latest version written (unknown if any write's note was never completed).
+    const merged = new Map<string, { type: string; id: string; before: VersionState; wrote?: number; unsure: boolean }>();
     for (const d of await docs.find({ taskId })) {
-      const outcome = await this.store.revert(d.type, d.id, d.before, d.wrote);
-      if (outcome === 'reverted') reverted++;
-      else if (outcome === 'changed') this.logger.warn('exchange rollback left a resource that changed since', { task: taskId, type: d.type });
-      await docs.deleteMany({ _id: d._id });
+      const notes: Note[] = d.notes ?? (d.id && d.before ? [{ id: d.id, before: d.before, wrote: d.wrote }] : []);
+      for (const n of notes) {
+        const key = `${d.type}/${n.id}`;
+        const m = merged.get(key);
+        if (!m) merged.set(key, { type: d.type, id: n.id, before: n.before, wrote: n.wrote, unsure: n.wrote === undefined });
+        else {
+          if (n.before.floor < m.before.floor) m.before = n.before;
+          m.unsure ||= n.wrote === undefined;
+          m.wrote = Math.max(m.wrote ?? 0, n.wrote ?? 0);
+        }
+      }
     }
+    let reverted = 0;
+    for (const m of merged.values()) {
+      const outcome = await this.store.revert(m.type, m.id, m.before, m.unsure ? undefined : m.wrote);
+      if (outcome === 'reverted') reverted++;
+      else if (outcome === 'changed') this.logger.warn('exchange rollback left a resource that changed since', { task: taskId, type: m.type });
+    }
+    // Reverting again is harmless (a resource back at its floor is left alone): the notes go last.
+    await docs.deleteMany({ taskId });
     return reverted;
   }
 

@@ -37,7 +37,7 @@ function fakeRemote(files: Record<string, unknown[]>): RemotePayer {
 }
 
 describe('an exchange that fails while importing its last file', () => {
-  it('leaves none of its writes behind: created records vanish with their history, updated ones are back at their previous version', async () => {
+  it('leaves none of its writes behind: created records vanish with their history, updated ones are back at their previous version, even when written twice', async () => {
     const db = new SqliteDatabase(undefined);
     const store = new ResourceStore(db, new SearchRegistry(RESOURCE_TYPES));
     const tracker = new TaskTracker(store);
@@ -60,6 +60,8 @@ describe('an exchange that fails while importing its last file', () => {
       journal,
       remoteFor: () => fakeRemote({
         a: [cond('c1', 'changed at the source'), cond('c2', 'new')],
+        // The source sends c2 again, changed, in a later file: the exchange writes it twice.
+        a2: [cond('c2', 'new, then changed')],
         b: [{ resourceType: 'Observation', id: 'o1', status: 'final', code: { text: 'x' }, subject: { reference: 'Patient/m1' } }],
       }),
       payerFor: () => payer,
