@@ -19,7 +19,8 @@ export class GroupCommit {
   /** Changes with every transaction this process ends: what was read before may have changed. */
   generation = 0;
 
-  constructor(private readonly db: Db) {}
+  /** `committed` is told of each transaction committed. */
+  constructor(private readonly db: Db, private readonly committed: () => void = () => undefined) {}
 
   run<R>(fn: () => R): Promise<R> {
     return new Promise<R>((resolve, reject) => {
@@ -56,6 +57,7 @@ export class GroupCommit {
       for (const item of batch) item.reject(error);
       return;
     }
+    this.committed();
     batch.forEach((item, i) => {
       const r = results[i];
       if (r.ok) item.resolve(r.value);

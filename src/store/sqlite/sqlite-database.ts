@@ -9,6 +9,7 @@ import { CollectionLayout, FilterCompiler, jsonPath, quoteIdent, sqlValue } from
 import { BlobStore } from '../blobs/blob-store';
 import { FileBlobStore } from '../blobs/file-blob-store';
 import { GroupCommit } from './group-commit';
+import { Checkpointer } from './checkpointer';
 
 type Db = BetterSqlite3.Database;
 type Row = { rid: number; doc: string };
@@ -293,6 +294,7 @@ export class SqliteDatabase implements Database {
   private readonly tempBlobs?: string;
   private readonly db: Db;
   private readonly commits: GroupCommit;
+  private readonly checkpointer?: Checkpointer;
   private readonly collections = new Map<string, SqliteCollection<StoredDoc>>();
   private readonly cache: ReadCache;
 
@@ -301,14 +303,17 @@ export class SqliteDatabase implements Database {
     this.db = new BetterSqlite3(dataDir ? path.join(dataDir, 'store.sqlite') : ':memory:');
     if (!dataDir) this.tempBlobs = fs.mkdtempSync(path.join(os.tmpdir(), 'p2p-blobs-'));
     this.blobs = new FileBlobStore(dataDir ? path.join(dataDir, 'blobs') : (this.tempBlobs as string));
-    this.commits = new GroupCommit(this.db);
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = NORMAL');
     this.db.pragma('busy_timeout = 10000');
     this.db.pragma('cache_size = -32000'); // 32 MB of page cache
     this.db.pragma('temp_store = MEMORY');
-    // Fewer, larger checkpoints of the WAL into the database (about 40 MB at a time).
-    this.db.pragma('wal_autocheckpoint = 10000');
+    // The WAL is copied into the database by another thread, soon after each commit; the writer
+    // itself checkpoints only if the WAL reaches about 80 MB (that thread fell behind or died).
+    if (dataDir) this.checkpointer = new Checkpointer(path.join(dataDir, 'store.sqlite'));
+    this.db.pragma(`wal_autocheckpoint = ${this.checkpointer ? 20000 : 10000}`);
+    this.db.pragma(`journal_size_limit = ${64 * 1024 * 1024}`); // the WAL file shrinks back to 64 MB once restarted
+    this.commits = new GroupCommit(this.db, () => this.checkpointer?.committed());
     const dataVersion = this.db.prepare('PRAGMA data_version').pluck();
     this.cache = {
       entries: new LRUCache({ maxSize: READ_CACHE_BYTES, sizeCalculation: (e) => (e.row?.doc.length ?? 0) + 64 }),
@@ -360,6 +365,7 @@ export class SqliteDatabase implements Database {
 
   async close(): Promise<void> {
     this.collections.clear();
+    await this.checkpointer?.close();
     if (this.db.open) {
       this.commits.flush();
       this.db.pragma('optimize');
