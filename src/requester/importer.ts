@@ -121,7 +121,7 @@ export class Importer {
    */
   private async importChunks(resources: AsyncIterable<Resource>, type: string, opts: ImportOptions): Promise<ImportResult> {
     const result: ImportResult = { count: 0, written: 0, unchanged: 0 };
-    const size = opts.chunkSize ?? 500;
+    const size = opts.chunkSize ?? IMPORT_CHUNK;
     let chunk: Resource[] = [];
     const flush = async () => {
       if (chunk.length === 0) return;
@@ -145,6 +145,13 @@ export class Importer {
     return result;
   }
 }
+
+/**
+ * Resources per batch. Each batch is one transaction whose commit rewrites every index page it
+ * touched, so larger batches write less: 1,000 took 8% less time than 500 on a 50k-resource
+ * import, for commits of about 60 ms instead of 35 (other writes of the process wait that long).
+ */
+const IMPORT_CHUNK = 1000;
 
 export interface ImportOptions {
   taskId: string;

@@ -32,11 +32,15 @@ export function buildSearchIndex(registry: SearchRegistry, resource: Record<stri
 }
 
 function dedupe(values: IndexValue[]): IndexValue[] {
-  const seen = new Set<string>();
+  if (values.length < 2) return values;
+  // Strings and numbers are their own keys (90 and '90' stay apart); a date range is keyed by its ends.
+  const seen = new Set<string | number>();
+  const ranges = new Set<string>();
   return values.filter((v) => {
-    const key = JSON.stringify(v);
-    if (seen.has(key)) return false;
-    seen.add(key);
+    const set = typeof v === 'object' ? ranges : seen;
+    const key = typeof v === 'object' ? `${v.lo}/${v.hi}` : v;
+    if (set.has(key)) return false;
+    set.add(key);
     return true;
   });
 }

@@ -80,12 +80,13 @@ class SqliteCollection<T extends StoredDoc> implements Collection<T> {
 
   /** The document as stored (without its wildcard subtrees) and the side rows for them. */
   private split(doc: T): { json: string; rows: [string, string, unknown, unknown][] } {
-    const { _id, ...rest } = doc as StoredDoc;
-    void _id;
+    // Copied without `_id` and the wildcard fields (deleting them from a copy would make it slow to serialise).
+    const fields = doc as Record<string, unknown>;
+    const rest: Record<string, unknown> = {};
+    for (const key of Object.keys(fields)) if (key !== '_id' && !this.layout.wildcards.has(key)) rest[key] = fields[key];
     const rows: [string, string, unknown, unknown][] = [];
     for (const [field, side] of this.layout.wildcards) {
-      const subtree = rest[field] as Record<string, unknown> | undefined;
-      delete rest[field];
+      const subtree = fields[field] as Record<string, unknown> | undefined;
       if (!subtree || typeof subtree !== 'object') continue;
       for (const [p, values] of Object.entries(subtree)) {
         for (const v of Array.isArray(values) ? values : [values]) {
