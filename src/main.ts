@@ -34,6 +34,7 @@ import { Importer } from './requester/importer';
 import { checkClientTaskWrite, TaskTracker } from './requester/task-tracker';
 import { EXCHANGE_JOB, ExchangeJobData, ExchangeJobHandler } from './requester/exchange-job';
 import { ImportJournal } from './requester/import-journal';
+import { RecordChecker } from './requester/record-checker';
 import { InvokeExportService } from './requester/invoke-export';
 import { BULK_EXCHANGE_JOB, BulkExchangeJob } from './requester/bulk-exchange-job';
 import { GroupExporter } from './requester/group-export';
@@ -147,10 +148,12 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
     maxLineLength: config.maxLineLength,
   };
   const exchangeDir = path.join(config.dataDir, 'exchanges');
+  const checker = new RecordChecker();
   const exchanges = new ExchangeJobHandler({
     store,
     tracker,
     importer: new Importer(store, journal, config.maxLineLength),
+    checker,
     journal,
     remoteFor: clientFor,
     payerFor: (issuer) => payers.get(issuer),
@@ -247,6 +250,8 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
   const port = (server.address() as AddressInfo).port;
   base.url = fhirBase(config, port);
   runner.start();
+  // A requesting payer's record checker starts now: its schema compiles on another core, before the first exchange needs it.
+  if (payers.size > 0) checker.warmUp();
   const sweeper = setInterval(() => void sweepExpiredExports(runner, files).catch((err) => logger.warn('export sweep failed', { error: err.message })), 60_000);
   sweeper.unref();
   // Scheduled run-offs (members with concurrent coverage), when configured: checked hourly.
@@ -272,6 +277,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
       clearInterval(sweeper);
       if (runOffs) clearInterval(runOffs);
       await runner.stop();
+      await checker.close();
       await new Promise<void>((resolve) => {
         server.close(() => resolve());
         server.closeAllConnections();

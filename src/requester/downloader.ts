@@ -66,6 +66,14 @@ class Limiter extends Transform {
   }
 }
 
+/** The source's bytes within the limits: the stream ends in an error at the first limit reached, and closing it closes the source. */
+export function limited(source: Readable, label: string, limits: DownloadLimits): Readable {
+  const limiter = new Limiter(label, limits);
+  source.on('error', (err) => limiter.destroy(err));
+  limiter.on('close', () => source.destroy());
+  return source.pipe(limiter);
+}
+
 /**
  * Streams one NDJSON file from the source to a work file of ours, within the limits, checking each
  * line (JSON, no prototype keys, the expected type, then `check`, which throws to refuse it) before
@@ -73,18 +81,22 @@ class Limiter extends Transform {
  * With `derived`, what `check` returns for a line (if anything) is written as one line of that second
  * file: the caller's own form of the record, made in the same pass, so nothing is parsed twice.
  */
-export async function downloadTo(source: Readable, file: string, opts: { label: string; expectedType: string; limits: DownloadLimits; check: (resource: Record<string, unknown>, line: number) => string | void; derived?: string }): Promise<Downloaded> {
-  const limiter = new Limiter(opts.label, opts.limits);
-  source.on('error', (err) => limiter.destroy(err));
-  limiter.on('error', () => source.destroy());
-  source.pipe(limiter);
+export async function downloadTo(source: Readable, file: string, opts: { label: string; expectedType: string; limits: DownloadLimits; check: LineCheck; derived?: string }): Promise<Downloaded> {
+  return writeChecked(limited(source, opts.label, opts.limits), file, { ...opts, maxLineLength: opts.limits.maxLineLength });
+}
+
+/** Checks one record (throws to refuse it); answers the line to write to the derived file, if any. */
+export type LineCheck = (resource: Record<string, unknown>, line: number) => string | void;
+
+/** The checking and writing half of `downloadTo`, for bytes already within the limits (on this thread or the record checker's). */
+export async function writeChecked(bytes: Readable, file: string, opts: { label: string; expectedType: string; maxLineLength: number; check: LineCheck; derived?: string }): Promise<Downloaded> {
   const out = new LineWriter(file);
   const derived = opts.derived ? new LineWriter(opts.derived) : undefined;
   const hash = createHash('sha1');
   let count = 0;
   let size = 0;
   try {
-    for await (const { resource, raw, line } of readResources(limiter, { expectedType: opts.expectedType, maxLineLength: opts.limits.maxLineLength, label: opts.label })) {
+    for await (const { resource, raw, line } of readResources(bytes, { expectedType: opts.expectedType, maxLineLength: opts.maxLineLength, label: opts.label })) {
       const mine = opts.check(resource, line);
       const text = `${raw}\n`;
       hash.update(text);
@@ -94,8 +106,7 @@ export async function downloadTo(source: Readable, file: string, opts: { label: 
       if (derived && mine !== undefined) await derived.write(`${mine}\n`);
     }
   } finally {
-    source.destroy();
-    limiter.destroy();
+    bytes.destroy();
     await Promise.all([out.end(), derived?.end()]);
   }
   return { count, size, sha1: hash.digest('base64') };

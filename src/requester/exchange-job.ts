@@ -13,7 +13,8 @@ import { TaskCancelled, TaskTracker } from './task-tracker';
 import { Importer } from './importer';
 import { IdMapping } from './reference-rewriter';
 import { ImportJournal } from './import-journal';
-import { downloadTo, sourceErrorOf, validateReceived } from './downloader';
+import { limited } from './downloader';
+import { RecordChecker } from './record-checker';
 import { archiveFolder, archiveOf, provenanceOf } from './archive';
 import { pipeline } from 'node:stream/promises';
 import type { BlobStore } from '../store/blobs/blob-store';
@@ -36,7 +37,7 @@ export interface DownloadedFile {
   type: string;
   kind: 'output' | 'error';
   file: string;
-  /** The same records in their local form (Importer.preparedLine), made as the file downloaded; absent in older checkpoints and members' shares of a group export. */
+  /** The same records in their local form (local-form.ts's preparedLine), made as the file downloaded; absent in older checkpoints and members' shares of a group export. */
   prepared?: string;
   count: number;
   size: number;
@@ -74,6 +75,8 @@ export interface ExchangeDeps {
   store: ResourceStore;
   tracker: TaskTracker;
   importer: Importer;
+  /** Checks each downloaded record and makes its local form, on its own thread. */
+  checker: RecordChecker;
   journal: ImportJournal;
   remoteFor: (issuer: string) => RemotePayer | undefined;
   payerFor: (issuer: string) => SourcePayer | undefined;
@@ -112,6 +115,8 @@ export class ExchangeJobHandler {
     try {
       if (await this.d.tracker.isCancelled(data.taskId)) throw new TaskCancelled();
       if (!remote || !payer) throw new ExchangeFailed(`the source payer ${data.issuer} is no longer registered`);
+      // Its schema compiles while the source matches and exports.
+      if (!data.downloads?.done) this.d.checker.warmUp();
       if (!data.started) {
         await this.d.tracker.change(data.taskId, data.matched ? { status: 'in-progress', step: data.manifest ? 'importing' : 'exporting', note: 'Started' } : { status: 'in-progress', step: 'matching', note: `Started; asking ${payer.name ?? data.issuer} to match the member` });
         await ctx.checkpoint({ started: true });
@@ -212,20 +217,19 @@ export class ExchangeJobHandler {
       this.checkDeadline(data, `downloading ${entry.type}`);
       const label = `the ${entry.type} ${entry.kind === 'error' ? 'error ' : ''}file`;
       const expectedType = entry.kind === 'error' ? 'OperationOutcome' : entry.type;
-      const errors: string[] = [];
       const stream = await remote.download(entry.url, manifest.requiresAccessToken, ctx.signal);
       const prepared = entry.kind === 'output' ? path.join(dir, `${String(i).padStart(5, '0')}.local`) : undefined;
-      const got = await downloadTo(stream, path.join(dir, name), {
+      const limits = { ...this.d.limits, remainingBytes: this.d.limits.maxExchangeBytes - state.bytes, deadline: this.deadline(data) };
+      const { sourceErrors: errors, ...got } = await this.d.checker.check(limited(stream, label, limits), {
+        file: path.join(dir, name),
+        prepared,
         label,
+        kind: entry.kind,
         expectedType,
-        limits: { ...this.d.limits, remainingBytes: this.d.limits.maxExchangeBytes - state.bytes, deadline: this.deadline(data) },
-        check: (resource, line) => {
-          validateReceived(resource, expectedType, label, line);
-          if (entry.kind === 'error') errors.push(sourceErrorOf(resource));
-          else return this.d.importer.preparedLine(resource as never, mapping, identifierSystem);
-        },
-        derived: prepared,
-      });
+        maxLineLength: this.d.limits.maxLineLength,
+        mapping,
+        identifierSystem,
+      }, entry.count);
       if (entry.kind === 'output' && entry.count !== undefined && entry.count !== got.count) {
         throw new NdjsonError(`${label} holds ${got.count} resources, the manifest announced ${entry.count} (truncated download?)`);
       }

@@ -8,6 +8,7 @@ import { RESOURCE_TYPES } from '../../src/fhir/resource-types';
 import { TaskTracker, EXCHANGE_TAG } from '../../src/requester/task-tracker';
 import { ImportJournal } from '../../src/requester/import-journal';
 import { Importer } from '../../src/requester/importer';
+import { RecordChecker } from '../../src/requester/record-checker';
 import { ExchangeJobData, ExchangeJobHandler } from '../../src/requester/exchange-job';
 import { parseRetryAfter, RemotePayer } from '../../src/requester/remote-payer-client';
 import { SourcePayer } from '../../src/requester/source-payers';
@@ -51,12 +52,14 @@ describe('an exchange that fails while importing its last file', () => {
       if (type === 'Observation') throw new Error('disk full');
       return realApply(type, plans, alongside);
     };
+    const checker = new RecordChecker();
     const task: Task = { resourceType: 'Task', id: 't1', meta: { tag: [EXCHANGE_TAG] }, status: 'requested', intent: 'order', for: { reference: 'Patient/local' } };
     await tracker.create(task);
     const handler = new ExchangeJobHandler({
       store,
       tracker,
       importer: new Importer(store, journal, 1 << 20),
+      checker,
       journal,
       remoteFor: () => fakeRemote({
         a: [cond('c1', 'changed at the source'), cond('c2', 'new')],
@@ -94,6 +97,7 @@ describe('an exchange that fails while importing its last file', () => {
     expect(await store.readIfExists('Condition', createdId)).toBeUndefined();
     expect((await store.historyOf('Condition', createdId, { count: 10, offset: 0 })).total).toBe(0);
     expect(await store.count('Provenance', {})).toBe(0);
+    await checker.close();
     await db.close();
   });
 });

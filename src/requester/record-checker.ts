@@ -1,0 +1,191 @@
+import path from 'node:path';
+import type { Readable } from 'node:stream';
+import { Worker } from 'node:worker_threads';
+import type { Resource } from 'fhir/r4';
+import { Downloaded, LineCheck, sourceErrorOf, validateReceived, writeChecked } from './downloader';
+import { preparedLine } from './local-form';
+import { IdMapping } from './reference-rewriter';
+import { ExchangeFailed, ImportRefused, LimitReached } from './exchange-errors';
+import { NdjsonError } from './ndjson';
+
+/** What to do with one downloaded file's records. */
+export interface CheckJob {
+  /** Where the file goes as received, and (output files) where its records go in their local form. */
+  file: string;
+  prepared?: string;
+  label: string;
+  /** `output`: records of `expectedType`, put in their local form; `error`: OperationOutcomes, whose diagnostics are kept. */
+  kind: 'output' | 'error';
+  expectedType: string;
+  maxLineLength: number;
+  mapping: IdMapping;
+  identifierSystem: string;
+}
+
+export interface Checked extends Downloaded {
+  /** An error file's diagnostics (the first 100). */
+  sourceErrors: string[];
+}
+
+/** The check of each record of a job: valid FHIR R4 of the file's type, then its local form (output) or its diagnostics kept (error). */
+export function recordCheck(job: CheckJob, sourceErrors: string[]): LineCheck {
+  return (resource, line) => {
+    validateReceived(resource, job.expectedType, job.label, line);
+    if (job.kind === 'error') {
+      if (sourceErrors.length < 100) sourceErrors.push(sourceErrorOf(resource));
+      return;
+    }
+    return preparedLine(resource as unknown as Resource, job.mapping, job.identifierSystem);
+  };
+}
+
+/** Errors the worker reports by name, made again here so they are judged as they would be on this thread. */
+const KNOWN_ERRORS: Record<string, new (message: string) => Error> = { NdjsonError, ExchangeFailed, ImportRefused, LimitReached };
+
+/**
+ * Starts the worker's module: compiled JavaScript in a build; from the TypeScript sources (tests),
+ * each module is transpiled as it is loaded, as ts-jest does.
+ */
+const BOOT = `
+const { workerData } = require('node:worker_threads');
+if (workerData.typescript) {
+  const ts = require(workerData.typescript);
+  const fs = require('node:fs');
+  const options = { module: ts.ModuleKind.CommonJS, target: ts.ScriptTarget.ES2022, esModuleInterop: true, resolveJsonModule: true };
+  require.extensions['.ts'] = (module, filename) => module._compile(ts.transpileModule(fs.readFileSync(filename, 'utf8'), { compilerOptions: options, fileName: filename }).outputText, filename);
+}
+require(workerData.script);
+`;
+
+/** Chunks of a download sent to the worker and not yet taken in by it, at most. */
+const IN_FLIGHT = 8;
+
+interface Job {
+  inFlight: number;
+  wake?: () => void;
+  settled?: { ok: true; value: Checked } | { ok: false; error: Error };
+  /** Called once the check is settled. */
+  finish: () => void;
+  /** Stops reading the bytes (the worker refused the file, or stopped). */
+  stopInput: () => void;
+}
+
+/**
+ * Checks downloaded records on a worker thread: parsing, validating against the R4 schema and
+ * making each record's local form take a quarter of an exchange's CPU, and on this thread they took
+ * turns with the import of the previous file. The bytes still arrive here (with the download's
+ * limits); the worker writes the file as received and its local form, and answers what it counted,
+ * or the first refusal. The worker starts on first use or `warmUp` (it compiles the schema, about a
+ * second and a half of its own CPU), and again if it ever stops.
+ * A file announced with fewer than `minRecords` records is checked on this thread: for a few
+ * records the round trips cost more than the work (100 concurrent exchanges of 60 resources ran 10%
+ * slower with every file on the worker).
+ */
+export class RecordChecker {
+  private worker?: Worker;
+  private readonly jobs = new Map<number, Job>();
+  private next = 1;
+
+  constructor(private readonly minRecords = 1000) {}
+
+  /** Starts the worker now, so its schema is compiled by the time the first file arrives. */
+  warmUp(): void {
+    this.start();
+  }
+
+  private start(): Worker {
+    if (this.worker) return this.worker;
+    const fromSources = __filename.endsWith('.ts');
+    const worker = new Worker(BOOT, {
+      eval: true,
+      workerData: { script: path.join(__dirname, `record-checker-worker${path.extname(__filename)}`), typescript: fromSources ? require.resolve('typescript') : undefined },
+    });
+    worker.unref();
+    worker.on('message', (m: WorkerMessage) => this.received(m));
+    const stopped = (error: Error) => {
+      if (this.worker !== worker) return;
+      this.worker = undefined;
+      for (const [id, job] of this.jobs) this.settle(id, job, { ok: false, error });
+    };
+    worker.on('error', (err) => stopped(err instanceof Error ? err : new Error(String(err))));
+    worker.on('exit', (code) => stopped(new Error(`the record checker stopped (exit code ${code})`)));
+    this.worker = worker;
+    return worker;
+  }
+
+  private received(m: WorkerMessage) {
+    const job = this.jobs.get(m.id);
+    if (!job) return;
+    if (m.op === 'ack') {
+      job.inFlight--;
+      job.wake?.();
+    } else if (m.op === 'done') this.settle(m.id, job, { ok: true, value: m.value });
+    else {
+      const Known = KNOWN_ERRORS[m.name];
+      this.settle(m.id, job, { ok: false, error: Known ? new Known(m.message) : new Error(m.message) });
+    }
+  }
+
+  private settle(id: number, job: Job, outcome: NonNullable<Job['settled']>) {
+    this.jobs.delete(id);
+    job.settled = outcome;
+    job.wake?.();
+    if (!outcome.ok) job.stopInput();
+    job.finish();
+  }
+
+  /**
+   * Checks and writes one file's records as its bytes arrive (`announced`: the count the manifest
+   * gives, if any). A fault of the bytes (a limit, the network) is thrown as it is; a refused record
+   * as the worker judged it. Either way the files are closed when this settles.
+   */
+  async check(bytes: Readable, job: CheckJob, announced?: number): Promise<Checked> {
+    if (announced !== undefined && announced < this.minRecords) return checkRecords(bytes, job);
+    const worker = this.start();
+    const id = this.next++;
+    let finish!: () => void;
+    const done = new Promise<void>((resolve) => (finish = resolve));
+    const state: Job = { inFlight: 0, finish, stopInput: () => bytes.destroy() };
+    this.jobs.set(id, state);
+    worker.ref(); // a check under way keeps the process up
+    worker.postMessage({ op: 'begin', id, job });
+    let fault: unknown;
+    try {
+      for await (const chunk of bytes as AsyncIterable<Buffer>) {
+        while (state.inFlight >= IN_FLIGHT && !state.settled) await new Promise<void>((r) => (state.wake = r));
+        if (state.settled) break; // refused: nothing more is read
+        state.inFlight++;
+        worker.postMessage({ op: 'data', id, chunk });
+      }
+      worker.postMessage({ op: 'end', id });
+    } catch (err) {
+      // Reading stops on a fault of the bytes, or because the worker settled the check first.
+      if (!state.settled) {
+        fault = err;
+        worker.postMessage({ op: 'abort', id });
+      }
+    } finally {
+      bytes.destroy();
+    }
+    await done;
+    if (this.jobs.size === 0) this.worker?.unref();
+    if (fault) throw fault;
+    const outcome = state.settled as NonNullable<Job['settled']>;
+    if (!outcome.ok) throw outcome.error;
+    return outcome.value;
+  }
+
+  /** Stops the worker; a check under way fails. */
+  async close(): Promise<void> {
+    await this.worker?.terminate();
+  }
+}
+
+/** Checks and writes one file's records on the calling thread (the worker's, or this one for a small file). */
+export async function checkRecords(bytes: Readable, job: CheckJob): Promise<Checked> {
+  const sourceErrors: string[] = [];
+  const got = await writeChecked(bytes, job.file, { label: job.label, expectedType: job.expectedType, maxLineLength: job.maxLineLength, check: recordCheck(job, sourceErrors), derived: job.prepared });
+  return { ...got, sourceErrors };
+}
+
+export type WorkerMessage = { id: number; op: 'ack' } | { id: number; op: 'done'; value: Checked } | { id: number; op: 'error'; name: string; message: string };

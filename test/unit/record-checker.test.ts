@@ -1,0 +1,81 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { CheckJob, RecordChecker } from '../../src/requester/record-checker';
+import { limited } from '../../src/requester/downloader';
+import { ExchangeFailed, ImportRefused, LimitReached } from '../../src/requester/exchange-errors';
+import { NdjsonError } from '../../src/requester/ndjson';
+import { classify } from '../../src/requester/exchange-errors';
+import { tempDir } from '../helpers/server';
+
+const mapping = { sourcePatientId: 'm1', localPatientId: 'local', sourceBase: 'https://source.example.com/fhir', issuer: 'https://source.example.com' };
+const cond = (id: string, patient = 'Patient/m1') => ({ resourceType: 'Condition', id, subject: { reference: patient }, code: { text: `condition ${id}` } });
+const ndjson = (records: unknown[]) => records.map((r) => (typeof r === 'string' ? r : JSON.stringify(r))).join('\n') + '\n';
+/** The bytes in small chunks, as a network would deliver them. */
+const bytes = (text: string, size = 100) => Readable.from(Array.from({ length: Math.ceil(text.length / size) }, (_, i) => Buffer.from(text.slice(i * size, (i + 1) * size))));
+const limits = { maxFileBytes: 1 << 20, remainingBytes: 1 << 22, idleTimeoutMs: 5000, deadline: Date.now() + 60_000, maxLineLength: 1 << 16 };
+
+describe('the record checker', () => {
+  const onWorker = new RecordChecker(0);
+  const here = new RecordChecker(Infinity);
+  const dir = tempDir('checker-');
+  let n = 0;
+  const job = (kind: 'output' | 'error' = 'output', expectedType = 'Condition'): CheckJob => {
+    n++;
+    return { file: path.join(dir, `${n}.ndjson`), prepared: kind === 'output' ? path.join(dir, `${n}.local`) : undefined, label: 'the Condition file', kind, expectedType, maxLineLength: 1 << 16, mapping, identifierSystem: 'https://source.example.com/resource-id' };
+  };
+  afterAll(() => onWorker.close());
+
+  it('gives the same files, counts and hash on its worker as on this thread', async () => {
+    const text = ndjson(Array.from({ length: 300 }, (_, i) => cond(`c${i}`)));
+    const [a, b] = [job(), job()];
+    const viaWorker = await onWorker.check(limited(bytes(text), 'the Condition file', limits), a, 300);
+    const viaHere = await here.check(limited(bytes(text), 'the Condition file', limits), b, 300);
+    expect(viaWorker).toEqual(viaHere);
+    expect(viaWorker).toMatchObject({ count: 300, size: Buffer.byteLength(text), sourceErrors: [] });
+    expect(fs.readFileSync(a.file, 'utf8')).toBe(text);
+    expect(fs.readFileSync(a.prepared as string, 'utf8')).toBe(fs.readFileSync(b.prepared as string, 'utf8'));
+    const first = fs.readFileSync(a.prepared as string, 'utf8').split('\n')[0];
+    expect(first).toMatch(/^Condition\/p2p-[0-9a-f]+\t/);
+    expect(JSON.parse(first.slice(first.indexOf('\t') + 1)).subject).toEqual({ reference: 'Patient/local' });
+  });
+
+  it.each([
+    ['a record about a patient who is not the member', [cond('c1'), cond('c2', 'https://requester.example.com/fhir/Patient/victim')], ImportRefused, /refers to a patient other than the member/],
+    ['a line that is not JSON', [cond('c1'), '{"resourceType": "Condition", "id": "c2"'], NdjsonError, /line 2 is not valid JSON/],
+    ['a record that is not valid R4', [cond('c1'), { ...cond('c2'), onsetDateTime: 'yesterday' }], ExchangeFailed, /line 2 is not valid FHIR R4/],
+  ])('refuses %s on its worker as it would here, by the same kind of error', async (_what, records, Kind, message) => {
+    const text = ndjson(records);
+    const viaWorker = onWorker.check(limited(bytes(text), 'the Condition file', limits), job());
+    await expect(viaWorker).rejects.toBeInstanceOf(Kind);
+    await expect(viaWorker).rejects.toThrow(message);
+    const viaHere = here.check(limited(bytes(text), 'the Condition file', limits), job());
+    await expect(viaHere).rejects.toBeInstanceOf(Kind);
+    expect(classify(await viaWorker.catch((e) => e))).toEqual(classify(await viaHere.catch((e) => e)));
+  });
+
+  it('stops at a limit the bytes reach, and checks the next file as usual', async () => {
+    const text = ndjson(Array.from({ length: 50 }, (_, i) => cond(`c${i}`)));
+    const tooBig = onWorker.check(limited(bytes(text), 'the Condition file', { ...limits, maxFileBytes: 1000 }), job());
+    await expect(tooBig).rejects.toBeInstanceOf(LimitReached);
+    await expect(tooBig).rejects.toThrow(/larger than the limit of 1000 bytes/);
+    await expect(onWorker.check(limited(bytes(text), 'the Condition file', limits), job())).resolves.toMatchObject({ count: 50 });
+  });
+
+  it('fails a check under way if its worker stops, and starts another for the next', async () => {
+    const endless = new Readable({ read() {} });
+    endless.push(ndjson([cond('c1')]));
+    const underWay = onWorker.check(limited(endless, 'the Condition file', limits), job());
+    await new Promise((r) => setTimeout(r, 200));
+    await onWorker.close();
+    await expect(underWay).rejects.toThrow(/record checker stopped/);
+    expect(classify(await underWay.catch((e) => e))).toMatchObject({ kind: 'failed', reason: 'internal error' });
+    await expect(onWorker.check(limited(bytes(ndjson([cond('c1')])), 'the Condition file', limits), job())).resolves.toMatchObject({ count: 1 });
+  });
+
+  it("keeps an error file's diagnostics", async () => {
+    const outcome = (d: string) => ({ resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'processing', diagnostics: d }] });
+    const got = await onWorker.check(limited(bytes(ndjson([outcome('first'), outcome('second')])), 'the error file', limits), job('error', 'OperationOutcome'));
+    expect(got).toMatchObject({ count: 2, sourceErrors: ['first', 'second'] });
+  });
+});
