@@ -108,6 +108,8 @@ async function startServerProcess(env: Record<string, string>): Promise<Child> {
     proc.stderr?.on('data', onData);
     proc.once('exit', (code) => reject(new Error(`server exited (${code}): ${out.slice(-500)}`)));
   });
+  // A requester's record checker compiles the schema on another core as it starts: nothing is timed until that is over.
+  await atRest(proc.pid as number);
   return {
     base,
     tokenUrl: base.replace(/\/4_0_1$/, '/oauth/token'),
@@ -123,6 +125,23 @@ async function startServerProcess(env: Record<string, string>): Promise<Child> {
 /** A server's environment: its data directory, info logs (the `listening` line tells its base), auth off unless asked. */
 function serverEnv(dataDir: string, extra: Record<string, string> = {}): Record<string, string> {
   return { DATA_DIR: dataDir, LOG_LEVEL: 'info', AUTH_REQUIRED: 'false', ...extra };
+}
+
+/** A process's CPU time so far, in ms (utime and stime of /proc/PID/stat, all threads). */
+function cpuMs(pid: number): number {
+  const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
+}
+
+/** Waits (at most 10 s) until a process uses less than a tenth of a core over a quarter of a second: its start-up work is over. */
+async function atRest(pid: number): Promise<void> {
+  let last = cpuMs(pid);
+  for (let i = 0; i < 40; i++) {
+    await sleep(250);
+    const now = cpuMs(pid);
+    if (now - last < 25) return;
+    last = now;
+  }
 }
 
 function rssMb(pid: number): number {
