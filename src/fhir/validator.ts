@@ -8,7 +8,7 @@ import { ID_PATTERN } from './resource-types';
 let instance: { ajv: Ajv; compiled: Map<string, ValidateFunction> } | undefined;
 
 /**
- * The official R4 JSON schema, compiled once per process (about a second and a half of CPU, so the
+ * The official R4 JSON schema, compiled once per process (about a second of CPU, so the
  * server does it before it listens: `warmUpValidator`), shared by every caller. It collects every
  * error, so a partial resource's missing-required ones can be set aside.
  */
@@ -20,7 +20,9 @@ function validatorFor(type: string): ValidateFunction | undefined {
     // The published schema refers to two definitions it does not contain.
     for (const m of JSON.stringify(schema).matchAll(/#\/definitions\/([^"]+)"/g)) if (!(m[1] in definitions)) definitions[m[1]] = {};
     const { id, ...rest } = schema;
-    const ajv = new Ajv({ strict: false, allErrors: true, validateSchema: false });
+    // Without ajv's optimisation pass over the generated code: the schema compiles in 0.9 s instead of
+    // 1.45 s and takes about 30 MB less, and validates as fast (2.2 µs a record on Synthea-like data).
+    const ajv = new Ajv({ strict: false, allErrors: true, validateSchema: false, code: { optimize: false } });
     ajv.addMetaSchema(draft06);
     ajv.addSchema({ ...rest, $id: id, definitions }, 'fhir');
     inst = { ajv, compiled: new Map() };
