@@ -250,8 +250,6 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
   const port = (server.address() as AddressInfo).port;
   base.url = fhirBase(config, port);
   runner.start();
-  // A requesting payer's record checker starts now: its schema compiles on another core, before the first exchange needs it.
-  if (payers.size > 0) checker.warmUp();
   const sweeper = setInterval(() => void sweepExpiredExports(runner, files).catch((err) => logger.warn('export sweep failed', { error: err.message })), 60_000);
   sweeper.unref();
   // Scheduled run-offs (members with concurrent coverage), when configured: checked hourly.

@@ -115,8 +115,6 @@ export class ExchangeJobHandler {
     try {
       if (await this.d.tracker.isCancelled(data.taskId)) throw new TaskCancelled();
       if (!remote || !payer) throw new ExchangeFailed(`the source payer ${data.issuer} is no longer registered`);
-      // Its schema compiles while the source matches and exports.
-      if (!data.downloads?.done) this.d.checker.warmUp();
       if (!data.started) {
         await this.d.tracker.change(data.taskId, data.matched ? { status: 'in-progress', step: data.manifest ? 'importing' : 'exporting', note: 'Started' } : { status: 'in-progress', step: 'matching', note: `Started; asking ${payer.name ?? data.issuer} to match the member` });
         await ctx.checkpoint({ started: true });
@@ -209,6 +207,7 @@ export class ExchangeJobHandler {
     const dir = path.join(this.d.workDir, data.taskId);
     await fs.promises.mkdir(dir, { recursive: true });
     const identifierSystem = payer.responderIdentifierSystem ?? `${payer.issuer}/resource-id`;
+    this.d.checker.warmUp(manifest.files.filter((f) => f.kind === 'output').map((f) => f.count));
     for (const [i, entry] of manifest.files.entries()) {
       const name = `${String(i).padStart(5, '0')}.ndjson`;
       if (state.files.some((f) => f.name === name)) continue;

@@ -8,8 +8,9 @@ const port = parentPort as NonNullable<typeof parentPort>;
 const inputs = new Map<number, PassThrough>();
 const post = (m: WorkerMessage) => port.postMessage(m);
 
-// The schema is compiled before the first file arrives (messages wait meanwhile).
+// The schema is compiled first; until the worker says it is ready, the main thread checks.
 warmUpValidator();
+post({ op: 'ready' });
 
 port.on('message', (m: { op: 'begin'; id: number; job: CheckJob } | { op: 'data'; id: number; chunk: Uint8Array } | { op: 'end' | 'abort'; id: number }) => {
   if (m.op === 'begin') {

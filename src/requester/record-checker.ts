@@ -70,50 +70,78 @@ interface Job {
   stopInput: () => void;
 }
 
+/** A worker with no check to do for this long is stopped: it takes about 80 MB. */
+const IDLE_MS = 60_000;
+
 /**
  * Checks downloaded records on a worker thread: parsing, validating against the R4 schema and
  * making each record's local form take a quarter of an exchange's CPU, and on this thread they took
  * turns with the import of the previous file. The bytes still arrive here (with the download's
  * limits); the worker writes the file as received and its local form, and answers what it counted,
- * or the first refusal. The worker starts on first use or `warmUp` (it compiles the schema, about a
- * second and a half of its own CPU), and again if it ever stops.
- * A file announced with fewer than `minRecords` records is checked on this thread: for a few
- * records the round trips cost more than the work (100 concurrent exchanges of 60 resources ran 10%
- * slower with every file on the worker).
+ * or the first refusal.
+ * The worker costs memory (its own copy of the compiled schema: about 80 MB) and a second and a
+ * half of CPU to start, so it runs only while large files come: an exchange starts it (`warmUp`)
+ * when its manifest announces one, it stops after a minute without work, and until it is ready this
+ * thread checks. A file announced with fewer than `minRecords` records is always checked here: for a
+ * few records the round trips cost more than the work (100 concurrent exchanges of 60 resources
+ * ran 10% slower with every file on the worker).
  */
 export class RecordChecker {
-  private worker?: Worker;
+  private worker?: { thread: Worker; ready: boolean; whenReady: Promise<void> };
   private readonly jobs = new Map<number, Job>();
   private next = 1;
+  private idle?: NodeJS.Timeout;
+  /** Files checked so far, by where. */
+  readonly checked = { onWorker: 0, here: 0 };
 
   constructor(private readonly minRecords = 1000) {}
 
-  /** Starts the worker now, so its schema is compiled by the time the first file arrives. */
-  warmUp(): void {
+  /**
+   * Starts the worker, if need be, so its schema is compiled by the time large files arrive: given
+   * the record counts a manifest announces, only if one is large or not given.
+   */
+  warmUp(announced?: (number | undefined)[]): void {
+    if (announced && !announced.some((n) => n === undefined || n >= this.minRecords)) return;
     this.start();
+    this.idleLater();
   }
 
-  private start(): Worker {
+  /** Resolves once the worker is ready to check (or has stopped). */
+  async ready(): Promise<void> {
+    await this.start().whenReady;
+  }
+
+  private start(): NonNullable<RecordChecker['worker']> {
+    if (this.idle) clearTimeout(this.idle);
+    this.idle = undefined;
     if (this.worker) return this.worker;
     const fromSources = __filename.endsWith('.ts');
-    const worker = new Worker(BOOT, {
+    const thread = new Worker(BOOT, {
       eval: true,
       workerData: { script: path.join(__dirname, `record-checker-worker${path.extname(__filename)}`), typescript: fromSources ? require.resolve('typescript') : undefined },
     });
-    worker.unref();
-    worker.on('message', (m: WorkerMessage) => this.received(m));
+    thread.unref();
+    let readied!: () => void;
+    const worker = { thread, ready: false, whenReady: new Promise<void>((resolve) => (readied = resolve)) };
+    thread.on('message', (m: WorkerMessage) => {
+      if (m.op === 'ready') {
+        worker.ready = true;
+        readied();
+      } else this.received(m);
+    });
     const stopped = (error: Error) => {
+      readied();
       if (this.worker !== worker) return;
       this.worker = undefined;
       for (const [id, job] of this.jobs) this.settle(id, job, { ok: false, error });
     };
-    worker.on('error', (err) => stopped(err instanceof Error ? err : new Error(String(err))));
-    worker.on('exit', (code) => stopped(new Error(`the record checker stopped (exit code ${code})`)));
+    thread.on('error', (err) => stopped(err instanceof Error ? err : new Error(String(err))));
+    thread.on('exit', (code) => stopped(new Error(`the record checker stopped (exit code ${code})`)));
     this.worker = worker;
     return worker;
   }
 
-  private received(m: WorkerMessage) {
+  private received(m: Exclude<WorkerMessage, { op: 'ready' }>) {
     const job = this.jobs.get(m.id);
     if (!job) return;
     if (m.op === 'ack') {
@@ -140,8 +168,10 @@ export class RecordChecker {
    * as the worker judged it. Either way the files are closed when this settles.
    */
   async check(bytes: Readable, job: CheckJob, announced?: number): Promise<Checked> {
-    if (announced !== undefined && announced < this.minRecords) return checkRecords(bytes, job);
-    const worker = this.start();
+    if (announced !== undefined && announced < this.minRecords) return this.checkHere(bytes, job);
+    const { thread: worker, ready } = this.start();
+    if (!ready) return this.checkHere(bytes, job).finally(() => this.idleLater()); // its schema is still compiling
+    this.checked.onWorker++;
     const id = this.next++;
     let finish!: () => void;
     const done = new Promise<void>((resolve) => (finish = resolve));
@@ -168,16 +198,32 @@ export class RecordChecker {
       bytes.destroy();
     }
     await done;
-    if (this.jobs.size === 0) this.worker?.unref();
+    this.idleLater();
     if (fault) throw fault;
     const outcome = state.settled as NonNullable<Job['settled']>;
     if (!outcome.ok) throw outcome.error;
     return outcome.value;
   }
 
+  private checkHere(bytes: Readable, job: CheckJob): Promise<Checked> {
+    this.checked.here++;
+    return checkRecords(bytes, job);
+  }
+
+  /** No check under way: the worker stops unless another comes within IDLE_MS. */
+  private idleLater() {
+    if (this.jobs.size > 0 || !this.worker) return;
+    this.worker.thread.unref();
+    if (this.idle) clearTimeout(this.idle);
+    this.idle = setTimeout(() => void this.close(), IDLE_MS);
+    this.idle.unref();
+  }
+
   /** Stops the worker; a check under way fails. */
   async close(): Promise<void> {
-    await this.worker?.terminate();
+    if (this.idle) clearTimeout(this.idle);
+    this.idle = undefined;
+    await this.worker?.thread.terminate();
   }
 }
 
@@ -188,4 +234,4 @@ export async function checkRecords(bytes: Readable, job: CheckJob): Promise<Chec
   return { ...got, sourceErrors };
 }
 
-export type WorkerMessage = { id: number; op: 'ack' } | { id: number; op: 'done'; value: Checked } | { id: number; op: 'error'; name: string; message: string };
+export type WorkerMessage = { op: 'ready' } | { id: number; op: 'ack' } | { id: number; op: 'done'; value: Checked } | { id: number; op: 'error'; name: string; message: string };

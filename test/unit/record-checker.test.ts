@@ -25,12 +25,16 @@ describe('the record checker', () => {
     return { file: path.join(dir, `${n}.ndjson`), prepared: kind === 'output' ? path.join(dir, `${n}.local`) : undefined, label: 'the Condition file', kind, expectedType, maxLineLength: 1 << 16, mapping, identifierSystem: 'https://source.example.com/resource-id' };
   };
   afterAll(() => onWorker.close());
+  // Until its worker is ready, a checker checks on this thread.
+  beforeEach(() => onWorker.ready());
 
   it('gives the same files, counts and hash on its worker as on this thread', async () => {
     const text = ndjson(Array.from({ length: 300 }, (_, i) => cond(`c${i}`)));
     const [a, b] = [job(), job()];
     const viaWorker = await onWorker.check(limited(bytes(text), 'the Condition file', limits), a, 300);
     const viaHere = await here.check(limited(bytes(text), 'the Condition file', limits), b, 300);
+    expect(onWorker.checked).toEqual({ onWorker: 1, here: 0 });
+    expect(here.checked).toEqual({ onWorker: 0, here: 1 });
     expect(viaWorker).toEqual(viaHere);
     expect(viaWorker).toMatchObject({ count: 300, size: Buffer.byteLength(text), sourceErrors: [] });
     expect(fs.readFileSync(a.file, 'utf8')).toBe(text);
@@ -71,6 +75,29 @@ describe('the record checker', () => {
     await expect(underWay).rejects.toThrow(/record checker stopped/);
     expect(classify(await underWay.catch((e) => e))).toMatchObject({ kind: 'failed', reason: 'internal error' });
     await expect(onWorker.check(limited(bytes(ndjson([cond('c1')])), 'the Condition file', limits), job())).resolves.toMatchObject({ count: 1 });
+  });
+
+  it('checks on this thread while its worker compiles the schema, and on the worker once it is ready', async () => {
+    const fresh = new RecordChecker(0);
+    try {
+      fresh.warmUp([5000]);
+      const text = ndjson([cond('c1'), cond('c2')]);
+      await expect(fresh.check(limited(bytes(text), 'the Condition file', limits), job(), 5000)).resolves.toMatchObject({ count: 2 });
+      expect(fresh.checked).toEqual({ onWorker: 0, here: 1 });
+      await fresh.ready();
+      await expect(fresh.check(limited(bytes(text), 'the Condition file', limits), job(), 5000)).resolves.toMatchObject({ count: 2 });
+      expect(fresh.checked).toEqual({ onWorker: 1, here: 1 });
+    } finally {
+      await fresh.close();
+    }
+  });
+
+  it('starts no worker for an exchange whose files are all small', async () => {
+    const small = new RecordChecker(1000);
+    small.warmUp([10, 999]);
+    await small.check(limited(bytes(ndjson([cond('c1')])), 'the Condition file', limits), job(), 1);
+    expect(small.checked).toEqual({ onWorker: 0, here: 1 });
+    expect((small as unknown as { worker?: unknown }).worker).toBeUndefined();
   });
 
   it("keeps an error file's diagnostics", async () => {
