@@ -72,6 +72,12 @@ interface Job {
 
 /** A worker with no check to do for this long is stopped: it takes about 80 MB. */
 const IDLE_MS = 60_000;
+/**
+ * Records in large files that make starting the worker worth it. For 10,000 (three files of 3,300)
+ * its start (a second of CPU on the other core, while the source sends and this thread checks)
+ * cost more than it saved; for 50,000 it saved about 15%.
+ */
+const WORTH_STARTING = 20_000;
 
 /**
  * Checks downloaded records on a worker thread: parsing, validating against the R4 schema and
@@ -79,10 +85,10 @@ const IDLE_MS = 60_000;
  * turns with the import of the previous file. The bytes still arrive here (with the download's
  * limits); the worker writes the file as received and its local form, and answers what it counted,
  * or the first refusal.
- * The worker costs memory (its own copy of the compiled schema: about 80 MB) and a second and a
- * half of CPU to start, so it runs only while large files come: an exchange starts it (`warmUp`)
- * when its manifest announces one, it stops after a minute without work, and until it is ready this
- * thread checks. A file announced with fewer than `minRecords` records is always checked here: for a
+ * The worker costs memory (its own copy of the compiled schema: about 80 MB) and about a second
+ * of CPU to start, so it runs only while large files come: an exchange starts it (`warmUp`) when
+ * its manifest announces enough records in them, it stops after a minute without work, and until
+ * it is ready this thread checks. A file announced with fewer than `minRecords` records is always checked here: for a
  * few records the round trips cost more than the work (100 concurrent exchanges of 60 resources
  * ran 10% slower with every file on the worker).
  */
@@ -98,10 +104,14 @@ export class RecordChecker {
 
   /**
    * Starts the worker, if need be, so its schema is compiled by the time large files arrive: given
-   * the record counts a manifest announces, only if one is large or not given.
+   * the record counts a manifest announces, only if its large files hold WORTH_STARTING records or
+   * more, or one has no count.
    */
   warmUp(announced?: (number | undefined)[]): void {
-    if (announced && !announced.some((n) => n === undefined || n >= this.minRecords)) return;
+    if (announced) {
+      const large = announced.filter((n) => n === undefined || n >= this.minRecords);
+      if (!large.includes(undefined) && large.reduce<number>((sum, n) => sum + (n as number), 0) < WORTH_STARTING) return;
+    }
     this.start();
     this.idleLater();
   }
@@ -111,6 +121,7 @@ export class RecordChecker {
     await this.start().whenReady;
   }
 
+  /** The worker (started if need be), kept from its idle stop. */
   private start(): NonNullable<RecordChecker['worker']> {
     if (this.idle) clearTimeout(this.idle);
     this.idle = undefined;
@@ -168,9 +179,9 @@ export class RecordChecker {
    * as the worker judged it. Either way the files are closed when this settles.
    */
   async check(bytes: Readable, job: CheckJob, announced?: number): Promise<Checked> {
-    if (announced !== undefined && announced < this.minRecords) return this.checkHere(bytes, job);
-    const { thread: worker, ready } = this.start();
-    if (!ready) return this.checkHere(bytes, job).finally(() => this.idleLater()); // its schema is still compiling
+    // A small file, or no worker ready (none started, or its schema still compiling): checked here.
+    if ((announced !== undefined && announced < this.minRecords) || !this.worker?.ready) return this.checkHere(bytes, job);
+    const worker = this.start().thread;
     this.checked.onWorker++;
     const id = this.next++;
     let finish!: () => void;

@@ -66,7 +66,7 @@ describe('the record checker', () => {
     await expect(onWorker.check(limited(bytes(text), 'the Condition file', limits), job())).resolves.toMatchObject({ count: 50 });
   });
 
-  it('fails a check under way if its worker stops, and starts another for the next', async () => {
+  it('fails a check under way if its worker stops; a new worker serves the next', async () => {
     const endless = new Readable({ read() {} });
     endless.push(ndjson([cond('c1')]));
     const underWay = onWorker.check(limited(endless, 'the Condition file', limits), job());
@@ -74,13 +74,16 @@ describe('the record checker', () => {
     await onWorker.close();
     await expect(underWay).rejects.toThrow(/record checker stopped/);
     expect(classify(await underWay.catch((e) => e))).toMatchObject({ kind: 'failed', reason: 'internal error' });
+    await onWorker.ready();
+    const before = onWorker.checked.onWorker;
     await expect(onWorker.check(limited(bytes(ndjson([cond('c1')])), 'the Condition file', limits), job())).resolves.toMatchObject({ count: 1 });
+    expect(onWorker.checked.onWorker).toBe(before + 1);
   });
 
   it('checks on this thread while its worker compiles the schema, and on the worker once it is ready', async () => {
     const fresh = new RecordChecker(0);
     try {
-      fresh.warmUp([5000]);
+      fresh.warmUp([25_000]);
       const text = ndjson([cond('c1'), cond('c2')]);
       await expect(fresh.check(limited(bytes(text), 'the Condition file', limits), job(), 5000)).resolves.toMatchObject({ count: 2 });
       expect(fresh.checked).toEqual({ onWorker: 0, here: 1 });
@@ -92,11 +95,13 @@ describe('the record checker', () => {
     }
   });
 
-  it('starts no worker for an exchange whose files are all small', async () => {
+  it('starts no worker for an exchange whose files are small, or hold too few records in all', async () => {
     const small = new RecordChecker(1000);
     small.warmUp([10, 999]);
+    small.warmUp([3300, 3300, 3300]);
     await small.check(limited(bytes(ndjson([cond('c1')])), 'the Condition file', limits), job(), 1);
-    expect(small.checked).toEqual({ onWorker: 0, here: 1 });
+    await small.check(limited(bytes(ndjson([cond('c2')])), 'the Condition file', limits), job(), 3300);
+    expect(small.checked).toEqual({ onWorker: 0, here: 2 });
     expect((small as unknown as { worker?: unknown }).worker).toBeUndefined();
   });
 
