@@ -5,7 +5,7 @@ import { ResourceStore } from '../store/resource-store';
 import { IdMapping, localIdFor } from './reference-rewriter';
 import { readResources } from './ndjson';
 import { LimitReached } from './exchange-errors';
-import { localForm } from './local-form';
+import { localForm, parsePreparedLine } from './local-form';
 import { ImportJournal } from './import-journal';
 
 export interface ImportResult {
@@ -47,10 +47,10 @@ export class Importer {
     return this.importChunks(preparedResources(file), type, opts);
   }
 
-  private async *preparedFrom(file: string, type: string, m: IdMapping, identifierSystem: string): AsyncGenerator<Resource> {
+  private async *preparedFrom(file: string, type: string, m: IdMapping, identifierSystem: string): AsyncGenerator<Local> {
     for await (const { resource } of readResources(fs.createReadStream(file), { expectedType: type, maxLineLength: this.maxLineLength, label: type })) {
       const local = localForm(resource as unknown as Resource, m, identifierSystem);
-      if (local) yield local;
+      if (local) yield { resource: local };
     }
   }
 
@@ -58,17 +58,17 @@ export class Importer {
    * Imports local resources in chunks: each chunk's resources are planned together (two queries),
    * the unchanged ones skipped, and the rest written in one batch through the undo journal.
    */
-  private async importChunks(resources: AsyncIterable<Resource>, type: string, opts: ImportOptions): Promise<ImportResult> {
+  private async importChunks(resources: AsyncIterable<Local>, type: string, opts: ImportOptions): Promise<ImportResult> {
     const result: ImportResult = { count: 0, written: 0, unchanged: 0 };
     const size = opts.chunkSize ?? IMPORT_CHUNK;
-    let chunk: Resource[] = [];
+    let chunk: Local[] = [];
     const flush = async () => {
       if (chunk.length === 0) return;
       if (opts.signal?.aborted) throw opts.signal.reason;
       if (Date.now() > opts.deadline) throw new LimitReached(`the exchange's deadline passed while importing ${type}`);
       // A source may list one record twice in a file: the last one stands.
-      const byId = new Map(chunk.map((r) => [r.id as string, r]));
-      const plans = await this.store.planWrites(type, [...byId.values()]);
+      const byId = [...new Map(chunk.map((l) => [l.resource.id as string, l])).values()];
+      const plans = await this.store.planWrites(type, byId.map((l) => l.resource), byId.map((l) => l.hash));
       await this.journal.writeMany(opts.taskId, type, plans);
       const written = plans.filter((p) => p.changed).length;
       result.written += written;
@@ -83,6 +83,12 @@ export class Importer {
     await flush();
     return result;
   }
+}
+
+/** A resource in its local form, with its content hash when that was made beforehand. */
+interface Local {
+  resource: Resource;
+  hash?: string;
 }
 
 /**
@@ -100,8 +106,8 @@ export interface ImportOptions {
 }
 
 /** The resources of a prepared file. */
-async function* preparedResources(file: string): AsyncGenerator<Resource> {
-  for await (const line of preparedLines(file)) yield JSON.parse(line.slice(line.indexOf('\t') + 1)) as Resource;
+async function* preparedResources(file: string): AsyncGenerator<Local> {
+  for await (const line of preparedLines(file)) yield parsePreparedLine(line);
 }
 
 /** The lines of a work file this server wrote itself. */

@@ -3,6 +3,7 @@ import { hasElement } from '../fhir/validator';
 import { stripInternalMarkers } from '../fhir/internal-markers';
 import { IdMapping, localIdFor, rewriteReferences } from './reference-rewriter';
 import { ImportRefused } from './exchange-errors';
+import { contentHash } from '../store/resource-store';
 
 export const IMPORT_TAG_SYSTEM = 'urn:p2p-fhir-server:imported-from';
 
@@ -59,11 +60,21 @@ export function localForm(resource: Resource & { id?: string }, m: IdMapping, id
 
 /**
  * One line of a prepared file: the local form of a resource as received, after the local reference
- * it gets (`Type/id`, then a tab: JSON has no raw tab outside a string), or undefined for the
- * member's own Patient. Made while the file downloads, so the import parses each record once and
- * checks it once; throws ImportRefused.
+ * it gets (`Type/id`) and its content hash (the store's `contentHash`), each followed by a tab (JSON
+ * has no raw tab outside a string); undefined for the member's own Patient. Made while the file
+ * downloads (on the record checker's thread, for a large file), so the import parses each record
+ * once, checks it once and hashes none; throws ImportRefused.
  */
 export function preparedLine(resource: Resource & { id?: string }, m: IdMapping, identifierSystem: string): string | undefined {
   const local = localForm(resource, m, identifierSystem);
-  return local && `${local.resourceType}/${local.id}\t${JSON.stringify(local)}`;
+  return local && `${local.resourceType}/${local.id}\t${contentHash(local)}\t${JSON.stringify(local)}`;
+}
+
+/** A prepared line's parts (a line made before the hash was added has none). */
+export function parsePreparedLine(line: string): { reference: string; hash?: string; resource: Resource } {
+  const tab = line.indexOf('\t');
+  const rest = line.slice(tab + 1);
+  if (rest.startsWith('{')) return { reference: line.slice(0, tab), resource: JSON.parse(rest) as Resource };
+  const second = rest.indexOf('\t');
+  return { reference: line.slice(0, tab), hash: rest.slice(0, second), resource: JSON.parse(rest.slice(second + 1)) as Resource };
 }

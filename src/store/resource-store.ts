@@ -167,8 +167,9 @@ export class ResourceStore {
   /**
    * Plans a batch of writes of one type with two queries, whatever its size: each resource's
    * current version and content hash, and for those with none, the highest version in their history.
+   * `hashes`: the resources' content hashes (`contentHash`), where the caller made them beforehand.
    */
-  async planWrites(type: string, resources: Resource[]): Promise<PlannedWrite[]> {
+  async planWrites(type: string, resources: Resource[], hashes: (string | undefined)[] = []): Promise<PlannedWrite[]> {
     await this.ensureIndexes(type);
     const ids = resources.map((r) => r.id as string);
     const current = new Map((await this.current(type).find({ _id: { $in: ids } }, { fields: ['v', 'h'] })).map((d) => [d._id, d]));
@@ -177,10 +178,10 @@ export class ResourceStore {
     if (missing.length) {
       for (const h of await this.history(type).find({ id: { $in: missing } }, { fields: ['id', 'v'] })) floors.set(h.id, Math.max(floors.get(h.id) ?? 0, h.v));
     }
-    return resources.map((resource) => {
+    return resources.map((resource, i) => {
       const id = resource.id as string;
       const doc = current.get(id);
-      const hash = contentHash(resource);
+      const hash = hashes[i] ?? contentHash(resource);
       if (doc) return { id, resource, before: { current: doc.v, floor: doc.v }, changed: doc.h !== hash, version: doc.v + 1, hash };
       const floor = floors.get(id) ?? 0;
       return { id, resource, before: { current: null, floor }, changed: true, version: floor + 1, hash };

@@ -6,6 +6,8 @@ import { limited } from '../../src/requester/downloader';
 import { ExchangeFailed, ImportRefused, LimitReached } from '../../src/requester/exchange-errors';
 import { NdjsonError } from '../../src/requester/ndjson';
 import { classify } from '../../src/requester/exchange-errors';
+import { parsePreparedLine } from '../../src/requester/local-form';
+import { contentHash } from '../../src/store/resource-store';
 import { tempDir } from '../helpers/server';
 
 const mapping = { sourcePatientId: 'm1', localPatientId: 'local', sourceBase: 'https://source.example.com/fhir', issuer: 'https://source.example.com' };
@@ -41,7 +43,14 @@ describe('the record checker', () => {
     expect(fs.readFileSync(a.prepared as string, 'utf8')).toBe(fs.readFileSync(b.prepared as string, 'utf8'));
     const first = fs.readFileSync(a.prepared as string, 'utf8').split('\n')[0];
     expect(first).toMatch(/^Condition\/p2p-[0-9a-f]+\t/);
-    expect(JSON.parse(first.slice(first.indexOf('\t') + 1)).subject).toEqual({ reference: 'Patient/local' });
+    const { reference, hash, resource } = parsePreparedLine(first);
+    expect(reference).toBe(`Condition/${resource.id}`);
+    expect((resource as { subject?: unknown }).subject).toEqual({ reference: 'Patient/local' });
+    // The hash made on the worker is the store's: an unchanged record is recognised as such.
+    expect(hash).toBe(contentHash(resource));
+    // A line prepared before hashes were added still reads.
+    const old = `${reference}\t${JSON.stringify(resource)}`;
+    expect(parsePreparedLine(old)).toEqual({ reference, resource });
   });
 
   it.each([
