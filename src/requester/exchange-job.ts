@@ -75,7 +75,7 @@ export interface ExchangeDeps {
   store: ResourceStore;
   tracker: TaskTracker;
   importer: Importer;
-  /** Checks each downloaded record and makes its local form, on its own thread. */
+  /** Checks each downloaded record and makes its local form (a large file's on a worker thread). */
   checker: RecordChecker;
   journal: ImportJournal;
   remoteFor: (issuer: string) => RemotePayer | undefined;

@@ -28,7 +28,7 @@ export interface Checked extends Downloaded {
 }
 
 /** The check of each record of a job: valid FHIR R4 of the file's type, then its local form (output) or its diagnostics kept (error). */
-export function recordCheck(job: CheckJob, sourceErrors: string[]): LineCheck {
+function recordCheck(job: CheckJob, sourceErrors: string[]): LineCheck {
   return (resource, line) => {
     validateReceived(resource, job.expectedType, job.label, line);
     if (job.kind === 'error') {

@@ -39,6 +39,7 @@ export class Checkpointer {
   private pending = false;
   private timer?: NodeJS.Timeout;
   private closed = false;
+  private exited = false;
 
   constructor(file: string) {
     this.worker = new Worker(WORKER, { eval: true, workerData: { file, driver: require.resolve('better-sqlite3') } });
@@ -49,6 +50,10 @@ export class Checkpointer {
     });
     // A worker that dies leaves the writer's own checkpoints in charge.
     this.worker.on('error', () => (this.closed = true));
+    this.worker.on('exit', () => {
+      this.closed = true;
+      this.exited = true;
+    });
   }
 
   /** Something was committed: the WAL grew. */
@@ -71,7 +76,7 @@ export class Checkpointer {
 
   async close(): Promise<void> {
     if (this.timer) clearTimeout(this.timer);
-    if (this.closed) return;
+    if (this.exited) return;
     this.closed = true;
     const exited = new Promise<void>((resolve) => this.worker.once('exit', () => resolve()));
     this.worker.ref(); // the process waits for the worker to close its connection
