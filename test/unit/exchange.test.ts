@@ -52,7 +52,9 @@ describe('an exchange that fails while importing its last file', () => {
       if (type === 'Observation') throw new Error('disk full');
       return realApply(type, plans, alongside);
     };
-    const checker = new RecordChecker();
+    // Every file is checked on the record checker's worker, started beforehand.
+    const checker = new RecordChecker(0);
+    await checker.ready();
     const task: Task = { resourceType: 'Task', id: 't1', meta: { tag: [EXCHANGE_TAG] }, status: 'requested', intent: 'order', for: { reference: 'Patient/local' } };
     await tracker.create(task);
     const handler = new ExchangeJobHandler({
@@ -97,6 +99,7 @@ describe('an exchange that fails while importing its last file', () => {
     expect(await store.readIfExists('Condition', createdId)).toBeUndefined();
     expect((await store.historyOf('Condition', createdId, { count: 10, offset: 0 })).total).toBe(0);
     expect(await store.count('Provenance', {})).toBe(0);
+    expect(checker.checked).toEqual({ onWorker: 3, here: 0 });
     await checker.close();
     await db.close();
   });
