@@ -16,7 +16,7 @@ interface Note {
 }
 
 /**
- * The notes of one batch of writes of one type, in one document (so a batch of 500 costs one
+ * The notes of one batch of writes of one type, in one document (so a batch of 1,000 costs one
  * insert, not 500): a few tens of kilobytes, far below MongoDB's 16 MB limit whatever the batch.
  * Journals written before notes were batched hold one resource each, as `id`, `before` and `wrote`.
  */
