@@ -61,6 +61,8 @@ require(workerData.script);
 const IN_FLIGHT = 8;
 
 interface Job {
+  /** The worker checking it. */
+  thread: Worker;
   inFlight: number;
   wake?: () => void;
   settled?: { ok: true; value: Checked } | { ok: false; error: Error };
@@ -142,9 +144,8 @@ export class RecordChecker {
     });
     const stopped = (error: Error) => {
       readied();
-      if (this.worker !== worker) return;
-      this.worker = undefined;
-      for (const [id, job] of this.jobs) this.settle(id, job, { ok: false, error });
+      if (this.worker === worker) this.worker = undefined;
+      for (const [id, job] of this.jobs) if (job.thread === thread) this.settle(id, job, { ok: false, error });
     };
     thread.on('error', (err) => stopped(err instanceof Error ? err : new Error(String(err))));
     thread.on('exit', (code) => stopped(new Error(`the record checker stopped (exit code ${code})`)));
@@ -186,7 +187,7 @@ export class RecordChecker {
     const id = this.next++;
     let finish!: () => void;
     const done = new Promise<void>((resolve) => (finish = resolve));
-    const state: Job = { inFlight: 0, finish, stopInput: () => bytes.destroy() };
+    const state: Job = { thread: worker, inFlight: 0, finish, stopInput: () => bytes.destroy() };
     this.jobs.set(id, state);
     worker.ref(); // a check under way keeps the process up
     worker.postMessage({ op: 'begin', id, job });
@@ -230,11 +231,13 @@ export class RecordChecker {
     this.idle.unref();
   }
 
-  /** Stops the worker; a check under way fails. */
+  /** Stops the worker; a check under way fails, and a check from now on does not go to it. */
   async close(): Promise<void> {
     if (this.idle) clearTimeout(this.idle);
     this.idle = undefined;
-    await this.worker?.thread.terminate();
+    const worker = this.worker;
+    this.worker = undefined;
+    await worker?.thread.terminate();
   }
 }
 

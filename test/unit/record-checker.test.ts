@@ -89,6 +89,13 @@ describe('the record checker', () => {
     expect(onWorker.checked.onWorker).toBe(before + 1);
   });
 
+  it('sends no check to a worker that is stopping (its idle stop, or the server closing)', async () => {
+    const stopping = onWorker.close();
+    const next = onWorker.check(limited(bytes(ndjson([cond('c1')])), 'the Condition file', limits), job());
+    await stopping;
+    await expect(next).resolves.toMatchObject({ count: 1 });
+  });
+
   it('checks on this thread while its worker compiles the schema, and on the worker once it is ready', async () => {
     const fresh = new RecordChecker(0);
     try {
