@@ -90,9 +90,9 @@ const WORTH_STARTING = 20_000;
  * The worker costs memory (its own copy of the compiled schema: about 80 MB) and about a second
  * of CPU to start, so it runs only while large files come: an exchange starts it (`warmUp`) when
  * its manifest announces enough records in them, it stops after a minute without work, and until
- * it is ready this thread checks. A file announced with fewer than `minRecords` records is always checked here: for a
- * few records the round trips cost more than the work (100 concurrent exchanges of 60 resources
- * ran 10% slower with every file on the worker).
+ * it is ready this thread checks. A file announced with fewer than `minRecords` records is always
+ * checked here: for a few records the round trips cost more than the work (100 concurrent
+ * exchanges of 60 resources ran 10% slower with every file on the worker).
  */
 export class RecordChecker {
   private worker?: { thread: Worker; ready: boolean; whenReady: Promise<void> };
