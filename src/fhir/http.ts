@@ -16,12 +16,30 @@ export const FHIR_JSON = 'application/fhir+json; charset=utf-8';
  * answered by `notModified`).
  */
 export function sendResource(res: Response, status: number, body: unknown): void {
-  const text = JSON.stringify(body);
+  sendJsonText(res, status, JSON.stringify(body));
+}
+
+/** Sends JSON text already made (a stored resource as it is) with the FHIR media type. */
+export function sendJsonText(res: Response, status: number, text: string): void {
   res.statusCode = status;
   res.setHeader('Content-Type', FHIR_JSON);
   res.setHeader('Content-Length', Buffer.byteLength(text));
   // As text, Node writes the head and the body in one piece.
   res.end(text);
+}
+
+const httpDates = new Map<number, string>();
+
+/** A time as an HTTP date (`Last-Modified`), remembered: the same versions are read again and again. */
+export function httpDate(time: Date): string {
+  const ms = time.getTime();
+  let text = httpDates.get(ms);
+  if (text === undefined) {
+    text = time.toUTCString();
+    if (httpDates.size >= 1000) httpDates.clear();
+    httpDates.set(ms, text);
+  }
+  return text;
 }
 
 /** `Prefer: handling=strict` asks for 400 on unknown search parameters instead of a warning. */

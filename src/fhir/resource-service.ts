@@ -86,6 +86,13 @@ export function createResourceService(type: string, deps: ResourceServiceDeps) {
     return resource;
   }
 
+  /** A read of the current version by a caller in `scope`; a partner's read is told to `onPartnerRead`. */
+  async function readAs(scope: AccessScope, req: Request, id: string | undefined): Promise<Resource> {
+    const resource = await visible(scope, checkId(type, id));
+    if (scope.members) await deps.onPartnerRead?.(req, 'read', type, [resource]);
+    return resource;
+  }
+
   const service = {
     /** The CapabilityStatement entry for this type: what is really served. */
     makeResource: () => ({
@@ -101,11 +108,18 @@ export function createResourceService(type: string, deps: ResourceServiceDeps) {
       searchParam: [...registry.params(type).values()].map((p) => ({ name: p.code, definition: p.url, type: p.type })),
     }),
 
-    searchById: async (args: CoreArgs, { req }: CoreContext) => {
+    searchById: async (args: CoreArgs, { req }: CoreContext) => readAs(await scopeOf(req), req, args.id),
+
+    /**
+     * The current version as JSON text with its versionId and time, for the read route: a caller
+     * who sees every member gets the stored text as it is; a partner's read goes through its scope
+     * as `searchById` does.
+     */
+    readText: async (args: CoreArgs, { req }: CoreContext): Promise<{ text: string; versionId: string; lastUpdated: Date }> => {
       const scope = await scopeOf(req);
-      const resource = await visible(scope, checkId(type, args.id));
-      if (scope.members) await deps.onPartnerRead?.(req, 'read', type, [resource]);
-      return resource;
+      if (!scope.members) return store.readText(type, checkId(type, args.id));
+      const resource = await readAs(scope, req, args.id);
+      return { text: JSON.stringify(resource), versionId: String(resource.meta?.versionId), lastUpdated: new Date(resource.meta?.lastUpdated ?? Date.now()) };
     },
 
     searchByVersionId: async (args: CoreArgs, { req }: CoreContext) => {

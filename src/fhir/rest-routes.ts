@@ -1,6 +1,6 @@
 import { Router, Request, Response } from 'express';
 import type { Resource } from 'fhir/r4';
-import { asyncHandler, notModified, sendResource } from './http';
+import { asyncHandler, httpDate, notModified, sendJsonText, sendResource } from './http';
 import { ID_PATTERN, isServedType, RESOURCE_TYPES } from './resource-types';
 import { Guard } from '../auth/guard';
 import { ResourceService } from './resource-service';
@@ -22,17 +22,17 @@ export function restRoutes(services: Map<string, ResourceService>, baseUrl: (req
   const router = Router({ caseSensitive: true });
 
   /** A version's headers: its versionId as a weak ETag, its time as Last-Modified. */
-  const versionHeaders = (res: Response, resource: Resource) => {
-    const etag = `W/"${resource.meta?.versionId}"`;
-    const lastModified = new Date(resource.meta?.lastUpdated ?? Date.now());
+  const versionHeaders = (res: Response, versionId: string | undefined, lastModified: Date) => {
+    const etag = `W/"${versionId}"`;
     res.setHeader('ETag', etag);
-    res.setHeader('Last-Modified', lastModified.toUTCString());
-    return { etag, lastModified };
+    res.setHeader('Last-Modified', httpDate(lastModified));
+    return etag;
   };
+  const timeOf = (resource: Resource) => new Date(resource.meta?.lastUpdated ?? Date.now());
 
   const respond = (req: Request, res: Response, resource: Resource, status: number) => {
     const location = `${baseUrl(req)}/${resource.resourceType}/${resource.id}/_history/${resource.meta?.versionId}`;
-    versionHeaders(res, resource);
+    versionHeaders(res, resource.meta?.versionId, timeOf(resource));
     res.set('Location', location);
     res.set('Content-Location', location);
     const prefer = req.get('prefer') ?? '';
@@ -46,10 +46,10 @@ export function restRoutes(services: Map<string, ResourceService>, baseUrl: (req
   const serviceFor = (type: string) => (isServedType(type) ? services.get(type) : undefined);
 
   /** A read answers the resource with its version as ETag and its time as Last-Modified; 304 if the client has it. */
-  const sendVersion = (req: Request, res: Response, resource: Resource) => {
-    const { etag, lastModified } = versionHeaders(res, resource);
-    if (notModified(req, etag, lastModified)) return void res.status(304).end();
-    sendResource(res, 200, resource);
+  const sendVersion = (req: Request, res: Response, version: { text: string; versionId: string | undefined; lastUpdated: Date }) => {
+    const etag = versionHeaders(res, version.versionId, version.lastUpdated);
+    if (notModified(req, etag, version.lastUpdated)) return void res.status(304).end();
+    sendJsonText(res, 200, version.text);
   };
   router.get(
     `/${TYPE_PARAM}/${ID_PARAM}`,
@@ -57,7 +57,7 @@ export function restRoutes(services: Map<string, ResourceService>, baseUrl: (req
     asyncHandler(async (req, res, next) => {
       const service = serviceFor(req.params.type);
       if (!service) return next();
-      sendVersion(req, res, await service.searchById({ id: req.params.id }, { req }));
+      sendVersion(req, res, await service.readText({ id: req.params.id }, { req }));
     }),
   );
   router.get(
@@ -66,7 +66,8 @@ export function restRoutes(services: Map<string, ResourceService>, baseUrl: (req
     asyncHandler(async (req, res, next) => {
       const service = serviceFor(req.params.type);
       if (!service) return next();
-      sendVersion(req, res, await service.searchByVersionId({ id: req.params.id, version_id: req.params.version_id }, { req }));
+      const version = await service.searchByVersionId({ id: req.params.id, version_id: req.params.version_id }, { req });
+      sendVersion(req, res, { text: JSON.stringify(version), versionId: version.meta?.versionId, lastUpdated: timeOf(version) });
     }),
   );
 

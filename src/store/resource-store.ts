@@ -3,7 +3,7 @@ import type { Resource } from 'fhir/r4';
 import { BatchConflict, BulkOp, Collection, Database, DuplicateKeyError, Filter, SortSpec, StoredDoc } from './types';
 import { buildSearchIndex, SearchIndex } from '../fhir/search/index-values';
 import { SearchRegistry } from '../fhir/search/registry';
-import { badRequest, conflict, gone, notFound, preconditionFailed } from '../fhir/outcome';
+import { badRequest, conflict, FhirError, gone, notFound, preconditionFailed } from '../fhir/outcome';
 
 /** The current version of a resource, with its search index. */
 interface CurrentDoc extends StoredDoc {
@@ -315,9 +315,23 @@ export class ResourceStore {
   async read(type: string, id: string): Promise<Resource> {
     const doc = await this.current(type).findOne({ _id: id });
     if (doc) return doc.res;
+    throw await this.missing(type, id);
+  }
+
+  /**
+   * The current version as JSON text, to be sent as it is, with its versionId and time (those of
+   * its `meta`); 410 when deleted, 404 when never known, as `read`.
+   */
+  async readText(type: string, id: string): Promise<{ text: string; versionId: string; lastUpdated: Date }> {
+    const found = await this.current(type).findTextById(id, 'res');
+    if (found) return { text: found.text, versionId: String(found.rest.v), lastUpdated: new Date(found.rest.lu as number) };
+    throw await this.missing(type, id);
+  }
+
+  /** Why `type/id` has no current version: deleted (410) or never known (404). */
+  private async missing(type: string, id: string): Promise<FhirError> {
     const [last] = await this.history(type).find({ id }, { sort: { v: -1 }, limit: 1 });
-    if (last?.deleted) throw gone(`${type}/${id} was deleted`);
-    throw notFound(`${type}/${id} is not known`);
+    return last?.deleted ? gone(`${type}/${id} was deleted`) : notFound(`${type}/${id} is not known`);
   }
 
   async readIfExists(type: string, id: string): Promise<Resource | undefined> {

@@ -40,6 +40,12 @@ export interface Collection<T extends StoredDoc = StoredDoc> {
   /** Inserts a document; throws DuplicateKeyError when its _id (or a unique index) is taken. */
   insertOne(doc: T): Promise<void>;
   findOne(filter: Filter): Promise<T | null>;
+  /**
+   * The document with this `_id` in two parts: `field`'s value as JSON text, to be sent as it is,
+   * and the rest of the document; null when there is none. Serves hot reads without parsing the
+   * document and serialising it again.
+   */
+  findTextById(id: string, field: string): Promise<{ text: string; rest: Partial<T> } | null>;
   find(filter: Filter, options?: FindOptions): Promise<T[]>;
   count(filter: Filter): Promise<number>;
   /** Replaces the one document matching filter; returns how many matched (0 or 1). */

@@ -71,6 +71,11 @@ describe.each(engines)('store contract on $name', (engine) => {
     expect(created.meta?.versionId).toBe('1');
     const read = await store.read('Patient', created.id as string);
     expect(read).toEqual(created);
+    // As text, to be sent as it is: the same resource, with its version and time.
+    const text = await store.readText('Patient', created.id as string);
+    expect(JSON.parse(text.text)).toEqual(created);
+    expect(text.versionId).toBe('1');
+    expect(text.lastUpdated.toISOString()).toBe(created.meta?.lastUpdated);
   });
 
   it('updates bump the version, keep history, and honour If-Match', async () => {
@@ -90,6 +95,8 @@ describe.each(engines)('store contract on $name', (engine) => {
     expect(await store.delete('Patient', 'gone')).toBe('2');
     await expect(store.read('Patient', 'gone')).rejects.toMatchObject({ status: 410 });
     await expect(store.read('Patient', 'never')).rejects.toMatchObject({ status: 404 });
+    await expect(store.readText('Patient', 'gone')).rejects.toMatchObject({ status: 410 });
+    await expect(store.readText('Patient', 'never')).rejects.toMatchObject({ status: 404 });
     const again = await store.update('Patient', 'gone', { resourceType: 'Patient', id: 'gone' } as Resource);
     expect(again.resource.meta?.versionId).toBe('3');
   });
@@ -255,13 +262,18 @@ describe.each(engines)('store contract on $name', (engine) => {
         const id = created.id as string;
         expect((await store.read('Patient', id)).meta?.versionId).toBe('1');
         expect((await store.read('Patient', id)).meta?.versionId).toBe('1');
+        expect((await store.readText('Patient', id)).versionId).toBe('1');
         await elsewhere.update('Patient', id, { resourceType: 'Patient', id, name: [{ family: 'Changed' }] } as Resource);
         expect(await store.read('Patient', id)).toMatchObject({ meta: { versionId: '2' }, name: [{ family: 'Changed' }] });
+        const text = await store.readText('Patient', id);
+        expect(text.versionId).toBe('2');
+        expect(JSON.parse(text.text)).toMatchObject({ meta: { versionId: '2' }, name: [{ family: 'Changed' }] });
         await store.update('Patient', id, { resourceType: 'Patient', id, name: [{ family: 'Mine' }] } as Resource);
         expect((await elsewhere.read('Patient', id)).meta?.versionId).toBe('3');
         expect((await store.read('Patient', id)).meta?.versionId).toBe('3');
         await elsewhere.delete('Patient', id);
         await expect(store.read('Patient', id)).rejects.toMatchObject({ status: 410 });
+        await expect(store.readText('Patient', id)).rejects.toMatchObject({ status: 410 });
         // What a reader is handed is its own copy.
         const copy = await elsewhere.read('Patient', (await elsewhere.create({ resourceType: 'Patient', name: [{ family: 'Copy' }] } as Resource)).id as string);
         (copy as { name: { family: string }[] }).name[0].family = 'Tampered';

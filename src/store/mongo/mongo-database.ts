@@ -19,6 +19,13 @@ class MongoBackedCollection<T extends StoredDoc> implements Collection<T> {
     return (await this.c.findOne(filter)) as T | null;
   }
 
+  async findTextById(id: string, field: string): Promise<{ text: string; rest: Partial<T> } | null> {
+    const doc = await this.c.findOne({ _id: id } as Filter);
+    if (!doc) return null;
+    const { [field]: value, ...rest } = doc;
+    return { text: JSON.stringify(value) ?? 'null', rest: rest as Partial<T> };
+  }
+
   async find(filter: Filter, options: FindOptions = {}): Promise<T[]> {
     let cursor = this.c.find(filter, options.fields ? { projection: Object.fromEntries(options.fields.map((f) => [f, 1])) } : {});
     if (options.sort) cursor = cursor.sort(options.sort);

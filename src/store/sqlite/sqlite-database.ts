@@ -21,10 +21,16 @@ type Row = { rid: number; doc: string };
  * only while both are unchanged, so a reader never sees a document older than the last commit.
  */
 interface ReadCache {
-  entries: LRUCache<string, { stamp: string; row: (Row & { id: string }) | null }>;
+  entries: LRUCache<string, CacheEntry>;
   stamp(): string;
 }
-/** Bytes of JSON the read cache holds at most, and the largest document it keeps. */
+interface CacheEntry {
+  stamp: string;
+  row: (Row & { id: string }) | null;
+  /** The document split for `findTextById`, by field: that field's JSON and the rest's, made once. */
+  texts?: Map<string, { text: string; rest: string }>;
+}
+/** Bytes of JSON the read cache holds at most (a document counts twice: it may also be held split), and the largest document it keeps. */
 const READ_CACHE_BYTES = 32 * 1024 * 1024;
 const READ_CACHE_MAX_DOC = 256 * 1024;
 const WILDCARD = /^([A-Za-z_][A-Za-z0-9_]*)\.\$\*\*$/;
@@ -209,6 +215,11 @@ class SqliteCollection<T extends StoredDoc> implements Collection<T> {
 
   /** The document with this id (or none), through the read cache: reads by id are the hot path. */
   private byId(id: string): T[] {
+    const { row } = this.cached(id);
+    return row ? [this.parse(row)] : [];
+  }
+
+  private cached(id: string): CacheEntry {
     const key = `${this.layout.table}\u0000${id}`;
     const stamp = this.cache.stamp();
     let hit = this.cache.entries.get(key);
@@ -217,7 +228,20 @@ class SqliteCollection<T extends StoredDoc> implements Collection<T> {
       hit = { stamp, row };
       if (!row || row.doc.length <= READ_CACHE_MAX_DOC) this.cache.entries.set(key, hit);
     }
-    return hit.row ? [this.parse(hit.row)] : [];
+    return hit;
+  }
+
+  async findTextById(id: string, field: string): Promise<{ text: string; rest: Partial<T> } | null> {
+    const hit = this.cached(id);
+    if (!hit.row) return null;
+    let split = hit.texts?.get(field);
+    if (!split) {
+      const { [field]: value, ...rest } = this.parse(hit.row) as Record<string, unknown>;
+      split = { text: JSON.stringify(value) ?? 'null', rest: JSON.stringify(rest) };
+      (hit.texts ??= new Map()).set(field, split);
+    }
+    // The rest is small (the version, the time, the hash): parsed for each caller, who may change it.
+    return { text: split.text, rest: JSON.parse(split.rest) as Partial<T> };
   }
 
   async count(filter: Filter): Promise<number> {
@@ -317,7 +341,7 @@ export class SqliteDatabase implements Database {
     this.commits = new GroupCommit(this.db, () => this.checkpointer?.committed());
     const dataVersion = this.db.prepare('PRAGMA data_version').pluck();
     this.cache = {
-      entries: new LRUCache({ maxSize: READ_CACHE_BYTES, sizeCalculation: (e) => (e.row?.doc.length ?? 0) + 64 }),
+      entries: new LRUCache({ maxSize: READ_CACHE_BYTES, sizeCalculation: (e) => 2 * (e.row?.doc.length ?? 0) + 64 }),
       stamp: () => `${dataVersion.get()}:${this.commits.generation}`,
     };
     const cache = new Map<string, RegExp>();
