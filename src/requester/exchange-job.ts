@@ -16,7 +16,6 @@ import { ImportJournal } from './import-journal';
 import { limited } from './downloader';
 import { RecordChecker } from './record-checker';
 import { archiveFolder, archiveOf, provenanceOf } from './archive';
-import { pipeline } from 'node:stream/promises';
 import type { BlobStore } from '../store/blobs/blob-store';
 import type { AuditLog } from '../audit/audit-log';
 import { classify, ExchangeFailed, LimitReached } from './exchange-errors';
@@ -124,7 +123,9 @@ export class ExchangeJobHandler {
       const manifest = data.manifest ?? (await this.poll(ctx, remote, (data.exportStarted ?? (await this.kickoff(ctx, remote, matched))).statusUrl));
       const mapping: IdMapping = { sourcePatientId: matched.memberId, localPatientId: data.localPatientId, sourceBase: payer.fhirBaseUrl, issuer: data.issuer };
       // Each file is imported once it is downloaded and checked, while the next one downloads.
-      const imports = new ImportQueue((f) => this.importOne(ctx, f, mapping, payer));
+      // Each imported file's local references, for the Provenance (a file imported before a restart is read again).
+      const imported = new Map<string, string[]>();
+      const imports = new ImportQueue((f) => this.importOne(ctx, f, mapping, payer, imported));
       let files: DownloadedFile[];
       try {
         files = data.downloads?.done ? data.downloads.files : await this.download(ctx, remote, manifest, mapping, payer, imports);
@@ -133,7 +134,7 @@ export class ExchangeJobHandler {
         await imports.settled();
       }
       await imports.drain();
-      await this.finish(ctx, remote, payer, files, mapping);
+      await this.finish(ctx, remote, payer, files, mapping, imported);
     } catch (err) {
       await this.handleError(ctx, remote, err);
     }
@@ -246,7 +247,7 @@ export class ExchangeJobHandler {
   }
 
   /** Imports one downloaded file (once: a file imported before is skipped) and checkpoints it. */
-  private async importOne(ctx: JobContext<ExchangeJobData>, f: DownloadedFile, mapping: IdMapping, payer: SourcePayer): Promise<void> {
+  private async importOne(ctx: JobContext<ExchangeJobData>, f: DownloadedFile, mapping: IdMapping, payer: SourcePayer, imported: Map<string, string[]>): Promise<void> {
     const data = ctx.job.data;
     const state = { files: [...(data.imports?.files ?? [])], counts: { ...(data.imports?.counts ?? {}) } };
     if (f.kind === 'error' || state.files.includes(f.name)) return;
@@ -255,11 +256,12 @@ export class ExchangeJobHandler {
     const opts = { taskId: data.taskId, signal: ctx.signal, deadline: this.deadline(data) };
     const result = f.prepared ? await this.d.importer.importPrepared(f.prepared, f.type, opts) : await this.d.importer.importFile(f.file, f.type, mapping, system, opts);
     if (result.count) state.counts[f.type] = (state.counts[f.type] ?? 0) + result.count;
+    imported.set(f.name, result.references);
     state.files.push(f.name);
     await ctx.checkpoint({ imports: state });
   }
 
-  private async finish(ctx: JobContext<ExchangeJobData>, remote: RemotePayer, payer: SourcePayer, files: DownloadedFile[], mapping: IdMapping) {
+  private async finish(ctx: JobContext<ExchangeJobData>, remote: RemotePayer, payer: SourcePayer, files: DownloadedFile[], mapping: IdMapping, imported: Map<string, string[]>) {
     const data = ctx.job.data;
     const { store, journal } = this.d;
     const now = new Date().toISOString();
@@ -268,11 +270,9 @@ export class ExchangeJobHandler {
     const binaries: Resource[] = [];
     const docs: Resource[] = [];
     for (const f of files) {
-      // The file as received, streamed into the blob store (files, or GridFS), never held in memory.
+      // The file as received, into the blob store (linked, or streamed into GridFS), never held in memory.
       const blobKey = `${archiveFolder(data.taskId)}${f.name}`;
-      const blob = this.d.blobs.create(blobKey, 'application/fhir+ndjson');
-      await pipeline(fs.createReadStream(f.file), blob.stream);
-      await blob.finished;
+      await this.d.blobs.store(blobKey, 'application/fhir+ndjson', f.file);
       const { binary, doc } = archiveOf({ taskId: data.taskId, name: f.name, type: f.type, count: f.count, size: f.size, sha1: f.sha1, blobKey, localPatientId: data.localPatientId, ownerReference: data.ownerReference, sourceName, issuer: data.issuer, now });
       binaries.push(binary);
       docs.push(doc);
@@ -285,6 +285,11 @@ export class ExchangeJobHandler {
     const targets: string[] = [];
     for (const f of files) {
       if (f.kind !== 'output') continue;
+      const known = imported.get(f.name);
+      if (known) {
+        for (const ref of known) targets.push(ref);
+        continue;
+      }
       for await (const ref of f.prepared ? this.d.importer.preparedReferences(f.prepared) : this.d.importer.localReferences(f.file, f.type, mapping)) targets.push(ref);
     }
     if (targets.length === 0) targets.push(`Patient/${data.localPatientId}`);

@@ -13,6 +13,8 @@ export interface ImportResult {
   count: number;
   written: number;
   unchanged: number;
+  /** Each imported resource's local reference (`Type/id`), in the file's order. */
+  references: string[];
 }
 
 /**
@@ -59,7 +61,7 @@ export class Importer {
    * the unchanged ones skipped, and the rest written in one batch through the undo journal.
    */
   private async importChunks(resources: AsyncIterable<Local>, type: string, opts: ImportOptions): Promise<ImportResult> {
-    const result: ImportResult = { count: 0, written: 0, unchanged: 0 };
+    const result: ImportResult = { count: 0, written: 0, unchanged: 0, references: [] };
     const size = opts.chunkSize ?? IMPORT_CHUNK;
     let chunk: Local[] = [];
     const flush = async () => {
@@ -78,6 +80,7 @@ export class Importer {
     };
     for await (const local of resources) {
       chunk.push(local);
+      result.references.push(`${type}/${local.resource.id}`);
       if (chunk.length >= size) await flush();
     }
     await flush();

@@ -72,6 +72,10 @@ describe('payer-to-payer exchange between two servers', () => {
 
     const provenance = await fhir('GET', `${requester.baseUrl}/${outputs.Provenance.valueReference.reference}`);
     expect(provenance.body.target.map((t: any) => t.reference)).toContain(`ExplanationOfBenefit/${eob.id}`);
+    // It names every imported resource, each once.
+    const imported = done.output.filter((o: any) => o.type.text.startsWith('count:')).reduce((n: number, o: any) => n + o.valueInteger, 0);
+    expect(new Set(provenance.body.target.map((t: any) => t.reference)).size).toBe(imported);
+    expect(provenance.body.target).toHaveLength(imported);
     expect(provenance.body.agent[0].who.reference).toBe(done.owner.reference);
     expect(provenance.body.entity.map((e: any) => e.what.reference)).toContain(`Task/${task.id}`);
 

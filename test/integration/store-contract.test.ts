@@ -1,3 +1,6 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import type { Resource } from 'fhir/r4';
 import { Database, DuplicateKeyError } from '../../src/store/types';
@@ -227,6 +230,23 @@ describe.each(engines)('store contract on $name', (engine) => {
     expect(await read('exports/job-1/Condition.ndjson')).toBeUndefined();
     expect((await read('exports/job-2/Patient.ndjson'))?.text).toBe('two again\n');
     expect(() => db.blobs.create('../../etc/passwd', 'text/plain')).toThrow(/invalid blob key/);
+
+    // A local file kept as a blob: stored as it is, the file left in place, an older blob replaced;
+    // removing the blob leaves the file.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'blob-file-'));
+    try {
+      const file = path.join(dir, 'received.ndjson');
+      fs.writeFileSync(file, 'as received\n');
+      await db.blobs.store('archive/task-1/00000.ndjson', 'application/fhir+ndjson', file);
+      await db.blobs.store('archive/task-1/00000.ndjson', 'application/fhir+ndjson', file);
+      expect(await read('archive/task-1/00000.ndjson')).toEqual({ size: 12, text: 'as received\n' });
+      await db.blobs.removeAll('archive/task-1/');
+      expect(await read('archive/task-1/00000.ndjson')).toBeUndefined();
+      expect(fs.readFileSync(file, 'utf8')).toBe('as received\n');
+      await expect(db.blobs.store('../x', 'text/plain', file)).rejects.toThrow(/invalid blob key/);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('takes $in lists of any length (a partner may hold tens of thousands of members)', async () => {

@@ -9,6 +9,8 @@ import type { Readable, Writable } from 'node:stream';
 export interface BlobStore {
   /** A stream that writes the blob; `finished` settles when it is stored (or failed). Replaces any blob of that key. */
   create(key: string, contentType: string): { stream: Writable; finished: Promise<void> };
+  /** Stores a local file, left in place, as the blob (replacing any of that key); the file must not change afterwards. */
+  store(key: string, contentType: string, file: string): Promise<void>;
   /** The blob's bytes, or undefined if there is none. */
   open(key: string): Promise<{ stream: Readable; size: number } | undefined>;
   /** Deletes every blob whose key starts with `prefix` (a folder such as `exports/{job}/`). */

@@ -1,4 +1,6 @@
+import fs from 'node:fs';
 import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { Db, GridFSBucket } from 'mongodb';
 import { BlobStore, checkKey } from './blob-store';
 
@@ -33,6 +35,12 @@ export class GridFsBlobStore implements BlobStore {
     });
     finished.catch(() => undefined);
     return { stream, finished };
+  }
+
+  async store(key: string, contentType: string, file: string): Promise<void> {
+    const blob = this.create(key, contentType);
+    await pipeline(fs.createReadStream(file), blob.stream);
+    await blob.finished;
   }
 
   async open(key: string): Promise<{ stream: Readable; size: number } | undefined> {
