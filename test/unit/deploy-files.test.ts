@@ -33,6 +33,9 @@ describe('deployment files', () => {
     expect(copied).not.toContain('config');
     expect(copied).not.toContain('keys');
     expect(dockerfile).toMatch(/^USER node$/m);
+    // The running image cannot write node_modules/.cache: the validators are generated while it is built.
+    expect(dockerfile.indexOf('warmUpValidator')).toBeGreaterThan(dockerfile.indexOf('npm prune'));
+    expect(dockerfile.indexOf('warmUpValidator')).toBeLessThan(dockerfile.indexOf('FROM node:20-slim\n'));
     const ignored = read('.dockerignore').split('\n');
     expect(ignored).toEqual(expect.arrayContaining(['keys', 'config', 'data']));
   });
