@@ -76,8 +76,9 @@ interface Job {
 const IDLE_MS = 60_000;
 /**
  * Records in large files that make starting the worker worth it. For 10,000 (three files of 3,300)
- * its start (a second of CPU on the other core, while the source sends and this thread checks)
- * cost more than it saved; for 50,000 it saved about 15%.
+ * it saved nothing measurable (the import, on this thread, sets the pace), even since its start
+ * costs 0.35 s of CPU instead of 1.3 s (the schema's validators loaded, not compiled); for 50,000
+ * it saved about 15%.
  */
 const WORTH_STARTING = 20_000;
 
@@ -87,8 +88,8 @@ const WORTH_STARTING = 20_000;
  * turns with the import of the previous file. The bytes still arrive here (with the download's
  * limits); the worker writes the file as received and its local form, and answers what it counted,
  * or the first refusal.
- * The worker costs memory (its own copy of the compiled schema: about 80 MB) and about a second
- * of CPU to start, so it runs only while large files come: an exchange starts it (`warmUp`) when
+ * The worker costs memory (about 80 MB, most of it its own copy of the schema's validators) and
+ * a third of a second of CPU to start, so it runs only while large files come: an exchange starts it (`warmUp`) when
  * its manifest announces enough records in them, it stops after a minute without work, and until
  * it is ready this thread checks. A file announced with fewer than `minRecords` records is always
  * checked here: for a few records the round trips cost more than the work (100 concurrent
