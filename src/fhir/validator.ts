@@ -91,14 +91,16 @@ function validators(): Validators {
     return fn;
   };
   if (writable && file) {
-    const code = standaloneCode(ajv, Object.fromEntries([...RESOURCE_TYPE_NAMES].map((t) => [t, refOf(t)])));
     // Written whole under a name of its own, then renamed: a process never loads a partial module.
     const temp = `${file}.${process.pid}.${threadId}.partial`;
     try {
-      fs.writeFileSync(temp, code, { mode: 0o644 });
+      fs.writeFileSync(temp, standaloneCode(ajv, Object.fromEntries([...RESOURCE_TYPE_NAMES].map((t) => [t, refOf(t)]))), { mode: 0o644 });
       fs.renameSync(temp, file);
       // The module, not the compiler (which holds its generated source: about 200 MB more).
       instance = load(file);
+      // Modules made for an earlier schema or ajv are of no more use.
+      const dir = path.dirname(file);
+      for (const old of fs.readdirSync(dir)) if (/^fhir-r4-validators-[0-9a-f]+\.js$/.test(old) && old !== path.basename(file)) fs.rmSync(path.join(dir, old), { force: true });
     } catch {
       fs.rmSync(temp, { force: true });
     }
