@@ -20,12 +20,12 @@ let instance: Validators | undefined;
  * collects every error, so a partial resource's missing-required ones can be set aside.
  */
 const AJV_OPTIONS = { strict: false, allErrors: true, validateSchema: false, code: { optimize: false } } as const;
-/** Bumped whenever what goes into the generated module changes. */
-const GENERATED_FORMAT = 1;
+/** Part of the generated module's name: bump it whenever `compiler` changes what goes into the module. */
+const GENERATED_FORMAT = 2;
 
-function compiler(source: boolean): Ajv {
+function compiler(source: boolean, asPublished = false): Ajv {
   const schema = rawSchema as unknown as { id: string; definitions: Record<string, unknown> } & Record<string, unknown>;
-  const definitions: Record<string, unknown> = { ...schema.definitions };
+  const definitions = (asPublished ? { ...schema.definitions } : withoutDescriptions(schema.definitions)) as Record<string, unknown>;
   // The published schema refers to two definitions it does not contain.
   for (const m of JSON.stringify(schema).matchAll(/#\/definitions\/([^"]+)"/g)) if (!(m[1] in definitions)) definitions[m[1]] = {};
   const { id, ...rest } = schema;
@@ -33,6 +33,18 @@ function compiler(source: boolean): Ajv {
   ajv.addMetaSchema(draft06);
   ajv.addSchema({ ...rest, $id: id, definitions }, 'fhir');
   return ajv;
+}
+
+/**
+ * The schema without its descriptions (text for people, not rules: half of the generated code). A
+ * `description` that is not text is an element's schema (DocumentReference.description), and stays.
+ */
+function withoutDescriptions(node: unknown): unknown {
+  if (Array.isArray(node)) return node.map(withoutDescriptions);
+  if (!node || typeof node !== 'object') return node;
+  const out: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(node)) if (!(key === 'description' && typeof value === 'string')) out[key] = withoutDescriptions(value);
+  return out;
 }
 
 const refOf = (type: string) => `fhir#/definitions/${type}`;
@@ -108,9 +120,9 @@ function validators(): Validators {
   return instance;
 }
 
-/** Validators compiled from the schema now, without the generated module (to check the module against). */
+/** Validators compiled now from the schema as published, descriptions and all (to check the generated module against). */
 export function compiledValidators(): Validators {
-  const ajv = compiler(false);
+  const ajv = compiler(false, true);
   return (type) => (RESOURCE_TYPE_NAMES.has(type) ? ajv.getSchema(refOf(type)) : undefined);
 }
 
