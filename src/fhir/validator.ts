@@ -92,16 +92,7 @@ function validators(): Validators {
     }
   }
   const ajv = compiler(writable);
-  const compiled = new Map<string, ValidateFunction>();
-  instance = (type) => {
-    if (!RESOURCE_TYPE_NAMES.has(type)) return undefined;
-    let fn = compiled.get(type);
-    if (!fn) {
-      fn = ajv.getSchema(refOf(type));
-      if (fn) compiled.set(type, fn);
-    }
-    return fn;
-  };
+  instance = fromCompiler(ajv);
   if (writable && file) {
     // Written whole under a name of its own, then renamed: a process never loads a partial module.
     const temp = `${file}.${process.pid}.${threadId}.partial`;
@@ -122,8 +113,21 @@ function validators(): Validators {
 
 /** Validators compiled now from the schema as published, descriptions and all (to check the generated module against). */
 export function compiledValidators(): Validators {
-  const ajv = compiler(false, true);
-  return (type) => (RESOURCE_TYPE_NAMES.has(type) ? ajv.getSchema(refOf(type)) : undefined);
+  return fromCompiler(compiler(false, true));
+}
+
+/** Each type's validator, compiled on first use and kept. */
+function fromCompiler(ajv: Ajv): Validators {
+  const compiled = new Map<string, ValidateFunction>();
+  return (type) => {
+    if (!RESOURCE_TYPE_NAMES.has(type)) return undefined;
+    let fn = compiled.get(type);
+    if (!fn) {
+      fn = ajv.getSchema(refOf(type));
+      if (fn) compiled.set(type, fn);
+    }
+    return fn;
+  };
 }
 
 function load(file: string): Validators {
