@@ -338,6 +338,7 @@ export class SqliteDatabase implements Database {
     if (dataDir) this.checkpointer = new Checkpointer(path.join(dataDir, 'store.sqlite'));
     this.db.pragma(`wal_autocheckpoint = ${this.checkpointer ? 20000 : 10000}`);
     this.db.pragma(`journal_size_limit = ${64 * 1024 * 1024}`); // the WAL file shrinks back to 64 MB once restarted
+    this.forgetStatistics();
     this.commits = new GroupCommit(this.db, () => this.checkpointer?.committed());
     const dataVersion = this.db.prepare('PRAGMA data_version').pluck();
     this.cache = {
@@ -356,6 +357,19 @@ export class SqliteDatabase implements Database {
       }
       return re.test(value) ? 1 : 0;
     });
+  }
+
+  /**
+   * The query planner works without statistics (`ANALYZE`): every query is written to be served by
+   * an index, and statistics taken while a table was small (kept until the next ANALYZE, and a
+   * server's tables grow) make SQLite scan it once it is large: with a few rows recorded, a batch's
+   * `id IN (…)` read the whole collection. Statistics an earlier version left are dropped.
+   */
+  private forgetStatistics(): void {
+    const tables = this.db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ('sqlite_stat1', 'sqlite_stat4')").pluck().all() as string[];
+    if (tables.length === 0) return;
+    for (const t of tables) this.db.exec(`DELETE FROM ${t}`);
+    this.db.exec('ANALYZE sqlite_schema'); // the planner reloads them: none
   }
 
   collection<T extends StoredDoc = StoredDoc>(name: string): Collection<T> {
@@ -393,7 +407,6 @@ export class SqliteDatabase implements Database {
     await this.checkpointer?.close();
     if (this.db.open) {
       this.commits.flush();
-      this.db.pragma('optimize');
       this.db.close();
     }
     if (this.tempBlobs) fs.rmSync(this.tempBlobs, { recursive: true, force: true });
