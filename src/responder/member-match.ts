@@ -141,11 +141,8 @@ export class MemberMatchService {
 
   private async candidates(coverageToMatch: Coverage): Promise<MatchCandidate[]> {
     const keys = coverageKeys(coverageToMatch);
-    const ors: Record<string, unknown>[] = [];
-    if (keys.identifiers.length) ors.push({ 's.identifier': { $in: keys.identifiers.flatMap((i) => (i.system ? [`${i.system}|${i.value}`] : tokenForms(undefined, i.value).slice(0, 1))) } });
-    if (keys.subscriberId) ors.push({ 'res.subscriberId': keys.subscriberId });
-    if (ors.length === 0) return [];
-    const coverages = (await this.store.search('Coverage', { $or: ors }, { limit: 50 })) as Coverage[];
+    const identifierTokens = keys.identifiers.flatMap((i) => (i.system ? [`${i.system}|${i.value}`] : tokenForms(undefined, i.value).slice(0, 1)));
+    const coverages = (await this.store.coveragesFor({ identifierTokens, subscriberId: keys.subscriberId }, 50)) as Coverage[];
     const out: MatchCandidate[] = [];
     for (const coverage of coverages) {
       const id = patientIdOf(coverage.beneficiary?.reference);

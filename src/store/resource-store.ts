@@ -104,6 +104,8 @@ export class ResourceStore {
     await c.createIndex(['lu']);
     await this.history(type).createIndex(['id', 'v']);
     await this.history(type).createIndex(['lu']);
+    // A member match looks Coverages up by subscriberId too, which is no R4 search parameter.
+    if (type === 'Coverage') await c.createIndex(['res.subscriberId']);
   }
 
   async create(resource: Resource, id: string = randomUUID()): Promise<Resource> {
@@ -387,6 +389,18 @@ export class ResourceStore {
     await this.ensureIndexes(type);
     const docs = await this.current(type).find(filter, opts);
     return docs.map((d) => d.res);
+  }
+
+  /**
+   * The Coverages that carry one of these identifiers (`system|value` search tokens) or this
+   * subscriberId, at most `limit`: a member match's look-up, each half served by an index.
+   */
+  async coveragesFor(keys: { identifierTokens: string[]; subscriberId?: string }, limit: number): Promise<Resource[]> {
+    const ors: Filter[] = [];
+    if (keys.identifierTokens.length) ors.push({ 's.identifier': { $in: keys.identifierTokens } });
+    if (keys.subscriberId) ors.push({ 'res.subscriberId': keys.subscriberId });
+    if (ors.length === 0) return [];
+    return this.search('Coverage', ors.length === 1 ? ors[0] : { $or: ors }, { limit });
   }
 
   async count(type: string, filter: Filter): Promise<number> {
