@@ -367,8 +367,9 @@ export class SqliteDatabase implements Database {
    */
   private forgetStatistics(): void {
     const tables = this.db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ('sqlite_stat1', 'sqlite_stat4')").pluck().all() as string[];
-    if (tables.length === 0) return;
-    for (const t of tables) this.db.exec(`DELETE FROM ${t}`);
+    const held = tables.filter((t) => this.db.prepare(`SELECT 1 FROM ${t} LIMIT 1`).get());
+    if (held.length === 0) return;
+    for (const t of held) this.db.exec(`DELETE FROM ${t}`);
     this.db.exec('ANALYZE sqlite_schema'); // the planner reloads them: none
   }
 
