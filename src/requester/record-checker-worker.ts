@@ -8,7 +8,7 @@ const port = parentPort as NonNullable<typeof parentPort>;
 const inputs = new Map<number, PassThrough>();
 const post = (m: WorkerMessage) => port.postMessage(m);
 
-// The schema is compiled first; until the worker says it is ready, the main thread checks.
+// The schema's validators are loaded first; until the worker says it is ready, the main thread checks.
 warmUpValidator();
 post({ op: 'ready' });
 

@@ -106,7 +106,7 @@ export class RecordChecker {
   constructor(private readonly minRecords = 1000) {}
 
   /**
-   * Starts the worker, if need be, so its schema is compiled by the time large files arrive: given
+   * Starts the worker, if need be, so its validators are loaded by the time large files arrive: given
    * the record counts a manifest announces, only if its large files hold WORTH_STARTING records or
    * more, or one has no count.
    */
@@ -181,7 +181,7 @@ export class RecordChecker {
    * as the worker judged it. Either way the files are closed when this settles.
    */
   async check(bytes: Readable, job: CheckJob, announced?: number): Promise<Checked> {
-    // A small file, or no worker ready (none started, or its schema still compiling): checked here.
+    // A small file, or no worker ready (none started, or its validators still loading): checked here.
     if ((announced !== undefined && announced < this.minRecords) || !this.worker?.ready) return this.checkHere(bytes, job);
     const worker = this.start().thread;
     this.checked.onWorker++;
