@@ -2,7 +2,7 @@ import type { Bundle, BundleEntry, BundleLink, FhirResource, Resource } from 'fh
 import { HistoryEntry } from '../store/resource-store';
 import { outcome } from './outcome';
 
-export function searchBundle(args: {
+interface SearchBundleArgs {
   base: string;
   type: string;
   resources: Resource[];
@@ -14,7 +14,10 @@ export function searchBundle(args: {
   count: number;
   hasMore: boolean;
   warnings: string[];
-}): Bundle {
+}
+
+/** A searchset's paging links: self, first and previous past the first page, next when there is more. */
+function searchLinks(args: Omit<SearchBundleArgs, 'resources' | 'included'>): BundleLink[] {
   const link: BundleLink[] = [];
   const url = (offset: number) => {
     const qs = new URLSearchParams(args.selfParams);
@@ -28,19 +31,36 @@ export function searchBundle(args: {
     link.push({ relation: 'previous', url: url(Math.max(0, args.offset - args.count)) });
   }
   if (args.hasMore) link.push({ relation: 'next', url: url(args.offset + args.count) });
+  return link;
+}
+
+/** The entry that carries a search's warnings (parameters not supported, ignored). */
+function warningEntry(warnings: string[]): BundleEntry {
+  return { resource: outcome('warning', 'not-supported', warnings.join('; ')), search: { mode: 'outcome' } };
+}
+
+export function searchBundle(args: SearchBundleArgs): Bundle {
   const entry: BundleEntry[] = args.resources.map((r) => ({
     fullUrl: `${args.base}/${r.resourceType}/${r.id}`,
     resource: r as FhirResource,
     search: { mode: 'match' },
   }));
   for (const r of args.included ?? []) entry.push({ fullUrl: `${args.base}/${r.resourceType}/${r.id}`, resource: r as FhirResource, search: { mode: 'include' } });
-  if (args.warnings.length) {
-    const oo = outcome('warning', 'not-supported', args.warnings.join('; '));
-    entry.push({ resource: oo, search: { mode: 'outcome' } });
-  }
-  const bundle: Bundle = { resourceType: 'Bundle', type: 'searchset', link, entry };
+  if (args.warnings.length) entry.push(warningEntry(args.warnings));
+  const bundle: Bundle = { resourceType: 'Bundle', type: 'searchset', link: searchLinks(args), entry };
   if (args.total !== undefined) bundle.total = args.total;
   return bundle;
+}
+
+/**
+ * The same searchset as JSON text, its matches (of `type`, nothing included) given as their ids and
+ * stored JSON text, put in as they are: `JSON.stringify(searchBundle(…))` of the parsed resources.
+ */
+export function searchBundleText(args: Omit<SearchBundleArgs, 'resources' | 'included'> & { matches: { id: string; text: string }[] }): string {
+  const entries = args.matches.map((m) => `{"fullUrl":${JSON.stringify(`${args.base}/${args.type}/${m.id}`)},"resource":${m.text},"search":{"mode":"match"}}`);
+  if (args.warnings.length) entries.push(JSON.stringify(warningEntry(args.warnings)));
+  const total = args.total !== undefined ? `,"total":${args.total}` : '';
+  return `{"resourceType":"Bundle","type":"searchset","link":${JSON.stringify(searchLinks(args))},"entry":[${entries.join(',')}]${total}}`;
 }
 
 export function historyBundle(base: string, entries: HistoryEntry[], total: number): Bundle {

@@ -1,10 +1,10 @@
 import type { Request } from 'express';
-import type { Resource } from 'fhir/r4';
+import type { Bundle, Resource } from 'fhir/r4';
 import { ResourceStore, WriteResult } from '../store/resource-store';
 import { SearchRegistry } from './search/registry';
 import { parseSearch, RawQuery } from './search/query';
 import { includedFor, withJoins } from './search/joins';
-import { historyBundle, searchBundle } from './bundle';
+import { historyBundle, searchBundle, searchBundleText } from './bundle';
 import { badRequest, FhirError, notFound, preconditionFailed, unprocessable } from './outcome';
 import * as jsonPatch from 'fast-json-patch';
 import { ID_PATTERN, SERVER_WRITTEN_TYPES } from './resource-types';
@@ -93,6 +93,40 @@ export function createResourceService(type: string, deps: ResourceServiceDeps) {
     return resource;
   }
 
+  /** A search of this type by the request's caller: its Bundle, or the Bundle's text when `asText` and the search is plain. */
+  async function runSearch(req: Request, asText: boolean): Promise<Bundle | string> {
+    const scope = await scopeOf(req);
+    const query = (req.method === 'POST' ? { ...req.query, ...(req.body ?? {}) } : req.query) as RawQuery;
+    const sr = parseSearch(registry, type, query, {
+      strict: preferStrict(req),
+      defaultCount: deps.defaultPageSize,
+      maxCount: deps.maxPageSize,
+    });
+    const base = deps.baseUrl(req);
+    const page = { base, type, selfParams: sr.applied, offset: sr.offset, count: sr.count, warnings: sr.warnings };
+    const restriction = scope.filter(type);
+    const joined = restriction === null ? sr.filter : await withJoins({ registry, store, scope }, type, sr.filter, sr.joins);
+    const filter = restriction === null ? null : Object.keys(restriction).length ? { $and: [joined, restriction] } : joined;
+    if (sr.summaryCount) {
+      const total = filter ? await store.count(type, filter) : 0;
+      return searchBundle({ ...page, resources: [], total, offset: 0, count: 0, hasMore: false });
+    }
+    const total = filter && sr.total === 'accurate' ? store.count(type, filter) : Promise.resolve(sr.total === 'accurate' ? 0 : undefined);
+    const pageOpts = { sort: sr.sort, skip: sr.offset, limit: sr.count + 1 };
+    // Every match is visible to such a caller, and sent whole: its stored text will do.
+    if (asText && !scope.members && !sr.elements && sr.includes.length === 0 && filter) {
+      const [found, n] = await Promise.all([sr.count === 0 ? Promise.resolve([]) : store.searchTexts(type, filter, pageOpts), total]);
+      return searchBundleText({ ...page, matches: found.slice(0, sr.count), total: n, hasMore: found.length > sr.count });
+    }
+    const [found, n] = await Promise.all([sr.count === 0 || !filter ? Promise.resolve([]) : store.search(type, filter, pageOpts), total]);
+    const hasMore = found.length > sr.count;
+    let resources = found.slice(0, sr.count).filter((r) => scope.canSee(r));
+    const included = await includedFor({ registry, store, scope }, resources, sr.includes);
+    if (scope.members && resources.length + included.length > 0) await deps.onPartnerRead?.(req, 'search', type, [...resources, ...included]);
+    if (sr.elements) resources = resources.map((r) => subset(r, sr.elements as string[]));
+    return searchBundle({ ...page, resources, included, total: n, hasMore });
+  }
+
   const service = {
     /** The CapabilityStatement entry for this type: what is really served. */
     makeResource: () => ({
@@ -131,34 +165,15 @@ export function createResourceService(type: string, deps: ResourceServiceDeps) {
       return version;
     },
 
-    search: async (_args: CoreArgs, { req }: CoreContext) => {
-      const scope = await scopeOf(req);
-      const query = (req.method === 'POST' ? { ...req.query, ...(req.body ?? {}) } : req.query) as RawQuery;
-      const sr = parseSearch(registry, type, query, {
-        strict: preferStrict(req),
-        defaultCount: deps.defaultPageSize,
-        maxCount: deps.maxPageSize,
-      });
-      const base = deps.baseUrl(req);
-      const restriction = scope.filter(type);
-      const joined = restriction === null ? sr.filter : await withJoins({ registry, store, scope }, type, sr.filter, sr.joins);
-      const filter = restriction === null ? null : Object.keys(restriction).length ? { $and: [joined, restriction] } : joined;
-      if (sr.summaryCount) {
-        const total = filter ? await store.count(type, filter) : 0;
-        return searchBundle({ base, type, resources: [], total, selfParams: sr.applied, offset: 0, count: 0, hasMore: false, warnings: sr.warnings });
-      }
-      const [found, total] = filter
-        ? await Promise.all([
-            sr.count === 0 ? Promise.resolve([]) : store.search(type, filter, { sort: sr.sort, skip: sr.offset, limit: sr.count + 1 }),
-            sr.total === 'accurate' ? store.count(type, filter) : Promise.resolve(undefined),
-          ])
-        : [[], sr.total === 'accurate' ? 0 : undefined];
-      const hasMore = found.length > sr.count;
-      let resources = found.slice(0, sr.count).filter((r) => scope.canSee(r));
-      const included = await includedFor({ registry, store, scope }, resources, sr.includes);
-      if (scope.members && resources.length + included.length > 0) await deps.onPartnerRead?.(req, 'search', type, [...resources, ...included]);
-      if (sr.elements) resources = resources.map((r) => subset(r, sr.elements as string[]));
-      return searchBundle({ base, type, resources, included, total, selfParams: sr.applied, offset: sr.offset, count: sr.count, hasMore, warnings: sr.warnings });
+    search: async (_args: CoreArgs, { req }: CoreContext): Promise<Bundle> => (await runSearch(req, false)) as Bundle,
+
+    /**
+     * The search's Bundle as JSON text. A plain search (no _elements, nothing included) by a caller
+     * who sees every member puts each match in as stored; any other is the `search` Bundle serialised.
+     */
+    searchText: async (_args: CoreArgs, { req }: CoreContext): Promise<string> => {
+      const found = await runSearch(req, true);
+      return typeof found === 'string' ? found : JSON.stringify(found);
     },
 
     history: async (_args: CoreArgs, { req }: CoreContext) => {

@@ -74,7 +74,7 @@ export function restRoutes(services: Map<string, ResourceService>, baseUrl: (req
   const search = asyncHandler(async (req, res, next) => {
     const service = serviceFor(req.params.type);
     if (!service) return next();
-    sendResource(res, 200, await service.search({}, { req }));
+    sendJsonText(res, 200, await service.searchText({}, { req }));
   });
   router.get(`/${TYPE_PARAM}`, guard.require({ type: ':type', action: 's' }), search);
   router.post(`/${TYPE_PARAM}/_search`, guard.require({ type: ':type', action: 's' }), search);

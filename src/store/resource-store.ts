@@ -392,6 +392,15 @@ export class ResourceStore {
   }
 
   /**
+   * As `search`, each match as its id and its JSON text as stored, to be sent as it is (nothing
+   * parsed or serialised again).
+   */
+  async searchTexts(type: string, filter: Filter, opts: { sort?: SortSpec; skip?: number; limit?: number } = {}): Promise<{ id: string; text: string }[]> {
+    await this.ensureIndexes(type);
+    return (await this.current(type).findTexts(filter, 'res', opts)).map((d) => ({ id: d._id, text: d.text }));
+  }
+
+  /**
    * The Coverages that carry one of these identifiers (`system|value` search tokens) or this
    * subscriberId, at most `limit`: a member match's look-up, each half served by an index.
    */

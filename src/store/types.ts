@@ -47,6 +47,11 @@ export interface Collection<T extends StoredDoc = StoredDoc> {
    */
   findTextById(id: string, field: string): Promise<{ text: string; rest: Partial<T> } | null>;
   find(filter: Filter, options?: FindOptions): Promise<T[]>;
+  /**
+   * As `find`, but each match as its `_id` and `field`'s value as JSON text, to be sent as it is:
+   * serves search pages without parsing each document and serialising it again.
+   */
+  findTexts(filter: Filter, field: string, options?: Omit<FindOptions, 'fields'>): Promise<{ _id: string; text: string }[]>;
   count(filter: Filter): Promise<number>;
   /** Replaces the one document matching filter; returns how many matched (0 or 1). */
   replaceOne(filter: Filter, doc: T, options?: { upsert?: boolean }): Promise<number>;

@@ -102,6 +102,12 @@ describe('FHIR REST over HTTP', () => {
     expect(dated.body.entry.map((e: { resource: { id: string } }) => e.resource.id).sort()).toEqual(['eob-2', 'eob-3']);
     expect((await fhir('GET', `${base}/ExplanationOfBenefit?identifier=urn:claims|CLM-3`)).body.total).toBe(1);
     expect((await fhir('GET', `${base}/ExplanationOfBenefit?_id=eob-1,eob-2&_total=none`)).body.total).toBeUndefined();
+    // A match is sent whole, as read; with _elements, only what was asked for, marked SUBSETTED.
+    const read = await fhir('GET', `${base}/ExplanationOfBenefit/eob-1`);
+    expect((await fhir('GET', `${base}/ExplanationOfBenefit?_id=eob-1`)).body.entry[0]).toEqual({ fullUrl: `${base}/ExplanationOfBenefit/eob-1`, resource: read.body, search: { mode: 'match' } });
+    const subset = (await fhir('GET', `${base}/ExplanationOfBenefit?_id=eob-1&_elements=created`)).body.entry[0].resource;
+    expect(Object.keys(subset).sort()).toEqual(['created', 'id', 'meta', 'resourceType']);
+    expect(subset.meta.tag).toContainEqual({ system: 'http://terminology.hl7.org/CodeSystem/v3-ObservationValue', code: 'SUBSETTED' });
 
     const unknown = await fhir('GET', `${base}/ExplanationOfBenefit?patient=member-1&colour=blue`);
     expect(unknown.status).toBe(200);

@@ -3,6 +3,7 @@ import { compilePath, evaluatePath } from '../../src/fhir/search/fhirpath-lite';
 import { allows, grantable } from '../../src/auth/scopes';
 import { consentPolicy, isSensitive } from '../../src/responder/consent-policy';
 import { matchMember } from '../../src/responder/member-matcher';
+import { searchBundle, searchBundleText } from '../../src/fhir/bundle';
 
 describe('FHIR dates as ranges', () => {
   it('covers the whole precision given', () => {
@@ -65,5 +66,25 @@ describe('member matcher', () => {
     ]);
     expect(result.matched.map((m) => m.patient.id)).toEqual(['a']);
     expect(result.reasons).toEqual(['Patient/b: birth date differs']);
+  });
+});
+
+describe('searchset Bundles', () => {
+  it('as text from stored resources are the Bundle made from the parsed resources, on every page and with warnings', () => {
+    const resources = [
+      { resourceType: 'Observation', id: 'a', status: 'final', code: { text: 'x "y" \u2028 é' } },
+      { resourceType: 'Observation', id: 'b', status: 'final', code: { text: 'z' } },
+    ] as never[];
+    const matches = resources.map((r: { id: string }) => ({ id: r.id, text: JSON.stringify(r) }));
+    const base = 'http://h/4_0_1';
+    for (const page of [
+      { offset: 0, count: 2, hasMore: true, total: 5, warnings: [] },
+      { offset: 2, count: 2, hasMore: false, total: undefined, warnings: ['unknown parameter "q" & <b>'] },
+    ]) {
+      const args = { base, type: 'Observation', selfParams: [['status', 'final'], ['_count', '2']] as [string, string][], ...page };
+      const text = searchBundleText({ ...args, matches });
+      expect(text).toBe(JSON.stringify(searchBundle({ ...args, resources })));
+      expect(JSON.parse(text).entry[0]).toEqual({ fullUrl: `${base}/Observation/a`, resource: resources[0], search: { mode: 'match' } });
+    }
   });
 });

@@ -34,6 +34,12 @@ class MongoBackedCollection<T extends StoredDoc> implements Collection<T> {
     return (await cursor.toArray()) as unknown as T[];
   }
 
+  async findTexts(filter: Filter, field: string, options: Omit<FindOptions, 'fields'> = {}): Promise<{ _id: string; text: string }[]> {
+    // The driver hands documents over parsed: the field is serialised here (only it is fetched).
+    const docs = await this.find(filter, { ...options, fields: [field] });
+    return docs.map((d) => ({ _id: d._id, text: JSON.stringify(d[field]) ?? 'null' }));
+  }
+
   async count(filter: Filter): Promise<number> {
     return this.c.countDocuments(filter);
   }

@@ -213,6 +213,18 @@ class SqliteCollection<T extends StoredDoc> implements Collection<T> {
     return (this.stmt(q).all(...params) as (Row & { id: string })[]).map((r) => this.parse(r));
   }
 
+  async findTexts(filter: Filter, field: string, options: Omit<FindOptions, 'fields'> = {}): Promise<{ _id: string; text: string }[]> {
+    // SQLite takes the field out of the stored text (in C, keeping its strings' and numbers' text): no document is parsed here.
+    const { sql, params } = this.compiler.compile(filter);
+    let q = `SELECT id AS _id, doc -> ? AS text FROM ${this.t} WHERE ${sql}${this.compiler.orderBy(options.sort)}`;
+    params.unshift(jsonPath(field));
+    if (options.limit || options.skip) {
+      q += ' LIMIT ? OFFSET ?';
+      params.push(options.limit || -1, options.skip ?? 0);
+    }
+    return (this.stmt(q).all(...params) as { _id: string; text: string | null }[]).map((r) => ({ _id: r._id, text: r.text ?? 'null' }));
+  }
+
   /** The document with this id (or none), through the read cache: reads by id are the hot path. */
   private byId(id: string): T[] {
     const { row } = this.cached(id);
