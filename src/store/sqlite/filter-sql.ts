@@ -113,9 +113,9 @@ export class FilterCompiler {
     return { sql, params };
   }
 
-  orderBy(sort: SortSpec | undefined): string {
-    if (!sort || Object.keys(sort).length === 0) return '';
-    return ' ORDER BY ' + Object.entries(sort).map(([f, dir]) => `${f === '_id' ? 'id' : `json_extract(doc, '${jsonPath(f)}')`} ${dir === -1 ? 'DESC' : 'ASC'}`).join(', ');
+  /** What a sort orders by: each field's SQL expression and direction. */
+  sortKeys(sort: SortSpec | undefined): { expr: string; dir: 'ASC' | 'DESC' }[] {
+    return Object.entries(sort ?? {}).map(([f, dir]) => ({ expr: f === '_id' ? 'id' : `json_extract(doc, '${jsonPath(f)}')`, dir: dir === -1 ? 'DESC' : 'ASC' }));
   }
 
   private node(filter: Filter, params: unknown[]): string {
