@@ -9,8 +9,8 @@
  *     (kick-off, polling, files to disk) from the same source: ratio = download time / exchange time
  *   - a store of `--large` resources: RSS, the first query after a restart, and a two-parameter
  *     search's p50 against the same search on a store of `--small` resources
- *   - GET Patient/{id}: requests per second against a bare Express app serving the same bytes (the
- *     median of alternating rounds)
+ *   - GET Patient/{id}, and a search page of 50 Observations: requests per second against a bare
+ *     Express app serving the same bytes (the median of alternating rounds)
  *   - `--concurrent` exchanges at once (members of about 60 resources): exchanges per second
  *   - export: a whole-population Patient/$export, resources per second, against reading the same
  *     resources straight from the store
@@ -366,7 +366,6 @@ async function main() {
     progress('writing the seeded stores to disk');
     execFileSync('sync');
     const searchP50: Record<string, number> = {};
-    let patientBytes = '';
     for (const label of ['small', 'large']) {
       const { dir: storeDir, members, count } = stores[label];
       progress(`restarting on the ${label} store (${count} resources)`);
@@ -386,17 +385,9 @@ async function main() {
         figures.push({ name: `first query after a restart, ${count} resources`, ratio: firstMs / 1000, goal: '< 1.0 (seconds)', detail: `${firstMs.toFixed(0)} ms` });
       } else {
         progress('GET Patient/{id} against a bare Express app');
-        const url = `${server.base}/Patient/${members[0].patientId}`;
-        const res = await fetch(url);
-        patientBytes = await res.text();
-        const bare = await startBareApp(patientBytes, res.headers.get('content-type') as string);
-        // Alternating rounds, the median round's ratio: a slow moment of the machine weighs on one round of both.
-        const rounds: { ours: number; bare: number }[] = [];
-        for (let i = 0; i < READ_ROUNDS; i++) rounds.push({ ours: await requestsPerSecond(url, 2), bare: await requestsPerSecond(bare.url, 2) });
-        await bare.stop();
-        rounds.sort((a, b) => a.ours / a.bare - b.ours / b.bare);
-        const mid = rounds[Math.floor(READ_ROUNDS / 2)];
-        figures.push({ name: 'GET Patient/{id} vs a bare Express app', ratio: mid.ours / mid.bare, goal: '>= 0.5', detail: `${Math.round(mid.ours)} vs ${Math.round(mid.bare)} requests/s (16 connections; median of ${READ_ROUNDS} alternating rounds, ratios ${rounds.map((r) => (r.ours / r.bare).toFixed(2)).join('–')})` });
+        figures.push(await againstBareApp(`${server.base}/Patient/${members[0].patientId}`, 'GET Patient/{id} vs a bare Express app', '>= 0.5'));
+        progress('a search page against a bare Express app');
+        figures.push(await againstBareApp(`${server.base}/Observation?_count=50`, 'GET Observation?_count=50 (a page of 50) vs a bare Express app', 'none set'));
         progress('whole-population export');
         figures.push(await exportFigure(server.base, storeDir, count));
       }
@@ -519,6 +510,22 @@ async function main() {
   console.log(`\nnode ${process.version}, ${os.cpus().length} cores, embedded engine (SQLite), ${Math.round((Date.now() - started) / 1000)} s\n`);
   console.log(`${'figure'.padEnd(w)}  ratio   goal               measured`);
   for (const f of figures) console.log(`${f.name.padEnd(w)}  ${f.ratio.toFixed(2).padStart(5)}   ${f.goal.padEnd(17)}  ${f.detail}`);
+}
+
+/**
+ * Requests per second of `url` against a bare Express app serving the same bytes: alternating
+ * rounds, the median round's ratio (a slow moment of the machine weighs on one round of both).
+ */
+async function againstBareApp(url: string, name: string, goal: string): Promise<Figure> {
+  const res = await fetch(url);
+  if (res.status !== 200) throw new Error(`${url} answered ${res.status}`);
+  const bare = await startBareApp(await res.text(), res.headers.get('content-type') as string);
+  const rounds: { ours: number; bare: number }[] = [];
+  for (let i = 0; i < READ_ROUNDS; i++) rounds.push({ ours: await requestsPerSecond(url, 2), bare: await requestsPerSecond(bare.url, 2) });
+  await bare.stop();
+  rounds.sort((a, b) => a.ours / a.bare - b.ours / b.bare);
+  const mid = rounds[Math.floor(READ_ROUNDS / 2)];
+  return { name, ratio: mid.ours / mid.bare, goal, detail: `${Math.round(mid.ours)} vs ${Math.round(mid.bare)} requests/s (16 connections; median of ${READ_ROUNDS} alternating rounds, ratios ${rounds.map((r) => (r.ours / r.bare).toFixed(2)).join('–')})` };
 }
 
 async function benchToken(tokenUrl: string, privateJwk: unknown): Promise<string> {
