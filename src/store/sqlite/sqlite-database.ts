@@ -206,32 +206,35 @@ class SqliteCollection<T extends StoredDoc> implements Collection<T> {
     const { q, params } = this.query(filter, options, (t) => {
       const doc = fields ? `json_object(${fields.map((f) => `'${f.replace(/'/g, "''")}', json_extract(${t}doc, '${jsonPath(f)}')`).join(', ')})` : `${t}doc`;
       return `${t}id AS id, ${doc} AS doc`;
-    });
+    }, [], !fields);
     return (this.stmt(q).all(...params) as (Row & { id: string })[]).map((r) => this.parse(r));
   }
 
   async findTexts(filter: Filter, field: string, options: Omit<FindOptions, 'fields'> = {}): Promise<{ _id: string; text: string }[]> {
     // SQLite takes the field out of the stored text (in C, keeping its strings' and numbers' text): no document is parsed here.
-    const { q, params } = this.query(filter, options, (t) => `${t}id AS _id, ${t}doc -> ? AS text`, [jsonPath(field)]);
+    const { q, params } = this.query(filter, options, (t) => `${t}id AS _id, ${t}doc -> ? AS text`, [jsonPath(field)], true);
     return (this.stmt(q).all(...params) as { _id: string; text: string | null }[]).map((r) => ({ _id: r._id, text: r.text ?? 'null' }));
   }
 
   /**
    * The query for what `select` takes of each matching row (its columns named with the prefix it is
-   * given; `selectParams` bound to it), sorted and paged. A sorted query first chooses its rows by rid
-   * and sort keys alone, then reads only theirs: sorting the rows whole would copy each one into the
-   * sort, every one that ties on the sort keys included (a thousand resources imported together share
-   * their time), and take out what is selected of each.
+   * given; `selectParams` bound to it), sorted and paged. A page of `large` rows (whole documents)
+   * is first chosen by rid and sort keys alone, and only its rows are read: sorting the rows whole
+   * would copy each one into the sort, every one that ties on the sort keys included (a thousand
+   * resources imported together share their time), and take out what is selected of each.
    */
-  private query(filter: Filter, options: Omit<FindOptions, 'fields'>, select: (prefix: string) => string, selectParams: unknown[] = []): { q: string; params: unknown[] } {
+  private query(filter: Filter, options: Omit<FindOptions, 'fields'>, select: (prefix: string) => string, selectParams: unknown[], large: boolean): { q: string; params: unknown[] } {
     const { sql, params } = this.compiler.compile(filter);
     const page = options.limit || options.skip ? ' LIMIT ? OFFSET ?' : '';
     if (page) params.push(options.limit || -1, options.skip ?? 0);
     const keys = this.compiler.sortKeys(options.sort);
-    if (keys.length === 0) return { q: `SELECT ${select('')} FROM ${this.t} WHERE ${sql}${page}`, params: [...selectParams, ...params] };
-    const order = (prefix: string) => ` ORDER BY ${keys.map((k, i) => `${prefix}k${i} ${k.dir}`).join(', ')}`;
-    const chosen = `SELECT rid${keys.map((k, i) => `, ${k.expr} AS k${i}`).join('')} FROM ${this.t} WHERE ${sql}${order('')}${page}`;
-    return { q: `SELECT ${select('d.')} FROM (${chosen}) AS p JOIN ${this.t} AS d ON d.rid = p.rid${order('p.')}`, params: [...selectParams, ...params] };
+    const order = (by: (i: number) => string) => (keys.length ? ` ORDER BY ${keys.map((k, i) => `${by(i)} ${k.dir}`).join(', ')}` : '');
+    if (!(keys.length && page && large)) {
+      // Every match is read anyway (no page), or its rows are small: one query, sorted as it reads.
+      return { q: `SELECT ${select('')} FROM ${this.t} WHERE ${sql}${order((i) => keys[i].expr)}${page}`, params: [...selectParams, ...params] };
+    }
+    const chosen = `SELECT rid${keys.map((k, i) => `, ${k.expr} AS k${i}`).join('')} FROM ${this.t} WHERE ${sql}${order((i) => `k${i}`)}${page}`;
+    return { q: `SELECT ${select('d.')} FROM (${chosen}) AS p JOIN ${this.t} AS d ON d.rid = p.rid${order((i) => `p.k${i}`)}`, params: [...selectParams, ...params] };
   }
 
   /** The document with this id (or none), through the read cache: reads by id are the hot path. */
