@@ -193,8 +193,12 @@ export function servedOperations(base: string): ServedOperation[] {
         description: 'Bulk export of the members of a MatchedMembers Group (its owner only), each member\'s consent judged again when the export runs, keeping to the five-year window of service dates; members asked for but not exported are listed in the manifest\'s error file.',
         parameter: [
           param('patient', 'in', 0, '*', 'Reference', 'A subset of the Group\'s members'),
-          param('exportType', 'in', 0, '1', 'string', 'hl7.fhir.us.davinci-pdex#payertopayer'),
-          ...exportParameters('group').filter((p) => p.name !== '_outputFormat'),
+          param('exportType', 'in', 0, '1', 'canonical', 'The type of export (ATR); hl7.fhir.us.davinci-pdex#payertopayer for the payer-to-payer exchange'),
+          // As ATR declares them (the export takes several _type and _typeFilter values all the same).
+          param('_since', 'in', 0, '1', 'instant', 'Only resources changed after this instant'),
+          param('_until', 'in', 0, '1', 'instant', 'Only resources changed up to this instant'),
+          param('_type', 'in', 0, '1', 'string', 'Comma-separated resource types'),
+          param('_typeFilter', 'in', 0, '1', 'string', 'Comma-separated searches, e.g. ExplanationOfBenefit?service-date=ge2020-01-01'),
         ],
       }),
     ],

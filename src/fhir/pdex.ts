@@ -5,3 +5,18 @@ export const RESULT_SYSTEM = 'http://hl7.org/fhir/us/davinci-pdex/CodeSystem/Pde
 
 /** `$davinci-data-export`'s exportType for the payer-to-payer exchange. */
 export const PAYER_TO_PAYER = 'hl7.fhir.us.davinci-pdex#payertopayer';
+
+/**
+ * The Parameters of a `$davinci-data-export` kick-off, each part of the type ATR's OperationDefinition
+ * declares: `exportType` canonical, `_since`/`_until` instant, `patient` Reference, `_type` and
+ * `_typeFilter` string (repeated values of one parameter stay separate parts).
+ */
+export function davinciExportParameters(params: Record<string, string[]>): { name: string; [value: string]: unknown }[] {
+  const typed = (name: string, v: string) => {
+    if (name === '_since' || name === '_until') return { name, valueInstant: v };
+    if (name === 'patient') return { name, valueReference: { reference: v } };
+    return { name, valueString: v };
+  };
+  const rest = Object.entries(params).filter(([k]) => k !== 'exportType');
+  return [{ name: 'exportType', valueCanonical: PAYER_TO_PAYER }, ...rest.flatMap(([k, vs]) => vs.map((v) => typed(k, v)))];
+}

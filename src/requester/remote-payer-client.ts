@@ -6,7 +6,7 @@ import type { CapabilityStatement, Identifier, OperationOutcome, Parameters, Par
 import { SourcePayer } from './source-payers';
 import { signClientAssertion } from './client-assertion';
 import type { Logger } from '../logger';
-import { PAYER_TO_PAYER } from '../fhir/pdex';
+import { davinciExportParameters } from '../fhir/pdex';
 
 /** A failure talking to the source payer. `transient` ones are worth trying again later. */
 export class RemoteError extends Error {
@@ -298,7 +298,7 @@ export class RemotePayerClient implements RemotePayer {
   }
 
   async kickoffGroupExport(groupId: string, params: Record<string, string[]>): Promise<string> {
-    const parameter = [{ name: 'exportType', valueString: PAYER_TO_PAYER }, ...Object.entries(params).flatMap(([k, vs]) => vs.map((v) => ({ name: k, valueString: v })))];
+    const parameter = davinciExportParameters(params);
     const res = await this.request(
       { method: 'POST', url: `${this.payer.fhirBaseUrl}/Group/${encodeURIComponent(groupId)}/$davinci-data-export`, data: { resourceType: 'Parameters', parameter }, headers: { accept: 'application/fhir+json', prefer: 'respond-async', 'content-type': 'application/fhir+json' } },
       '$davinci-data-export kick-off',

@@ -48,7 +48,7 @@ export function kickoffParams(method: string, query: Record<string, unknown>, bo
   for (const [i, p] of ((parts ?? []) as unknown[]).entries()) {
     if (!p || typeof p !== 'object' || Array.isArray(p) || typeof (p as { name?: unknown }).name !== 'string') throw badRequest(`Parameters.parameter[${i}] must be an object with a name`, [`Parameters.parameter[${i}]`]);
     const part = p as ParametersParameter;
-    const value = part.valueReference?.reference ?? part.valueString ?? part.valueInstant ?? part.valueDateTime ?? part.valueCode ?? part.valueUri ?? (part.valueBoolean !== undefined ? String(part.valueBoolean) : undefined);
+    const value = part.valueReference?.reference ?? part.valueString ?? part.valueInstant ?? part.valueDateTime ?? part.valueCode ?? part.valueUri ?? part.valueCanonical ?? (part.valueBoolean !== undefined ? String(part.valueBoolean) : undefined);
     if (typeof value !== 'string') throw badRequest(`Parameter '${part.name}' has no value of a type the export takes`, [`Parameters.parameter[${i}]`]);
     add(part.name, value);
   }

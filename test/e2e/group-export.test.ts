@@ -95,7 +95,10 @@ describe('bulk exchange through the group export ($davinci-data-export)', () => 
     // One export for the group; no member exported on its own.
     expect(fake.log).toContain('POST /fhir/Group/G1/$davinci-data-export');
     expect(fake.log.filter((l) => /Patient\/[^/]+\/\$export/.test(l))).toEqual([]);
-    expect(fake.bodies['/fhir/Group/G1/$davinci-data-export']).toContain('hl7.fhir.us.davinci-pdex#payertopayer');
+    // Each part of the type ATR's OperationDefinition declares: exportType canonical, _type string.
+    const sent = JSON.parse(fake.bodies['/fhir/Group/G1/$davinci-data-export']).parameter;
+    expect(sent.find((p: any) => p.name === 'exportType')).toEqual({ name: 'exportType', valueCanonical: 'hl7.fhir.us.davinci-pdex#payertopayer' });
+    expect(sent.filter((p: any) => p.name !== 'exportType').every((p: any) => (p.name === 'patient' ? p.valueReference : p.name.startsWith('_s') || p.name.startsWith('_u') ? p.valueInstant : p.valueString))).toBe(true);
     expect(await codesOf(locals[0])).toEqual(['a-1']);
     expect(await codesOf(locals[1])).toEqual(['b-1', 'b-2']);
     const counts = (c: any) => Object.fromEntries(c.output.filter((o: any) => o.type.text.startsWith('count:')).map((o: any) => [o.type.text, o.valueInteger]));

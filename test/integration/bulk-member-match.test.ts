@@ -85,6 +85,10 @@ describe('$bulk-member-match and $davinci-data-export', () => {
     };
     const type = { name: 'exportType', valueString: 'hl7.fhir.us.davinci-pdex#payertopayer' };
     expect(await exportPatients([type, { name: '_type', valueString: 'Patient,Condition' }])).toEqual([members[0].patientId, members[1].patientId].sort());
+    // ATR declares exportType a canonical and _since an instant: a partner that follows it is understood.
+    const typed = [{ name: 'exportType', valueCanonical: 'hl7.fhir.us.davinci-pdex#payertopayer' }, { name: '_since', valueInstant: '2000-01-01T00:00:00Z' }, { name: '_type', valueString: 'Patient' }];
+    expect(await exportPatients(typed)).toEqual([members[0].patientId, members[1].patientId].sort());
+    expect((await kickoff(url, { method: 'POST', body: { resourceType: 'Parameters', parameter: [{ name: 'exportType', valueCanonical: 'http://example.org/other-export' }] }, token: tokens.partner })).status).toBe(400);
     expect(await exportPatients([{ name: 'patient', valueReference: { reference: `Patient/${members[1].patientId}` } }, { name: '_type', valueString: 'Patient' }])).toEqual([members[1].patientId]);
     // A `patient` outside the Group is ignored, and reported in the manifest's error file.
     const k = await kickoff(url, { method: 'POST', body: { resourceType: 'Parameters', parameter: [{ name: 'patient', valueReference: { reference: `Patient/${members[1].patientId}` } }, { name: 'patient', valueReference: { reference: `Patient/${members[4].patientId}` } }, { name: '_type', valueString: 'Patient' }] }, token: tokens.partner });
