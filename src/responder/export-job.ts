@@ -9,7 +9,7 @@ import type { Role } from '../auth/client-registry';
 import { ExportFiles } from './export-files';
 import { compileTypeFilter, ExportRequest } from './export-request';
 import { SearchRegistry } from '../fhir/search/registry';
-import { inServiceWindow } from './service-window';
+import { inPayerToPayerScope, priorAuthorizationDocumentation } from './service-window';
 import { outcome } from '../fhir/outcome';
 
 export const EXPORT_JOB = 'bulk-export';
@@ -89,6 +89,10 @@ export class ExportJobHandler {
     const until = req.until ?? Date.parse(data.transactionTime);
 
     const mainTypes = patientLevel ? req.types.filter((t) => this.compartment.has(t)) : req.types;
+    // A partner's export keeps PDex's rules for prior authorizations (and, for $davinci-data-export, the window of dates of service).
+    const payerToPayer = req.serviceFrom !== undefined || !!scope.members;
+    const documentation = payerToPayer && mainTypes.includes('ExplanationOfBenefit') ? await this.priorAuthorizationDocumentation(patientIds, scope) : new Set<string>();
+    const now = this.now().getTime();
     for (const [i, type] of mainTypes.entries()) {
       const visible = scope.filter(type);
       if (visible === null) continue;
@@ -103,7 +107,7 @@ export class ExportJobHandler {
       for await (const resource of this.store.stream(type, { $and: conditions })) {
         if (signal.aborted) throw signal.reason;
         if (!scope.canSee(resource)) continue;
-        if (req.serviceFrom !== undefined && !inServiceWindow(resource as never, req.serviceFrom)) continue;
+        if (payerToPayer && !inPayerToPayerScope(resource as never, req.serviceFrom, now, documentation)) continue;
         await writer.write(resource);
         if (patientLevel) collectSupportingReferences(resource, referenced);
       }
@@ -147,6 +151,16 @@ export class ExportJobHandler {
       }
       if (!progressed) return;
     }
+  }
+
+  /** The documentation (DocumentReference, QuestionnaireResponse, Binary) that the members' prior authorizations in force refer to. */
+  private async priorAuthorizationDocumentation(patientIds: string[] | undefined, scope: { filter(type: string): Filter | null }): Promise<Set<string>> {
+    const out = new Set<string>();
+    const visible = scope.filter('ExplanationOfBenefit');
+    if (visible === null) return out;
+    const filter: Filter = { $and: [visible, this.compartment.filter('ExplanationOfBenefit', patientIds)] };
+    for await (const eob of this.store.stream('ExplanationOfBenefit', filter)) priorAuthorizationDocumentation(eob as never, out);
+    return out;
   }
 
   private async groupMembers(groupId: string): Promise<string[]> {

@@ -76,3 +76,57 @@ export function inServiceWindow(resource: { resourceType: string } & Record<stri
 export function serviceWindowStart(years: number, now = new Date()): number {
   return Date.UTC(now.getUTCFullYear() - years, now.getUTCMonth(), now.getUTCDate());
 }
+
+const YEAR_MS = 365 * 86_400_000;
+
+type AnyResource = { resourceType: string; id?: string } & Record<string, unknown>;
+
+/** A prior authorization: an ExplanationOfBenefit with `use` preauthorization (PDex Prior Authorization profile). */
+export function isPriorAuthorization(resource: AnyResource): boolean {
+  return resource.resourceType === 'ExplanationOfBenefit' && resource.use === 'preauthorization';
+}
+
+/**
+ * PDex §pdex-131, §pdex-132, §pdex-170: the prior authorizations a partner gets are the current ones
+ * (status active), the pending ones (outcome queued or partial, not cancelled), and those whose status
+ * changed in the last twelve months, whatever their dates of service. This server keeps no separate
+ * date of status change, so the last change of the record stands for it (`meta.lastUpdated`): a
+ * superset, never fewer than the rule asks.
+ */
+export function priorAuthorizationInScope(resource: AnyResource, now: number): boolean {
+  const status = resource.status;
+  if (status === 'active') return true;
+  const pending = resource.outcome === 'queued' || resource.outcome === 'partial';
+  if (pending && status !== 'cancelled' && status !== 'entered-in-error') return true;
+  const changed = Date.parse(String((resource.meta as { lastUpdated?: string } | undefined)?.lastUpdated ?? ''));
+  return !Number.isNaN(changed) && changed >= now - YEAR_MS;
+}
+
+/** Types whose records, referenced by an active prior authorization, are its documentation (CMS-0057-F: "related clinical documentation and forms"). */
+const DOCUMENTATION = /^(DocumentReference|QuestionnaireResponse|Binary)\/([A-Za-z0-9\-.]{1,64})$/;
+
+/** The references (`Type/id`) to documentation that a prior authorization in force carries (supporting info and any other reference). */
+export function priorAuthorizationDocumentation(resource: AnyResource, into: Set<string>): void {
+  if (!isPriorAuthorization(resource) || resource.status !== 'active') return;
+  const walk = (v: unknown): void => {
+    if (Array.isArray(v)) v.forEach(walk);
+    else if (v && typeof v === 'object') {
+      for (const [k, x] of Object.entries(v)) {
+        if (k === 'reference' && typeof x === 'string' && DOCUMENTATION.test(x)) into.add(x);
+        else if (typeof x === 'object') walk(x);
+      }
+    }
+  };
+  walk(resource);
+}
+
+/**
+ * Whether a record goes to a partner in a payer-to-payer export: prior authorizations by their own
+ * rule; the documentation of an active prior authorization always; the rest by the window of dates
+ * of service when one applies (`from`).
+ */
+export function inPayerToPayerScope(resource: AnyResource, from: number | undefined, now: number, documentation: ReadonlySet<string>): boolean {
+  if (isPriorAuthorization(resource)) return priorAuthorizationInScope(resource, now);
+  if (documentation.has(`${resource.resourceType}/${resource.id}`)) return true;
+  return from === undefined || inServiceWindow(resource, from);
+}

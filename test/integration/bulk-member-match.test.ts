@@ -133,6 +133,34 @@ describe('$bulk-member-match and $davinci-data-export', () => {
     expect(await exported(`${base}/Group/${groups.match.id}/$davinci-data-export`, [types, { name: 'patient', valueReference: { reference: `Patient/${m.patientId}` } }])).toEqual(['win-active', 'win-open', 'win-recent', 'win-undated']);
     expect(await exported(`${base}/Patient/$export`, [types, { name: 'patient', valueReference: { reference: `Patient/${m.patientId}` } }])).toEqual(records.map((r) => r.id).sort());
   });
+
+  it('sends prior authorizations by their own rule (active, pending, or changed in the last year) whatever their dates of service, with the documentation of active ones', async () => {
+    const m = members[1];
+    const old = new Date(Date.now() - 7 * 365.25 * 86400_000).toISOString().slice(0, 10);
+    const patient = { reference: `Patient/${m.patientId}` };
+    const eob = (id: string, extra: Record<string, unknown>) => ({
+      resourceType: 'ExplanationOfBenefit', id, use: 'preauthorization', status: 'active', outcome: 'complete', type: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/claim-type', code: 'professional' }] },
+      patient, created: `${old}T00:00:00Z`, billablePeriod: { start: old, end: old }, insurer: { display: 'Source plan' }, provider: { display: 'A clinic' }, insurance: [{ focal: true, coverage: { display: 'old coverage' } }], ...extra,
+    });
+    const doc = (id: string) => ({ resourceType: 'DocumentReference', id, status: 'current', subject: patient, date: `${old}T00:00:00Z`, content: [{ attachment: { contentType: 'text/plain', data: 'eA==' } }] });
+    const records = [
+      eob('pa-active-old', { supportingInfo: [{ sequence: 1, category: { text: 'documentation' }, valueReference: { reference: 'DocumentReference/pa-doc' } }] }),
+      eob('pa-pending-old', { status: 'draft', outcome: 'queued' }),
+      // Cancelled years after its service dates, so changed just now: its change of status is within the year.
+      eob('pa-cancelled-now', { status: 'cancelled' }),
+      { ...eob('claim-old', {}), use: 'claim' },
+      doc('pa-doc'),
+      doc('pa-doc-unreferenced'),
+    ];
+    for (const r of records) expect((await fhir('PUT', `${base}/${r.resourceType}/${r.id}`, r, auth('service'))).status).toBeLessThan(300);
+    const k = await kickoff(`${base}/Group/${groups.match.id}/$davinci-data-export`, { method: 'POST', body: { resourceType: 'Parameters', parameter: [{ name: '_type', valueString: 'ExplanationOfBenefit,DocumentReference' }] }, token: tokens.partner });
+    expect(k.status).toBe(202);
+    const done = await poll(k.location as string, tokens.partner);
+    const ids: string[] = [];
+    for (const o of done.body.output) ids.push(...(await download(o.url, tokens.partner)).resources.map((r: any) => r.id));
+    // The old claim and the old unreferenced document stay outside the window.
+    expect(ids.filter((id) => id.startsWith('pa-') || id.startsWith('claim-')).sort()).toEqual(['pa-active-old', 'pa-cancelled-now', 'pa-doc', 'pa-pending-old']);
+  });
 });
 
 describe('$bulk-member-match and the brute-force limit', () => {
