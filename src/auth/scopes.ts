@@ -11,7 +11,23 @@ interface Grant {
 
 const V1: Record<string, Action[]> = { read: ['r', 's'], write: ['c', 'u', 'd'], '*': ['c', 'r', 'u', 'd', 's'] };
 
+/**
+ * The scopes PDex proposes for the payer-to-payer operations ("Scopes for Operations" on its single and
+ * bulk exchange pages): the operations' canonical URLs (and, for the bulk one, its Group scope with a
+ * query). Each allows what calling the operation and exporting its members' data needs: reading and
+ * searching, of only the members the caller matched (the access policy bounds a partner as it bounds
+ * `system/*.read`). The lower-case `…/bulk-member-match` is the IG's earlier spelling (FHIR-56185).
+ */
+const OPERATION_SCOPES = new Set([
+  'http://hl7.org/fhir/us/davinci-hrex/OperationDefinition/member-match',
+  'http://hl7.org/fhir/us/davinci-pdex/OperationDefinition/BulkMemberMatch',
+  'http://hl7.org/fhir/us/davinci-pdex/OperationDefinition/bulk-member-match',
+]);
+const GROUP_MATCH_SCOPE = /^system[./]Group\.u\?code=http:\/\/hl7\.org\/fhir\/us\/davinci-pdex\/(?:ValueSet\/PDexMultiMemberMatchResultVS|CodeSystem\/PdexMultiMemberMatchResultCS)\|match$/;
+
 export function parseScope(scope: string): Grant | undefined {
+  if (OPERATION_SCOPES.has(scope)) return { type: '*', actions: new Set<Action>(['r', 's']) };
+  if (GROUP_MATCH_SCOPE.test(scope)) return { type: 'Group', actions: new Set<Action>(['r', 's']) };
   const m = scope.match(/^system\/(\*|[A-Z][A-Za-z]+)\.(read|write|\*|c?r?u?d?s?)$/);
   if (!m || m[2] === '') return undefined;
   const actions = V1[m[2]] ?? (m[2].split('') as Action[]);
