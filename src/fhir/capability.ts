@@ -1,5 +1,6 @@
 import type { CapabilityStatement, CapabilityStatementRest, CapabilityStatementRestResource, CapabilityStatementRestResourceOperation } from 'fhir/r4';
 import type { ServedOperation } from '../conformance/operation-definitions';
+import { SUPPORTED_PROFILES } from './supported-profiles';
 
 export interface CapabilityOptions {
   base: () => string;
@@ -18,7 +19,11 @@ export const IMPLEMENTATION_GUIDES = [
   'http://hl7.org/fhir/us/davinci-pdex/ImplementationGuide/hl7.fhir.us.davinci-pdex',
   'http://hl7.org/fhir/uv/bulkdata/ImplementationGuide/hl7.fhir.uv.bulkdata',
 ];
-export const INSTANTIATES = ['http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data', 'http://hl7.org/fhir/us/davinci-pdex/CapabilityStatement/pdex-server'];
+export const INSTANTIATES = [
+  'http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data',
+  'http://hl7.org/fhir/us/davinci-pdex/CapabilityStatement/pdex-server',
+  'http://hl7.org/fhir/us/davinci-pdex/CapabilityStatement/pdex-payer-access-server',
+];
 
 const operationEntry = (op: ServedOperation): CapabilityStatementRestResourceOperation => ({ name: op.name, definition: op.canonical });
 
@@ -47,7 +52,9 @@ export function buildCapabilityStatement(opts: CapabilityOptions, entries: Capab
   const operations = opts.operations();
   const resources = entries.map((r) => {
     const ops = operations.filter((op) => op.levels.types?.includes(r.type)).map(operationEntry);
-    return ops.length ? { ...r, operation: ops } : r;
+    const profiles = SUPPORTED_PROFILES[r.type];
+    const withProfiles = profiles ? { ...r, supportedProfile: profiles } : r;
+    return ops.length ? { ...withProfiles, operation: ops } : withProfiles;
   });
   const rest: CapabilityStatementRest = {
     mode: 'server',

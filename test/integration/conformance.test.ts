@@ -53,7 +53,13 @@ describe('conformance (source side, auth on)', () => {
     expect(problems(cs)).toEqual([]);
     expect(cs).toMatchObject({ url: `${base}/metadata`, name: 'P2PFhirServer', status: 'active', publisher: 'Test Health Plan', kind: 'instance', fhirVersion: '4.0.1', implementation: { url: base } });
     expect(Date.parse(cs.date)).not.toBeNaN();
-    expect(cs.instantiates).toEqual(expect.arrayContaining(['http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data', 'http://hl7.org/fhir/us/davinci-pdex/CapabilityStatement/pdex-server']));
+    expect(cs.instantiates).toEqual(expect.arrayContaining(['http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data', 'http://hl7.org/fhir/us/davinci-pdex/CapabilityStatement/pdex-server', 'http://hl7.org/fhir/us/davinci-pdex/CapabilityStatement/pdex-payer-access-server']));
+    // The profiles PDex's server statement lists, on the types served.
+    const profilesOf = (type: string) => cs.rest?.[0]?.resource?.find((r) => r.type === type)?.supportedProfile ?? [];
+    expect(profilesOf('Patient')).toContain('http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient');
+    expect(profilesOf('ExplanationOfBenefit')).toContain('http://hl7.org/fhir/us/davinci-pdex/StructureDefinition/pdex-priorauthorization');
+    expect(profilesOf('Group')).toContain('http://hl7.org/fhir/us/davinci-pdex/StructureDefinition/pdex-member-match-group');
+    expect(profilesOf('Device')).toContain('http://hl7.org/fhir/us/davinci-pdex/StructureDefinition/pdex-device');
     expect(cs.rest).toHaveLength(1);
     const rest = cs.rest?.[0];
     const oauth = rest?.security?.extension?.find((e) => e.url === 'http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris');
