@@ -64,6 +64,9 @@ export interface AppConfig {
   bulkMatchMaxFailures: number;
   bulkMatchWindowSeconds: number;
   memberMatchWindowSeconds: number;
+  /** Refused token requests one remote address may make within the window; past it, 429 until the window ends. */
+  tokenMaxRefusals: number;
+  tokenRefusalWindowSeconds: number;
 }
 
 export class ConfigError extends Error {}
@@ -156,6 +159,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, cwd = process.c
     bulkMatchMaxFailures: int(env.BULK_MATCH_MAX_FAILURES, 'BULK_MATCH_MAX_FAILURES', 10_000, 1),
     bulkMatchWindowSeconds: int(env.BULK_MATCH_WINDOW_SECONDS, 'BULK_MATCH_WINDOW_SECONDS', 86_400, 1),
     memberMatchWindowSeconds: int(env.MEMBER_MATCH_WINDOW_SECONDS, 'MEMBER_MATCH_WINDOW_SECONDS', 900, 1),
+    tokenMaxRefusals: int(env.TOKEN_MAX_REFUSALS, 'TOKEN_MAX_REFUSALS', 20, 1),
+    tokenRefusalWindowSeconds: int(env.TOKEN_REFUSAL_WINDOW_SECONDS, 'TOKEN_REFUSAL_WINDOW_SECONDS', 60, 1, 86_400),
   };
   validateConfig(config);
   return config;

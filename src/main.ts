@@ -18,6 +18,7 @@ import { smartConfigurationRoutes, TOKEN_PATH, tokenRoutes } from './auth/routes
 import { Guard } from './auth/guard';
 import { GrantStore } from './access/grants';
 import { AuditLog } from './audit/audit-log';
+import { TokenRefusalLimiter } from './auth/token-rate-limit';
 import { AccessPolicy } from './access/access-policy';
 import { grantRoutes } from './access/grant-routes';
 import { MatchThrottle } from './responder/match-throttle';
@@ -192,7 +193,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
     services,
     baseUrl,
     tokenEndpoint: tokenUrl,
-    rootRoutes: [tokenRoutes(tokens, tokenUrl, logger, audit)],
+    rootRoutes: [tokenRoutes(tokens, tokenUrl, logger, audit, new TokenRefusalLimiter({ maxRefusals: config.tokenMaxRefusals, windowMs: config.tokenRefusalWindowSeconds * 1000 }))],
     rootPaths: [TOKEN_PATH],
     guard,
     overrideRoutes: [binaryRoutes(guard, services.get('Binary') as ResourceService, db.blobs, config.binaryInlineLimitBytes)],
