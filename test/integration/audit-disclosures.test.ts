@@ -1,3 +1,5 @@
+import fs from 'node:fs';
+import path from 'node:path';
 import { RunningServer } from '../../src/main';
 import { SyntheticMember } from '../../scripts/synthetic';
 import { fhir, startTestServer } from '../helpers/server';
@@ -11,6 +13,7 @@ import { getToken, requestToken, writeClientsFile } from '../helpers/clients';
  */
 describe('AuditEvent for every disclosure to a partner', () => {
   let server: RunningServer;
+  const dirs: string[] = [];
   let base: string;
   let member: SyntheticMember;
   let other: SyntheticMember;
@@ -35,6 +38,7 @@ describe('AuditEvent for every disclosure to a partner', () => {
       { clientId: 'back-office', scopes: 'system/*.*', role: 'service', secret: 'right-secret' },
     ]);
     server = await startTestServer({ authRequired: true, clientsFile: file });
+    dirs.push(server.config.dataDir, path.dirname(file));
     base = server.baseUrl;
     [member, other] = (await seedPopulation(server, 3)).slice(1);
     tokens.partner = await getToken(server.tokenUrl, clients['new-plan']);
@@ -42,7 +46,10 @@ describe('AuditEvent for every disclosure to a partner', () => {
     tokens.service = (await requestToken(server.tokenUrl, { grant_type: 'client_credentials', scope: 'system/*.*' }, basic)).body.access_token;
     expect((await fhir('POST', `${base}/Patient/$member-match`, memberMatchBody(member), as('partner'))).status).toBe(200);
   });
-  afterAll(async () => server.stop());
+  afterAll(async () => {
+    await server.stop();
+    for (const dir of dirs) fs.rmSync(dir, { recursive: true, force: true });
+  });
 
   it('vread', async () => {
     const { status, added } = await addedBy(get(`Patient/${member.patientId}/_history/1`));

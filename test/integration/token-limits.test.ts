@@ -1,6 +1,9 @@
+import fs from 'node:fs';
+import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { importJWK, SignJWT } from 'jose';
 import { RunningServer } from '../../src/main';
+import { loadConfig } from '../../src/config';
 import { addressKey, TokenRefusalLimiter } from '../../src/auth/token-rate-limit';
 import { fhir, startTestServer } from '../helpers/server';
 import { getToken, requestToken, TestClient, writeClientsFile } from '../helpers/clients';
@@ -11,6 +14,7 @@ const TOKEN_TYPE = 'type=http://dicom.nema.org/resources/ontology/DCM|110114';
 /** The token endpoint as a hostile caller sees it: claims checked as documented, refusals recorded without trusting the claimed id, and bounded. */
 describe('token endpoint: claims, body, refusals', () => {
   let server: RunningServer;
+  const dirs: string[] = [];
   let clients: Record<string, TestClient>;
   let service: string;
   const basic = (id: string, secret: string) => ({ authorization: `Basic ${Buffer.from(`${id}:${secret}`).toString('base64')}` });
@@ -42,10 +46,14 @@ describe('token endpoint: claims, body, refusals', () => {
     clients = written.clients;
     // A window far longer than the test: whatever the machine's speed, the burst falls in one window.
     server = await startTestServer({ authRequired: true, clientsFile: written.file, tokenMaxRefusals: 20, tokenRefusalWindowSeconds: 3600 });
+    dirs.push(server.config.dataDir, path.dirname(written.file));
     service = (await requestToken(server.tokenUrl, { grant_type: 'client_credentials', scope: 'system/*.*' }, basic('back-office', 'right-secret'))).body.access_token;
     expect(service).toBeTruthy();
   });
-  afterAll(async () => server.stop());
+  afterAll(async () => {
+    await server.stop();
+    for (const dir of dirs) fs.rmSync(dir, { recursive: true, force: true });
+  });
 
   it('refuses an iat in the future, a jti that is not a non-empty string, iss/sub that are not strings, and keeps exp within 5 minutes', async () => {
     const now = Math.floor(Date.now() / 1000);
@@ -128,11 +136,39 @@ describe('token endpoint: claims, body, refusals', () => {
       expect(e.agent[0].name).toBe('unauthenticated');
       expect(e.agent[0].altId).toBeUndefined();
     }
+    // A forged X-Forwarded-For changes nothing while no proxy is trusted.
+    expect((await requestToken(server.tokenUrl, { grant_type: 'client_credentials', scope: 'system/*.read' }, { ...basic('back-office', 'x'), 'x-forwarded-for': '10.9.9.9' })).status).toBe(429);
     // Even the real client with the right secret waits out the window from this address; the server still answers.
     expect((await requestToken(server.tokenUrl, { grant_type: 'client_credentials', scope: 'system/*.read' }, basic('back-office', 'right-secret'))).status).toBe(429);
     expect((await fhir('GET', `${server.baseUrl}/metadata`)).status).toBe(200);
     expect((await fhir('GET', `${server.baseUrl}/Patient`, undefined, { authorization: `Bearer ${service}` })).status).toBe(200);
     expect((await tokenEvents()).length).toBe(after.length);
+  });
+});
+
+describe('token endpoint behind a trusted proxy (TRUST_PROXY)', () => {
+  it('counts each caller by the address the proxy forwarded, and records that address', async () => {
+    const written = await writeClientsFile([{ clientId: 'back-office', scopes: 'system/*.*', role: 'service', secret: 'right-secret' }]);
+    const server = await startTestServer({ authRequired: true, clientsFile: written.file, tokenMaxRefusals: 2, tokenRefusalWindowSeconds: 3600, trustProxy: 'loopback' });
+    try {
+      const from = (address: string, secret = 'wrong') =>
+        requestToken(server.tokenUrl, { grant_type: 'client_credentials', scope: 'system/*.*' }, { authorization: `Basic ${Buffer.from(`back-office:${secret}`).toString('base64')}`, 'x-forwarded-for': address });
+      expect([(await from('203.0.113.7')).status, (await from('203.0.113.7')).status, (await from('203.0.113.7')).status]).toEqual([401, 401, 429]);
+      expect((await from('198.51.100.2')).status).toBe(401);
+      const service = (await from('198.51.100.3', 'right-secret')).body.access_token;
+      const events = (await fhir('GET', `${server.baseUrl}/AuditEvent?_count=100`, undefined, { authorization: `Bearer ${service}` })).body.entry.map((e: any) => e.resource);
+      expect(events.filter((e: any) => e.outcome === '4').map((e: any) => e.agent[0].network.address).sort()).toEqual(['198.51.100.2', '203.0.113.7', '203.0.113.7', '203.0.113.7']);
+    } finally {
+      await server.stop();
+      for (const dir of [server.config.dataDir, path.dirname(written.file)]) fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses TRUST_PROXY=true (any client could name its own address)', () => {
+    expect(() => loadConfig({ TRUST_PROXY: 'true' } as NodeJS.ProcessEnv)).toThrow(/TRUST_PROXY/);
+    expect(loadConfig({ TRUST_PROXY: '1' } as NodeJS.ProcessEnv).trustProxy).toBe(1);
+    expect(loadConfig({} as NodeJS.ProcessEnv).trustProxy).toBeUndefined();
+    expect(loadConfig({} as NodeJS.ProcessEnv)).toMatchObject({ tokenMaxRefusals: 20, tokenRefusalWindowSeconds: 60 });
   });
 });
 
