@@ -231,6 +231,8 @@ export function buildApp(parts: AppParts): Express {
   // `/4_0_1/patient/1` is not `/4_0_1/Patient/1`: routes and the permissions declared with them match the same exact text.
   app.set('case sensitive routing', true);
   app.set('etag', false); // ETags are resource versions, set by the handlers
+  // Behind a load balancer the caller's address (rate limits, the audit trail) is read from X-Forwarded-For, as set by the proxies named.
+  if (config.trustProxy !== undefined) app.set('trust proxy', config.trustProxy);
   // What every request goes through, in this order, as one step of Express's chain (Express matches
   // every layer's path on every request): its log line; CORS (a preflight is answered here, before any route or
   // token is looked at); only the FHIR base and the root routes; compression where accepted; the

@@ -64,6 +64,11 @@ export interface AppConfig {
   bulkMatchMaxFailures: number;
   bulkMatchWindowSeconds: number;
   memberMatchWindowSeconds: number;
+  /** Refused token requests one remote address may make within the window; past it, 429 until the window ends. */
+  tokenMaxRefusals: number;
+  tokenRefusalWindowSeconds: number;
+  /** Express's `trust proxy` (TRUST_PROXY): which proxies' X-Forwarded-For names the caller (hops, or addresses/subnets); unset: none, the socket's address is the caller's. */
+  trustProxy?: number | string;
 }
 
 export class ConfigError extends Error {}
@@ -106,6 +111,15 @@ function authDefault(host: string, publicBaseUrl: string | undefined, explicit: 
     if (!isLoopback(hostname)) return { on: true, reason: `PUBLIC_BASE_URL ${publicBaseUrl} is not on a loopback address` };
   }
   return { on: false, reason: 'reachable from loopback only' };
+}
+
+/** TRUST_PROXY: a number of proxy hops, or a comma-separated list of proxy addresses/subnets (`loopback`, `10.0.0.0/8`); never `true` (any client could then name its own address). */
+function trustProxy(value: string | undefined): number | string | undefined {
+  if (value === undefined || value.trim() === '' || /^(false|0|no|off)$/i.test(value.trim())) return undefined;
+  if (/^\d+$/.test(value.trim())) return int(value.trim(), 'TRUST_PROXY', 0, 1, 10);
+  if (/^(true|yes|on)$/i.test(value.trim())) throw new ConfigError('TRUST_PROXY must name the proxies (a number of hops, or their addresses or subnets), not true: with true any client could set its own address');
+  if (!/^[0-9A-Za-z.:/, ]+$/.test(value)) throw new ConfigError(`TRUST_PROXY must be a number of hops or a list of addresses or subnets, got '${value}'`);
+  return value.split(',').map((v) => v.trim()).filter(Boolean).join(',');
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env, cwd = process.cwd()): AppConfig {
@@ -156,6 +170,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, cwd = process.c
     bulkMatchMaxFailures: int(env.BULK_MATCH_MAX_FAILURES, 'BULK_MATCH_MAX_FAILURES', 10_000, 1),
     bulkMatchWindowSeconds: int(env.BULK_MATCH_WINDOW_SECONDS, 'BULK_MATCH_WINDOW_SECONDS', 86_400, 1),
     memberMatchWindowSeconds: int(env.MEMBER_MATCH_WINDOW_SECONDS, 'MEMBER_MATCH_WINDOW_SECONDS', 900, 1),
+    tokenMaxRefusals: int(env.TOKEN_MAX_REFUSALS, 'TOKEN_MAX_REFUSALS', 20, 1),
+    tokenRefusalWindowSeconds: int(env.TOKEN_REFUSAL_WINDOW_SECONDS, 'TOKEN_REFUSAL_WINDOW_SECONDS', 60, 1, 86_400),
+    trustProxy: trustProxy(env.TRUST_PROXY),
   };
   validateConfig(config);
   return config;

@@ -18,6 +18,7 @@ import { smartConfigurationRoutes, TOKEN_PATH, tokenRoutes } from './auth/routes
 import { Guard } from './auth/guard';
 import { GrantStore } from './access/grants';
 import { AuditLog } from './audit/audit-log';
+import { TokenRefusalLimiter } from './auth/token-rate-limit';
 import { AccessPolicy } from './access/access-policy';
 import { grantRoutes } from './access/grant-routes';
 import { MatchThrottle } from './responder/match-throttle';
@@ -78,6 +79,8 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
   const store = new ResourceStore(db, registry);
   const compartment = new PatientCompartment(registry, RESOURCE_TYPES);
   const audit = new AuditLog(store, logger, config.requestingPayerName);
+  // What partners read is disclosed data: every read path (read, vread, history, search, $everything) tells this hook, which names the members.
+  const onPartnerRead = audit.disclosures((r) => compartment.patientsOf(r));
   const grants = new GrantStore(db);
   const access = new AccessPolicy(grants, compartment);
   const base = { url: fhirBase(config) };
@@ -100,9 +103,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
         onChange: type === 'Consent' ? (id, resource) => grants.consentChanged(id, resource as never) : undefined,
         // Clients may cancel an exchange Task, nothing more.
         beforeWrite: type === 'Task' ? checkClientTaskWrite : undefined,
-        // What partners read is disclosed data: the audit trail names the members.
-        onPartnerRead: (req, interaction, readType, resources) =>
-          audit.record({ kind: interaction, action: 'R', outcome: 'success', client: req.access?.clientId, patients: [...new Set(resources.flatMap((r) => compartment.patientsOf(r)))].slice(0, 1000), what: [readType], description: `${interaction === 'read' ? 'read' : 'search'} of ${readType}: ${resources.length} resource(s)` }),
+        onPartnerRead,
       }),
     );
   }
@@ -192,7 +193,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
     services,
     baseUrl,
     tokenEndpoint: tokenUrl,
-    rootRoutes: [tokenRoutes(tokens, tokenUrl, logger, audit)],
+    rootRoutes: [tokenRoutes(tokens, tokenUrl, logger, audit, new TokenRefusalLimiter({ maxRefusals: config.tokenMaxRefusals, windowMs: config.tokenRefusalWindowSeconds * 1000 }))],
     rootPaths: [TOKEN_PATH],
     guard,
     overrideRoutes: [binaryRoutes(guard, services.get('Binary') as ResourceService, db.blobs, config.binaryInlineLimitBytes)],
@@ -200,9 +201,9 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
       smartConfigurationRoutes(guard, tokenUrl),
       bundleRoutes(guard, new BundleProcessor({ services, store, baseUrl })),
       runOffRoutes(guard, invokeExport),
-      systemHistoryRoutes({ guard, store, access, baseUrl, defaultPageSize: config.defaultPageSize, maxPageSize: config.maxPageSize }),
+      systemHistoryRoutes({ guard, store, access, baseUrl, defaultPageSize: config.defaultPageSize, maxPageSize: config.maxPageSize, onPartnerRead }),
       bulkExportRoutes({ runner, files, store, registry, compartment, access, guard, baseUrl, authRequired: config.authRequired, statusWaitMs: 500, audit, serviceWindowYears: config.serviceWindowYears, bulkThrottle }),
-      everythingRoutes({ store, compartment, access, guard, baseUrl, defaultPageSize: config.defaultPageSize, maxPageSize: config.maxPageSize }),
+      everythingRoutes({ store, compartment, access, guard, baseUrl, defaultPageSize: config.defaultPageSize, maxPageSize: config.maxPageSize, onPartnerRead }),
       grantRoutes(guard, grants, logger),
       definitionRoutes(guard, operations, baseUrl),
     ],

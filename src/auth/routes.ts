@@ -4,27 +4,51 @@ import { invalidClient, OAuthError, SIGNING_ALGS, TokenService } from './token-s
 import { Guard, PUBLIC } from './guard';
 import type { Logger } from '../logger';
 import type { AuditLog } from '../audit/audit-log';
+import { sanitizeClaimedId } from '../audit/audit-log';
+import { TokenRefusalLimiter } from './token-rate-limit';
 
 export const TOKEN_PATH = '/oauth/token';
 
-/** POST /oauth/token: SMART Backend Services client_credentials. */
-export function tokenRoutes(tokens: TokenService, tokenUrl: () => string, logger: Logger, audit?: AuditLog): Router {
+/**
+ * POST /oauth/token: SMART Backend Services client_credentials, as a form (RFC 6749 §4.4). A
+ * refused request is audited with the agent `unauthenticated` (the client id it claimed only as a
+ * detail) and counted against its address; an address past `limiter`'s refusals gets 429 with
+ * `Retry-After` and no further AuditEvent but one summary per window.
+ */
+export function tokenRoutes(tokens: TokenService, tokenUrl: () => string, logger: Logger, audit?: AuditLog, limiter = new TokenRefusalLimiter({ maxRefusals: 20, windowMs: 60_000 })): Router {
   const router = Router();
   router.post(
     TOKEN_PATH,
     asyncHandler(async (req, res) => {
       res.set({ 'Cache-Control': 'no-store', Pragma: 'no-cache' });
+      const address = req.ip;
+      const taken = limiter.take(address);
+      if ('blocked' in taken) {
+        const { blocked } = taken;
+        if (blocked.first) {
+          logger.warn('token requests refused for a while: too many refused from one address', { address, refusals: blocked.refusals, retryAfter: blocked.retryAfterSeconds });
+          await audit?.record({ kind: 'token', action: 'E', outcome: 'failure', unauthenticated: {}, address, description: `token requests from this address answered 429 for ${blocked.retryAfterSeconds} s: ${blocked.refusals} refused within ${Math.round(limiter.limits.windowMs / 1000)} s (later ones are not recorded one by one)` });
+        }
+        res.set('Retry-After', String(blocked.retryAfterSeconds));
+        res.status(429).json({ error: 'invalid_request', error_description: `too many refused token requests from this address; retry after ${blocked.retryAfterSeconds} s` });
+        return;
+      }
       try {
+        if (!req.is('application/x-www-form-urlencoded')) throw new OAuthError(400, 'invalid_request', 'a token request is a form: Content-Type application/x-www-form-urlencoded (RFC 6749 §4.4.2)');
         const { clientId, body } = await tokens.issue(req.body ?? {}, tokenUrl(), basicCredentials(req));
+        limiter.giveBack(taken.key);
         logger.info('token issued', { client: clientId, scope: body.scope });
-        await audit?.record({ kind: 'token', action: 'E', outcome: 'success', client: clientId, description: `access token issued for ${body.scope}` });
+        await audit?.record({ kind: 'token', action: 'E', outcome: 'success', client: clientId, address, description: `access token issued for ${body.scope}` });
         res.status(200).json(body);
       } catch (err) {
-        if (!(err instanceof OAuthError)) throw err;
-        // The client as it named itself (its assertion's iss or Basic id), for the log and the trail: never its credentials.
+        if (!(err instanceof OAuthError)) {
+          limiter.giveBack(taken.key);
+          throw err;
+        }
+        // The client as it named itself (its assertion's iss or Basic id), unverified: a detail, never the agent, never its credentials.
         const claimed = claimedClient(req);
-        logger.warn('token refused', { error: err.error, client: claimed });
-        await audit?.record({ kind: 'token', action: 'E', outcome: 'failure', client: claimed, description: `access token refused: ${err.error}` });
+        logger.warn('token refused', { error: err.error, claimedClient: claimed, address });
+        await audit?.record({ kind: 'token', action: 'E', outcome: 'failure', unauthenticated: { claimed }, address, description: `access token refused: ${err.error}` });
         if (err.status === 401) res.set('WWW-Authenticate', 'Basic realm="token"');
         res.status(err.status).json({ error: err.error, error_description: err.message });
       }
@@ -39,9 +63,10 @@ function claimedClient(req: Request): string | undefined {
     const assertion = (req.body as Record<string, unknown> | undefined)?.client_assertion;
     if (typeof assertion === 'string') {
       const iss = JSON.parse(Buffer.from(assertion.split('.')[1] ?? '', 'base64url').toString('utf8')).iss;
-      if (typeof iss === 'string') return iss.slice(0, 100);
+      if (typeof iss === 'string') return sanitizeClaimedId(iss);
     }
-    return basicCredentials(req)?.id.slice(0, 100);
+    const id = basicCredentials(req)?.id;
+    return id === undefined ? undefined : sanitizeClaimedId(id);
   } catch {
     return undefined;
   }

@@ -7,6 +7,8 @@ import { grantable } from './scopes';
 export const ASSERTION_TYPE = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer';
 export const SIGNING_ALGS = ['RS384', 'ES384'];
 const MAX_ASSERTION_LIFETIME_S = 300;
+/** The longest `jti` accepted (it is stored until the assertion expires). */
+export const MAX_JTI_LENGTH = 256;
 /** Clock skew accepted between the client and this server, on the assertion's `exp` (and `nbf`/`iat` when present). */
 export const CLOCK_SKEW_S = 60;
 
@@ -129,6 +131,14 @@ export class TokenService {
     if ((payload.exp as number) > now + MAX_ASSERTION_LIFETIME_S + CLOCK_SKEW_S) {
       throw invalidClient('client_assertion exp is more than 5 minutes ahead');
     }
+    // jose checks iat's type, not that it is past: an assertion is not issued in the future (beyond the skew).
+    if (payload.iat !== undefined && (typeof payload.iat !== 'number' || payload.iat > now + CLOCK_SKEW_S)) {
+      throw invalidClient('client_assertion iat is in the future');
+    }
+    if (typeof payload.jti !== 'string' || payload.jti.length === 0 || payload.jti.length > MAX_JTI_LENGTH) {
+      throw invalidClient(`client_assertion jti must be a string of 1 to ${MAX_JTI_LENGTH} characters`);
+    }
+    if (typeof payload.iss !== 'string' || typeof payload.sub !== 'string') throw invalidClient('client_assertion iss and sub must be strings');
     try {
       await this.jtis.insertOne({ _id: `${client.clientId}|${payload.jti}`, exp: ((payload.exp as number) + CLOCK_SKEW_S) * 1000 });
     } catch (err) {

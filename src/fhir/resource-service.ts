@@ -13,6 +13,7 @@ import { parseIfMatch, preferStrict } from './http';
 import { parseHistoryQuery } from './history-query';
 import { INTERNAL_PREFIX, internalMarkers, sameInternalMarkers } from './internal-markers';
 import { AccessPolicy, AccessScope } from '../access/access-policy';
+import type { DisclosureInteraction } from '../audit/audit-log';
 
 export interface ResourceServiceDeps {
   store: ResourceStore;
@@ -26,8 +27,8 @@ export interface ResourceServiceDeps {
   onChange?: (id: string, resource: Resource | undefined) => Promise<void>;
   /** Asked before a client updates (or deletes: `incoming` undefined) an existing resource; throws to refuse. */
   beforeWrite?: (existing: Resource, incoming: Resource | undefined) => void;
-  /** Told what a partner client read or found (the audit trail of disclosures). */
-  onPartnerRead?: (req: Request, interaction: 'read' | 'search', type: string, resources: Resource[]) => Promise<void>;
+  /** Told what a partner client read or found, on every read path (the audit trail of disclosures). */
+  onPartnerRead?: (req: Request, interaction: DisclosureInteraction, type: string, resources: Resource[]) => Promise<void>;
 }
 
 interface CoreArgs {
@@ -162,6 +163,7 @@ export function createResourceService(type: string, deps: ResourceServiceDeps) {
       if (scope.members) await visible(scope, id);
       const version = await store.vread(type, id, String(args.version_id ?? ''));
       if (!scope.canSee(version)) throw hidden();
+      if (scope.members) await deps.onPartnerRead?.(req, 'vread', type, [version]);
       return version;
     },
 
@@ -298,6 +300,8 @@ export function createResourceService(type: string, deps: ResourceServiceDeps) {
     const { entries, total } = await store.historyOf(type, which.id, { since, count, offset, ids: which.ids });
     // A partner sees the versions it may see; a deletion carries no data.
     const shown = scope.members ? entries.filter((e) => (e.resource ? scope.canSee(e.resource) : !!which.id)) : entries;
+    const disclosed = scope.members ? shown.flatMap((e) => (e.resource ? [e.resource] : [])) : [];
+    if (disclosed.length) await deps.onPartnerRead?.(req, which.id ? 'history-instance' : 'history-type', type, disclosed);
     return historyBundle(deps.baseUrl(req), shown, total);
   }
 

@@ -7,12 +7,24 @@ import { ResourceStore, HistoryEntry } from '../store/resource-store';
 import { AccessPolicy } from '../access/access-policy';
 import { AUTHENTICATED, Guard } from '../auth/guard';
 import { allows } from '../auth/scopes';
+import type { Request } from 'express';
+import type { Resource } from 'fhir/r4';
+import type { DisclosureInteraction } from '../audit/audit-log';
 
 /**
  * `GET [base]/_history`: the changes to every type the caller may read, newest first, paged with
  * `_count`/`_offset`, narrowed by `_since`. A partner sees the versions of what it may see now.
  */
-export function systemHistoryRoutes(d: { guard: Guard; store: ResourceStore; access: AccessPolicy; baseUrl: () => string; defaultPageSize: number; maxPageSize: number }): Router {
+export function systemHistoryRoutes(d: {
+  guard: Guard;
+  store: ResourceStore;
+  access: AccessPolicy;
+  baseUrl: () => string;
+  defaultPageSize: number;
+  maxPageSize: number;
+  /** Told what a partner was shown (the audit trail of disclosures). */
+  onPartnerRead?: (req: Request, interaction: DisclosureInteraction, type: string, resources: Resource[]) => Promise<void>;
+}): Router {
   const router = Router({ caseSensitive: true });
   router.get(
     '/_history',
@@ -38,7 +50,10 @@ export function systemHistoryRoutes(d: { guard: Guard; store: ResourceStore; acc
         entries.push(...page.entries.filter((e) => !scope.members || !e.resource || scope.canSee(e.resource)));
       }
       entries.sort((a, b) => (a.lastUpdated < b.lastUpdated ? 1 : a.lastUpdated > b.lastUpdated ? -1 : 0));
-      sendResource(res, 200, historyBundle(d.baseUrl(), entries.slice(offset, offset + count), total));
+      const shown = entries.slice(offset, offset + count);
+      const disclosed = scope.members ? shown.flatMap((e) => (e.resource ? [e.resource] : [])) : [];
+      if (disclosed.length) await d.onPartnerRead?.(req, 'history-system', 'Resource', disclosed);
+      sendResource(res, 200, historyBundle(d.baseUrl(), shown, total));
     }),
   );
   return router;

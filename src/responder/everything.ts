@@ -10,6 +10,7 @@ import { Filter } from '../store/types';
 import { AccessPolicy } from '../access/access-policy';
 import { allows } from '../auth/scopes';
 import { Guard } from '../auth/guard';
+import type { DisclosureInteraction } from '../audit/audit-log';
 
 export interface EverythingRequest {
   since?: number;
@@ -28,6 +29,8 @@ export interface EverythingDeps {
   baseUrl: () => string;
   defaultPageSize: number;
   maxPageSize: number;
+  /** Told what a partner was shown (the audit trail of disclosures). */
+  onPartnerRead?: (req: Request, interaction: DisclosureInteraction, type: string, resources: Resource[]) => Promise<void>;
 }
 
 const KNOWN = new Set(['_since', '_type', '_count', '_cursor', '_format', '_pretty']);
@@ -118,6 +121,8 @@ export class PatientEverything {
       if (ids.length === 0 || !wanted(type)) continue;
       for (const r of await store.search(type, { _id: { $in: ids } }, { sort: { _id: 1 } })) if (scope.canSee(r)) includes.push(r);
     }
+
+    if (scope.members) await this.d.onPartnerRead?.(req, 'everything', 'Patient', [...matches, ...includes]);
 
     const base = this.d.baseUrl();
     const url = (cursor?: EverythingRequest['cursor']) => {

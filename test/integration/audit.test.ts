@@ -34,9 +34,12 @@ describe('AuditEvent', () => {
   });
   afterAll(async () => server.stop());
 
-  it('records tokens issued and refused, naming the client', async () => {
+  it('records tokens issued, naming the client, and refused, naming no client as the agent', async () => {
     const tokenEvents = await events('type=http://dicom.nema.org/resources/ontology/DCM|110114');
-    expect(tokenEvents.filter((e: any) => e.outcome === '4').map((e: any) => e.agent[0].name)).toContain('back-office');
+    // A refused request proved nothing: its agent is "unauthenticated", the id it claimed only a detail.
+    const refused = tokenEvents.filter((e: any) => e.outcome === '4');
+    expect(refused.map((e: any) => e.agent[0].name)).toEqual(['unauthenticated']);
+    expect(refused[0].entity[0].detail[0]).toEqual({ type: 'claimed-client-id', valueString: 'back-office' });
     expect(tokenEvents.filter((e: any) => e.outcome === '0').map((e: any) => e.agent[0].name)).toEqual(expect.arrayContaining(['new-plan', 'back-office']));
   });
 
