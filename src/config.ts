@@ -64,6 +64,8 @@ export interface AppConfig {
   bulkMatchMaxFailures: number;
   bulkMatchWindowSeconds: number;
   memberMatchWindowSeconds: number;
+  /** The system this payer issues member ids under: when set, a CoverageToMatch identifier must carry it. */
+  memberIdSystem?: string;
 }
 
 export class ConfigError extends Error {}
@@ -156,6 +158,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, cwd = process.c
     bulkMatchMaxFailures: int(env.BULK_MATCH_MAX_FAILURES, 'BULK_MATCH_MAX_FAILURES', 10_000, 1),
     bulkMatchWindowSeconds: int(env.BULK_MATCH_WINDOW_SECONDS, 'BULK_MATCH_WINDOW_SECONDS', 86_400, 1),
     memberMatchWindowSeconds: int(env.MEMBER_MATCH_WINDOW_SECONDS, 'MEMBER_MATCH_WINDOW_SECONDS', 900, 1),
+    memberIdSystem: env.MEMBER_ID_SYSTEM?.trim() || undefined,
   };
   validateConfig(config);
   return config;
