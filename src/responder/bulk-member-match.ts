@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { Group, GroupMember, Parameters, ParametersParameter, Patient } from 'fhir/r4';
-import { badRequest } from '../fhir/outcome';
+import { badRequest, IssueCode } from '../fhir/outcome';
 import { parametersOf } from '../fhir/parameters';
 import { CLIENT_TAG_SYSTEM } from '../fhir/internal-markers';
 import { ResourceStore } from '../store/resource-store';
@@ -44,7 +44,8 @@ export interface BulkMatchJobData {
 /** The 4xx a failed job's status URL answers with its error as an OperationOutcome. */
 export interface JobFailureAnswer {
   status: number;
-  code: 'business-rule' | 'too-costly' | 'processing';
+  /** A non-transient issue code, so a Bulk Data client does not poll again. */
+  code: IssueCode;
 }
 
 /** The MemberBundle parts of a $bulk-member-match request; any malformed member is a 400 naming it. */
