@@ -69,6 +69,8 @@ export interface AppConfig {
   tokenRefusalWindowSeconds: number;
   /** Express's `trust proxy` (TRUST_PROXY): which proxies' X-Forwarded-For names the caller (hops, or addresses/subnets); unset: none, the socket's address is the caller's. */
   trustProxy?: number | string;
+  /** The system this payer issues member ids under: when set, a CoverageToMatch identifier must carry it. */
+  memberIdSystem?: string;
 }
 
 export class ConfigError extends Error {}
@@ -173,6 +175,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, cwd = process.c
     tokenMaxRefusals: int(env.TOKEN_MAX_REFUSALS, 'TOKEN_MAX_REFUSALS', 20, 1),
     tokenRefusalWindowSeconds: int(env.TOKEN_REFUSAL_WINDOW_SECONDS, 'TOKEN_REFUSAL_WINDOW_SECONDS', 60, 1, 86_400),
     trustProxy: trustProxy(env.TRUST_PROXY),
+    memberIdSystem: env.MEMBER_ID_SYSTEM?.trim() || undefined,
   };
   validateConfig(config);
   return config;

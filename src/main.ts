@@ -115,7 +115,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
   const exportJobs = new ExportJobHandler(store, registry, compartment, access, files, config.exportFileTtlSeconds * 1000);
   runner.register(EXPORT_JOB, exportJobs.run);
   const throttle = new MatchThrottle(db, { maxFailures: config.memberMatchMaxFailures, windowMs: config.memberMatchWindowSeconds * 1000 }, logger);
-  const memberMatch = new MemberMatchService(store, grants, throttle, logger, undefined, audit);
+  const memberMatch = new MemberMatchService(store, grants, throttle, logger, undefined, audit, { memberIdSystem: config.memberIdSystem });
   // Bulk matches have their own, larger allowance of failures: a bulk request must not be a way around the brute-force limit.
   const bulkThrottle = new MatchThrottle(db, { maxFailures: config.bulkMatchMaxFailures, windowMs: config.bulkMatchWindowSeconds * 1000, collection: 'bulk_match_failures' }, logger);
   runner.register(BULK_MATCH_JOB, new BulkMemberMatchJob(store, memberMatch, files, config.exportFileTtlSeconds * 1000, logger, bulkThrottle).run);

@@ -15,7 +15,7 @@ import { ExportLevel, kickoffParams, parseExportRequest } from './export-request
 import { serviceWindowStart } from './service-window';
 import type { MatchThrottle } from './match-throttle';
 import { EXPORT_JOB, ExportJobData } from './export-job';
-import { BULK_MATCH_JOB, BulkMatchJobData, parseBulkMemberMatch } from './bulk-member-match';
+import { BULK_MATCH_JOB, BulkMatchJobData, JobFailureAnswer, parseBulkMemberMatch } from './bulk-member-match';
 import { PAYER_TO_PAYER, RESULT_SYSTEM } from '../fhir/pdex';
 import type { Group } from 'fhir/r4';
 import type { AuditLog } from '../audit/audit-log';
@@ -156,8 +156,13 @@ export function bulkExportRoutes(deps: BulkExportDeps): Router {
           return void res.status(202).end();
         case 'cancelled':
           throw notFound('This export was cancelled');
-        case 'failed':
+        case 'failed': {
+          // A job ended by the client's own request (e.g. its allowance of failed matches used up)
+          // is that request's 4xx, with a non-transient code so a Bulk Data client stops polling.
+          const failure = (job.data as { failure?: JobFailureAnswer }).failure;
+          if (failure) throw new FhirError(failure.status, failure.code, job.error ?? 'The request failed');
           throw new FhirError(500, 'exception', `The export failed: ${job.error ?? 'unknown error'}`);
+        }
         case 'completed': {
           if ((job.data.expiresAt ?? 0) < Date.now()) throw gone('This export has expired');
           res.set('Expires', new Date(job.data.expiresAt as number).toUTCString());

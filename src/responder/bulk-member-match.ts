@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { Group, GroupMember, Parameters, ParametersParameter, Patient } from 'fhir/r4';
-import { badRequest } from '../fhir/outcome';
+import { badRequest, IssueCode } from '../fhir/outcome';
 import { parametersOf } from '../fhir/parameters';
 import { CLIENT_TAG_SYSTEM } from '../fhir/internal-markers';
 import { ResourceStore } from '../store/resource-store';
@@ -37,6 +37,15 @@ export interface BulkMatchJobData {
   expiresAt?: number;
   /** The result Groups, by outcome. */
   groups?: Partial<Record<Outcome, string>>;
+  /** How the status URL answers a job that failed because of the client's request (not a fault here). */
+  failure?: JobFailureAnswer;
+}
+
+/** The 4xx a failed job's status URL answers with its error as an OperationOutcome. */
+export interface JobFailureAnswer {
+  status: number;
+  /** A non-transient issue code, so a Bulk Data client does not poll again. */
+  code: IssueCode;
 }
 
 /** The MemberBundle parts of a $bulk-member-match request; any malformed member is a 400 naming it. */
@@ -78,24 +87,30 @@ export class BulkMemberMatchJob {
     const contained: Record<Outcome, Patient[]> = { match: [], nomatch: [], consentconstraint: [] };
     // The client's allowance of failed matches: a bulk request is no way around the brute-force
     // limit. It is taken a block at a time before the block's members are tried, so two requests of
-    // one client running at once cannot together go past it.
+    // one client running at once cannot together go past it. Each MemberBundle costs what
+    // `$member-match` would: one failure per member identifier it puts forward, unless it matches.
     let slot: Reservation | undefined;
     let failed = 0;
     try {
       for (const [i, input] of data.inputs.entries()) {
         if (ctx.signal.aborted) throw ctx.signal.reason;
-        if (!slot || failed >= slot.granted) {
+        const cost = this.matcher.check(input).tried;
+        if (!slot || failed + cost > slot.granted) {
           await slot?.settle(failed);
           failed = 0;
-          slot = await this.throttle.reserve(data.owner, Math.min(RESERVE_BLOCK, data.inputs.length - i));
-          if (slot.granted === 0) {
+          slot = await this.throttle.reserve(data.owner, Math.max(cost, Math.min(RESERVE_BLOCK, data.inputs.length - i)));
+          if (slot.granted < cost) {
+            // What is left of the allowance goes to this member's identifiers: it is a failed match.
+            failed = slot.granted;
             this.logger.warn('bulk-member-match stopped: too many failed matches', { client: data.owner, members: data.inputs.length, evaluated: i });
-            await ctx.checkpoint({ inputs: [] });
-            throw new JobFailure(`Too many members not matched: the client's allowance of failed matches is used up (${i} of ${data.inputs.length} members evaluated); try again later`);
+            const text = `Too many members not matched: the client's allowance of failed matches is used up (${i} of ${data.inputs.length} members evaluated); try again in ${slot.retryAfterSeconds} s`;
+            // The status URL answers this as the client's failed request (a 4xx OperationOutcome), not a server fault.
+            await ctx.checkpoint({ inputs: [], failure: { status: 422, code: 'business-rule' }, expiresAt: Date.now() + this.fileTtlMs });
+            throw new JobFailure(text);
           }
         }
         const result = await this.matcher.evaluate(input, data.owner);
-        if (result.outcome !== 'match') failed++;
+        if (result.outcome !== 'match') failed += result.tried;
         const submitted: Patient = { ...input.patient, id: `member-${i + 1}` };
         delete submitted.meta;
         contained[result.outcome].push(submitted);

@@ -5,9 +5,8 @@ import { ResourceStore } from '../store/resource-store';
 import { parametersOf, readParts, first } from '../fhir/parameters';
 import { validateResource } from '../fhir/validator';
 import { unprocessable } from '../fhir/outcome';
-import { tokenForms } from '../fhir/search/index-values';
 import { consentPolicy } from './consent-policy';
-import { coverageKeys, MatchCandidate, matchMember } from './member-matcher';
+import { MatchCandidate, matchMember, matchRequest, MatchRequest, MemberKey } from './member-matcher';
 import { MatchThrottle } from './match-throttle';
 import { GrantStore } from '../access/grants';
 import { CLIENT_TAG_SYSTEM } from '../fhir/internal-markers';
@@ -75,11 +74,24 @@ export const MEMBER_IDENTIFIER_TYPE = {
   ],
 };
 
+/** Options of the matcher: the system this payer issues member ids under, when it declares one. */
+export interface MemberMatchOptions {
+  memberIdSystem?: string;
+}
+
+/** How one member's match ended; `tried` is how many failed matches of the allowance it costs when not a match. */
+export type MatchEvaluation =
+  | { outcome: 'match'; patient: Patient; coverage: Coverage }
+  | { outcome: 'nomatch' | 'consentconstraint'; candidates: number; tried: number; problem?: string };
+
 /**
- * HRex $member-match, served by the source payer. Any failure to match, or a consent this payer
- * cannot honour, is the same 422, so a caller learns nothing about which members exist; failures
- * count towards the caller's brute-force limit. A match records the Consent and grants the caller
- * access to that member under it.
+ * HRex $member-match, served by the source payer. The request must follow the matching rules of
+ * `matchRequest` (one member identifier, a family name and a full birth date); a request that does
+ * not is refused with a 422 saying which rule it breaks, before any member is looked up. Any failure
+ * to match, or a consent this payer cannot honour, is the same 422, so a caller learns nothing about
+ * which members exist. Every member identifier a request puts forward that does not end in a match
+ * counts as one failure of the caller's brute-force allowance. A match records the Consent and
+ * grants the caller access to that member under it.
  */
 export class MemberMatchService {
   constructor(
@@ -89,18 +101,27 @@ export class MemberMatchService {
     private readonly logger: Logger,
     private readonly now: () => Date = () => new Date(),
     private readonly audit?: AuditLog,
+    private readonly opts: MemberMatchOptions = {},
   ) {}
+
+  /** The matching rules applied to one member's inputs, before any look-up. */
+  check(input: MemberMatchInput): MatchRequest {
+    return matchRequest(input.patient, input.coverageToMatch, this.opts.memberIdSystem);
+  }
 
   /**
    * Matches one member for a client: a unique demographic and coverage match whose consent this
    * payer can honour is `match` (the Consent recorded, the client granted access); a match whose
-   * consent cannot be honoured is `consentconstraint`; anything else `nomatch`.
+   * consent cannot be honoured is `consentconstraint`; anything else `nomatch`, with `problem` when
+   * the inputs break the matching rules (then nothing is looked up).
    */
-  async evaluate(input: MemberMatchInput, clientId: string): Promise<{ outcome: 'match'; patient: Patient; coverage: Coverage } | { outcome: 'nomatch' | 'consentconstraint'; candidates: number }> {
-    const candidates = await this.candidates(input.coverageToMatch);
+  async evaluate(input: MemberMatchInput, clientId: string): Promise<MatchEvaluation> {
+    const request = this.check(input);
+    if (!request.ok) return { outcome: 'nomatch', candidates: 0, tried: request.tried, problem: request.problem };
+    const candidates = await this.candidates(request.key);
     const { matched } = matchMember(input.patient, candidates);
-    if (matched.length !== 1) return { outcome: 'nomatch', candidates: candidates.length };
-    if ('problem' in consentPolicy(input.consent, this.now())) return { outcome: 'consentconstraint', candidates: candidates.length };
+    if (matched.length !== 1) return { outcome: 'nomatch', candidates: candidates.length, tried: 1 };
+    if ('problem' in consentPolicy(input.consent, this.now())) return { outcome: 'consentconstraint', candidates: candidates.length, tried: 1 };
     const { patient, coverage } = matched[0];
     const recorded = await this.recordConsent(input.consent, patient, clientId);
     await this.grants.grant(clientId, patient.id as string, recorded);
@@ -110,22 +131,26 @@ export class MemberMatchService {
   async handle(body: unknown, req: Request): Promise<Parameters> {
     const clientId = req.access?.clientId ?? 'anonymous';
     const input = parseMemberMatch(body);
-    // One failed match of the client's allowance is taken before the match is tried, so concurrent
-    // requests cannot together go past it; it is given back if the match succeeds.
-    const slot = await this.throttle.reserve(clientId, 1);
+    // As many failed matches of the client's allowance as the request puts forward member
+    // identifiers are taken before the match is tried, so concurrent requests cannot together go
+    // past it; they are given back if the match succeeds. A request breaking the rules keeps them.
+    const tried = this.check(input).tried;
+    const slot = await this.throttle.reserve(clientId, tried);
     if (slot.granted === 0) throw this.throttle.throttled(clientId, slot.retryAfterSeconds);
-    let result: Awaited<ReturnType<MemberMatchService['evaluate']>>;
+    let result: MatchEvaluation;
     try {
       result = await this.evaluate(input, clientId);
     } catch (err) {
       await slot.settle(0);
       throw err;
     }
-    await slot.settle(result.outcome === 'match' ? 0 : 1);
+    await slot.settle(result.outcome === 'match' ? 0 : result.tried);
     if (result.outcome !== 'match') {
-      this.logger.info(result.outcome === 'nomatch' ? 'member-match found no unique member' : 'member-match refused', { client: clientId, reason: result.outcome, candidates: result.candidates });
-      await this.audit?.record({ kind: 'member-match', action: 'E', outcome: 'failure', client: clientId, description: `$member-match: ${result.outcome === 'nomatch' ? 'no unique match' : 'consent cannot be honoured'}` });
-      throw unprocessable(NO_MATCH);
+      const reason = result.problem ? 'inputs break the matching rules' : result.outcome;
+      this.logger.info(result.outcome === 'nomatch' ? 'member-match found no unique member' : 'member-match refused', { client: clientId, reason, candidates: result.candidates, identifiers: result.tried });
+      await this.audit?.record({ kind: 'member-match', action: 'E', outcome: 'failure', client: clientId, description: `$member-match: ${result.problem ? 'inputs break the matching rules' : result.outcome === 'nomatch' ? 'no unique match' : 'consent cannot be honoured'}` });
+      // The rule broken is said (it is about the request only); a failed match says nothing more.
+      throw result.problem ? unprocessable(result.problem, 'business-rule') : unprocessable(NO_MATCH);
     }
     const { patient, coverage } = result;
     this.logger.info('member-match matched', { client: clientId, patient: patient.id });
@@ -139,10 +164,13 @@ export class MemberMatchService {
     };
   }
 
-  private async candidates(coverageToMatch: Coverage): Promise<MatchCandidate[]> {
-    const keys = coverageKeys(coverageToMatch);
-    const identifierTokens = keys.identifiers.flatMap((i) => (i.system ? [`${i.system}|${i.value}`] : tokenForms(undefined, i.value).slice(0, 1)));
-    const coverages = (await this.store.coveragesFor({ identifierTokens, subscriberId: keys.subscriberId }, 50)) as Coverage[];
+  /**
+   * The Coverages the one member identifier names (by identifier, under its system or, given
+   * without one, under any; and/or by subscriberId, as it was given), with their beneficiaries.
+   */
+  private async candidates(key: MemberKey): Promise<MatchCandidate[]> {
+    const identifierTokens = key.inIdentifier ? [key.system ? `${key.system}|${key.value}` : key.value] : [];
+    const coverages = (await this.store.coveragesFor({ identifierTokens, subscriberId: key.asSubscriberId ? key.value : undefined }, 50)) as Coverage[];
     const out: MatchCandidate[] = [];
     for (const coverage of coverages) {
       const id = patientIdOf(coverage.beneficiary?.reference);

@@ -1,4 +1,4 @@
-import type { Coverage, Patient } from 'fhir/r4';
+import type { Coverage, HumanName, Patient } from 'fhir/r4';
 import { normalizeString } from '../fhir/search/index-values';
 
 export interface MatchCandidate {
@@ -12,37 +12,106 @@ export interface MatchResult {
   reasons: string[];
 }
 
-/** The member identifiers a CoverageToMatch carries: its identifiers and its subscriberId. */
-export function coverageKeys(coverage: Coverage): { identifiers: { system?: string; value: string }[]; subscriberId?: string } {
-  const identifiers = (coverage.identifier ?? [])
-    .filter((i) => typeof i.value === 'string' && i.value.trim())
-    .map((i) => ({ system: i.system, value: i.value as string }));
-  return { identifiers, subscriberId: coverage.subscriberId?.trim() || undefined };
+/** At most this many names in a MemberPatient (HRex's examples have one). */
+export const MAX_MEMBER_NAMES = 3;
+
+/**
+ * The one member identifier a CoverageToMatch names: its value, the system it was given under
+ * (undefined: none), and whether it was given as `subscriberId` and/or in `identifier`.
+ */
+export interface MemberKey {
+  value: string;
+  system?: string;
+  inIdentifier: boolean;
+  asSubscriberId: boolean;
 }
 
 /**
- * Demographic check of a candidate against the submitted MemberPatient: family name, first given
- * name, birth date and gender, each only where submitted, compared without case or accents.
+ * What the matching rules make of a request before any member is looked at: the one identifier to
+ * look up, or why the request cannot be matched. `tried` is how many member identifiers the request
+ * put forward (each counts as a failed match of the client's allowance when it does not match).
+ */
+export type MatchRequest = { ok: true; key: MemberKey; tried: 1 } | { ok: false; problem: string; tried: number };
+
+/**
+ * The matching rules, judged on the request alone (so the answer says what is wrong without saying
+ * anything about any member):
+ * - CoverageToMatch names exactly one member identifier: the distinct values among
+ *   `Coverage.identifier[].value` and `subscriberId` (the same value in both is one). Several values
+ *   are refused, never tried one after another.
+ * - The identifier entries of that value agree on one system (or carry none); where this payer
+ *   declares the system it issues member ids under (`memberIdSystem`), every identifier entry must
+ *   carry exactly that system. `subscriberId` is a bare string in R4 and needs no system.
+ * - MemberPatient carries a family name and a full birth date (YYYY-MM-DD), and at most
+ *   MAX_MEMBER_NAMES names.
+ */
+export function matchRequest(patient: Patient, coverage: Coverage, memberIdSystem?: string): MatchRequest {
+  const entries = (coverage.identifier ?? [])
+    .filter((i) => typeof i.value === 'string' && i.value.trim())
+    .map((i) => ({ system: typeof i.system === 'string' && i.system.trim() ? i.system.trim() : undefined, value: (i.value as string).trim() }));
+  const subscriberId = typeof coverage.subscriberId === 'string' && coverage.subscriberId.trim() ? coverage.subscriberId.trim() : undefined;
+  const values = new Set([...entries.map((e) => e.value), ...(subscriberId ? [subscriberId] : [])]);
+  if (values.size === 0) return { ok: false, problem: 'CoverageToMatch names no member identifier (Coverage.identifier or subscriberId)', tried: 1 };
+  if (values.size > 1) {
+    return { ok: false, problem: `CoverageToMatch names ${values.size} different member identifiers; one member identifier is accepted (Coverage.identifier and subscriberId, when both are given, must be the same value)`, tried: values.size };
+  }
+  const [value] = values;
+  const systems = new Set(entries.map((e) => e.system));
+  if (systems.size > 1) return { ok: false, problem: 'CoverageToMatch gives its member identifier under several systems; give it under one', tried: systems.size };
+  const [system] = systems;
+  if (memberIdSystem && entries.length > 0 && system !== memberIdSystem) {
+    return { ok: false, problem: `CoverageToMatch.identifier must carry this payer's member id system ${memberIdSystem}`, tried: 1 };
+  }
+  const problem = patientProblem(patient);
+  if (problem) return { ok: false, problem, tried: 1 };
+  return { ok: true, key: { value, system, inIdentifier: entries.length > 0, asSubscriberId: subscriberId !== undefined }, tried: 1 };
+}
+
+/** What the MemberPatient lacks for a match, if anything. */
+export function patientProblem(patient: Patient): string | undefined {
+  const names = patient.name ?? [];
+  if (names.length > MAX_MEMBER_NAMES) return `MemberPatient carries ${names.length} names; at most ${MAX_MEMBER_NAMES} are accepted`;
+  if (!primaryName(patient)) return 'MemberPatient needs a family name';
+  if (!patient.birthDate) return 'MemberPatient needs a birth date';
+  if (!/^\d{4}-\d{2}-\d{2}$/.test(patient.birthDate)) return 'MemberPatient.birthDate must be a full date (YYYY-MM-DD)';
+  return undefined;
+}
+
+const norm = (s?: unknown) => (typeof s === 'string' ? normalizeString(s) : '');
+
+/**
+ * The submitted name that is compared: the first `official` name with a family, else the first name
+ * with a family. Only its family counts: other submitted names are never tried, so listing several
+ * families does not widen a match.
+ */
+export function primaryName(patient: Patient): HumanName | undefined {
+  const withFamily = (patient.name ?? []).filter((n) => norm(n.family));
+  return withFamily.find((n) => n.use === 'official') ?? withFamily[0];
+}
+
+/**
+ * Demographic check of a candidate against the submitted MemberPatient: the primary name's family
+ * (one of the candidate's families, without case or accents) and the birth date (exactly) always;
+ * the first given name (the primary name's, else the first submitted) and the gender where submitted.
  */
 export function demographicsAgree(submitted: Patient, candidate: Patient): string | undefined {
-  const norm = (s?: string) => (s ? normalizeString(s) : '');
+  const primary = primaryName(submitted);
+  if (!primary || !submitted.birthDate) return 'MemberPatient lacks a family name or birth date';
   const families = new Set((candidate.name ?? []).map((n) => norm(n.family)).filter(Boolean));
   const givens = new Set((candidate.name ?? []).flatMap((n) => n.given ?? []).map(norm));
-  const submittedFamilies = (submitted.name ?? []).map((n) => norm(n.family)).filter(Boolean);
-  if (submittedFamilies.length > 0 && !submittedFamilies.some((f) => families.has(f))) return 'family name differs';
-  const firstGiven = (submitted.name ?? []).map((n) => n.given?.[0]).find(Boolean);
+  if (!families.has(norm(primary.family))) return 'family name differs';
+  if (submitted.birthDate !== candidate.birthDate) return 'birth date differs';
+  const firstGiven = primary.given?.find((g) => norm(g)) ?? (submitted.name ?? []).flatMap((n) => n.given ?? []).find((g) => norm(g));
   if (firstGiven && !givens.has(norm(firstGiven))) return 'given name differs';
-  if (submitted.birthDate && submitted.birthDate !== candidate.birthDate) return 'birth date differs';
   if (submitted.gender && candidate.gender && submitted.gender !== candidate.gender) return 'gender differs';
   return undefined;
 }
 
 /** Keeps the candidates whose demographics agree; distinct members only. */
 export function matchMember(submitted: Patient, candidates: MatchCandidate[]): MatchResult {
+  const problem = patientProblem(submitted);
+  if (problem) return { matched: [], reasons: [problem] };
   const reasons: string[] = [];
-  if (!(submitted.name ?? []).some((n) => n.family) && !submitted.birthDate) {
-    return { matched: [], reasons: ['MemberPatient has neither a family name nor a birth date'] };
-  }
   const byPatient = new Map<string, MatchCandidate>();
   for (const c of candidates) {
     const why = demographicsAgree(submitted, c.patient);

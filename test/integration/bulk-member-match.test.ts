@@ -184,13 +184,52 @@ describe('$bulk-member-match and the brute-force limit', () => {
       k = await kickoff(`${server.baseUrl}/Group/$bulk-member-match`, { method: 'POST', body: { resourceType: 'Parameters', parameter: [3, 4, 5, 6, 7].map(invented) }, token });
       expect(k.status).toBe(202);
       const done = await poll(k.location as string, token);
-      expect(done.status).toBeGreaterThanOrEqual(400);
+      // A failed request of the client's (Bulk Data: 4xx and an OperationOutcome, a code that is not transient), not a 500.
+      expect(done.status).toBe(422);
+      expect(done.body.resourceType).toBe('OperationOutcome');
+      expect(done.body.issue[0].code).toBe('business-rule');
       expect(JSON.stringify(done.body)).toMatch(/allowance of failed matches is used up/);
       // Now the kick-off itself is refused, with when to come back.
       const res = await fetch(`${server.baseUrl}/Group/$bulk-member-match`, { method: 'POST', headers: { 'content-type': 'application/fhir+json', prefer: 'respond-async', authorization: `Bearer ${token}` }, body: JSON.stringify({ resourceType: 'Parameters', parameter: [real] }) });
       expect(res.status).toBe(429);
       expect(Number(res.headers.get('retry-after'))).toBeGreaterThan(0);
       await res.arrayBuffer();
+    } finally {
+      await server.stop();
+    }
+  });
+
+  it('charges each MemberBundle per identifier it names; one breaking the rules is a non-match, never a 500', async () => {
+    const { server, real: members, token } = await prober(60, 3);
+    try {
+      const [m0, m1, m2] = members;
+      const bundle = (body: ReturnType<typeof memberMatchBody>) => ({ name: 'MemberBundle', part: body.parameter });
+      // 50 ids with the member's among them and the right demographics (costs 50); an id and a birth date only (costs 1).
+      const fifty = memberMatchBody(m1);
+      (fifty.parameter[1].resource as any).identifier = Array.from({ length: 50 }, (_, i) => ({ system: 'http://source-payer.example.com/member-id', value: i === 25 ? m1.memberId : `MEM-${900000 + i}` }));
+      const birthOnly = memberMatchBody(m2);
+      (birthOnly.parameter[0].resource as any).name = undefined;
+      let k = await kickoff(`${server.baseUrl}/Group/$bulk-member-match`, { method: 'POST', body: { resourceType: 'Parameters', parameter: [bundle(memberMatchBody(m0)), bundle(fifty), bundle(birthOnly)] }, token });
+      expect(k.status).toBe(202);
+      const done = await poll(k.location as string, token);
+      expect(done.status).toBe(200);
+      const groups = (await download(done.body.output.find((o: any) => o.type === 'Group').url, token)).resources;
+      const byCode = Object.fromEntries(groups.map((g: any) => [g.characteristic[0].code.coding[0].code, g]));
+      expect(byCode.match.member.map((x: any) => x.entity.reference)).toEqual([`Patient/${m0.patientId}`]);
+      expect(byCode.nomatch.member).toHaveLength(2);
+      // Nothing granted for the two: the partner cannot read them (it can read the member it matched).
+      expect((await fhir('GET', `${server.baseUrl}/Patient/${m0.patientId}`, undefined, { authorization: `Bearer ${token}` })).status).toBe(200);
+      for (const m of [m1, m2]) expect((await fhir('GET', `${server.baseUrl}/Patient/${m.patientId}`, undefined, { authorization: `Bearer ${token}` })).status).toBe(404);
+      // 51 of 60 used: ten more guesses run out at the tenth; the status URL says so with a 422, and the next kick-off is 429.
+      k = await kickoff(`${server.baseUrl}/Group/$bulk-member-match`, { method: 'POST', body: { resourceType: 'Parameters', parameter: Array.from({ length: 10 }, (_, i) => invented(i)) }, token });
+      expect(k.status).toBe(202);
+      const failed = await poll(k.location as string, token);
+      expect(failed.status).toBe(422);
+      expect(failed.body.resourceType).toBe('OperationOutcome');
+      expect(failed.body.issue[0].diagnostics).toMatch(/allowance of failed matches is used up \(9 of 10 members evaluated\)/);
+      const again = await kickoff(`${server.baseUrl}/Group/$bulk-member-match`, { method: 'POST', body: { resourceType: 'Parameters', parameter: [bundle(memberMatchBody(m1))] }, token });
+      expect(again.status).toBe(429);
+      expect((await fhir('GET', `${server.baseUrl}/metadata`)).status).toBe(200);
     } finally {
       await server.stop();
     }
