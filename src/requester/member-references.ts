@@ -180,7 +180,7 @@ export function refusedReference(resource: unknown, s: MemberScope): string | un
     return false;
   };
   walk(resource, type, undefined, 0);
-  return reason && `a ${type} from the source ${reason}`;
+  return reason && `${/^[AEIOU]/.test(type) ? 'an' : 'a'} ${type} from the source ${reason}`;
 }
 
 /** The verdict on one object that may be a Reference (`key`: the element it sits in). */
