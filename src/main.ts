@@ -169,6 +169,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
     releaseLock: (taskId) => invokeExport.release(taskId),
     logger,
     audit,
+    localBaseUrl: baseUrl,
   });
   runner.register(BULK_EXCHANGE_JOB, new BulkExchangeJob({
     store,
@@ -176,7 +177,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
     runner,
     remoteFor: clientFor,
     releaseLock: (taskId) => invokeExport.release(taskId),
-    groupExporter: new GroupExporter({ limits: exchangeLimits, pollMinMs: config.pollMinMs, pollMaxMs: config.pollMaxMs, logger }),
+    groupExporter: new GroupExporter({ limits: exchangeLimits, pollMinMs: config.pollMinMs, pollMaxMs: config.pollMaxMs, logger, localBaseUrl: baseUrl }),
     workDir: exchangeDir,
     timeoutMs: config.exchangeTimeoutSeconds * 1000,
     logger,

@@ -21,6 +21,7 @@ import type { AuditLog } from '../audit/audit-log';
 import { classify, ExchangeFailed, LimitReached } from './exchange-errors';
 import { NdjsonError } from './ndjson';
 import { findMember } from './member-lookup';
+import type { MemberDigest } from './member-demographics';
 
 export const EXCHANGE_JOB = 'p2p-exchange';
 
@@ -50,6 +51,8 @@ export interface ExchangeJobData {
   localPatientId: string;
   /** What the source's $member-match receives. Kept in the job store only, never logged or put on the Task; emptied once matched. */
   memberMatch: Parameters;
+  /** The submitted MemberPatient's family names and birth date, hashed (member-demographics.ts), to compare the source's Patient with; kept after the match. */
+  member?: MemberDigest;
   exportParams: Record<string, string[]>;
   ownerReference: string;
   startedAt: number;
@@ -92,6 +95,8 @@ export interface ExchangeDeps {
   releaseLock: (taskId: string) => Promise<void>;
   logger: Logger;
   audit?: AuditLog;
+  /** This server's own FHIR base: a record from a source may not refer to it. */
+  localBaseUrl?: () => string;
 }
 
 /** What a job keeps of the member's demographics once they are no longer needed. */
@@ -121,7 +126,15 @@ export class ExchangeJobHandler {
       const matched = data.matched ?? (await this.match(ctx, remote));
       // A member of a bulk exchange may come with its files already received (the group's $davinci-data-export).
       const manifest = data.manifest ?? (await this.poll(ctx, remote, (data.exportStarted ?? (await this.kickoff(ctx, remote, matched))).statusUrl));
-      const mapping: IdMapping = { sourcePatientId: matched.memberId, localPatientId: data.localPatientId, sourceBase: payer.fhirBaseUrl, issuer: data.issuer };
+      const mapping: IdMapping = {
+        sourcePatientId: matched.memberId,
+        localPatientId: data.localPatientId,
+        sourceBase: payer.fhirBaseUrl,
+        issuer: data.issuer,
+        localBase: this.d.localBaseUrl?.(),
+        memberIdentifiers: matched.identifier ? [{ system: matched.identifier.system, value: matched.identifier.value }] : [],
+        member: data.member,
+      };
       // Each file is imported once it is downloaded and checked, while the next one downloads.
       // Each imported file's local references, for the Provenance (a file imported before a restart is read again).
       const imported = new Map<string, string[]>();
@@ -306,7 +319,10 @@ export class ExchangeJobHandler {
       ...(data.downloads?.sourceErrors ?? []).map((e) => ({ type: { text: 'source-error' }, valueString: e })),
     ];
     const total = Object.values(counts).reduce((a, b) => a + b, 0);
-    await this.d.tracker.change(data.taskId, { status: 'completed', step: 'completed', note: `Imported ${total} resources`, output });
+    // Every Patient the source may send is the member's (any other fails the exchange), and it was compared with the submitted demographics.
+    const compared = files.some((f) => f.kind === 'output' && f.type === 'Patient' && f.count > 0);
+    const uncompared = data.member && !compared ? "; the source sent no Patient record, so the member's demographics were not compared with the source's" : '';
+    await this.d.tracker.change(data.taskId, { status: 'completed', step: 'completed', note: `Imported ${total} resources${uncompared}`, output });
     await journal.forget(data.taskId);
     this.d.logger.info('exchange ended', { task: data.taskId, issuer: data.issuer, outcome: 'completed', files: files.length, counts, skipped: data.manifest?.skipped ?? {} });
     await this.d.audit?.record({ kind: 'exchange', action: 'C', outcome: 'success', patients: [data.localPatientId], what: [`Task/${data.taskId}`, `Provenance/${provenance.id}`], description: `exchange from ${data.issuer} completed: ${total} resources imported` });

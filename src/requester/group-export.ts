@@ -9,12 +9,15 @@ import { downloadTo, sourceErrorOf, validateReceived } from './downloader';
 import { readResources } from './ndjson';
 import { ExchangeFailed, LimitReached } from './exchange-errors';
 import type { DownloadedFile, ExchangeLimits } from './exchange-job';
+import { MemberScope, refusedReference } from './member-references';
 
 export interface GroupExportDeps {
   limits: ExchangeLimits;
   pollMinMs: number;
   pollMaxMs: number;
   logger: Logger;
+  /** This server's own FHIR base: a record from a source may not refer to it. */
+  localBaseUrl?: () => string;
 }
 
 export interface GroupExportRequest {
@@ -67,10 +70,12 @@ function referencesOf(value: unknown, out: string[] = []): string[] {
  * resources) refers to, its own id for a Patient, or none (a directory record: a Practitioner, an
  * Organization…), together with the source records it refers to (`Type/id`). A resource that
  * refers to a patient outside the group, or to two members, belongs to nobody we can name: the
- * group's files are refused.
+ * group's files are refused. So is one that refers to a patient in any spelling but the two a
+ * member is linked by (`Patient/{id}`, `{sourceBase}/Patient/{id}`), or to a record of this server:
+ * each member's own import would refuse it (member-references.ts).
  */
-function attribute(resource: { resourceType: string; id?: string } & Record<string, unknown>, members: Map<string, string>, sourceBase: string): { child?: string; refs: string[] } {
-  const base = sourceBase.replace(/\/+$/, '');
+function attribute(resource: { resourceType: string; id?: string } & Record<string, unknown>, members: Map<string, string>, scope: MemberScope): { child?: string; refs: string[] } {
+  const base = scope.sourceBase.replace(/\/+$/, '');
   const patients = new Set<string>();
   const refs: string[] = [];
   if (resource.resourceType === 'Patient') patients.add(String(resource.id));
@@ -78,14 +83,20 @@ function attribute(resource: { resourceType: string; id?: string } & Record<stri
     const m = ref.match(REF);
     if (!m) continue;
     const [, prefix, type, id] = m;
-    if (type === 'Patient') patients.add(id);
-    else if (prefix === undefined || prefix.replace(/\/+$/, '') === base) refs.push(`${type}/${id}`);
+    const own = prefix === undefined || prefix.replace(/\/+$/, '') === base;
+    if (type === 'Patient') {
+      if (own) patients.add(id);
+    } else if (own) refs.push(`${type}/${id}`);
   }
-  if (patients.size === 0) return { refs };
-  const children = new Set([...patients].map((p) => members.get(p)));
-  if (children.has(undefined)) throw new ExchangeFailed(`a ${resource.resourceType} in the group's files belongs to a patient who is not one of the matched members`);
-  if (children.size > 1) throw new ExchangeFailed(`a ${resource.resourceType} in the group's files refers to more than one member`);
-  return { child: [...children][0], refs };
+  if (patients.size > 0) {
+    const children = new Set([...patients].map((p) => members.get(p)));
+    if (children.has(undefined)) throw new ExchangeFailed(`a ${resource.resourceType} in the group's files belongs to a patient who is not one of the matched members`);
+    if (children.size > 1) throw new ExchangeFailed(`a ${resource.resourceType} in the group's files refers to more than one member`);
+  }
+  // Any other spelling of a Patient, a Patient inside it, a record of this server: refused as a member's own import would.
+  const refused = resource.resourceType === 'Patient' ? undefined : refusedReference(resource, scope);
+  if (refused) throw new ExchangeFailed(refused.replace('from the source', "in the group's files").replace('the member', 'a matched member'));
+  return patients.size > 0 ? { child: members.get([...patients][0]), refs } : { refs };
 }
 
 /** One child's share of one received file, written as it is split. */
@@ -113,6 +124,7 @@ export class GroupExporter {
     const { remote } = r;
     const { limits } = this.d;
     if (!remote.kickoffGroupExport) throw new ExchangeFailed('the source client cannot start a $davinci-data-export');
+    const scope: MemberScope = { sourcePatientId: '', members: new Set(r.members.keys()), sourceBase: remote.payer.fhirBaseUrl, localBase: this.d.localBaseUrl?.() };
     const statusUrl = r.statusUrl ?? (await remote.kickoffGroupExport(r.groupId, r.params));
     if (!r.statusUrl) await r.started(statusUrl);
     const manifest = await this.poll(r, statusUrl);
@@ -142,7 +154,7 @@ export class GroupExporter {
             return;
           }
           if (typeof resource.id !== 'string') throw new ExchangeFailed(`${label} line ${line} is a ${entry.type} without an id`);
-          const { child, refs } = attribute(resource as { resourceType: string; id?: string }, r.members, remote.payer.fhirBaseUrl);
+          const { child, refs } = attribute(resource as { resourceType: string; id?: string }, r.members, scope);
           if (!child) directory.set(`${resource.resourceType}/${resource.id}`, refs);
         },
       });
@@ -158,7 +170,7 @@ export class GroupExporter {
     const outputs = received.filter((f) => f.kind === 'output');
     for (const f of outputs) {
       await this.split(r, f, shares, (resource) => {
-        const { child, refs } = attribute(resource, r.members, remote.payer.fhirBaseUrl);
+        const { child, refs } = attribute(resource, r.members, scope);
         if (!child) return [];
         for (const ref of refs) claims.get(ref)?.add(child);
         return [child];

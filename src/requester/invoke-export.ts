@@ -17,6 +17,7 @@ import { BULK_EXCHANGE_JOB, BulkExchangeJobData } from './bulk-exchange-job';
 export const MAX_BULK_EXCHANGE_MEMBERS = 10_000;
 import { DATA_REQUEST_CODE, EXCHANGE_TAG, isTaskEnded, TaskTracker } from './task-tracker';
 import { EXCHANGE_JOB, ExchangeJobData } from './exchange-job';
+import { memberDigest } from './member-demographics';
 import type { Logger } from '../logger';
 import type { AuditLog } from '../audit/audit-log';
 
@@ -195,11 +196,14 @@ export class InvokeExportService {
         ...(runOff ? { basedOn: [{ reference: `Task/${runOff.previous}` }], output: [{ type: { text: 'MemberId' }, valueReference: { reference: `${payer.fhirBaseUrl}/Patient/${runOff.memberId}` } }] } : {}),
       };
       const created = await this.tracker.create(task);
+      // What the source's Patient is compared with, kept (hashed) after the match has emptied memberMatch.
+      const member = memberDigest(request.memberMatch);
       const data: ExchangeJobData = {
         taskId,
         issuer: payer.issuer,
         localPatientId: request.localPatientId,
         memberMatch: request.memberMatch,
+        ...(member ? { member } : {}),
         exportParams: request.exportParams,
         ownerReference: `Organization/${owner.id}`,
         startedAt: Date.now(),

@@ -1,48 +1,36 @@
-import type { Resource } from 'fhir/r4';
+import type { Patient, Resource } from 'fhir/r4';
 import { hasElement } from '../fhir/validator';
 import { stripInternalMarkers } from '../fhir/internal-markers';
 import { IdMapping, localIdFor, rewriteReferences } from './reference-rewriter';
 import { ImportRefused } from './exchange-errors';
 import { contentHash } from '../store/resource-store';
+import { refusedReference } from './member-references';
+import { agreesWithMember, DISAGREES } from './member-demographics';
 
 export const IMPORT_TAG_SYSTEM = 'urn:p2p-fhir-server:imported-from';
-
-const PATIENT_REF = /(?:^|\/)Patient\/[^/]+(?:\/_history\/[^/]+)?$/;
-
-/** Every `reference` string in a resource, contained resources included. */
-function references(value: unknown, out: string[] = []): string[] {
-  if (Array.isArray(value)) value.forEach((v) => references(v, out));
-  else if (value && typeof value === 'object') {
-    for (const [k, v] of Object.entries(value)) {
-      if (k === 'reference' && typeof v === 'string') out.push(v);
-      else if (typeof v === 'object') references(v, out);
-    }
-  }
-  return out;
-}
 
 /**
  * The local form of one resource as received from a source, linked to the local member: the
  * member's Patient stays the local one (undefined here); every other resource gets its
  * deterministic local id, references rewritten (contained resources' too), the server's own
  * markers stripped, and keeps its origin (the source id under the responder identifier system, and
- * meta.source). What the source may not send throws ImportRefused: another person's Patient, or a
- * reference to any Patient here but the member.
+ * meta.source). What the source may not send throws ImportRefused: another person's Patient, the
+ * member's Patient disagreeing with the submitted demographics, or a reference to any Patient but
+ * the member or to a record of this server (member-references.ts, judged before rewriting).
  */
 export function localForm(resource: Resource & { id?: string }, m: IdMapping, identifierSystem: string): Resource | undefined {
   const type = resource.resourceType;
   const sourceId = resource.id;
   if (typeof sourceId !== 'string') throw new ImportRefused(`a ${type} from the source has no id`);
   if (type === 'Patient') {
-    if (sourceId === m.sourcePatientId) return undefined; // the member is the local Patient
-    throw new ImportRefused(`the source sent a Patient other than the matched member (Patient/${sourceId})`);
+    if (sourceId !== m.sourcePatientId) throw new ImportRefused('the source sent a Patient other than the matched member');
+    // The member is the local Patient: the source's is not copied, only compared with what was submitted.
+    if (m.member && !agreesWithMember(resource as Patient, m.member)) throw new ImportRefused(DISAGREES);
+    return undefined;
   }
+  const refused = refusedReference(resource, m);
+  if (refused) throw new ImportRefused(refused);
   const out = rewriteReferences(stripInternalMarkers(resource), m) as Resource & { identifier?: { system?: string; value?: string }[] };
-  for (const ref of references(out)) {
-    if (PATIENT_REF.test(ref) && ref !== `Patient/${m.localPatientId}` && !/^Patient\/p2p-[0-9a-f]+$/.test(ref)) {
-      throw new ImportRefused(`a ${type} from the source refers to a patient other than the member (${ref.startsWith('Patient/') ? ref : 'an absolute Patient reference'})`);
-    }
-  }
   out.id = localIdFor(m.issuer, type, sourceId);
   if (hasElement(type, 'identifier')) {
     const origin = { system: identifierSystem, value: sourceId };

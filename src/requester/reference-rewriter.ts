@@ -1,13 +1,17 @@
 import { createHash } from 'node:crypto';
 import type { Resource } from 'fhir/r4';
+import type { MemberScope } from './member-references';
+import type { MemberDigest } from './member-demographics';
 
-export interface IdMapping {
+export interface IdMapping extends MemberScope {
   /** The member's id at the source, and the local Patient it becomes. */
   sourcePatientId: string;
   localPatientId: string;
   /** The source's FHIR base, for absolute references to it. */
   sourceBase: string;
   issuer: string;
+  /** The submitted MemberPatient's family names and birth date (hashed), to compare the source's Patient with. */
+  member?: MemberDigest;
 }
 
 /**

@@ -140,4 +140,31 @@ describe('bulk exchange through the group export ($davinci-data-export)', () => 
     expect(children.map((c) => c.status)).toEqual(['completed', 'completed']);
     expect(await codesOf(locals[0])).toEqual(['a-1', 'a-3']);
   });
+
+  it("refuses a group's files and a member's own export that name a patient in another spelling: that member fails, nothing of it stored", async () => {
+    const before = [await codesOf(locals[0]), await codesOf(locals[1])];
+    source(
+      { Patient: [{ resourceType: 'Patient', id: 'm1' }, { resourceType: 'Patient', id: 'm2' }], Observation: [obs('a-5', 'm1', { performer: [{ reference: 'patient/m2' }] }), obs('b-5', 'm2')] },
+      { m1: { Observation: [obs('a-6', 'm1'), obs('a-7', 'm1', { performer: [{ reference: 'patient/m2' }] })] }, m2: { Observation: [obs('b-6', 'm2')] } },
+    );
+    const { parent, children } = await bulkExchange();
+    expect(parent.note.map((n: any) => n.text).join(' ')).toMatch(/\$davinci-data-export failed \(an Observation in the group's files refers to a patient other than a matched member \(at Observation\.performer\[0\]\)\); each member is exported on its own/);
+    expect(children.map((c) => c.status)).toEqual(['failed', 'completed']);
+    expect(children[0].statusReason.text).toMatch(/an Observation from the source refers to a patient other than the member/);
+    expect(await codesOf(locals[0])).toEqual(before[0]);
+    expect(await codesOf(locals[1])).toEqual([...before[1], 'b-6'].sort());
+  });
+
+  it("fails the member whose Patient in the group's files is another person, naming no demographics; the other member's data is imported", async () => {
+    const before = [await codesOf(locals[0]), await codesOf(locals[1])];
+    source({
+      Patient: [{ resourceType: 'Patient', id: 'm1', name: [{ family: 'Victim' }], birthDate: '1950-01-01' }, { resourceType: 'Patient', id: 'm2', name: [{ family: 'GROUPIE' }], birthDate: '1972-02-02' }],
+      Observation: [obs('a-8', 'm1'), obs('b-8', 'm2')],
+    });
+    const { children } = await bulkExchange();
+    expect(children.map((c) => c.status)).toEqual(['failed', 'completed']);
+    expect(children[0].statusReason.text).toBe("the source's Patient does not agree with the submitted member demographics");
+    expect(await codesOf(locals[0])).toEqual(before[0]);
+    expect(await codesOf(locals[1])).toEqual([...before[1], 'b-8'].sort());
+  });
 });

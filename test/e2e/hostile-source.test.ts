@@ -157,6 +157,104 @@ describe('a hostile source payer', () => {
     expect(({} as Record<string, unknown>).polluted).toBeUndefined();
   });
 
+  describe("plants no record about anyone but the member (references judged before rewriting)", () => {
+    const observation = (id: string, extra: Record<string, unknown> = {}) => ({ resourceType: 'Observation', id, status: 'final', code: { text: `observation ${id}` }, subject: { reference: 'Patient/m1' }, ...extra });
+    const count = async (type: string, query = '') => (await fhir('GET', `${requester.baseUrl}/${type}?_summary=count${query}`)).body.total as number;
+    let kept: { version: string; conditions: number };
+
+    beforeAll(async () => {
+      // The member already holds data from an earlier exchange: no hostile one may touch it.
+      fake.output = [{ type: 'Condition', name: 'kept' }];
+      fake.files = { kept: ndjson([condition('kept-1')]) };
+      const task = await exchange();
+      expect(task.status).toBe('completed');
+      kept = { version: (await fhir('GET', `${requester.baseUrl}/Patient/${local}`)).body.meta.versionId, conditions: await count('Condition', `&patient=${local}`) };
+      expect(kept.conditions).toBeGreaterThan(0);
+    });
+
+    const cases: [string, Record<string, unknown>, RegExp][] = [
+      ['subject: another Patient of the source', { subject: { reference: 'Patient/stranger-7' } }, /an Observation from the source refers to a patient other than the member \(at Observation\.subject\)/],
+      ['performer: another Patient', { performer: [{ reference: 'Patient/stranger-7' }] }, /refers to a patient other than the member \(at Observation\.performer\[0\]\)/],
+      ['a relative Patient reference inside contained', { contained: [{ resourceType: 'Observation', id: 'c', status: 'final', code: { text: 'c' }, subject: { reference: 'Patient/stranger-7' } }] }, /patient other than the member \(at Observation\.contained\[0\]\.subject\)/],
+      ['a contained Patient', { contained: [{ resourceType: 'Patient', id: 'p', name: [{ family: 'Stranger' }] }], focus: [{ reference: '#p' }] }, /contains a Patient/],
+      ['subject.identifier naming another member', { subject: { identifier: { system: 'http://source-payer.example.com/member-id', value: 'MEM-2' } } }, /refers by identifier to a person other than the member/],
+      ['a logical reference typed Patient', { performer: [{ type: 'Patient', identifier: { value: 'MEM-2' } }] }, /refers by identifier to a person other than the member/],
+      ['a conditional reference', { subject: { reference: 'Patient?identifier=http://source-payer.example.com/member-id|MEM-2' } }, /by a conditional reference/],
+      ['lower case patient/x', { subject: { reference: 'patient/m1' } }, /patient other than the member/],
+      ['odd case PaTiEnT/x', { performer: [{ reference: 'PaTiEnT/stranger-7' }] }, /patient other than the member/],
+      ['a _history form', { subject: { reference: 'Patient/stranger-7/_history/1' } }, /patient other than the member/],
+      ['absolute, the source base', { subject: { reference: 'SOURCE/Patient/stranger-7' } }, /patient other than the member/],
+      ['absolute, another base, the member id', { subject: { reference: 'https://elsewhere.example/fhir/Patient/m1' } }, /patient other than the member/],
+      ["absolute, another local member's record", { subject: { reference: 'LOCAL/Patient/victim-local' } }, /patient other than the member/],
+      ['absolute, a non-Patient record of this server', { hasMember: [{ reference: 'LOCAL/Observation/anything' }] }, /refers to a record of this server/],
+      ['this server by another loopback name', { hasMember: [{ reference: 'LOCALHOST/Condition/anything' }] }, /refers to a record of this server/],
+    ];
+
+    it.each(cases)('fails the exchange and stores nothing: %s', async (_name, extra, reason) => {
+      const fill = (v: unknown): unknown =>
+        JSON.parse(JSON.stringify(v).replace(/SOURCE/g, fake.base).replace(/LOCALHOST/g, requester.baseUrl.replace('127.0.0.1', 'localhost')).replace(/LOCAL/g, requester.baseUrl));
+      const before = { conditions: await count('Condition'), observations: await count('Observation'), victim: (await fhir('GET', `${requester.baseUrl}/Patient/victim-local`)).body.meta.versionId };
+      fake.output = [{ type: 'Condition', name: 'good' }, { type: 'Observation', name: 'bad' }];
+      fake.files = { good: ndjson([condition('planted-ok'), condition('kept-1', { code: { text: 'overwritten' } })]), bad: ndjson([observation('planted-ok'), fill(observation('planted', extra))]) };
+      const task = await exchange();
+      expect({ status: task.status, reason: task.statusReason?.text }).toEqual({ status: 'failed', reason: expect.stringMatching(reason) });
+      expect(task.statusReason.text).not.toMatch(/victim|stranger|MEM-2|elsewhere/i);
+      expect({ conditions: await count('Condition'), observations: await count('Observation') }).toEqual({ conditions: before.conditions, observations: before.observations });
+      // The member's data is untouched: the earlier Condition keeps its text, the Patient its version.
+      const mine = (await fhir('GET', `${requester.baseUrl}/Condition?patient=${local}&_count=50`)).body.entry.map((e: any) => e.resource.code.text);
+      expect(mine).toEqual(['condition kept-1']);
+      expect((await fhir('GET', `${requester.baseUrl}/Patient/${local}`)).body.meta.versionId).toBe(kept.version);
+      // The other local patient is untouched and still has nothing.
+      expect((await fhir('GET', `${requester.baseUrl}/Patient/victim-local`)).body.meta.versionId).toBe(before.victim);
+      expect(await count('Observation', '&patient=victim-local')).toBe(0);
+      expect(await count('Condition', '&patient=victim-local')).toBe(0);
+      expect((await fhir('GET', `${requester.baseUrl}/metadata`)).status).toBe(200);
+    });
+
+    it("fails when the source's Patient is another person (Victim, 1950-01-01, for Rivera, 1975-05-05), naming no demographics", async () => {
+      const rivera = { patientId: 'm1', memberId: 'MEM-1', family: 'Rivera', given: 'Ana', birthDate: '1975-05-05', gender: 'female' } as SyntheticMember;
+      const riveraLocal = await createLocalPatient(requester, rivera);
+      const version = (await fhir('GET', `${requester.baseUrl}/Patient/${riveraLocal}`)).body.meta.versionId;
+      const before = { conditions: await count('Condition'), observations: await count('Observation') };
+      const run = async () => {
+        const res = await fhir('POST', `${requester.baseUrl}/Patient/$sdh.s2s.invoke-export`, invokeBody(riveraLocal, rivera, { issuer: 'https://source-payer.example.com' }));
+        expect(res.status).toBe(200);
+        return waitForTask(requester, res.body.id, undefined, 20000);
+      };
+      // The source matches (MemberId Patient/m1) and exports another person's record.
+      fake.output = [{ type: 'Condition', name: 'conds' }, { type: 'Patient', name: 'patient' }, { type: 'Observation', name: 'obs' }];
+      fake.files = {
+        conds: ndjson([condition('victim-c1')]),
+        patient: ndjson([{ resourceType: 'Patient', id: 'm1', name: [{ family: 'Victim', given: ['Vic'] }], birthDate: '1950-01-01' }]),
+        obs: ndjson([observation('victim-o1')]),
+      };
+      const task = await run();
+      expect({ status: task.status, reason: task.statusReason?.text }).toEqual({ status: 'failed', reason: "the source's Patient does not agree with the submitted member demographics" });
+      expect(JSON.stringify(task)).not.toMatch(/Victim|1950|Vic\b/);
+      expect({ conditions: await count('Condition'), observations: await count('Observation') }).toEqual(before);
+      expect(await count('Condition', `&patient=${riveraLocal}`)).toBe(0);
+      const patient = (await fhir('GET', `${requester.baseUrl}/Patient/${riveraLocal}`)).body;
+      expect({ version: patient.meta.versionId, family: patient.name[0].family, birthDate: patient.birthDate }).toEqual({ version, family: 'Rivera', birthDate: '1975-05-05' });
+      // Only the family name agreeing is not enough either.
+      fake.files.patient = ndjson([{ resourceType: 'Patient', id: 'm1', name: [{ family: 'Rivera' }], birthDate: '1950-01-01' }]);
+      expect((await run()).statusReason?.text).toBe("the source's Patient does not agree with the submitted member demographics");
+      expect(await count('Condition', `&patient=${riveraLocal}`)).toBe(0);
+
+      // The right person, spelled otherwise (case, accent), is imported.
+      fake.files.patient = ndjson([{ resourceType: 'Patient', id: 'm1', name: [{ family: 'RÍVERA', given: ['Ana'] }], birthDate: '1975-05-05' }]);
+      const ok = await run();
+      expect(ok.status).toBe('completed');
+      expect(await count('Condition', `&patient=${riveraLocal}`)).toBe(1);
+      expect(ok.note.map((n: any) => n.text).join(' ')).not.toMatch(/not compared/);
+      // No Patient record at all: imported on the match alone, and the Task says the demographics were not compared.
+      fake.output = [{ type: 'Condition', name: 'conds' }];
+      const unchecked = await run();
+      expect(unchecked.status).toBe('completed');
+      expect(unchecked.note.map((n: any) => n.text).join(' ')).toMatch(/the source sent no Patient record, so the member's demographics were not compared/);
+      expect((await fhir('GET', `${requester.baseUrl}/metadata`)).status).toBe(200);
+    });
+  });
+
   it('skips and reports types it does not store, asks for the types it stores by default, and imports the rest', async () => {
     fake.output = [{ type: 'Claim', name: 'claims', count: 7 }, { type: 'Condition', name: 'conds', count: 2 }];
     fake.files = { claims: ndjson([{ resourceType: 'Claim', id: 'x' }]), conds: ndjson([condition('k1'), condition('k2')]) };
