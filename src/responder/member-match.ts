@@ -166,13 +166,15 @@ export class MemberMatchService {
 
   /**
    * The Coverages the one member identifier names (by identifier, under its system or, given
-   * without one, under any; and/or by subscriberId, as it was given), with their beneficiaries.
+   * without one, under any; and/or by subscriberId, as it was given), with their beneficiaries; a
+   * subscriberId given beside an identifier of another value must be the Coverage's too.
    */
   private async candidates(key: MemberKey): Promise<MatchCandidate[]> {
     const identifierTokens = key.inIdentifier ? [key.system ? `${key.system}|${key.value}` : key.value] : [];
     const coverages = (await this.store.coveragesFor({ identifierTokens, subscriberId: key.asSubscriberId ? key.value : undefined }, 50)) as Coverage[];
     const out: MatchCandidate[] = [];
     for (const coverage of coverages) {
+      if (key.requireSubscriberId !== undefined && coverage.subscriberId !== key.requireSubscriberId) continue;
       const id = patientIdOf(coverage.beneficiary?.reference);
       if (!id) continue;
       const patient = (await this.store.readIfExists('Patient', id)) as Patient | undefined;

@@ -24,6 +24,12 @@ export interface MemberKey {
   system?: string;
   inIdentifier: boolean;
   asSubscriberId: boolean;
+  /**
+   * A subscriberId given beside an identifier of another value (a dependent's card: HRex's own
+   * Coverage example carries both): not a second candidate, but a condition the Coverage found by
+   * the identifier must meet as well.
+   */
+  requireSubscriberId?: string;
 }
 
 /**
@@ -36,9 +42,10 @@ export type MatchRequest = { ok: true; key: MemberKey; tried: 1 } | { ok: false;
 /**
  * The matching rules, judged on the request alone (so the answer says what is wrong without saying
  * anything about any member):
- * - CoverageToMatch names exactly one member identifier: the distinct values among
- *   `Coverage.identifier[].value` and `subscriberId` (the same value in both is one). Several values
- *   are refused, never tried one after another.
+ * - CoverageToMatch names exactly one member identifier: the distinct values of
+ *   `Coverage.identifier[].value`, or `subscriberId` alone. Several identifier values are refused,
+ *   never tried one after another. A `subscriberId` beside an identifier narrows the match (the
+ *   Coverage must carry both), so it can never widen it to another member.
  * - The identifier entries of that value agree on one system (or carry none); where this payer
  *   declares the system it issues member ids under (`memberIdSystem`), every identifier entry must
  *   carry exactly that system. `subscriberId` is a bare string in R4 and needs no system.
@@ -50,12 +57,11 @@ export function matchRequest(patient: Patient, coverage: Coverage, memberIdSyste
     .filter((i) => typeof i.value === 'string' && i.value.trim())
     .map((i) => ({ system: typeof i.system === 'string' && i.system.trim() ? i.system.trim() : undefined, value: (i.value as string).trim() }));
   const subscriberId = typeof coverage.subscriberId === 'string' && coverage.subscriberId.trim() ? coverage.subscriberId.trim() : undefined;
-  const values = new Set([...entries.map((e) => e.value), ...(subscriberId ? [subscriberId] : [])]);
-  if (values.size === 0) return { ok: false, problem: 'CoverageToMatch names no member identifier (Coverage.identifier or subscriberId)', tried: 1 };
-  if (values.size > 1) {
-    return { ok: false, problem: `CoverageToMatch names ${values.size} different member identifiers; one member identifier is accepted (Coverage.identifier and subscriberId, when both are given, must be the same value)`, tried: values.size };
-  }
-  const [value] = values;
+  const values = new Set(entries.map((e) => e.value));
+  if (values.size === 0 && !subscriberId) return { ok: false, problem: 'CoverageToMatch names no member identifier (Coverage.identifier or subscriberId)', tried: 1 };
+  if (values.size > 1) return { ok: false, problem: `CoverageToMatch names ${values.size} different member identifiers; one member identifier is accepted`, tried: values.size };
+  const [value = subscriberId as string] = values;
+  const requireSubscriberId = subscriberId !== undefined && subscriberId !== value ? subscriberId : undefined;
   const systems = new Set(entries.map((e) => e.system));
   if (systems.size > 1) return { ok: false, problem: 'CoverageToMatch gives its member identifier under several systems; give it under one', tried: systems.size };
   const [system] = systems;
@@ -64,7 +70,9 @@ export function matchRequest(patient: Patient, coverage: Coverage, memberIdSyste
   }
   const problem = patientProblem(patient);
   if (problem) return { ok: false, problem, tried: 1 };
-  return { ok: true, key: { value, system, inIdentifier: entries.length > 0, asSubscriberId: subscriberId !== undefined }, tried: 1 };
+  const key: MemberKey = { value, system, inIdentifier: entries.length > 0, asSubscriberId: subscriberId === value };
+  if (requireSubscriberId) key.requireSubscriberId = requireSubscriberId;
+  return { ok: true, key, tried: 1 };
 }
 
 /** What the MemberPatient lacks for a match, if anything. */

@@ -83,8 +83,11 @@ describe('$member-match cannot be used to search', () => {
 
   it("another member's subscriberId as a second candidate: refused", async () => {
     const [m, other] = members;
+    // The subscriberId narrows what the identifier finds (both must be the Coverage's): it never reaches a second member.
     const body = withCoverage(memberMatchBody(m), { identifier: [{ system: SYSTEM, value: other.memberId }], subscriberId: `SUB-${m.memberId.slice(4)}` });
-    expect(await refused(body, m)).toMatch(/2 different member identifiers/);
+    expect(await refused(body, m)).not.toMatch(/identifier/);
+    const reversed = withCoverage(memberMatchBody(m), { identifier: [{ system: SYSTEM, value: m.memberId }], subscriberId: `SUB-${other.memberId.slice(4)}` });
+    expect(await refused(reversed, m)).not.toMatch(/identifier/);
   });
 
   it("the member's family as a second name after a wrong official one: no match", async () => {
@@ -102,6 +105,13 @@ describe('$member-match cannot be used to search', () => {
     expect((await fhir('GET', `${server.baseUrl}/Consent?_summary=count`, undefined, auth(service))).body.total).toBe(0);
     const logged = lines.join('\n');
     for (const secret of [members[0].memberId, members[0].birthDate, members[1].memberId]) expect(logged).not.toContain(secret);
+  });
+
+  it('a card with both the member id and its own subscriber id (as HRex\'s Coverage example) matches', async () => {
+    const m = members[2];
+    const body = withCoverage(memberMatchBody(m), { identifier: [{ system: SYSTEM, value: m.memberId }], subscriberId: `SUB-${m.memberId.slice(4)}` });
+    const res = await fhir('POST', url, body, auth());
+    expect(res.status).toBe(200);
   });
 
   it('an honest request still matches, then the allowance left (charged per identifier) runs out into 429', async () => {
