@@ -3,41 +3,13 @@ import { validateResource } from '../../src/fhir/validator';
 import { buildTable } from '../../src/fhir/r4-rules';
 import { FhirError } from '../../src/fhir/outcome';
 import { generatePopulation } from '../../scripts/synthetic';
-
-const patient = (x: Record<string, unknown>) => ({ resourceType: 'Patient', ...x });
-const observation = (x: Record<string, unknown>) => ({ resourceType: 'Observation', status: 'final', code: { text: 'x' }, ...x });
-const ext = (x: Record<string, unknown>) => patient({ extension: [x] });
-
-/** Each a resource the R4 schema accepts and R4 refuses, the element the refusal must name, and what it must say. */
-export const BROKEN: [string, Record<string, unknown>, string, RegExp][] = [
-  ['an impossible date', patient({ birthDate: '2021-02-31' }), 'Patient.birthDate', /day does not exist/],
-  ['29 February of a year that is not leap', patient({ birthDate: '1900-02-29' }), 'Patient.birthDate', /day does not exist/],
-  ['an impossible dateTime', observation({ effectiveDateTime: '2021-04-31T10:00:00Z' }), 'Observation.effectiveDateTime', /day does not exist/],
-  ['an impossible instant', observation({ issued: '2021-06-31T10:00:00+01:00' }), 'Observation.issued', /day does not exist/],
-  ['an integer that is not whole', patient({ multipleBirthInteger: 2.5 }), 'Patient.multipleBirthInteger', /whole number/],
-  ['an integer beyond 2^53', patient({ multipleBirthInteger: JSON.parse('9007199254740993') }), 'Patient.multipleBirthInteger', /out of range/],
-  ['an integer beyond 32 bits', patient({ multipleBirthInteger: 2147483648 }), 'Patient.multipleBirthInteger', /out of range/],
-  ['a positiveInt of 0', { resourceType: 'MedicationRequest', status: 'active', intent: 'order', subject: { reference: 'Patient/1' }, medicationCodeableConcept: { text: 'x' }, dosageInstruction: [{ timing: { repeat: { frequency: 0 } } }] }, 'MedicationRequest.dosageInstruction[0].timing.repeat.frequency', /out of range for positiveInt/],
-  ['a decimal JSON makes Infinity', observation({ valueQuantity: { value: JSON.parse('1e400') } }), 'Observation.valueQuantity.value', /finite/],
-  ['two types of one choice', patient({ deceasedBoolean: true, deceasedDateTime: '2020-01-01' }), 'Patient.deceased[x]', /one type/],
-  ['an empty element', patient({ name: [{}] }), 'Patient.name[0]', /ele-1/],
-  ['an element with only an id', patient({ name: [{ id: 'n1' }] }), 'Patient.name[0]', /ele-1/],
-  ['an empty list', patient({ identifier: [] }), 'Patient.identifier', /ele-1/],
-  ['an empty string (a uri the schema lets be empty)', patient({ identifier: [{ system: '', value: 'm1' }] }), 'Patient.identifier[0].system', /empty string/],
-  ['an empty object', patient({ maritalStatus: {} }), 'Patient.maritalStatus', /ele-1/],
-  ['a primitive extension without extensions or a value', patient({ _birthDate: { id: 'b' } }), 'Patient._birthDate', /ele-1/],
-  ['an extension without url', ext({ valueString: 'x' }), 'Patient.extension[0]', /needs a url/],
-  ['an extension with a value and extensions', ext({ url: 'http://e.example/a', valueString: 'x', extension: [{ url: 'b', valueBoolean: true }] }), 'Patient.extension[0]', /ext-1/],
-  ['an extension with neither', ext({ url: 'http://e.example/a' }), 'Patient.extension[0]', /ext-1/],
-  ['an extension with two values', ext({ url: 'http://e.example/a', valueString: 'x', valueBoolean: true }), 'Patient.extension[0].value[x]', /one type/],
-  ['two contained resources with one id', patient({ contained: [{ resourceType: 'Organization', id: 'o', name: 'A' }, { resourceType: 'Organization', id: 'o', name: 'B' }] }), 'Patient.contained[1].id', /same id/],
-  ['a contained resource without id', patient({ contained: [{ resourceType: 'Organization', name: 'A' }] }), 'Patient.contained[0]', /needs an id/],
-  ['a contained resource that contains', patient({ contained: [{ resourceType: 'Organization', id: 'o', contained: [{ resourceType: 'Organization', id: 'p', name: 'B' }] }] }), 'Patient.contained[0].contained', /dom-2/],
-  ['a lone surrogate', patient({ name: [{ family: 'Doe\ud800' }] }), 'Patient.name[0].family', /lone surrogate/],
-  ['a control character', patient({ name: [{ family: 'Doe\u0007' }] }), 'Patient.name[0].family', /control character/],
-  ['a broken rule inside a contained resource', patient({ contained: [{ resourceType: 'Organization', id: 'o', name: 'A', telecom: [{}] }] }), 'Patient.contained[0].telecom[0]', /ele-1/],
-  ['a broken rule inside a Bundle entry', { resourceType: 'Bundle', type: 'collection', entry: [{ resource: patient({ birthDate: '2021-02-30' }) }] }, 'Bundle.entry[0].resource.birthDate', /day does not exist/],
-];
+import fs from 'node:fs';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { validateReceived, writeChecked } from '../../src/requester/downloader';
+import { ExchangeFailed } from '../../src/requester/exchange-errors';
+import { asSent, BROKEN, observation, patient } from '../helpers/r4-broken';
+import { tempDir } from '../helpers/server';
 
 describe('the R4 rules the schema cannot express', () => {
   it.each(BROKEN)('refuse %s with a 400 naming the element, not its value', (_name, resource, where, what) => {
@@ -82,5 +54,34 @@ describe('the R4 rules the schema cannot express', () => {
     expect(table.Extension.url[0]).toBe('uri');
     expect(table.Condition.onsetAge).toEqual(['Age', 0, 'onset']);
     expect(Object.keys(table).length).toBeGreaterThan(500);
+  });
+
+  it('refuse the same records in a source\'s NDJSON file on import: the file fails at its line, the reason naming the element and no value', async () => {
+    const dir = tempDir('r4-import-');
+    try {
+      for (const [name, resource, where] of BROKEN) {
+        const type = resource.resourceType as string;
+        const valid: Record<string, object> = {
+          Patient: patient({ birthDate: '1970-01-01' }),
+          Observation: observation({}),
+          MedicationRequest: { resourceType: 'MedicationRequest', status: 'active', intent: 'order', subject: { reference: 'Patient/1' }, medicationCodeableConcept: { text: 'x' } },
+          Bundle: { resourceType: 'Bundle', type: 'collection' },
+        };
+        const good = JSON.stringify({ ...valid[type], id: 'fine' });
+        const text = `${good}\n${asSent({ ...resource, id: 'bad' })}\n`;
+        const file = path.join(dir, 'out.ndjson');
+        const written = writeChecked(Readable.from([text]), file, { label: `${type}.ndjson`, expectedType: type, maxLineLength: 1 << 20, check: (r, line) => validateReceived(r, type, `${type}.ndjson`, line) });
+        const err = await written.then(() => undefined, (e: unknown) => e);
+        expect({ name, refused: err instanceof ExchangeFailed }).toEqual({ name, refused: true });
+        const message = (err as Error).message;
+        expect(message).toContain(`${type}.ndjson line 2`);
+        expect(message).toContain(where);
+        expect(message).not.toMatch(/2021-0|Doe|1e400|9007/);
+        // The record refused is not in the work file.
+        expect(fs.readFileSync(file, 'utf8')).not.toContain('"bad"');
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
