@@ -104,7 +104,7 @@ export class ExportJobHandler {
         if (signal.aborted) throw signal.reason;
         if (!scope.canSee(resource)) continue;
         if (req.serviceFrom !== undefined && !inServiceWindow(resource as never, req.serviceFrom)) continue;
-        await writer.write(resource);
+        await writer.write(scope.view(resource));
         if (patientLevel) collectSupportingReferences(resource, referenced);
       }
       await writer.close();
