@@ -10,7 +10,7 @@ import { parseInstant } from '../fhir/search/fhir-date';
 import { isServedType } from '../fhir/resource-types';
 import { JobRunner } from '../jobs/job-runner';
 import { memberMatchParameters, readMemberMatchParts } from '../responder/member-match';
-import { HREX_POLICY_URIS, withCanonicalPolicy } from '../responder/consent-policy';
+import { withCanonicalPolicy } from '../responder/consent-policy';
 import { SourcePayer, SourcePayerRegistry } from './source-payers';
 import { BULK_EXCHANGE_JOB, BulkExchangeJobData } from './bulk-exchange-job';
 
@@ -63,10 +63,8 @@ export function parseInvokeExport(body: unknown): InvokeExportRequest {
   if (!issuer) throw badRequest('sourceIssuerUrl is empty', ['Parameters.sourceIssuerUrl']);
 
   const memberMatch = readMemberMatchParts(params.get('memberMatch')?.[0]?.part as ParametersParameter[], 'memberMatch');
-  // A source honours HRex's policies by their canonical URL only: send those, or refuse now.
-  const consent = withCanonicalPolicy(memberMatch.consent);
-  if (!consent) throw badRequest(`memberMatch Consent: policy must be one of ${HREX_POLICY_URIS.regular} or ${HREX_POLICY_URIS.sensitive}`, ['Parameters.memberMatch.Consent.policy']);
-  memberMatch.consent = consent;
+  // A source honours HRex's policies by their canonical URL only: a shorthand is sent as that.
+  memberMatch.consent = withCanonicalPolicy(memberMatch.consent);
 
   const exportParams: Record<string, string[]> = {};
   const exportParts = (params.get('export')?.[0]?.part ?? []) as ParametersParameter[];

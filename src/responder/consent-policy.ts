@@ -15,24 +15,18 @@ export function hrexPolicyOf(uri: string): ConsentPolicy | undefined {
 }
 
 /**
- * The Consent with each policy URI as HRex's full canonical URL, for sending to a source payer,
+ * The Consent with HRex's policies by their full canonical URL, for sending to a source payer,
  * which honours only those: a relative shorthand (`#regular`, `hrex-consent.html#sensitive`,
- * `StructureDefinition-hrex-consent.html#regular`) is read against HRex's base; undefined when a
- * policy is neither, such as a URI on another host.
+ * `StructureDefinition-hrex-consent.html#regular`) is read against HRex's base. Any other policy
+ * is sent as given, for the source to judge (and refuse).
  */
-export function withCanonicalPolicy(consent: Consent): Consent | undefined {
-  const policy = [];
-  for (const p of consent.policy ?? []) {
-    if (typeof p.uri !== 'string') return undefined;
-    if (hrexPolicyOf(p.uri)) {
-      policy.push(p);
-      continue;
-    }
-    const short = p.uri.match(/^(?:(?:StructureDefinition-)?hrex-consent\.html)?#(regular|sensitive)$/);
-    if (!short) return undefined;
-    policy.push({ ...p, uri: HREX_POLICY_URIS[short[1] as ConsentPolicy] });
-  }
-  return policy.length ? { ...consent, policy } : undefined;
+export function withCanonicalPolicy(consent: Consent): Consent {
+  if (!consent.policy) return consent;
+  const policy = consent.policy.map((p) => {
+    const short = typeof p.uri === 'string' ? p.uri.match(/^(?:(?:StructureDefinition-)?hrex-consent\.html)?#(regular|sensitive)$/) : null;
+    return short ? { ...p, uri: HREX_POLICY_URIS[short[1] as ConsentPolicy] } : p;
+  });
+  return { ...consent, policy };
 }
 
 /**

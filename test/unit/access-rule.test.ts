@@ -194,12 +194,14 @@ describe('consent policies by their canonical URL', () => {
     expect(judged).toEqual(policy ? { policy } : { problem: expect.any(String) });
   });
 
-  it('a requester sends the canonical URL for a shorthand, and nothing for another host', () => {
-    expect((withCanonicalPolicy(consent('hrex-consent.html#sensitive')) as any).policy).toEqual([{ uri: `${HREX}#sensitive` }]);
-    expect((withCanonicalPolicy(consent('#regular')) as any).policy).toEqual([{ uri: `${HREX}#regular` }]);
-    expect((withCanonicalPolicy(consent(`${HREX}#regular`)) as any).policy).toEqual([{ uri: `${HREX}#regular` }]);
-    expect(withCanonicalPolicy(consent('https://evil.example/hrex-consent.html#sensitive'))).toBeUndefined();
-    expect(withCanonicalPolicy(consent())).toBeUndefined();
+  it('a requester sends the canonical URL for a shorthand, and another policy as given (for the source to refuse)', () => {
+    const sent = (uri: string) => (withCanonicalPolicy(consent(uri)) as any).policy;
+    expect(sent('hrex-consent.html#sensitive')).toEqual([{ uri: `${HREX}#sensitive` }]);
+    expect(sent('StructureDefinition-hrex-consent.html#regular')).toEqual([{ uri: `${HREX}#regular` }]);
+    expect(sent('#regular')).toEqual([{ uri: `${HREX}#regular` }]);
+    expect(sent(`${HREX}#regular`)).toEqual([{ uri: `${HREX}#regular` }]);
+    expect(sent('https://evil.example/hrex-consent.html#sensitive')).toEqual([{ uri: 'https://evil.example/hrex-consent.html#sensitive' }]);
+    expect(consentPolicy(withCanonicalPolicy(consent('hrex-consent.html#sensitive')), now)).toEqual({ policy: 'sensitive' });
   });
 });
 
