@@ -234,7 +234,7 @@ function invokeBody(localId: string, m: SyntheticMember, memberSystem: string) {
         part: [
           { name: 'MemberPatient', resource: { resourceType: 'Patient', name: [{ family: m.family, given: [m.given] }], birthDate: m.birthDate } },
           { name: 'CoverageToMatch', resource: { resourceType: 'Coverage', identifier: [{ system: memberSystem, value: m.memberId }] } },
-          { name: 'Consent', resource: { resourceType: 'Consent', policy: [{ uri: '#regular' }] } },
+          { name: 'Consent', resource: { resourceType: 'Consent', policy: [{ uri: 'http://hl7.org/fhir/us/davinci-hrex/StructureDefinition-hrex-consent.html#regular' }] } },
         ],
       },
     ],

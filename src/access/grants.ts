@@ -1,6 +1,7 @@
 import type { Consent } from 'fhir/r4';
 import { Collection, Database, StoredDoc } from '../store/types';
 import { ConsentPolicy, consentPeriod, consentPolicy } from '../responder/consent-policy';
+import { patientIdOf } from '../fhir/reference';
 
 /** What a partner may see of one member: written only by the server, after the partner's own successful $member-match. */
 export interface Grant extends StoredDoc {
@@ -90,7 +91,10 @@ export class GrantStore {
     return this.revokeWhere(filter);
   }
 
-  /** Keeps grants in step with their Consent: deleted or no longer honourable revokes, a changed policy or period applies. */
+  /**
+   * Keeps grants in step with their Consent: deleted, no longer honourable, or now for another
+   * member (its `patient` changed) revokes; a changed policy or period applies.
+   */
   async consentChanged(consentId: string, consent?: Consent): Promise<void> {
     this.cache.clear();
     const filter = { consentId, revokedAt: { $exists: false } };
@@ -105,7 +109,13 @@ export class GrantStore {
     }
     const { start, end } = consentPeriod(consent);
     const grants = await this.ready();
+    const patientId = patientIdOf(consent.patient?.reference, { relativeOnly: true });
     for (const g of await grants.find(filter)) {
+      // A grant is for the member the Consent was given for: a Consent moved to another patient grants neither.
+      if (g.patientId !== patientId) {
+        await grants.updateOne({ _id: g._id, revokedAt: { $exists: false } }, { revokedAt: this.now().getTime() });
+        continue;
+      }
       const next: Grant = { ...g, policy: judged.policy };
       delete next.start;
       delete next.end;

@@ -28,19 +28,48 @@ export function collectSupportingReferences(value: unknown, into: Map<string, Se
 }
 
 /**
+ * Whom a record is ABOUT, by type: the Patient compartment parameters that name the member the
+ * record is about, as opposed to those that only mention a member (an Observation's performer, a
+ * Coverage's subscriber, a DocumentReference's author). A type not named here is about what its
+ * compartment parameters `patient` and `subject` name; a Patient is about itself (its id).
+ * Partner access (access/access-policy.ts) is decided on these alone.
+ */
+export const ABOUT_PARAMS: Readonly<Record<string, readonly string[]>> = {
+  Patient: [],
+  Coverage: ['beneficiary'],
+  Group: ['member'],
+};
+const DEFAULT_ABOUT = ['patient', 'subject'];
+
+/**
  * The Patient compartment, from the official R4 CompartmentDefinition: for each type, the reference
  * search parameters that put a resource in a patient's compartment.
  */
 export class PatientCompartment {
   private readonly params = new Map<string, string[]>();
+  private readonly aboutParams = new Map<string, string[]>();
 
   constructor(private readonly registry: SearchRegistry, types: readonly string[]) {
     const def = compartmentDefinition as unknown as { resource: { code: string; param?: string[] }[] };
     for (const r of def.resource) {
       if (!types.includes(r.code)) continue;
       const served = (r.param ?? []).filter((p) => p !== '{def}' && registry.get(r.code, p)?.type === 'reference');
-      if (r.code === 'Patient' || served.length > 0) this.params.set(r.code, served);
+      if (r.code === 'Patient' || served.length > 0) {
+        this.params.set(r.code, served);
+        this.aboutParams.set(r.code, (ABOUT_PARAMS[r.code] ?? DEFAULT_ABOUT).filter((p) => served.includes(p)));
+      }
     }
+  }
+
+  /** The parameters naming whom a record of this type is about (see ABOUT_PARAMS); Patient: none, its id. */
+  about(type: string): string[] {
+    return this.aboutParams.get(type) ?? [];
+  }
+
+  /** The ids of the patients a record is about (a Patient: itself). */
+  aboutOf(resource: Resource): string[] {
+    if (resource.resourceType === 'Patient') return [resource.id as string];
+    return this.patientRefs(resource, this.about(resource.resourceType));
   }
 
   types(): string[] {
@@ -63,8 +92,13 @@ export class PatientCompartment {
   /** The ids of the patients whose compartment holds this resource. */
   patientsOf(resource: Resource): string[] {
     if (resource.resourceType === 'Patient') return [resource.id as string];
+    return this.patientRefs(resource, this.params.get(resource.resourceType) ?? []);
+  }
+
+  /** The ids of the Patients that these reference parameters of the resource point to (`Patient/{id}`, relative or as the end of an absolute URL). */
+  private patientRefs(resource: Resource, codes: string[]): string[] {
     const ids = new Set<string>();
-    for (const code of this.params.get(resource.resourceType) ?? []) {
+    for (const code of codes) {
       const def = this.registry.get(resource.resourceType, code);
       for (const path of def?.paths ?? []) {
         for (const el of evaluatePath(resource, path)) {

@@ -1,3 +1,4 @@
+import type { HistoryEntry, ResourceStore } from '../store/resource-store';
 import { badRequest } from './outcome';
 import { parseInstant } from './search/fhir-date';
 
@@ -20,3 +21,31 @@ export function parseHistoryQuery(query: Record<string, unknown>, defaultPageSiz
   if (sinceText !== undefined && since === undefined) throw badRequest(`_since must be an instant, got '${sinceText}'`);
   return { count: Math.min(integer('_count', defaultPageSize), maxPageSize), offset: integer('_offset', 0), since };
 }
+
+/**
+ * A page of history as a caller with a restricted scope may see it, with a total that counts only
+ * those versions: the versions are read newest first in chunks and each is judged by `shows`, so
+ * hidden ones are neither listed nor counted. Reads every version of `ids` (a partner's own records).
+ */
+export async function visibleHistory(
+  store: ResourceStore,
+  type: string,
+  which: { id?: string; ids?: string[] },
+  opts: { since?: number; offset: number; count: number },
+  shows: (entry: HistoryEntry) => boolean,
+): Promise<{ entries: HistoryEntry[]; total: number }> {
+  const entries: HistoryEntry[] = [];
+  let total = 0;
+  if (which.ids && which.ids.length === 0) return { entries, total };
+  for (let at = 0; ; at += HISTORY_CHUNK) {
+    const chunk = await store.historyOf(type, which.id, { since: opts.since, count: HISTORY_CHUNK, offset: at, ids: which.ids });
+    for (const e of chunk.entries) {
+      if (!shows(e)) continue;
+      if (total >= opts.offset && entries.length < opts.count) entries.push(e);
+      total++;
+    }
+    if (chunk.entries.length < HISTORY_CHUNK) return { entries, total };
+  }
+}
+
+const HISTORY_CHUNK = 500;

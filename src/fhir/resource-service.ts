@@ -10,7 +10,7 @@ import * as jsonPatch from 'fast-json-patch';
 import { ID_PATTERN, SERVER_WRITTEN_TYPES } from './resource-types';
 import { validateResource } from './validator';
 import { parseIfMatch, preferStrict } from './http';
-import { parseHistoryQuery } from './history-query';
+import { parseHistoryQuery, visibleHistory } from './history-query';
 import { INTERNAL_PREFIX, internalMarkers, sameInternalMarkers } from './internal-markers';
 import { AccessPolicy, AccessScope } from '../access/access-policy';
 import type { DisclosureInteraction } from '../audit/audit-log';
@@ -91,7 +91,7 @@ export function createResourceService(type: string, deps: ResourceServiceDeps) {
   async function readAs(scope: AccessScope, req: Request, id: string | undefined): Promise<Resource> {
     const resource = await visible(scope, checkId(type, id));
     if (scope.members) await deps.onPartnerRead?.(req, 'read', type, [resource]);
-    return resource;
+    return scope.view(resource);
   }
 
   /** A search of this type by the request's caller: its Bundle, or the Bundle's text when `asText` and the search is plain. */
@@ -121,7 +121,7 @@ export function createResourceService(type: string, deps: ResourceServiceDeps) {
     }
     const [found, n] = await Promise.all([sr.count === 0 || !filter ? Promise.resolve([]) : store.search(type, filter, pageOpts), total]);
     const hasMore = found.length > sr.count;
-    let resources = found.slice(0, sr.count).filter((r) => scope.canSee(r));
+    let resources = found.slice(0, sr.count).filter((r) => scope.canSee(r)).map((r) => scope.view(r));
     const included = await includedFor({ registry, store, scope }, resources, sr.includes);
     if (scope.members && resources.length + included.length > 0) await deps.onPartnerRead?.(req, 'search', type, [...resources, ...included]);
     if (sr.elements) resources = resources.map((r) => subset(r, sr.elements as string[]));
@@ -161,10 +161,12 @@ export function createResourceService(type: string, deps: ResourceServiceDeps) {
       const scope = await scopeOf(req);
       const id = checkId(type, args.id);
       if (scope.members) await visible(scope, id);
-      const version = await store.vread(type, id, String(args.version_id ?? ''));
+      const version = await store.vread(type, id, String(args.version_id ?? '')).catch((err) => {
+        throw scope.members && err instanceof FhirError && err.status === 410 ? hidden() : err;
+      });
       if (!scope.canSee(version)) throw hidden();
       if (scope.members) await deps.onPartnerRead?.(req, 'vread', type, [version]);
-      return version;
+      return scope.view(version);
     },
 
     search: async (_args: CoreArgs, { req }: CoreContext): Promise<Bundle> => (await runSearch(req, false)) as Bundle,
@@ -297,12 +299,15 @@ export function createResourceService(type: string, deps: ResourceServiceDeps) {
 
   async function historyFor(scope: AccessScope, req: Request, which: { id?: string; ids?: string[] }) {
     const { count, offset, since } = parseHistoryQuery(req.query as Record<string, unknown>, deps.defaultPageSize, deps.maxPageSize);
-    const { entries, total } = await store.historyOf(type, which.id, { since, count, offset, ids: which.ids });
-    // A partner sees the versions it may see; a deletion carries no data.
-    const shown = scope.members ? entries.filter((e) => (e.resource ? scope.canSee(e.resource) : !!which.id)) : entries;
-    const disclosed = scope.members ? shown.flatMap((e) => (e.resource ? [e.resource] : [])) : [];
+    if (!scope.members) {
+      const { entries, total } = await store.historyOf(type, which.id, { since, count, offset, ids: which.ids });
+      return historyBundle(deps.baseUrl(req), entries, total);
+    }
+    // A partner sees, and counts, the versions it may see; a deletion carries no data.
+    const { entries, total } = await visibleHistory(store, type, which, { since, offset, count }, (e) => (e.resource ? scope.canSee(e.resource) : !!which.id));
+    const disclosed = entries.flatMap((e) => (e.resource ? [e.resource] : []));
     if (disclosed.length) await deps.onPartnerRead?.(req, which.id ? 'history-instance' : 'history-type', type, disclosed);
-    return historyBundle(deps.baseUrl(req), shown, total);
+    return historyBundle(deps.baseUrl(req), entries.map((e) => (e.resource ? { ...e, resource: scope.view(e.resource) } : e)), total);
   }
 
   return service;

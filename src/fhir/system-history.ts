@@ -1,7 +1,7 @@
 import { Router } from 'express';
 import { asyncHandler, sendResource } from './http';
 import { historyBundle } from './bundle';
-import { parseHistoryQuery } from './history-query';
+import { parseHistoryQuery, visibleHistory } from './history-query';
 import { RESOURCE_TYPES } from './resource-types';
 import { ResourceStore, HistoryEntry } from '../store/resource-store';
 import { AccessPolicy } from '../access/access-policy';
@@ -44,10 +44,13 @@ export function systemHistoryRoutes(d: {
           for await (const r of d.store.stream(type, restriction)) ids.push(r.id as string);
           if (ids.length === 0) continue;
         }
-        // The newest offset+count of each type are enough to page the merge.
-        const page = await d.store.historyOf(type, undefined, { since, count: offset + count, offset: 0, ids });
+        // The newest offset+count of each type are enough to page the merge; a partner's total counts only the versions it sees.
+        const window = { since, count: offset + count, offset: 0 };
+        const page = scope.members
+          ? await visibleHistory(d.store, type, { ids }, window, (e) => !!e.resource && scope.canSee(e.resource))
+          : await d.store.historyOf(type, undefined, { ...window, ids });
         total += page.total;
-        entries.push(...page.entries.filter((e) => !scope.members || !e.resource || scope.canSee(e.resource)));
+        entries.push(...page.entries.map((e) => (e.resource ? { ...e, resource: scope.view(e.resource) } : e)));
       }
       entries.sort((a, b) => (a.lastUpdated < b.lastUpdated ? 1 : a.lastUpdated > b.lastUpdated ? -1 : 0));
       const shown = entries.slice(offset, offset + count);

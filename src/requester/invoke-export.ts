@@ -10,6 +10,7 @@ import { parseInstant } from '../fhir/search/fhir-date';
 import { isServedType } from '../fhir/resource-types';
 import { JobRunner } from '../jobs/job-runner';
 import { memberMatchParameters, readMemberMatchParts } from '../responder/member-match';
+import { withCanonicalPolicy } from '../responder/consent-policy';
 import { SourcePayer, SourcePayerRegistry } from './source-payers';
 import { BULK_EXCHANGE_JOB, BulkExchangeJobData } from './bulk-exchange-job';
 
@@ -63,6 +64,8 @@ export function parseInvokeExport(body: unknown): InvokeExportRequest {
   if (!issuer) throw badRequest('sourceIssuerUrl is empty', ['Parameters.sourceIssuerUrl']);
 
   const memberMatch = readMemberMatchParts(params.get('memberMatch')?.[0]?.part as ParametersParameter[], 'memberMatch');
+  // A source honours HRex's policies by their canonical URL only: a shorthand is sent as that.
+  memberMatch.consent = withCanonicalPolicy(memberMatch.consent);
 
   const exportParams: Record<string, string[]> = {};
   const exportParts = (params.get('export')?.[0]?.part ?? []) as ParametersParameter[];

@@ -59,8 +59,11 @@ export function bulkExportRoutes(deps: BulkExportDeps): Router {
       const id = req.params.id;
       if (id) {
         // A partner learns nothing of a member or group it may not see: the same 404 as for none.
-        const target = await deps.store.read(level === 'group' ? 'Group' : 'Patient', id);
-        if (!(await deps.access.scopeFor(req.access)).canSee(target)) throw notFound(`${target.resourceType}/${id} is not known`);
+        // Deleted or never known: the same 404 to a partner (a 410 would tell it the member was here).
+        const targetType = level === 'group' ? 'Group' : 'Patient';
+        const scope = await deps.access.scopeFor(req.access);
+        const target = scope.members ? await deps.store.readIfExists(targetType, id) : await deps.store.read(targetType, id);
+        if (!target || !scope.canSee(target)) throw notFound(`${targetType}/${id} is not known`);
         if (davinci && !isMatchedMembersGroup(target as Group)) throw unprocessable(`Group/${id} is not a MatchedMembers Group of $bulk-member-match`);
       }
       const params = kickoffParams(req.method, req.query as Record<string, unknown>, req.body, hasBody(req));

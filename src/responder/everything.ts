@@ -104,7 +104,7 @@ export class PatientEverything {
       const conditions: Filter[] = [compartment.filter(type, [patientId]), visible];
       if (ask.since !== undefined) conditions.push({ lu: { $gt: ask.since } });
       const found = await store.search(type, { $and: conditions }, { sort: { _id: 1 }, skip: offset, limit: remaining + 1 });
-      matches.push(...found.slice(0, remaining).filter((r) => scope.canSee(r)));
+      matches.push(...found.slice(0, remaining).filter((r) => scope.canSee(r)).map((r) => scope.view(r)));
       if (found.length > remaining) {
         next = { type: t, offset: offset + remaining };
         break;

@@ -108,7 +108,7 @@ export class ExportJobHandler {
         if (signal.aborted) throw signal.reason;
         if (!scope.canSee(resource)) continue;
         if (payerToPayer && !inPayerToPayerScope(resource as never, req.serviceFrom, now, documentation)) continue;
-        await writer.write(resource);
+        await writer.write(scope.view(resource));
         if (patientLevel) collectSupportingReferences(resource, referenced);
       }
       await writer.close();

@@ -73,7 +73,7 @@ export function invokeBody(localPatientId: string, m: SyntheticMember, opts: { p
       part: [
         { name: 'MemberPatient', resource: { resourceType: 'Patient', name: [{ family: m.family, given: [m.given] }], birthDate: m.birthDate } },
         { name: 'CoverageToMatch', resource: { resourceType: 'Coverage', identifier: [{ system: 'http://source-payer.example.com/member-id', value: m.memberId }] } },
-        { name: 'Consent', resource: { resourceType: 'Consent', policy: [{ uri: `hrex-consent.html#${opts.policy ?? 'regular'}` }] } },
+        { name: 'Consent', resource: { resourceType: 'Consent', policy: [{ uri: `http://hl7.org/fhir/us/davinci-hrex/StructureDefinition-hrex-consent.html#${opts.policy ?? 'regular'}` }] } },
       ],
     },
   ];

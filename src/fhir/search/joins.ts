@@ -80,7 +80,7 @@ export async function includedFor(d: JoinDeps, matches: Resource[], includes: In
     const key = `${r.resourceType}/${r.id}`;
     if (seen.has(key) || !d.scope.canSee(r) || included.length >= MAX_INCLUDED) return;
     seen.add(key);
-    included.push(r);
+    included.push(d.scope.view(r));
   };
   const round = async (from: Resource[], specs: Include[]) => {
     const before = included.length;

@@ -343,6 +343,17 @@ export class FilterCompiler {
                     local.push(sqlValue(bound));
                   }
                 }
+              } else if (k === '$regex') {
+                // Conditions on the value itself (an array of strings): `{ $elemMatch: { $regex, $in, $nin } }`, all on one value.
+                conds.push(this.regex('v', c instanceof RegExp ? c : new RegExp(String(c)), local));
+              } else if (k === '$in' || k === '$nin') {
+                const list = c as unknown[];
+                if (!list.length) conds.push(k === '$in' ? '0' : '1');
+                else {
+                  const { sql: members, params: memberParams } = inList(list);
+                  conds.push(`v ${k === '$in' ? 'IN' : 'NOT IN'} ${members}`);
+                  local.push(...memberParams);
+                }
               } else throw new Error(`unsupported $elemMatch field ${k}`);
             }
           };

@@ -1,0 +1,223 @@
+import type { Resource } from 'fhir/r4';
+import { SqliteDatabase } from '../../src/store/sqlite/sqlite-database';
+import { ResourceStore } from '../../src/store/resource-store';
+import { SearchRegistry } from '../../src/fhir/search/registry';
+import { RESOURCE_TYPES } from '../../src/fhir/resource-types';
+import { PatientCompartment } from '../../src/fhir/compartment';
+import { AccessPolicy, AccessScope } from '../../src/access/access-policy';
+import { GrantStore } from '../../src/access/grants';
+import { ConsentPolicy, consentPolicy, isSensitive, SENSITIVE_SECURITY_TOKENS, withCanonicalPolicy } from '../../src/responder/consent-policy';
+import { CLIENT_TAG_SYSTEM } from '../../src/fhir/internal-markers';
+
+/**
+ * The partner access rule, case by case: a resource and the partner's grants → visible or not.
+ * Each case is judged twice, by `canSee` and by the search filter run on the embedded engine (over
+ * the whole type, and pinned to the resource's id), and both must give the expected answer: a
+ * search, a count and a read never disagree.
+ */
+const registry = new SearchRegistry(RESOURCE_TYPES);
+const compartment = new PatientCompartment(registry, RESOURCE_TYPES);
+
+/** m1 gave #regular, m3 #sensitive; m2 granted nothing. */
+const GRANTS: Record<string, ConsentPolicy> = { m1: 'regular', m3: 'sensitive' };
+const ACT = 'http://terminology.hl7.org/CodeSystem/v3-ActCode';
+const CONF = 'http://terminology.hl7.org/CodeSystem/v3-Confidentiality';
+const p = (id: string) => ({ reference: `Patient/${id}` });
+const label = (system: string | undefined, code: string) => ({ meta: { security: [{ ...(system ? { system } : {}), code }] } });
+const tag = (client: string) => ({ meta: { tag: [{ system: CLIENT_TAG_SYSTEM, code: client }] } });
+
+type Case = [name: string, resource: Record<string, unknown>, visible: boolean];
+let n = 0;
+const r = (resourceType: string, body: Record<string, unknown>): Record<string, unknown> => ({ resourceType, id: `r${++n}`, ...body });
+const obs = (body: Record<string, unknown>) => r('Observation', { status: 'final', code: { text: 'x' }, ...body });
+const cond = (patient: string, extra: Record<string, unknown> = {}) => r('Condition', { subject: p(patient), ...extra });
+
+const SENSITIVE_SPELLINGS: [string | undefined, string][] = [
+  ['urn:oid:2.16.840.1.113883.5.4', 'HIV'],
+  [ACT, 'ETHUD'], [ACT, 'BH'], [ACT, 'OPIOIDUD'], [ACT, 'SICKLE'], [ACT, '42CFRPart2'], [ACT, 'SUD'], [ACT, 'MH'], [ACT, 'PSYTHPN'],
+  [ACT, 'STD'], [ACT, 'SEX'], [ACT, 'SDV'], [ACT, 'GDIS'], [ACT, 'DRGIS'], [ACT, 'CEL'], [ACT, 'COMPT'], [ACT, 'TBOO'],
+  ['http://hl7.org/fhir/v3/ActCode', 'PSY'],
+  [CONF, 'R'], [CONF, 'V'], ['urn:oid:2.16.840.1.113883.5.25', 'R'], ['http://hl7.org/fhir/v3/Confidentiality', 'V'],
+  [undefined, 'ETH'], [undefined, 'R'],
+];
+
+const CASES: Case[] = [
+  ['Patient granted', r('Patient', { id: 'm1' }), true],
+  ['Patient not granted', r('Patient', { id: 'm2' }), false],
+  ['Patient labelled R, #regular', r('Patient', { id: 'm1', ...label(CONF, 'R') }), false],
+  ['Patient labelled R, #sensitive', r('Patient', { id: 'm3', ...label(CONF, 'R') }), true],
+  // (a) about, not mention
+  ['Observation about m1', obs({ subject: p('m1') }), true],
+  ['Observation about m2 performed by m1', obs({ subject: p('m2'), performer: [p('m1')] }), false],
+  ['Observation about m1 performed by m2', obs({ subject: p('m1'), performer: [p('m2')] }), true],
+  ['Observation with only a performer', obs({ performer: [p('m1')] }), false],
+  ['Observation about a Group', obs({ subject: { reference: 'Group/g1' } }), false],
+  ['Observation about m1 by absolute URL', obs({ subject: { reference: 'https://payer.example.com/fhir/Patient/m1' } }), true],
+  ['Coverage of dependent m2, subscriber m1', r('Coverage', { status: 'active', beneficiary: p('m2'), subscriber: p('m1'), payor: [{ reference: 'Organization/o' }] }), false],
+  ['Coverage of m1, subscriber m2', r('Coverage', { status: 'active', beneficiary: p('m1'), subscriber: p('m2'), payor: [{ reference: 'Organization/o' }] }), true],
+  ['Condition about m2 asserted by m1', cond('m2', { asserter: p('m1') }), false],
+  ['DocumentReference about m2 authored by m1', r('DocumentReference', { status: 'current', content: [{ attachment: {} }], subject: p('m2'), author: [p('m1')] }), false],
+  ['Encounter about m2', r('Encounter', { status: 'finished', class: { code: 'AMB' }, subject: p('m2') }), false],
+  ['MedicationDispense about m1', r('MedicationDispense', { status: 'completed', medicationCodeableConcept: { text: 'x' }, subject: p('m1') }), true],
+  ['CarePlan about m2 performed by m1', r('CarePlan', { status: 'active', intent: 'plan', subject: p('m2'), activity: [{ detail: { status: 'completed', performer: [p('m1')] } }] }), false],
+  ['Provenance about m1 and m3', r('Provenance', { target: [p('m1'), p('m3')], recorded: '2024-01-01T00:00:00Z', agent: [{ who: { reference: 'Organization/o' } }] }), true],
+  ['Provenance about m1 and m2', r('Provenance', { target: [p('m1'), p('m2')], recorded: '2024-01-01T00:00:00Z', agent: [{ who: { reference: 'Organization/o' } }] }), false],
+  ['sensitive Provenance about m1 and m3', r('Provenance', { target: [p('m1'), p('m3')], recorded: '2024-01-01T00:00:00Z', agent: [{ who: { reference: 'Organization/o' } }], ...label(ACT, 'HIV') }), false],
+  ['sensitive Provenance about m3', r('Provenance', { target: [p('m3')], recorded: '2024-01-01T00:00:00Z', agent: [{ who: { reference: 'Organization/o' } }], ...label(ACT, 'HIV') }), true],
+  ['sensitive Observation about m1 performed by m3', obs({ subject: p('m1'), performer: [p('m3')], ...label(ACT, 'HIV') }), false],
+  // (c) every spelling of a sensitive label
+  ...SENSITIVE_SPELLINGS.flatMap(([system, code]): Case[] => [
+    [`${system ?? '(no system)'}|${code} under #regular`, cond('m1', label(system, code)), false],
+    [`${system ?? '(no system)'}|${code} under #sensitive`, cond('m3', label(system, code)), true],
+  ]),
+  ['Confidentiality N under #regular', cond('m1', label(CONF, 'N')), true],
+  ['HIV in an unknown system under #regular', cond('m1', label('http://example.org/labels', 'HIV')), true],
+  ['ActCode R (not a sensitivity code) under #regular', cond('m1', label(ACT, 'R')), true],
+  // Directory data, and what a partner never sees
+  ['Practitioner', r('Practitioner', {}), true],
+  ['sensitive Organization', r('Organization', label(CONF, 'R')), false],
+  ['Task for m1', r('Task', { status: 'requested', intent: 'order', for: p('m1') }), false],
+  ['AuditEvent about m1', r('AuditEvent', { type: { code: 'x' }, recorded: '2024-01-01T00:00:00Z', agent: [{ requestor: true, who: p('m1') }], source: { observer: { display: 'x' } }, entity: [{ what: p('m1') }] }), false],
+  ['Device of m1 (outside the compartment)', r('Device', { patient: p('m1') }), false],
+  // Consents: its own only
+  ['its own Consent for m1', r('Consent', { status: 'active', scope: { text: 'x' }, category: [{ text: 'x' }], patient: p('m1'), ...tag('partner') }), true],
+  ['another client\'s Consent for m1', r('Consent', { status: 'active', scope: { text: 'x' }, category: [{ text: 'x' }], patient: p('m1'), ...tag('other') }), false],
+  ['its own Consent moved to m2', r('Consent', { status: 'active', scope: { text: 'x' }, category: [{ text: 'x' }], patient: p('m2'), ...tag('partner') }), false],
+  // (b) Groups
+  ['Group of m1 and m2', r('Group', { type: 'person', actual: true, quantity: 2, member: [{ entity: p('m1') }, { entity: p('m2') }] }), true],
+  ['Group of m2', r('Group', { type: 'person', actual: true, member: [{ entity: p('m2') }] }), false],
+  ['sensitive Group of m1', r('Group', { type: 'person', actual: true, member: [{ entity: p('m1') }], ...label(ACT, 'PSY') }), false],
+  ['its own result Group listing m2', r('Group', { type: 'person', actual: true, member: [{ entity: p('m2') }], ...tag('partner') }), true],
+  ['another client\'s result Group listing m1', r('Group', { type: 'person', actual: true, member: [{ entity: p('m1') }], ...tag('other') }), false],
+];
+
+function grantStore(grants: Record<string, ConsentPolicy>): GrantStore {
+  return { activeFor: async () => new Map(Object.entries(grants)) } as unknown as GrantStore;
+}
+
+describe('partner access rule', () => {
+  let db: SqliteDatabase;
+  let store: ResourceStore;
+  let scope: AccessScope;
+  const byType = new Map<string, Record<string, unknown>[]>();
+
+  beforeAll(async () => {
+    db = new SqliteDatabase(undefined);
+    store = new ResourceStore(db, registry);
+    scope = await new AccessPolicy(grantStore(GRANTS), compartment).scopeFor({ clientId: 'partner', role: 'partner' });
+    for (const [, resource] of CASES) {
+      // A Patient case's id is its member: give each its own id and keep the member in the map.
+      const stored = { ...resource };
+      if (stored.resourceType === 'Patient') stored.id = `${resource.id}`;
+      byType.set(String(stored.resourceType), [...(byType.get(String(stored.resourceType)) ?? []), stored]);
+    }
+  });
+  afterAll(async () => db.close());
+
+  it.each(CASES.filter(([, res]) => res.resourceType !== 'Patient').map(([name, res, visible]) => [name, visible ? 'visible' : 'hidden', res, visible] as const))('%s → %s', async (_name, _word, resource, visible) => {
+    expect(scope.canSee(resource as never)).toBe(visible);
+    await store.update(String(resource.resourceType), String(resource.id), resource as never);
+    const filter = scope.filter(String(resource.resourceType));
+    const pinned = filter === null ? [] : await store.search(String(resource.resourceType), { $and: [{ _id: { $in: [resource.id] } }, filter] });
+    expect(pinned.map((x) => x.id)).toEqual(visible ? [resource.id] : []);
+  });
+
+  it('Patients: a read, a search and a count agree', async () => {
+    // Patients are their own members, so each case is judged on its own in a fresh store.
+    for (const [name, resource, visible] of CASES.filter(([, res]) => res.resourceType === 'Patient')) {
+      const one = new SqliteDatabase(undefined);
+      const s = new ResourceStore(one, registry);
+      await s.update('Patient', String(resource.id), resource as never);
+      const filter = scope.filter('Patient') ?? {};
+      expect({ name, canSee: scope.canSee(resource as never), found: (await s.count('Patient', filter)) === 1 }).toEqual({ name, canSee: visible, found: visible });
+      await one.close();
+    }
+  });
+
+  it('a search of each whole type finds exactly the visible cases, so totals count only them', async () => {
+    for (const [type] of byType) {
+      if (type === 'Patient') continue;
+      const filter = scope.filter(type);
+      const found = filter === null ? [] : (await store.search(type, filter)).map((x) => x.id).sort();
+      const expected = CASES.filter(([, res, visible]) => res.resourceType === type && visible).map(([, res]) => res.id).sort();
+      expect({ type, found }).toEqual({ type, found: expected });
+      expect({ type, total: filter === null ? 0 : await store.count(type, filter) }).toEqual({ type, total: expected.length });
+    }
+  });
+
+  it('a Group reaches a partner with only the members it may see, its own result Groups whole', () => {
+    const [, mixed] = CASES.find(([name]) => name === 'Group of m1 and m2') as Case;
+    const shown = scope.view(mixed as never) as any;
+    expect(shown.member).toEqual([{ entity: p('m1') }]);
+    expect(shown.quantity).toBe(1);
+    expect(shown.meta.security).toContainEqual({ system: 'http://terminology.hl7.org/CodeSystem/v3-ObservationValue', code: 'REDACTED' });
+    expect((mixed as any).member).toHaveLength(2); // the stored resource is untouched
+    const [, own] = CASES.find(([name]) => name === 'its own result Group listing m2') as Case;
+    expect(scope.view(own as never)).toBe(own);
+  });
+
+  it('narrowed to one member, a scope sees nothing of the others', async () => {
+    const m1Only = scope.only(['m1']);
+    expect(m1Only.canSee(cond('m3') as never)).toBe(false);
+    expect(m1Only.canSee(cond('m1') as never)).toBe(true);
+    const group = r('Group', { type: 'person', actual: true, member: [{ entity: p('m1') }, { entity: p('m3') }] });
+    expect((m1Only.view(group as never) as any).member).toEqual([{ entity: p('m1') }]);
+    const none = await new AccessPolicy(grantStore({}), compartment).scopeFor({ clientId: 'partner', role: 'partner' });
+    expect(none.filter('Observation')).toBeNull();
+    expect(none.canSee(obs({ subject: p('m1') }) as never)).toBe(false);
+  });
+
+  it('the search tokens and the predicate come from one list', () => {
+    for (const token of SENSITIVE_SECURITY_TOKENS) {
+      const [system, code] = token.split('|');
+      expect({ token, sensitive: isSensitive({ resourceType: 'Basic', meta: { security: [{ ...(system ? { system } : {}), code }] } } as Resource) }).toEqual({ token, sensitive: true });
+    }
+  });
+});
+
+describe('consent policies by their canonical URL', () => {
+  const HREX = 'http://hl7.org/fhir/us/davinci-hrex/StructureDefinition-hrex-consent.html';
+  const now = new Date('2026-06-01T00:00:00Z');
+  const consent = (...uris: string[]) => ({ resourceType: 'Consent', status: 'active', policy: uris.map((uri) => ({ uri })) }) as never;
+
+  it.each([
+    [`${HREX}#regular`, 'regular'],
+    [`${HREX}#sensitive`, 'sensitive'],
+    ['https://evil.example/anything#sensitive', undefined],
+    ['https://hl7.org/fhir/us/davinci-hrex/StructureDefinition-hrex-consent.html#sensitive', undefined],
+    [`${HREX}#sensitive?x`, undefined],
+    ['hrex-consent.html#sensitive', undefined],
+    ['#regular', undefined],
+    [`${HREX.toUpperCase()}#REGULAR`, undefined],
+  ])('%s → %s', (uri, policy) => {
+    const judged = consentPolicy(consent(uri), now);
+    expect(judged).toEqual(policy ? { policy } : { problem: expect.any(String) });
+  });
+
+  it('a requester sends the canonical URL for a shorthand, and another policy as given (for the source to refuse)', () => {
+    const sent = (uri: string) => (withCanonicalPolicy(consent(uri)) as any).policy;
+    expect(sent('hrex-consent.html#sensitive')).toEqual([{ uri: `${HREX}#sensitive` }]);
+    expect(sent('StructureDefinition-hrex-consent.html#regular')).toEqual([{ uri: `${HREX}#regular` }]);
+    expect(sent('#regular')).toEqual([{ uri: `${HREX}#regular` }]);
+    expect(sent(`${HREX}#regular`)).toEqual([{ uri: `${HREX}#regular` }]);
+    expect(sent('https://evil.example/hrex-consent.html#sensitive')).toEqual([{ uri: 'https://evil.example/hrex-consent.html#sensitive' }]);
+    expect(consentPolicy(withCanonicalPolicy(consent('hrex-consent.html#sensitive')), now)).toEqual({ policy: 'sensitive' });
+  });
+});
+
+describe('grants follow their Consent', () => {
+  it('a Consent moved to another patient revokes its grant; a changed policy applies', async () => {
+    const db = new SqliteDatabase(undefined);
+    const grants = new GrantStore(db);
+    const given = { resourceType: 'Consent', id: 'c1', status: 'active', scope: { text: 'x' }, category: [{ text: 'x' }], patient: p('m1'), policy: [{ uri: 'http://hl7.org/fhir/us/davinci-hrex/StructureDefinition-hrex-consent.html#regular' }] } as any;
+    await grants.grant('partner', 'm1', given);
+    await grants.consentChanged('c1', { ...given, policy: [{ uri: 'http://hl7.org/fhir/us/davinci-hrex/StructureDefinition-hrex-consent.html#sensitive' }] });
+    expect([...(await grants.activeFor('partner'))]).toEqual([['m1', 'sensitive']]);
+    await grants.consentChanged('c1', { ...given, patient: p('m2') });
+    expect([...(await grants.activeFor('partner'))]).toEqual([]);
+    // Moving it back grants nothing again: only a new match does.
+    await grants.consentChanged('c1', given);
+    expect([...(await grants.activeFor('partner'))]).toEqual([]);
+    await db.close();
+  });
+});
