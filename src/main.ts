@@ -130,6 +130,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
         retries: config.remoteRetries,
         baseRetryDelayMs: config.remoteRetryBaseMs,
         maxRetryDelayMs: config.remoteRetryMaxMs,
+        maxJsonBytes: config.remoteMaxJsonBytes,
         logger,
       });
       remoteClients.set(payer.issuer, client);
@@ -178,6 +179,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
     groupExporter: new GroupExporter({ limits: exchangeLimits, pollMinMs: config.pollMinMs, pollMaxMs: config.pollMaxMs, logger }),
     workDir: exchangeDir,
     timeoutMs: config.exchangeTimeoutSeconds * 1000,
+    limits: exchangeLimits,
     logger,
   }).run);
   runner.register<ExchangeJobData>(EXCHANGE_JOB, exchanges.run, async (job, reason) => {

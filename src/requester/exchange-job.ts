@@ -21,6 +21,7 @@ import type { AuditLog } from '../audit/audit-log';
 import { classify, ExchangeFailed, LimitReached } from './exchange-errors';
 import { NdjsonError } from './ndjson';
 import { findMember } from './member-lookup';
+import { redactKnown, termsOf } from './source-text';
 
 export const EXCHANGE_JOB = 'p2p-exchange';
 
@@ -322,7 +323,7 @@ export class ExchangeJobHandler {
   }
 
   /** Ends the exchange as failed or cancelled: nothing it imported stays, and the Task says why. */
-  private async end(job: JobDoc<ExchangeJobData>, remote: RemotePayer | undefined, outcome: 'failed' | 'cancelled', reason: string) {
+  private async end(job: JobDoc<ExchangeJobData>, remote: RemotePayer | undefined, outcome: 'failed' | 'cancelled', reason: string, logReason = reason) {
     const data = job.data;
     if (data.exportStarted && remote) await remote.cancel(data.exportStarted.statusUrl).catch(() => undefined);
     const removed = await this.d.journal.rollback(data.taskId);
@@ -334,7 +335,7 @@ export class ExchangeJobHandler {
         : { status: 'failed' as const, step: 'failed' as const, statusReason: reason, note: `Failed: ${reason}${undone}` };
     await this.d.tracker.change(data.taskId, change).catch((e) => (e instanceof TaskCancelled ? undefined : Promise.reject(e)));
     const files = data.downloads?.files.length ?? 0;
-    this.d.logger.info('exchange ended', { task: data.taskId, issuer: data.issuer, outcome, reason: outcome === 'failed' ? reason : undefined, files, counts: data.imports?.counts ?? {}, removed });
+    this.d.logger.info('exchange ended', { task: data.taskId, issuer: data.issuer, outcome, reason: outcome === 'failed' ? logReason : undefined, files, counts: data.imports?.counts ?? {}, removed });
     await this.d.audit?.record({ kind: 'exchange', action: 'C', outcome: 'failure', patients: [data.localPatientId], what: [`Task/${data.taskId}`], description: `exchange from ${data.issuer} ${outcome}${removed ? `; ${removed} imported resource(s) removed` : ''}` });
     await this.cleanup(job);
   }
@@ -348,17 +349,21 @@ export class ExchangeJobHandler {
       return;
     }
     const verdict = classify(err);
+    // A source may echo what it was sent: while the exchange still holds the member's demographics, none of them reaches the Task or the log.
+    const known = termsOf(data.memberMatch?.parameter);
+    verdict.reason = redactKnown(verdict.reason, known);
+    verdict.logReason = redactKnown(verdict.logReason, known);
     if (verdict.kind === 'transient' && Date.now() < this.deadline(data) && ctx.job.attempts < this.d.maxAttempts) {
       const hinted = err instanceof RemoteError ? parseRetryAfter(err.retryAfter) : undefined;
       const delay = Math.min(this.d.pollMaxMs, Math.max(this.d.pollMinMs, hinted ?? 1000 * 2 ** Math.min(ctx.job.attempts, 6)));
       this.d.logger.warn('exchange will retry', { task: data.taskId, status: verdict.status });
       const what = verdict.status ? `HTTP ${verdict.status}` : 'network error';
       await this.d.tracker.change(data.taskId, { detail: `waiting for the source: ${what}, retrying`, note: `The source payer is unavailable (${what}); retrying in ${Math.round(delay / 1000)} s` }).catch(() => undefined);
-      throw new RetryLater(delay, verdict.reason);
+      throw new RetryLater(delay, verdict.logReason);
     }
-    const reason = verdict.kind === 'transient' ? `${verdict.reason} (gave up after ${ctx.job.attempts} attempts)` : verdict.reason;
+    const gaveUp = verdict.kind === 'transient' ? ` (gave up after ${ctx.job.attempts} attempts)` : '';
     if (verdict.kind === 'failed' && !verdict.expected) this.d.logger.error('exchange failed', { task: data.taskId, error: (err as Error)?.message, stack: (err as Error)?.stack });
-    await this.end(ctx.job, remote, 'failed', reason);
+    await this.end(ctx.job, remote, 'failed', `${verdict.reason}${gaveUp}`, `${verdict.logReason}${gaveUp}`);
     await ctx.checkpoint({ memberMatch: NO_MEMBER_DATA });
   }
 
