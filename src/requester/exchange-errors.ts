@@ -1,8 +1,14 @@
 import { RemoteError } from './remote-payer-client';
 import { NdjsonError } from './ndjson';
 
-/** The exchange cannot succeed: it fails with this message as the Task's statusReason. */
-export class ExchangeFailed extends Error {}
+/** The exchange cannot succeed: it fails with this message as the Task's statusReason; `logText` (the message unless given) is what the log says. */
+export class ExchangeFailed extends Error {
+  readonly logText: string;
+  constructor(message: string, logText?: string) {
+    super(message);
+    this.logText = logText ?? message;
+  }
+}
 
 /** Data from the source that this server refuses to store (another person's record, a reference to a local patient…). */
 export class ImportRefused extends ExchangeFailed {}
@@ -20,6 +26,7 @@ export type Classified = { kind: 'transient'; reason: string; logReason: string;
  */
 export function classify(err: unknown): Classified {
   if (err instanceof RemoteError) return err.transient ? { kind: 'transient', reason: err.message, logReason: err.logText, status: err.status } : { kind: 'failed', reason: err.message, logReason: err.logText, expected: true };
-  if (err instanceof ExchangeFailed || err instanceof NdjsonError) return { kind: 'failed', reason: err.message, logReason: err.message, expected: true };
+  if (err instanceof ExchangeFailed) return { kind: 'failed', reason: err.message, logReason: err.logText, expected: true };
+  if (err instanceof NdjsonError) return { kind: 'failed', reason: err.message, logReason: err.message, expected: true };
   return { kind: 'failed', reason: 'internal error', logReason: 'internal error', expected: false };
 }

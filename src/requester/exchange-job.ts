@@ -155,7 +155,7 @@ export class ExchangeJobHandler {
     try {
       answer = await remote.memberMatch(data.memberMatch);
     } catch (err) {
-      if (err instanceof RemoteError && err.status === 422) throw new ExchangeFailed(`The source payer found no unique match: ${err.message.replace(/^.*?: /, '')}`);
+      if (err instanceof RemoteError && err.status === 422) throw new ExchangeFailed(`The source payer found no unique match: ${err.message.replace(/^.*?: /, '')}`, `The source payer found no unique match: ${err.logText}`);
       throw err;
     }
     const matched: Matched = { memberId: answer.memberId ?? (await findMember(remote, answer.identifier as Identifier)), identifier: answer.identifier };
@@ -194,7 +194,7 @@ export class ExchangeJobHandler {
         return manifest;
       }
       if (status.progress && status.progress !== data.exportStarted?.lastProgress) {
-        await this.d.tracker.change(data.taskId, { step: 'exporting', detail: status.progress });
+        await this.d.tracker.change(data.taskId, { step: 'exporting', detail: redactKnown(status.progress, await this.memberTerms(data)) });
         await ctx.checkpoint({ exportStarted: { statusUrl, lastProgress: status.progress } });
       }
       const wait = Math.min(this.d.pollMaxMs, Math.max(this.d.pollMinMs, status.retryAfterMs ?? this.d.pollMinMs));
@@ -304,7 +304,7 @@ export class ExchangeJobHandler {
       { type: { text: 'Provenance' }, valueReference: { reference: `Provenance/${provenance.id}` } },
       ...(data.manifest?.transactionTime ? [{ type: { text: 'transactionTime' }, valueInstant: data.manifest.transactionTime }] : []),
       ...archived.map((r) => ({ type: { text: 'received-file' }, valueReference: r })),
-      ...(data.downloads?.sourceErrors ?? []).map((e) => ({ type: { text: 'source-error' }, valueString: e })),
+      ...(await this.redacted(data, data.downloads?.sourceErrors ?? [])).map((e) => ({ type: { text: 'source-error' }, valueString: e })),
     ];
     const total = Object.values(counts).reduce((a, b) => a + b, 0);
     await this.d.tracker.change(data.taskId, { status: 'completed', step: 'completed', note: `Imported ${total} resources`, output });
@@ -314,6 +314,23 @@ export class ExchangeJobHandler {
     if (data.exportStarted) await remote.cancel(data.exportStarted.statusUrl);
     await this.cleanup(ctx.job);
     await ctx.checkpoint({ memberMatch: NO_MEMBER_DATA });
+  }
+
+  /**
+   * What the exchange knows of the member, to keep out of whatever the source writes back: the
+   * submitted demographics and identifiers while it still holds them, and the local Patient's
+   * names, birth date, identifiers, telecom and address (source-text.ts `redactKnown`).
+   */
+  private async memberTerms(data: ExchangeJobData): Promise<string[]> {
+    const local = (await this.d.store.readIfExists('Patient', data.localPatientId).catch(() => undefined)) as Record<string, unknown> | undefined;
+    const { name, birthDate, identifier, telecom, address } = local ?? {};
+    return [...termsOf(data.memberMatch?.parameter), ...termsOf({ name, birthDate, identifier, telecom, address })];
+  }
+
+  private async redacted(data: ExchangeJobData, texts: string[]): Promise<string[]> {
+    if (texts.length === 0) return texts;
+    const known = await this.memberTerms(data);
+    return texts.map((t) => redactKnown(t, known));
   }
 
   /** The exchange is over: drop its work files, free the member's lock, and forget the member's demographics. */
@@ -349,8 +366,8 @@ export class ExchangeJobHandler {
       return;
     }
     const verdict = classify(err);
-    // A source may echo what it was sent: while the exchange still holds the member's demographics, none of them reaches the Task or the log.
-    const known = termsOf(data.memberMatch?.parameter);
+    // A source may echo what it was sent, or what it holds of the member: none of the member's demographics reaches the Task or the log.
+    const known = await this.memberTerms(data);
     verdict.reason = redactKnown(verdict.reason, known);
     verdict.logReason = redactKnown(verdict.logReason, known);
     if (verdict.kind === 'transient' && Date.now() < this.deadline(data) && ctx.job.attempts < this.d.maxAttempts) {

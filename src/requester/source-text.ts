@@ -71,7 +71,7 @@ export function termsOf(value: unknown, out: string[] = [], depth = 0): string[]
   } else if (Array.isArray(value)) for (const v of value) termsOf(v, out, depth + 1);
   else if (value && typeof value === 'object') {
     for (const [k, v] of Object.entries(value)) {
-      if (['resourceType', 'system', 'url', 'use', 'status', 'code', 'gender'].includes(k) || (k === 'name' && typeof v === 'string')) continue;
+      if (['resourceType', 'system', 'url', 'use', 'status', 'code', 'gender', 'state', 'country', 'type'].includes(k) || (k === 'name' && typeof v === 'string')) continue;
       termsOf(v, out, depth + 1);
     }
   }
