@@ -175,6 +175,40 @@ describe('a source payer whose JSON answers are gzip bombs', () => {
   });
 });
 
+describe('a source payer whose JSON answer trickles', () => {
+  it('is bounded in time as a whole (REMOTE_TIMEOUT_MS), not only between bytes: the exchange ends at its deadline', async () => {
+    const fake = await startFakeSource();
+    const { privateJwk } = await generateClientKeys();
+    // One byte every 100 ms never trips an idle timeout of 1 s: only a bound on the whole answer ends it.
+    const requester = await startRequester({ tokenUrl: '', fhirBaseUrl: fake.base, client: { clientId: 'us', privateJwk } }, { pollMinMs: 20, pollMaxMs: 200, remoteTimeoutMs: 1000, remoteRetries: 0, exchangeTimeoutSeconds: 5 });
+    const answers: http.ServerResponse[] = [];
+    fake.raw = (p, _req, res) => {
+      if (p !== '/fhir/status') return false;
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.write('{"output":[');
+      const t = setInterval(() => res.write(' '), 100);
+      res.on('close', () => clearInterval(t));
+      answers.push(res);
+      return true;
+    };
+    try {
+      const local = await createLocalPatient(requester, member);
+      const res = await fhir('POST', `${requester.baseUrl}/Patient/$sdh.s2s.invoke-export`, invokeBody(local, member, { issuer: 'https://source-payer.example.com' }));
+      const task = await waitForTask(requester, res.body.id, undefined, 40_000);
+      expect(task.status).toBe('failed');
+      expect(task.statusReason.text).toMatch(/export status failed: the source did not finish its answer within 1000 ms|did not finish within 5 s/);
+      expect(task.note.map((n: any) => n.text).join('\n')).toMatch(/The source payer is unavailable \(network error\); retrying/);
+      // Every trickling answer was given up on, none is still open.
+      expect(answers.length).toBeGreaterThan(0);
+      await new Promise((r) => setTimeout(r, 200));
+      expect(answers.every((a) => a.destroyed || a.writableEnded || a.closed)).toBe(true);
+    } finally {
+      await requester.stop();
+      await fake.close();
+    }
+  });
+});
+
 const RESULT = 'http://hl7.org/fhir/us/davinci-pdex/CodeSystem/PdexMultiMemberMatchResultCS';
 const bulkMembers = [
   { patientId: 'm1', memberId: 'MEM-1', family: 'Bulky', given: 'Ann', birthDate: '1971-01-01', gender: 'female' },
