@@ -149,5 +149,5 @@ export function sourceErrorOf(outcome: Record<string, unknown>): string {
   const issue = Array.isArray(outcome.issue) ? (outcome.issue[0] as { code?: unknown; diagnostics?: unknown; details?: { text?: unknown } } | undefined) : undefined;
   const text = issue?.diagnostics ?? issue?.details?.text;
   const code = fhirCode(issue?.code);
-  return text === undefined ? (code ?? 'unspecified error') : `${code ? `${code}: ` : ''}${sourceText(text, 300)}`;
+  return text === undefined ? (code ?? 'unspecified error') : sourceText(text, 300);
 }

@@ -163,7 +163,7 @@ describe('a source payer whose JSON answers are gzip bombs', () => {
     expect(task.status).toBe('completed');
     const errors = task.output.filter((o: any) => o.type.text === 'source-error').map((o: any) => o.valueString);
     expect(errors).toHaveLength(1);
-    expect(errors[0]).toMatch(/^processing: img src=x onerror=alert\(1\) Patient \[redacted\], \[redacted\] \(\[redacted\]\) was not exported$/);
+    expect(errors[0]).toMatch(/^img src=x onerror=alert\(1\) Patient \[redacted\], \[redacted\] \(\[redacted\]\) was not exported$/);
     // Every version of the Task, the notes and progress shown on the way included.
     const history = (await fhir('GET', `${requester.baseUrl}/Task/${task.id}/_history`)).body;
     expect(history.entry.length).toBeGreaterThan(3);
