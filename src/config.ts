@@ -45,6 +45,8 @@ export interface AppConfig {
   remoteRetries: number;
   remoteRetryBaseMs: number;
   remoteRetryMaxMs: number;
+  /** Bytes one JSON answer of a source payer may hold once decompressed (token, discovery, CapabilityStatement, $member-match, status/manifest, search); files have the exchange's limits. */
+  remoteMaxJsonBytes: number;
   /** The longest NDJSON line accepted from a source payer. */
   maxLineLength: number;
   /** Received files up to this size are archived inline (as a Binary); larger ones by hash only. */
@@ -160,6 +162,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, cwd = process.c
     remoteRetries: int(env.REMOTE_RETRIES, 'REMOTE_RETRIES', 5, 0, 20),
     remoteRetryBaseMs: int(env.REMOTE_RETRY_BASE_MS, 'REMOTE_RETRY_BASE_MS', 500, 1),
     remoteRetryMaxMs: int(env.REMOTE_RETRY_MAX_MS, 'REMOTE_RETRY_MAX_MS', 30_000, 1),
+    remoteMaxJsonBytes: int(env.REMOTE_MAX_JSON_BYTES, 'REMOTE_MAX_JSON_BYTES', 4 * 1024 * 1024, 1024),
     maxLineLength: int(env.MAX_NDJSON_LINE_BYTES, 'MAX_NDJSON_LINE_BYTES', 5 * 1024 * 1024, 1024),
     binaryInlineLimitBytes: int(env.BINARY_INLINE_LIMIT_BYTES, 'BINARY_INLINE_LIMIT_BYTES', 8 * 1024 * 1024, 0),
     exchangeMaxFileBytes: int(env.EXCHANGE_MAX_FILE_BYTES, 'EXCHANGE_MAX_FILE_BYTES', 1024 * 1024 * 1024, 1024),

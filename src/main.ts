@@ -131,6 +131,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
         retries: config.remoteRetries,
         baseRetryDelayMs: config.remoteRetryBaseMs,
         maxRetryDelayMs: config.remoteRetryMaxMs,
+        maxJsonBytes: config.remoteMaxJsonBytes,
         logger,
       });
       remoteClients.set(payer.issuer, client);
@@ -180,6 +181,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
     groupExporter: new GroupExporter({ limits: exchangeLimits, pollMinMs: config.pollMinMs, pollMaxMs: config.pollMaxMs, logger, localBaseUrl: baseUrl }),
     workDir: exchangeDir,
     timeoutMs: config.exchangeTimeoutSeconds * 1000,
+    limits: exchangeLimits,
     logger,
   }).run);
   runner.register<ExchangeJobData>(EXCHANGE_JOB, exchanges.run, async (job, reason) => {

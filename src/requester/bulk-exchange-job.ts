@@ -5,14 +5,17 @@ import { ResourceStore } from '../store/resource-store';
 import type { Logger } from '../logger';
 import { patientIdOf } from '../fhir/reference';
 import { isTaskEnded, TaskCancelled, TaskTracker } from './task-tracker';
-import type { RemotePayer } from './remote-payer-client';
-import { readResources } from './ndjson';
-import { CheckedManifest, DEFAULT_TYPES, ExchangeJobData, NO_MEMBER_DATA } from './exchange-job';
+import { AnswerTooLarge, logTextOf, RemotePayer } from './remote-payer-client';
+import { NdjsonError, readResources } from './ndjson';
+import { CheckedManifest, DEFAULT_TYPES, ExchangeJobData, ExchangeLimits, NO_MEMBER_DATA } from './exchange-job';
+import { limited } from './downloader';
+import { LimitReached } from './exchange-errors';
+import { redactKnown, termsOf } from './source-text';
 import { GroupExporter, GroupExportResult } from './group-export';
 import fs from 'node:fs';
 import path from 'node:path';
 
-/** How long the parent waits for the source's $bulk-member-match before matching member by member. */
+/** How long the parent waits for the source's $bulk-member-match before matching member by member (and never past the exchange's deadline). */
 const BULK_MATCH_TIMEOUT_MS = 10 * 60_000;
 
 export const BULK_EXCHANGE_JOB = 'p2p-bulk-exchange';
@@ -47,8 +50,10 @@ export interface BulkExchangeDeps {
   groupExporter: GroupExporter;
   /** The exchanges' work folder: each child's is `{workDir}/{child}`. */
   workDir: string;
-  /** How long the group's export may take. */
+  /** How long the whole exchange may take from the request (EXCHANGE_TIMEOUT_SECONDS): the match, the group's export and every member's import. */
   timeoutMs: number;
+  /** The limits on what the exchange takes from the source: the match result files are read under them too. */
+  limits: ExchangeLimits;
   logger: Logger;
 }
 
@@ -86,8 +91,9 @@ export class BulkExchangeJob {
   private async dispatch(ctx: JobContext<BulkExchangeJobData>): Promise<void> {
     const { children, issuer, parentId } = ctx.job.data;
     const remote = issuer ? this.d.remoteFor(issuer) : undefined;
+    const deadline = await this.deadline(children);
     const ops = remote && remote.payer.bulkMemberMatch !== false && remote.groupOperations ? await remote.groupOperations() : new Set<string>();
-    const match = ctx.job.data.match ?? (ops.has('bulk-member-match') && remote ? await this.bulkMatch(ctx, remote) : undefined);
+    const match = ctx.job.data.match ?? (ops.has('bulk-member-match') && remote ? await this.bulkMatch(ctx, remote, deadline) : undefined);
     const outcomes = new Map(match?.outcomes ?? []);
     const matched = new Map([...outcomes].flatMap(([child, o]) => ('memberId' in o ? [[o.memberId, child] as [string, string]] : [])));
     let received: GroupExportResult | undefined;
@@ -102,7 +108,7 @@ export class BulkExchangeJob {
           members: matched,
           workDir: this.d.workDir,
           groupDir: path.join(this.d.workDir, parentId),
-          deadline: Date.now() + this.d.timeoutMs,
+          deadline,
           signal: ctx.signal,
           statusUrl: ctx.job.data.groupExport?.statusUrl,
           started: (statusUrl) => ctx.checkpoint({ groupExport: { statusUrl } }),
@@ -117,7 +123,7 @@ export class BulkExchangeJob {
         if (ctx.signal.aborted) throw ctx.signal.reason;
         const reason = (err as Error).message;
         if (!(err instanceof TaskCancelled)) {
-          this.logger.warn("the group's $davinci-data-export failed; exporting member by member", { task: parentId, issuer, error: reason });
+          this.logger.warn("the group's $davinci-data-export failed; exporting member by member", { task: parentId, issuer, error: logTextOf(err) });
           await this.tracker.change(parentId, { note: `The group's $davinci-data-export failed (${reason}); each member is exported on its own` }).catch(() => undefined);
         }
         if (ctx.job.data.groupExport && remote) await remote.cancel(ctx.job.data.groupExport.statusUrl);
@@ -150,40 +156,52 @@ export class BulkExchangeJob {
     await ctx.checkpoint({ dispatched: true });
   }
 
-  /** Matches every member with the source's `$bulk-member-match`; undefined (each member then matches itself) if that fails. */
-  private async bulkMatch(ctx: JobContext<BulkExchangeJobData>, remote: RemotePayer): Promise<BulkMatch | undefined> {
+  /** The exchange's deadline: EXCHANGE_TIMEOUT_SECONDS from the request (when the children were made). */
+  private async deadline(children: string[]): Promise<number> {
+    let startedAt = Date.now();
+    for (const id of children) {
+      const at = (await this.d.runner.get<ExchangeJobData>(id))?.data.startedAt;
+      if (typeof at === 'number' && at < startedAt) startedAt = at;
+    }
+    return startedAt + this.d.timeoutMs;
+  }
+
+  /**
+   * Matches every member with the source's `$bulk-member-match`; undefined (each member then matches
+   * itself) if that fails. The result files are read like export files: within the exchange's
+   * limits on bytes, idle time, deadline and line length, line by line, keeping of each Group only
+   * each member's outcome. A source that breaks one of those limits (or sends a JSON answer over
+   * REMOTE_MAX_JSON_BYTES) is not asked again member by member: every member fails, saying which.
+   */
+  private async bulkMatch(ctx: JobContext<BulkExchangeJobData>, remote: RemotePayer, exchangeDeadline: number): Promise<BulkMatch | undefined> {
     const { children, issuer, parentId } = ctx.job.data;
     if (!remote.bulkMemberMatch) return undefined;
+    let statusUrl: string | undefined;
+    const inputs: { id: string; patient?: Patient; parts: ParametersParameter[] }[] = [];
     try {
-      const inputs: { id: string; patient?: Patient; parts: ParametersParameter[] }[] = [];
       for (const id of children) {
         const job = await this.d.runner.get<ExchangeJobData>(id);
         const parts = job?.data.memberMatch?.parameter ?? [];
         if (parts.length) inputs.push({ id, patient: parts.find((p) => p.name === 'MemberPatient')?.resource as Patient, parts });
       }
-      const statusUrl = await remote.bulkMemberMatch(inputs.map((i) => ({ name: 'MemberBundle', part: i.parts })));
-      const deadline = Date.now() + BULK_MATCH_TIMEOUT_MS;
+      statusUrl = await remote.bulkMemberMatch(inputs.map((i) => ({ name: 'MemberBundle', part: i.parts })));
+      const deadline = Math.min(exchangeDeadline, Date.now() + BULK_MATCH_TIMEOUT_MS);
+      const late = () => new LimitReached(`the source did not finish $bulk-member-match within the exchange's ${Math.round(this.d.timeoutMs / 1000)} s`);
       let status = await remote.status(statusUrl);
       while (!status.done) {
-        if (Date.now() > deadline) throw new Error('the source did not finish $bulk-member-match in time');
-        await sleep(Math.min(5000, Math.max(200, status.retryAfterMs ?? 1000)), ctx.signal);
+        if (Date.now() > deadline) throw late();
+        await sleep(Math.min(5000, Math.max(200, status.retryAfterMs ?? 1000), Math.max(0, deadline - Date.now()) + 1), ctx.signal);
         status = await remote.status(statusUrl);
       }
-      const groups: Group[] = [];
-      for (const o of status.manifest.output.filter((x) => x.type === 'Group')) {
-        if (!remote.mayDownload(o.url)) continue;
-        for await (const { resource } of readResources(await remote.download(o.url, status.manifest.requiresAccessToken !== false, ctx.signal), { expectedType: 'Group', maxLineLength: 64 << 20, label: 'the result Groups' })) groups.push(resource as unknown as Group);
-      }
-      await remote.cancel(statusUrl);
       const outcomes = new Map<string, MatchOutcome>();
       let groupId: string | undefined;
       const byDemographics = new Map(inputs.map((i) => [demographics(i.patient), i.id]));
-      for (const g of groups) {
+      const take = (g: Group) => {
         const code = g.characteristic?.flatMap((c) => c.code?.coding ?? []).find((c) => c.system === RESULT_SYSTEM)?.code;
         if (code === 'match' && typeof g.id === 'string' && /^[A-Za-z0-9\-.]{1,64}$/.test(g.id)) groupId = g.id;
-        const contained = new Map((g.contained ?? []).map((c) => [`#${c.id}`, c as Patient]));
-        for (const m of g.member ?? []) {
-          const pointer = code === 'match' ? m.entity.extension?.find((e) => e.valueReference)?.valueReference?.reference : m.entity.reference;
+        const contained = new Map((Array.isArray(g.contained) ? g.contained : []).map((c) => [`#${c?.id}`, c as Patient]));
+        for (const m of Array.isArray(g.member) ? g.member : []) {
+          const pointer = code === 'match' ? m?.entity?.extension?.find((e) => e.valueReference)?.valueReference?.reference : m?.entity?.reference;
           const child = byDemographics.get(demographics(contained.get(pointer ?? '')));
           if (!child || outcomes.has(child)) continue;
           const memberId = patientIdOf(m.entity.reference);
@@ -191,15 +209,38 @@ export class BulkExchangeJob {
           else if (code === 'nomatch') outcomes.set(child, { failed: 'The source payer found no unique match ($bulk-member-match)' });
           else if (code === 'consentconstraint') outcomes.set(child, { failed: "The source payer cannot honour the member's consent ($bulk-member-match)" });
         }
+      };
+      const label = 'the $bulk-member-match result file';
+      let bytes = 0;
+      for (const o of status.manifest.output.filter((x) => x?.type === 'Group')) {
+        if (typeof o.url !== 'string' || !remote.mayDownload(o.url)) continue;
+        if (Date.now() > deadline) throw late();
+        const limits = { ...this.d.limits, remainingBytes: this.d.limits.maxExchangeBytes - bytes, deadline };
+        const stream = limited(await remote.download(o.url, status.manifest.requiresAccessToken !== false, ctx.signal), label, limits);
+        for await (const { resource, raw } of readResources(stream, { expectedType: 'Group', maxLineLength: this.d.limits.maxLineLength, label })) {
+          bytes += Buffer.byteLength(raw) + 1;
+          take(resource as unknown as Group);
+        }
       }
+      await remote.cancel(statusUrl);
       this.logger.info('bulk member match', { task: parentId, issuer, members: inputs.length, matched: [...outcomes.values()].filter((o) => 'memberId' in o).length });
       const match: BulkMatch = { outcomes: [...outcomes], groupId };
       await ctx.checkpoint({ match });
       return match;
     } catch (err) {
       if (ctx.signal.aborted) throw ctx.signal.reason;
-      this.logger.warn('$bulk-member-match failed; matching member by member', { task: parentId, issuer, error: (err as Error).message });
-      return undefined;
+      const overLimit = err instanceof LimitReached || err instanceof AnswerTooLarge || (err instanceof NdjsonError && /longer than/.test(err.message));
+      if (statusUrl && overLimit) await remote.cancel(statusUrl);
+      const known = inputs.flatMap((i) => termsOf(i.parts));
+      if (!overLimit) {
+        this.logger.warn('$bulk-member-match failed; matching member by member', { task: parentId, issuer, error: redactKnown(logTextOf(err), known) });
+        return undefined;
+      }
+      const reason = `The source payer's $bulk-member-match went over a limit: ${redactKnown((err as Error).message, known)}`;
+      this.logger.warn('$bulk-member-match went over a limit; every member fails', { task: parentId, issuer, error: redactKnown(logTextOf(err), known) });
+      const match: BulkMatch = { outcomes: inputs.map((i) => [i.id, { failed: reason }]) };
+      await ctx.checkpoint({ match });
+      return match;
     }
   }
 

@@ -6,6 +6,7 @@ import { readResources } from './ndjson';
 import { ExchangeFailed, LimitReached } from './exchange-errors';
 import { validateResource } from '../fhir/validator';
 import { FhirError } from '../fhir/outcome';
+import { fhirCode, sourceText } from './source-text';
 
 export interface DownloadLimits {
   /** Bytes one file may hold. */
@@ -137,12 +138,16 @@ export function validateReceived(resource: Record<string, unknown>, expectedType
   try {
     validateResource(resource, expectedType);
   } catch (err) {
-    if (err instanceof FhirError) throw new ExchangeFailed(`${label} line ${line} is not valid FHIR R4: ${err.message}`);
+    // The validator's message names the source's elements: made safe like any of its text.
+    if (err instanceof FhirError) throw new ExchangeFailed(`${label} line ${line} is not valid FHIR R4: ${sourceText(err.message, 200)}`);
     throw err;
   }
 }
 
-/** What an OperationOutcome of the source's error files says, kept short. */
+/** What an OperationOutcome of the source's error files says, short and made safe (source-text.ts): the Task's `source-error` outputs. */
 export function sourceErrorOf(outcome: Record<string, unknown>): string {
-  return String((outcome.issue as { diagnostics?: string }[] | undefined)?.[0]?.diagnostics ?? 'unspecified error').slice(0, 500);
+  const issue = Array.isArray(outcome.issue) ? (outcome.issue[0] as { code?: unknown; diagnostics?: unknown; details?: { text?: unknown } } | undefined) : undefined;
+  const text = issue?.diagnostics ?? issue?.details?.text;
+  const code = fhirCode(issue?.code);
+  return text === undefined ? (code ?? 'unspecified error') : sourceText(text, 300);
 }

@@ -22,6 +22,7 @@ import { classify, ExchangeFailed, LimitReached } from './exchange-errors';
 import { NdjsonError } from './ndjson';
 import { findMember } from './member-lookup';
 import type { MemberDigest } from './member-demographics';
+import { redactKnown, termsOf } from './source-text';
 
 export const EXCHANGE_JOB = 'p2p-exchange';
 
@@ -167,7 +168,7 @@ export class ExchangeJobHandler {
     try {
       answer = await remote.memberMatch(data.memberMatch);
     } catch (err) {
-      if (err instanceof RemoteError && err.status === 422) throw new ExchangeFailed(`The source payer found no unique match: ${err.message.replace(/^.*?: /, '')}`);
+      if (err instanceof RemoteError && err.status === 422) throw new ExchangeFailed(`The source payer found no unique match: ${err.message.replace(/^.*?: /, '')}`, `The source payer found no unique match: ${err.logText}`);
       throw err;
     }
     const matched: Matched = { memberId: answer.memberId ?? (await findMember(remote, answer.identifier as Identifier)), identifier: answer.identifier };
@@ -206,7 +207,7 @@ export class ExchangeJobHandler {
         return manifest;
       }
       if (status.progress && status.progress !== data.exportStarted?.lastProgress) {
-        await this.d.tracker.change(data.taskId, { step: 'exporting', detail: status.progress });
+        await this.d.tracker.change(data.taskId, { step: 'exporting', detail: redactKnown(status.progress, await this.memberTerms(data)) });
         await ctx.checkpoint({ exportStarted: { statusUrl, lastProgress: status.progress } });
       }
       const wait = Math.min(this.d.pollMaxMs, Math.max(this.d.pollMinMs, status.retryAfterMs ?? this.d.pollMinMs));
@@ -316,7 +317,7 @@ export class ExchangeJobHandler {
       { type: { text: 'Provenance' }, valueReference: { reference: `Provenance/${provenance.id}` } },
       ...(data.manifest?.transactionTime ? [{ type: { text: 'transactionTime' }, valueInstant: data.manifest.transactionTime }] : []),
       ...archived.map((r) => ({ type: { text: 'received-file' }, valueReference: r })),
-      ...(data.downloads?.sourceErrors ?? []).map((e) => ({ type: { text: 'source-error' }, valueString: e })),
+      ...(await this.redacted(data, data.downloads?.sourceErrors ?? [])).map((e) => ({ type: { text: 'source-error' }, valueString: e })),
     ];
     const total = Object.values(counts).reduce((a, b) => a + b, 0);
     // Every Patient the source may send is the member's (any other fails the exchange), and it was compared with the submitted demographics.
@@ -331,6 +332,23 @@ export class ExchangeJobHandler {
     await ctx.checkpoint({ memberMatch: NO_MEMBER_DATA });
   }
 
+  /**
+   * What the exchange knows of the member, to keep out of whatever the source writes back: the
+   * submitted demographics and identifiers while it still holds them, and the local Patient's
+   * names, birth date, identifiers, telecom and address (source-text.ts `redactKnown`).
+   */
+  private async memberTerms(data: ExchangeJobData): Promise<string[]> {
+    const local = (await this.d.store.readIfExists('Patient', data.localPatientId).catch(() => undefined)) as Record<string, unknown> | undefined;
+    const { name, birthDate, identifier, telecom, address } = local ?? {};
+    return [...termsOf(data.memberMatch?.parameter), ...termsOf({ name, birthDate, identifier, telecom, address })];
+  }
+
+  private async redacted(data: ExchangeJobData, texts: string[]): Promise<string[]> {
+    if (texts.length === 0) return texts;
+    const known = await this.memberTerms(data);
+    return texts.map((t) => redactKnown(t, known));
+  }
+
   /** The exchange is over: drop its work files, free the member's lock, and forget the member's demographics. */
   private async cleanup(job: JobDoc<ExchangeJobData>) {
     await fs.promises.rm(path.join(this.d.workDir, job.data.taskId), { recursive: true, force: true });
@@ -338,7 +356,7 @@ export class ExchangeJobHandler {
   }
 
   /** Ends the exchange as failed or cancelled: nothing it imported stays, and the Task says why. */
-  private async end(job: JobDoc<ExchangeJobData>, remote: RemotePayer | undefined, outcome: 'failed' | 'cancelled', reason: string) {
+  private async end(job: JobDoc<ExchangeJobData>, remote: RemotePayer | undefined, outcome: 'failed' | 'cancelled', reason: string, logReason = reason) {
     const data = job.data;
     if (data.exportStarted && remote) await remote.cancel(data.exportStarted.statusUrl).catch(() => undefined);
     const removed = await this.d.journal.rollback(data.taskId);
@@ -350,7 +368,7 @@ export class ExchangeJobHandler {
         : { status: 'failed' as const, step: 'failed' as const, statusReason: reason, note: `Failed: ${reason}${undone}` };
     await this.d.tracker.change(data.taskId, change).catch((e) => (e instanceof TaskCancelled ? undefined : Promise.reject(e)));
     const files = data.downloads?.files.length ?? 0;
-    this.d.logger.info('exchange ended', { task: data.taskId, issuer: data.issuer, outcome, reason: outcome === 'failed' ? reason : undefined, files, counts: data.imports?.counts ?? {}, removed });
+    this.d.logger.info('exchange ended', { task: data.taskId, issuer: data.issuer, outcome, reason: outcome === 'failed' ? logReason : undefined, files, counts: data.imports?.counts ?? {}, removed });
     await this.d.audit?.record({ kind: 'exchange', action: 'C', outcome: 'failure', patients: [data.localPatientId], what: [`Task/${data.taskId}`], description: `exchange from ${data.issuer} ${outcome}${removed ? `; ${removed} imported resource(s) removed` : ''}` });
     await this.cleanup(job);
   }
@@ -364,17 +382,21 @@ export class ExchangeJobHandler {
       return;
     }
     const verdict = classify(err);
+    // A source may echo what it was sent, or what it holds of the member: none of the member's demographics reaches the Task or the log.
+    const known = await this.memberTerms(data);
+    verdict.reason = redactKnown(verdict.reason, known);
+    verdict.logReason = redactKnown(verdict.logReason, known);
     if (verdict.kind === 'transient' && Date.now() < this.deadline(data) && ctx.job.attempts < this.d.maxAttempts) {
       const hinted = err instanceof RemoteError ? parseRetryAfter(err.retryAfter) : undefined;
       const delay = Math.min(this.d.pollMaxMs, Math.max(this.d.pollMinMs, hinted ?? 1000 * 2 ** Math.min(ctx.job.attempts, 6)));
       this.d.logger.warn('exchange will retry', { task: data.taskId, status: verdict.status });
       const what = verdict.status ? `HTTP ${verdict.status}` : 'network error';
       await this.d.tracker.change(data.taskId, { detail: `waiting for the source: ${what}, retrying`, note: `The source payer is unavailable (${what}); retrying in ${Math.round(delay / 1000)} s` }).catch(() => undefined);
-      throw new RetryLater(delay, verdict.reason);
+      throw new RetryLater(delay, verdict.logReason);
     }
-    const reason = verdict.kind === 'transient' ? `${verdict.reason} (gave up after ${ctx.job.attempts} attempts)` : verdict.reason;
+    const gaveUp = verdict.kind === 'transient' ? ` (gave up after ${ctx.job.attempts} attempts)` : '';
     if (verdict.kind === 'failed' && !verdict.expected) this.d.logger.error('exchange failed', { task: data.taskId, error: (err as Error)?.message, stack: (err as Error)?.stack });
-    await this.end(ctx.job, remote, 'failed', reason);
+    await this.end(ctx.job, remote, 'failed', `${verdict.reason}${gaveUp}`, `${verdict.logReason}${gaveUp}`);
     await ctx.checkpoint({ memberMatch: NO_MEMBER_DATA });
   }
 

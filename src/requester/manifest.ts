@@ -2,6 +2,7 @@ import { isServedType, SERVER_WRITTEN_TYPES } from '../fhir/resource-types';
 import { isFhirResourceType } from '../fhir/validator';
 import { ExchangeFailed, LimitReached } from './exchange-errors';
 import type { BulkManifest, RemotePayer } from './remote-payer-client';
+import { plainText } from './source-text';
 
 /** A manifest, checked: every type a FHIR type, every URL on the source's origin (or its fileOrigins). */
 export interface CheckedManifest {
@@ -56,7 +57,7 @@ export function checkManifest(remote: RemotePayer, manifest: BulkManifest, limit
   const checked: CheckedManifest = { requiresAccessToken: manifest.requiresAccessToken !== false, files: [], skipped: {} };
   if (typeof manifest.transactionTime === 'string' && !Number.isNaN(Date.parse(manifest.transactionTime))) checked.transactionTime = new Date(manifest.transactionTime).toISOString();
   for (const e of entries) {
-    if (!e || typeof e !== 'object' || !isFhirResourceType(e.type)) throw new ExchangeFailed(`The manifest names a file type that is not a FHIR resource type: ${JSON.stringify(String(e?.type)).slice(0, 80)}`);
+    if (!e || typeof e !== 'object' || !isFhirResourceType(e.type)) throw new ExchangeFailed(`The manifest names a file type that is not a FHIR resource type: ${JSON.stringify(plainText(e?.type, 60))}`);
     if (typeof e.url !== 'string' || !remote.mayDownload(e.url)) throw new ExchangeFailed(`Refused to download ${e.type} from ${safeOrigin(e.url)}: not the source payer's origin or one of its fileOrigins`);
     const count = typeof e.count === 'number' && Number.isInteger(e.count) && e.count >= 0 ? e.count : undefined;
     if (e.kind === 'output' && (!isServedType(e.type) || SERVER_WRITTEN_TYPES.includes(e.type))) {

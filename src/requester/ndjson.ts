@@ -35,7 +35,7 @@ export async function* readResources(stream: Readable, opts: { expectedType?: st
       if (nestsDeeperThan(resource)) throw new NdjsonError(`${opts.label} line ${n} nests deeper than ${MAX_JSON_DEPTH} levels`);
       const r = resource as { resourceType?: unknown; id?: unknown };
       if (!r || typeof r !== 'object' || typeof r.resourceType !== 'string') throw new NdjsonError(`${opts.label} line ${n} is not a FHIR resource`);
-      if (opts.expectedType && r.resourceType !== opts.expectedType) throw new NdjsonError(`${opts.label} line ${n} is a ${r.resourceType}, expected ${opts.expectedType}`);
+      if (opts.expectedType && r.resourceType !== opts.expectedType) throw new NdjsonError(`${opts.label} line ${n} is ${/^[A-Z][A-Za-z]{0,63}$/.test(r.resourceType) ? `a ${r.resourceType}` : 'not a FHIR resource type'}, expected ${opts.expectedType}`);
       if (r.id !== undefined && (typeof r.id !== 'string' || !/^[A-Za-z0-9\-.]{1,64}$/.test(r.id))) throw new NdjsonError(`${opts.label} line ${n} has an invalid id`);
       yield { line: n, resource: resource as { resourceType: string; id?: string } & Record<string, unknown>, raw };
     }

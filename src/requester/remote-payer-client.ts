@@ -7,14 +7,34 @@ import { SourcePayer } from './source-payers';
 import { signClientAssertion } from './client-assertion';
 import type { Logger } from '../logger';
 import { davinciExportParameters } from '../fhir/pdex';
+import { fhirCode, plainText, sourceText } from './source-text';
 
-/** A failure talking to the source payer. `transient` ones are worth trying again later. */
+/**
+ * A failure talking to the source payer. `transient` ones are worth trying again later. The message
+ * may carry the source's own text, made safe for a Task (source-text.ts); `logText` never does (what
+ * was asked, the HTTP status, the issue code): it is what log lines carry.
+ */
 export class RemoteError extends Error {
-  constructor(message: string, readonly status: number | undefined, readonly transient: boolean, readonly outcome?: OperationOutcome, readonly retryAfter?: string) {
+  readonly logText: string;
+  constructor(message: string, readonly status: number | undefined, readonly transient: boolean, readonly outcome?: OperationOutcome, readonly retryAfter?: string, logText?: string) {
     super(message);
     this.name = 'RemoteError';
+    this.logText = logText ?? message;
   }
 }
+
+/** An answer larger than the limit on a source's JSON answers: not worth asking again. */
+export class AnswerTooLarge extends RemoteError {}
+
+/** What a log line may say of an error from a source: never the source's free text. */
+export function logTextOf(err: unknown): string {
+  if (err instanceof RemoteError) return err.logText;
+  const message = (err as Error)?.message;
+  return typeof message === 'string' ? plainText(message, 300) : 'unknown error';
+}
+
+/** The default limit on one JSON answer from a source (token, discovery, CapabilityStatement, $member-match, status, search), counted after decompression. */
+export const DEFAULT_MAX_JSON_BYTES = 4 * 1024 * 1024;
 
 export interface RemoteClientOptions {
   timeoutMs: number;
@@ -22,6 +42,8 @@ export interface RemoteClientOptions {
   baseRetryDelayMs: number;
   maxRetryDelayMs: number;
   logger: Logger;
+  /** Bytes one JSON answer may hold once decompressed (DEFAULT_MAX_JSON_BYTES when unset); files are bounded by the exchange's download limits instead. */
+  maxJsonBytes?: number;
 }
 
 export interface BulkManifest {
@@ -100,7 +122,7 @@ export class TokenProvider {
   private cached?: { token: string; renewAt: number };
   private endpoint?: string;
 
-  constructor(private readonly payer: SourcePayer, private readonly http: AxiosInstance, private readonly retries = 0) {
+  constructor(private readonly payer: SourcePayer, private readonly http: AxiosInstance, private readonly retries = 0, private readonly maxJsonBytes = DEFAULT_MAX_JSON_BYTES) {
     this.endpoint = payer.tokenEndpoint;
   }
 
@@ -124,7 +146,7 @@ export class TokenProvider {
     try {
       res = await this.http.post(tokenUrl, form.toString(), { headers });
     } catch (err) {
-      throw toRemoteError(err, 'token request');
+      throw toRemoteError(err, 'token request', this.maxJsonBytes);
     }
     const { access_token: token, expires_in: expiresIn } = res.data ?? {};
     if (typeof token !== 'string') throw new RemoteError('the token endpoint answered without an access_token', res.status, false);
@@ -139,7 +161,7 @@ export class TokenProvider {
     try {
       res = await this.http.get(`${this.payer.fhirBaseUrl}/.well-known/smart-configuration`, { headers: { accept: 'application/json' }, ...retryable(this.retries) });
     } catch (err) {
-      throw toRemoteError(err, 'SMART discovery');
+      throw toRemoteError(err, 'SMART discovery', this.maxJsonBytes);
     }
     const endpoint = res.data?.token_endpoint;
     if (typeof endpoint !== 'string') throw new RemoteError('smart-configuration has no token_endpoint', res.status, false);
@@ -158,16 +180,32 @@ export class TokenProvider {
   }
 }
 
-function toRemoteError(err: unknown, what: string): RemoteError {
+/** Marks the signals that bound a JSON answer's time (set per attempt, see RemotePayerClient). */
+const answerDeadlines = new WeakSet<AbortSignal>();
+
+function toRemoteError(err: unknown, what: string, maxJsonBytes = DEFAULT_MAX_JSON_BYTES): RemoteError {
   if (err instanceof RemoteError) return err;
   const e = err as AxiosError;
+  if (!e.response && /^maxContentLength size of \d+ exceeded$/.test(String(e.message))) {
+    return new AnswerTooLarge(`${what} failed: the source's answer is larger than the limit of ${maxJsonBytes} bytes (REMOTE_MAX_JSON_BYTES)`, undefined, false);
+  }
+  const signal = e.config?.signal as AbortSignal | undefined;
+  if (!e.response && signal && answerDeadlines.has(signal) && signal.aborted) {
+    return new RemoteError(`${what} failed: the source did not finish its answer within ${e.config?.timeout ?? '?'} ms`, undefined, true);
+  }
   const status = e.response?.status;
-  const data = e.response?.data as { resourceType?: string; issue?: { diagnostics?: string; details?: { text?: string } }[]; error_description?: string } | undefined;
-  const outcome = data?.resourceType === 'OperationOutcome' ? (data as OperationOutcome) : undefined;
-  const detail = outcome?.issue?.[0]?.diagnostics ?? outcome?.issue?.[0]?.details?.text ?? data?.error_description ?? e.message;
+  const data = e.response?.data as { resourceType?: string; issue?: { code?: unknown; diagnostics?: unknown; details?: { text?: unknown } }[]; error?: unknown; error_description?: unknown } | undefined;
+  const outcome = data && typeof data === 'object' && data.resourceType === 'OperationOutcome' ? (data as OperationOutcome) : undefined;
+  const issue = Array.isArray(data?.issue) ? data?.issue[0] : undefined;
+  // The source's own words, made safe (source-text.ts); an answer that is not JSON (an HTML error page) is not quoted.
+  const detail = outcome ? (issue?.diagnostics ?? issue?.details?.text) : data && typeof data === 'object' ? (data.error_description ?? data.error) : undefined;
   const transient = status === undefined || status === 429 || status >= 500;
   const retryAfter = e.response?.headers?.['retry-after'];
-  return new RemoteError(`${what} failed${status ? ` (HTTP ${status})` : ''}: ${String(detail).slice(0, 300)}`, status, transient, outcome, typeof retryAfter === 'string' ? retryAfter : undefined);
+  const code = fhirCode(issue?.code) ?? fhirCode(data && typeof data === 'object' ? data.error : undefined);
+  const head = `${what} failed${status ? ` (HTTP ${status}${code ? `, ${code}` : ''})` : ''}`;
+  // Without an answer, axios's own message (a network error: ECONNREFUSED, timeout…) says what happened.
+  const message = status === undefined ? `${head}: ${sourceText(e.code ?? e.message, 100)}` : detail !== undefined ? `${head}: ${sourceText(detail, 200)}` : head;
+  return new RemoteError(message, status, transient, outcome, typeof retryAfter === 'string' ? retryAfter : undefined, status === undefined ? message : head);
 }
 
 /**
@@ -180,10 +218,22 @@ export class RemotePayerClient implements RemotePayer {
   private readonly http: AxiosInstance;
   readonly tokens: TokenProvider;
   private readonly origin: string;
+  private readonly maxJsonBytes: number;
 
   constructor(readonly payer: SourcePayer, private readonly opts: RemoteClientOptions) {
     this.origin = new URL(payer.fhirBaseUrl).origin;
-    this.http = axios.create({ timeout: opts.timeoutMs, maxRedirects: 0, decompress: true });
+    this.maxJsonBytes = opts.maxJsonBytes ?? DEFAULT_MAX_JSON_BYTES;
+    // Every answer read whole (JSON) is bounded in bytes once decompressed, so a gzip bomb stops at
+    // the limit (axios counts the inflated bytes as they arrive and aborts), and in time as a whole:
+    // `timeout` alone is an idle timeout, which an answer trickling a byte at a time never trips.
+    // Files (`responseType: 'stream'`) are bounded by the exchange's download limits instead.
+    this.http = axios.create({ timeout: opts.timeoutMs, maxRedirects: 0, decompress: true, maxContentLength: this.maxJsonBytes });
+    this.http.interceptors.request.use((config) => {
+      if (config.responseType === 'stream' || (config.signal && !answerDeadlines.has(config.signal as AbortSignal))) return config;
+      const deadline = AbortSignal.timeout(opts.timeoutMs);
+      answerDeadlines.add(deadline);
+      return { ...config, signal: deadline };
+    });
     // The one in-request retry policy: idempotent GETs only. POSTs ($member-match, token) and the
     // export kick-off are never re-sent here; the exchange job decides about them, with backoff.
     axiosRetry(this.http, {
@@ -199,7 +249,7 @@ export class RemotePayerClient implements RemotePayer {
         opts.logger.warn('retrying source payer request', { issuer: payer.issuer, attempt: n, status: err.response?.status, code: err.code });
       },
     });
-    this.tokens = new TokenProvider(payer, this.http, opts.retries);
+    this.tokens = new TokenProvider(payer, this.http, opts.retries, this.maxJsonBytes);
   }
 
   /** Whether a URL is on the source payer's own origin (the status URL must be; only it gets the token). */
@@ -250,7 +300,7 @@ export class RemotePayerClient implements RemotePayer {
           this.tokens.invalidate();
           continue;
         }
-        throw toRemoteError(err, what);
+        throw toRemoteError(err, what, this.maxJsonBytes);
       }
     }
   }
@@ -310,7 +360,7 @@ export class RemotePayerClient implements RemotePayer {
   private statusLocation(res: AxiosResponse, what: string): string {
     const location = res.headers['content-location'] as string | undefined;
     if (res.status !== 202 || !location) throw new RemoteError(`${what} answered ${res.status} without a Content-Location`, res.status, false);
-    if (!this.ownsUrl(location)) throw new RemoteError(`${what}: the status URL ${originOf(location) ?? location.slice(0, 80)} is not on the source payer's origin`, res.status, false);
+    if (!this.ownsUrl(location)) throw new RemoteError(`${what}: the status URL ${originOf(location) ?? sourceText(location, 80)} is not on the source payer's origin`, res.status, false);
     return location;
   }
 
@@ -334,7 +384,8 @@ export class RemotePayerClient implements RemotePayer {
   async status(statusUrl: string): Promise<ExportStatus> {
     const res = await this.request<BulkManifest>({ method: 'GET', url: statusUrl, headers: { accept: 'application/json' }, ...retryable(this.opts.retries) }, 'export status');
     if (res.status === 202) {
-      return { done: false, progress: res.headers['x-progress'] as string | undefined, retryAfterMs: parseRetryAfter(res.headers['retry-after'] as string | undefined) };
+      const progress = res.headers['x-progress'];
+      return { done: false, progress: typeof progress === 'string' && progress.trim() ? sourceText(progress, 100) : undefined, retryAfterMs: parseRetryAfter(res.headers['retry-after'] as string | undefined) };
     }
     const manifest = res.data;
     if (!manifest || !Array.isArray(manifest.output)) throw new RemoteError('export status answered 200 without a manifest', res.status, false);
@@ -343,7 +394,8 @@ export class RemotePayerClient implements RemotePayer {
 
   /** Streams one file; the token goes along only when the manifest requires it, and only to the source's own origin. */
   async download(url: string, requiresAccessToken: boolean, signal?: AbortSignal): Promise<Readable> {
-    const res = await this.request<Readable>({ method: 'GET', url, responseType: 'stream', headers: { accept: 'application/fhir+ndjson' }, signal, ...retryable(this.opts.retries) }, 'download', { withToken: requiresAccessToken, files: true });
+    // No cap on the stream here: the caller reads it through the exchange's limits (downloader.ts `limited`), counted after decompression.
+    const res = await this.request<Readable>({ method: 'GET', url, responseType: 'stream', maxContentLength: -1, headers: { accept: 'application/fhir+ndjson' }, signal, ...retryable(this.opts.retries) }, 'download', { withToken: requiresAccessToken, files: true });
     return res.data;
   }
 
@@ -352,7 +404,7 @@ export class RemotePayerClient implements RemotePayer {
     try {
       await this.request({ method: 'DELETE', url: statusUrl }, 'export delete');
     } catch (err) {
-      this.opts.logger.warn('could not delete the export at the source', { issuer: this.payer.issuer, error: (err as Error).message });
+      this.opts.logger.warn('could not delete the export at the source', { issuer: this.payer.issuer, error: logTextOf(err) });
     }
   }
 }

@@ -2,6 +2,7 @@ import { isDeepStrictEqual } from 'node:util';
 import type { Resource, Task, TaskOutput } from 'fhir/r4';
 import { ResourceStore } from '../store/resource-store';
 import { conflict, FhirError, unprocessable } from '../fhir/outcome';
+import { plainText } from './source-text';
 
 export const DATA_REQUEST_CODE = { coding: [{ system: 'http://hl7.org/fhir/us/davinci-hrex/CodeSystem/hrex-temp', code: 'data-request' }] };
 /** Marks the Tasks the exchange manages, so they can be searched apart from other Tasks (`_tag=`). */
@@ -55,6 +56,8 @@ export class TaskTracker {
       const time = this.now().toISOString();
       const next: Task = { ...task, lastModified: time };
       if (change.status) next.status = change.status;
+      // The last line of defence for a source's text (source-text.ts): whatever a Task says is plain, bounded text.
+      change = { ...change, ...(change.detail ? { detail: plainText(change.detail, 300) } : {}), ...(change.note ? { note: plainText(change.note, 1000) } : {}), ...(change.statusReason ? { statusReason: plainText(change.statusReason, 1000) } : {}) };
       const step = change.step ?? (change.detail ? task.businessStatus?.coding?.find((c) => c.system === STEP_SYSTEM)?.code : undefined);
       if (step) {
         const text = change.detail ? `${step}: ${change.detail}` : step;

@@ -27,6 +27,8 @@ export interface FakeSource {
   /** Operations declared on Group in /metadata (none: /metadata is 404). */
   groupOperations?: string[];
   file?: (name: string, res: http.ServerResponse) => boolean;
+  /** Answers any request itself (the token, a status URL…) when it returns true; asked before every route. */
+  raw?: (path: string, req: http.IncomingMessage, res: http.ServerResponse) => boolean;
   close(): Promise<void>;
 }
 
@@ -64,6 +66,7 @@ export async function startFakeSource(): Promise<FakeSource> {
     fake.log.push(`${req.method} ${url.pathname}`);
     fake.auth[url.pathname] = req.headers.authorization;
     const p = url.pathname;
+    if (fake.raw?.(p, req, res)) return;
     if (p === '/fhir/.well-known/smart-configuration') return json(res, 200, fake.smartConfiguration?.() ?? { token_endpoint: `${origin}/token` });
     if (p === '/token') return json(res, 200, { access_token: 'fake-token', token_type: 'bearer', expires_in: 300 });
     if (p === '/fhir/Patient/$member-match') {
