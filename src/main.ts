@@ -35,6 +35,7 @@ import { checkClientTaskWrite, TaskTracker } from './requester/task-tracker';
 import { EXCHANGE_JOB, ExchangeJobData, ExchangeJobHandler } from './requester/exchange-job';
 import { ImportJournal } from './requester/import-journal';
 import { RecordChecker } from './requester/record-checker';
+import { BodyChecker } from './fhir/body-checker';
 import { InvokeExportService } from './requester/invoke-export';
 import { BULK_EXCHANGE_JOB, BulkExchangeJob } from './requester/bulk-exchange-job';
 import { GroupExporter } from './requester/group-export';
@@ -65,6 +66,7 @@ export interface RunningServer {
   db: Database;
   store: ResourceStore;
   runner: JobRunner;
+  bodyChecker: BodyChecker;
   stop(): Promise<void>;
 }
 
@@ -75,7 +77,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
   const payers = SourcePayerRegistry.fromFile(config.sourcePayersFile);
   const db = await openDatabase({ mongodbUri: config.mongodbUri, mongodbDb: config.mongodbDb, dataDir: config.dataDir });
   const registry = new SearchRegistry(RESOURCE_TYPES);
-  const store = new ResourceStore(db, registry);
+  const store = new ResourceStore(db, registry, undefined, { perParameter: config.indexMaxValuesPerParam, perResource: config.indexMaxValues });
   const compartment = new PatientCompartment(registry, RESOURCE_TYPES);
   const audit = new AuditLog(store, logger, config.requestingPayerName);
   const grants = new GrantStore(db);
@@ -148,7 +150,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
     maxLineLength: config.maxLineLength,
   };
   const exchangeDir = path.join(config.dataDir, 'exchanges');
-  const checker = new RecordChecker();
+  const checker = new RecordChecker(undefined, config.largeBodyBytes, store.indexLimits);
   const exchanges = new ExchangeJobHandler({
     store,
     tracker,
@@ -185,8 +187,10 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
     await runner.update(job._id, { 'data.memberMatch': { resourceType: 'Parameters', parameter: [] } });
   });
 
+  const bodyChecker = new BodyChecker(store.indexLimits);
   const app = buildApp({
     config,
+    bodyChecker,
     logger,
     version: VERSION,
     services,
@@ -269,6 +273,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
     db,
     store,
     runner,
+    bodyChecker,
     async stop() {
       if (stopped) return;
       stopped = true;
@@ -276,6 +281,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
       if (runOffs) clearInterval(runOffs);
       await runner.stop();
       await checker.close();
+      await bodyChecker.close();
       await new Promise<void>((resolve) => {
         server.close(() => resolve());
         server.closeAllConnections();
