@@ -64,9 +64,10 @@ export interface AppConfig {
   bulkMatchMaxFailures: number;
   bulkMatchWindowSeconds: number;
   memberMatchWindowSeconds: number;
-  /** Search-index values one resource may have, per search parameter and in all; a write or import over them is refused. */
+  /** Search-index values one resource may have, per search parameter and in all, and characters of indexed text in all; a write or import over them is refused. */
   indexMaxValuesPerParam: number;
   indexMaxValues: number;
+  indexMaxTextChars: number;
   /** Request bodies (and received NDJSON files) larger than this are parsed and checked on a worker thread. */
   largeBodyBytes: number;
 }
@@ -163,6 +164,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, cwd = process.c
     memberMatchWindowSeconds: int(env.MEMBER_MATCH_WINDOW_SECONDS, 'MEMBER_MATCH_WINDOW_SECONDS', 900, 1),
     indexMaxValuesPerParam: int(env.INDEX_MAX_VALUES_PER_PARAM, 'INDEX_MAX_VALUES_PER_PARAM', 10_000, 1),
     indexMaxValues: int(env.INDEX_MAX_VALUES, 'INDEX_MAX_VALUES', 50_000, 1),
+    indexMaxTextChars: int(env.INDEX_MAX_TEXT_CHARS, 'INDEX_MAX_TEXT_CHARS', 1024 * 1024, 1),
     largeBodyBytes: int(env.LARGE_BODY_BYTES, 'LARGE_BODY_BYTES', 256 * 1024, 1024),
   };
   validateConfig(config);
