@@ -20,6 +20,7 @@ import { badRequest } from './fhir/outcome';
 import { MAX_JSON_DEPTH, nestsDeeperThan } from './fhir/json-limits';
 import { methodNotAllowed, requireAcceptableAnswer, requireReadableBody } from './fhir/negotiation';
 import { series } from './fhir/routing';
+import { BodyChecker, parseFailed } from './fhir/body-checker';
 
 export const FHIR_PATH = '/4_0_1';
 
@@ -53,6 +54,8 @@ export interface AppParts {
   /** Every operation served (here or in `fhirRoutes`), as the CapabilityStatement advertises them. */
   servedOperations: () => ServedOperation[];
   tokenEndpoint?: () => string;
+  /** Where large request bodies are checked (off this thread); without it every body is parsed here. */
+  bodyChecker?: BodyChecker;
 }
 
 /** Rejects JSON that tries to reach an object's prototype. */
@@ -147,11 +150,43 @@ function corsHeaders(options: cors.CorsOptions): RequestHandler {
 /**
  * A body as JSON (FHIR's media types) or a form, nested no deeper than MAX_JSON_DEPTH. A request
  * without a body (most of them: reads, searches) skips the parsers, with `{}` as they would leave it.
+ * A JSON body that is large (over `large.bytes`), or whose size is not announced, is read as bytes:
+ * a large one is checked on the body checker's thread (JSON, no prototype keys, depth, search-index
+ * limits) before it is parsed here, so a hostile body never holds this thread (see BodyChecker).
  */
-function bodyParsers(limit: string | number): RequestHandler {
+function bodyParsers(limit: string | number, large?: { bytes: number; checker: BodyChecker }): RequestHandler {
   const jsonTypes = ['application/json', 'application/fhir+json', 'application/json+fhir', 'application/json-patch+json'];
   const json = express.json({ type: jsonTypes, limit, strict: false, reviver: noProtoReviver });
+  const raw = express.raw({ type: jsonTypes, limit });
   const form = express.urlencoded({ extended: false, limit: '1mb' });
+  const decoder = new TextDecoder('utf-8');
+  const depthChecked = (body: unknown) => (nestsDeeperThan(body) ? badRequest(`The body nests deeper than ${MAX_JSON_DEPTH} levels`) : undefined);
+  /** The bytes of a JSON body (read by `raw`) as body-parser's JSON parser would leave them; large ones checked on the worker first. */
+  const parseBytes = (req: express.Request, next: (err?: unknown) => void) => {
+    const bytes = req.body as unknown;
+    if (!Buffer.isBuffer(bytes)) return next();
+    const charset = (req.headers['content-type'] ?? '').match(/;\s*charset\s*=\s*"?([^";\s]+)/i)?.[1]?.toLowerCase();
+    if (charset && charset !== 'utf-8' && charset !== 'utf8') {
+      return next(Object.assign(new Error(`unsupported charset "${charset.toUpperCase()}"`), { status: 415, type: 'charset.unsupported', charset }));
+    }
+    if (bytes.length === 0) {
+      req.body = {};
+      return next();
+    }
+    if (large && bytes.length > large.bytes) {
+      return void large.checker.check(bytes).then(() => {
+        // Checked on the worker (prototype keys and depth included): only parsed here.
+        req.body = JSON.parse(decoder.decode(bytes));
+        next();
+      }, next);
+    }
+    try {
+      req.body = JSON.parse(decoder.decode(bytes), noProtoReviver);
+    } catch (err) {
+      return next(parseFailed((err as Error).message));
+    }
+    next(depthChecked(req.body));
+  };
   return (req, res, next) => {
     if (!hasBody(req)) {
       req.body = {};
@@ -159,9 +194,12 @@ function bodyParsers(limit: string | number): RequestHandler {
       req.resume();
       return next();
     }
-    json(req, res, (err?: unknown) => {
+    const length = req.headers['content-length'];
+    const small = !large || (length !== undefined && Number(length) <= large.bytes);
+    const first: RequestHandler = small ? json : (rq, rs, nx) => raw(rq, rs, (err?: unknown) => (err ? nx(err) : parseBytes(rq, nx)));
+    first(req, res, (err?: unknown) => {
       if (err) return next(err);
-      form(req, res, (err2?: unknown) => next(err2 ?? (nestsDeeperThan(req.body) ? badRequest(`The body nests deeper than ${MAX_JSON_DEPTH} levels`) : undefined)));
+      form(req, res, (err2?: unknown) => next(err2 ?? (small ? depthChecked(req.body) : undefined)));
     });
   };
 }
@@ -270,7 +308,7 @@ export function buildApp(parts: AppParts): Express {
       }),
       exactBase(FHIR_PATH, parts.rootPaths ?? []),
       compressWhereAccepted,
-      bodyParsers(config.bodyLimit),
+      bodyParsers(config.bodyLimit, parts.bodyChecker && { bytes: config.largeBodyBytes, checker: parts.bodyChecker }),
       underBase(requireAcceptableAnswer),
       underBase(requireReadableBody),
     ),

@@ -73,6 +73,12 @@ export interface AppConfig {
   trustProxy?: number | string;
   /** The system this payer issues member ids under: when set, a CoverageToMatch identifier must carry it. */
   memberIdSystem?: string;
+  /** Search-index values one resource may have, per search parameter and in all, and characters of indexed text in all; a write or import over them is refused. */
+  indexMaxValuesPerParam: number;
+  indexMaxValues: number;
+  indexMaxTextChars: number;
+  /** Request bodies (and received NDJSON files) larger than this are parsed and checked on a worker thread. */
+  largeBodyBytes: number;
 }
 
 export class ConfigError extends Error {}
@@ -179,6 +185,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, cwd = process.c
     tokenRefusalWindowSeconds: int(env.TOKEN_REFUSAL_WINDOW_SECONDS, 'TOKEN_REFUSAL_WINDOW_SECONDS', 60, 1, 86_400),
     trustProxy: trustProxy(env.TRUST_PROXY),
     memberIdSystem: env.MEMBER_ID_SYSTEM?.trim() || undefined,
+    indexMaxValuesPerParam: int(env.INDEX_MAX_VALUES_PER_PARAM, 'INDEX_MAX_VALUES_PER_PARAM', 10_000, 1),
+    indexMaxValues: int(env.INDEX_MAX_VALUES, 'INDEX_MAX_VALUES', 50_000, 1),
+    indexMaxTextChars: int(env.INDEX_MAX_TEXT_CHARS, 'INDEX_MAX_TEXT_CHARS', 1024 * 1024, 1),
+    largeBodyBytes: int(env.LARGE_BODY_BYTES, 'LARGE_BODY_BYTES', 256 * 1024, 1024),
   };
   validateConfig(config);
   return config;

@@ -36,6 +36,7 @@ import { checkClientTaskWrite, TaskTracker } from './requester/task-tracker';
 import { EXCHANGE_JOB, ExchangeJobData, ExchangeJobHandler } from './requester/exchange-job';
 import { ImportJournal } from './requester/import-journal';
 import { RecordChecker } from './requester/record-checker';
+import { BodyChecker } from './fhir/body-checker';
 import { InvokeExportService } from './requester/invoke-export';
 import { BULK_EXCHANGE_JOB, BulkExchangeJob } from './requester/bulk-exchange-job';
 import { GroupExporter } from './requester/group-export';
@@ -66,6 +67,7 @@ export interface RunningServer {
   db: Database;
   store: ResourceStore;
   runner: JobRunner;
+  bodyChecker: BodyChecker;
   stop(): Promise<void>;
 }
 
@@ -76,7 +78,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
   const payers = SourcePayerRegistry.fromFile(config.sourcePayersFile);
   const db = await openDatabase({ mongodbUri: config.mongodbUri, mongodbDb: config.mongodbDb, dataDir: config.dataDir });
   const registry = new SearchRegistry(RESOURCE_TYPES);
-  const store = new ResourceStore(db, registry);
+  const store = new ResourceStore(db, registry, undefined, { perParameter: config.indexMaxValuesPerParam, perResource: config.indexMaxValues, textPerResource: config.indexMaxTextChars });
   const compartment = new PatientCompartment(registry, RESOURCE_TYPES);
   const audit = new AuditLog(store, logger, config.requestingPayerName);
   // What partners read is disclosed data: every read path (read, vread, history, search, $everything) tells this hook, which names the members.
@@ -150,7 +152,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
     maxLineLength: config.maxLineLength,
   };
   const exchangeDir = path.join(config.dataDir, 'exchanges');
-  const checker = new RecordChecker();
+  const checker = new RecordChecker(undefined, config.largeBodyBytes, store.indexLimits);
   const exchanges = new ExchangeJobHandler({
     store,
     tracker,
@@ -189,8 +191,10 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
     await runner.update(job._id, { 'data.memberMatch': { resourceType: 'Parameters', parameter: [] } });
   });
 
+  const bodyChecker = new BodyChecker(store.indexLimits);
   const app = buildApp({
     config,
+    bodyChecker,
     logger,
     version: VERSION,
     services,
@@ -273,6 +277,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
     db,
     store,
     runner,
+    bodyChecker,
     async stop() {
       if (stopped) return;
       stopped = true;
@@ -280,6 +285,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
       if (runOffs) clearInterval(runOffs);
       await runner.stop();
       await checker.close();
+      await bodyChecker.close();
       await new Promise<void>((resolve) => {
         server.close(() => resolve());
         server.closeAllConnections();

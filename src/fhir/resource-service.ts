@@ -14,6 +14,7 @@ import { parseHistoryQuery, visibleHistory } from './history-query';
 import { INTERNAL_PREFIX, internalMarkers, sameInternalMarkers } from './internal-markers';
 import { AccessPolicy, AccessScope } from '../access/access-policy';
 import type { DisclosureInteraction } from '../audit/audit-log';
+import { MAX_JSON_DEPTH, nestsDeeperThan } from './json-limits';
 
 export interface ResourceServiceDeps {
   store: ResourceStore;
@@ -38,6 +39,41 @@ interface CoreArgs {
 }
 interface CoreContext {
   req: Request;
+}
+
+/** At most this many operations in one JSON Patch. */
+export const MAX_PATCH_OPERATIONS = 1000;
+const PATCH_OPS = new Set(['add', 'remove', 'replace', 'move', 'copy', 'test']);
+/** Path segments no FHIR element has, which reach an object's prototype in JavaScript. */
+const PROTOTYPE_SEGMENTS = new Set(['__proto__', 'constructor', 'prototype']);
+
+/** A JSON Pointer's segments (RFC 6901), or undefined if it is not one. */
+function pointerSegments(pointer: unknown): string[] | undefined {
+  if (typeof pointer !== 'string' || (pointer !== '' && !pointer.startsWith('/'))) return undefined;
+  return pointer === '' ? [] : pointer.slice(1).split('/').map((s) => s.replace(/~1/g, '/').replace(/~0/g, '~'));
+}
+
+/**
+ * A JSON Patch (RFC 6902) as this server applies it: a list of well-formed operations (else 400),
+ * none reaching an object's prototype or moving a value into its own child (else 422).
+ */
+function checkedPatch(body: unknown): jsonPatch.Operation[] {
+  if (!Array.isArray(body) || body.length === 0) throw badRequest('A PATCH body is a JSON Patch: a non-empty list of operations');
+  if (body.length > MAX_PATCH_OPERATIONS) throw badRequest(`A JSON Patch may have at most ${MAX_PATCH_OPERATIONS} operations`);
+  body.forEach((op: unknown, i) => {
+    const at = `JSON Patch operation ${i + 1}`;
+    if (!op || typeof op !== 'object' || Array.isArray(op)) throw badRequest(`${at} is not an object`);
+    const o = op as Record<string, unknown>;
+    if (typeof o.op !== 'string' || !PATCH_OPS.has(o.op)) throw badRequest(`${at}: 'op' must be one of ${[...PATCH_OPS].join(', ')}`);
+    const path = pointerSegments(o.path);
+    if (!path) throw badRequest(`${at}: 'path' must be a JSON Pointer ('' or starting with '/')`);
+    const from = o.op === 'move' || o.op === 'copy' ? pointerSegments(o.from) : [];
+    if (!from) throw badRequest(`${at}: '${o.op}' needs 'from', a JSON Pointer`);
+    if ((o.op === 'add' || o.op === 'replace' || o.op === 'test') && !('value' in o)) throw badRequest(`${at}: '${o.op}' needs a 'value'`);
+    if ([...path, ...from].some((s) => PROTOTYPE_SEGMENTS.has(s))) throw unprocessable(`${at}: the path segments ${[...PROTOTYPE_SEGMENTS].join(', ')} are refused (no FHIR element has them)`);
+    if (o.op === 'move' && (o.path as string).startsWith(`${o.from as string}/`)) throw unprocessable(`${at}: a value cannot be moved into its own child`);
+  });
+  return body as jsonPatch.Operation[];
 }
 
 function checkId(type: string, id: string | undefined): string {
@@ -270,16 +306,17 @@ export function createResourceService(type: string, deps: ResourceServiceDeps) {
       if (Array.isArray(ifMatch) && !ifMatch.includes(existing.meta?.versionId as string)) {
         throw preconditionFailed(`Version conflict: ${type}/${id} is at version ${existing.meta?.versionId}, If-Match named ${ifMatch.join(', ')}`);
       }
-      const operations = req.body as unknown;
-      if (!Array.isArray(operations) || operations.length === 0) throw badRequest('A PATCH body is a JSON Patch: a non-empty list of operations');
-      const patchError = jsonPatch.validate(operations as jsonPatch.Operation[], existing);
-      if (patchError) throw unprocessable(`The JSON Patch cannot be applied: ${patchError.message.split('\n')[0]}`);
+      const operations = checkedPatch(req.body);
       let patched: Resource;
       try {
-        patched = jsonPatch.applyPatch(structuredClone(existing), operations as jsonPatch.Operation[], true, false).newDocument;
+        const patchError = jsonPatch.validate(operations, existing);
+        if (patchError) throw patchError;
+        patched = jsonPatch.applyPatch(structuredClone(existing), operations, true, false).newDocument;
       } catch (err) {
-        throw unprocessable(`The JSON Patch cannot be applied: ${(err as Error).message.split('\n')[0]}`);
+        // Whatever fast-json-patch throws (a failed test, an index out of range, a path that does not resolve) is the patch's fault.
+        throw unprocessable(`The JSON Patch cannot be applied: ${String((err as Error)?.message ?? err).split('\n')[0]}`);
       }
+      if (nestsDeeperThan(patched)) throw unprocessable(`The patched ${type} nests deeper than ${MAX_JSON_DEPTH} levels`);
       const resource = service.checkUpdate(id, patched, existing);
       const result = await store.update(type, id, resource, [existing.meta?.versionId as string]);
       await deps.onChange?.(id, result.resource);

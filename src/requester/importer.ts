@@ -64,8 +64,11 @@ export class Importer {
     const result: ImportResult = { count: 0, written: 0, unchanged: 0, references: [] };
     const size = opts.chunkSize ?? IMPORT_CHUNK;
     let chunk: Local[] = [];
+    let bytes = 0;
     const flush = async () => {
       if (chunk.length === 0) return;
+      // Each batch is a turn of its own: requests waiting are answered between batches.
+      await new Promise<void>((resolve) => setImmediate(resolve));
       if (opts.signal?.aborted) throw opts.signal.reason;
       if (Date.now() > opts.deadline) throw new LimitReached(`the exchange's deadline passed while importing ${type}`);
       // A source may list one record twice in a file: the last one stands.
@@ -77,11 +80,13 @@ export class Importer {
       result.unchanged += plans.length - written;
       result.count += chunk.length;
       chunk = [];
+      bytes = 0;
     };
     for await (const local of resources) {
       chunk.push(local);
+      bytes += local.bytes ?? 0;
       result.references.push(`${type}/${local.resource.id}`);
-      if (chunk.length >= size) await flush();
+      if (chunk.length >= size || bytes >= IMPORT_CHUNK_BYTES) await flush();
     }
     await flush();
     return result;
@@ -92,7 +97,12 @@ export class Importer {
 interface Local {
   resource: Resource;
   hash?: string;
+  /** The length of its line, where known. */
+  bytes?: number;
 }
+
+/** A batch also ends once its records' lines add up to this: a thousand records of megabytes are not held (nor written) at once. */
+const IMPORT_CHUNK_BYTES = 8 * 1024 * 1024;
 
 /**
  * Resources per batch. Each batch is one transaction whose commit rewrites every index page it
@@ -110,7 +120,7 @@ export interface ImportOptions {
 
 /** The resources of a prepared file. */
 async function* preparedResources(file: string): AsyncGenerator<Local> {
-  for await (const line of preparedLines(file)) yield parsePreparedLine(line);
+  for await (const line of preparedLines(file)) yield { ...parsePreparedLine(line), bytes: line.length };
 }
 
 /** The lines of a work file this server wrote itself. */

@@ -1,5 +1,5 @@
 import path from 'node:path';
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import { Worker } from 'node:worker_threads';
 import type { Resource } from 'fhir/r4';
 import { Downloaded, LineCheck, sourceErrorOf, validateReceived, writeChecked } from './downloader';
@@ -7,6 +7,9 @@ import { preparedLine } from './local-form';
 import { IdMapping } from './reference-rewriter';
 import { ExchangeFailed, ImportRefused, LimitReached } from './exchange-errors';
 import { NdjsonError } from './ndjson';
+import { buildSearchIndex, DEFAULT_INDEX_LIMITS, IndexLimitExceeded, IndexLimits } from '../fhir/search/index-values';
+import { SearchRegistry } from '../fhir/search/registry';
+import { RESOURCE_TYPES } from '../fhir/resource-types';
 
 /** What to do with one downloaded file's records. */
 export interface CheckJob {
@@ -20,6 +23,8 @@ export interface CheckJob {
   maxLineLength: number;
   mapping: IdMapping;
   identifierSystem: string;
+  /** The search-index limits each record's local form must keep (the store's); set by the checker. */
+  indexLimits?: IndexLimits;
 }
 
 export interface Checked extends Downloaded {
@@ -27,13 +32,25 @@ export interface Checked extends Downloaded {
   sourceErrors: string[];
 }
 
-/** The check of each record of a job: valid FHIR R4 of the file's type, then its local form (output) or its diagnostics kept (error). */
+let registry: SearchRegistry | undefined;
+
+/**
+ * The check of each record of a job: valid FHIR R4 of the file's type, then its local form (output,
+ * within the store's search-index limits: the import would refuse it after writing others) or its
+ * diagnostics kept (error).
+ */
 function recordCheck(job: CheckJob, sourceErrors: string[]): LineCheck {
   return (resource, line) => {
     validateReceived(resource, job.expectedType, job.label, line);
     if (job.kind === 'error') {
       if (sourceErrors.length < 100) sourceErrors.push(sourceErrorOf(resource));
       return;
+    }
+    try {
+      buildSearchIndex((registry ??= new SearchRegistry(RESOURCE_TYPES)), resource, job.indexLimits ?? DEFAULT_INDEX_LIMITS);
+    } catch (err) {
+      if (err instanceof IndexLimitExceeded) throw new ImportRefused(`${job.label}: line ${line}: ${err.message}`);
+      throw err;
     }
     return preparedLine(resource as unknown as Resource, job.mapping, job.identifierSystem);
   };
@@ -103,7 +120,11 @@ export class RecordChecker {
   /** Files checked so far, by where. */
   readonly checked = { onWorker: 0, here: 0 };
 
-  constructor(private readonly minRecords = 1000) {}
+  /**
+   * `minRecords`: files announced with fewer records are checked here, unless they are larger than
+   * `largeBytes` (a file of a few huge lines is as costly as one of many); `indexLimits`: the store's.
+   */
+  constructor(private readonly minRecords = 1000, private readonly largeBytes = 256 * 1024, private readonly indexLimits: IndexLimits = DEFAULT_INDEX_LIMITS) {}
 
   /**
    * Starts the worker, if need be, so its validators are loaded by the time large files arrive: given
@@ -180,9 +201,46 @@ export class RecordChecker {
    * gives, if any). A fault of the bytes (a limit, the network) is thrown as it is; a refused record
    * as the worker judged it. Either way the files are closed when this settles.
    */
-  async check(bytes: Readable, job: CheckJob, announced?: number): Promise<Checked> {
-    // A small file, or no worker ready (none started, or its validators still loading): checked here.
-    if ((announced !== undefined && announced < this.minRecords) || !this.worker?.ready) return this.checkHere(bytes, job);
+  async check(bytes: Readable, given: CheckJob, announced?: number): Promise<Checked> {
+    const job = { ...given, indexLimits: this.indexLimits };
+    if (this.worker?.ready && !(announced !== undefined && announced < this.minRecords)) return this.onWorker(bytes, job);
+    // A file announced small, or none ready: checked here only if it is small in bytes. Its first
+    // `largeBytes` are held until it ends (checked here) or goes over (checked on the worker,
+    // started for it): a record of megabytes never holds this thread.
+    const it = (bytes as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
+    const head: Buffer[] = [];
+    let size = 0;
+    let ended = false;
+    try {
+      while (size <= this.largeBytes) {
+        const r = await it.next();
+        if (r.done) {
+          ended = true;
+          break;
+        }
+        head.push(r.value);
+        size += r.value.length;
+      }
+    } catch (err) {
+      bytes.destroy();
+      throw err;
+    }
+    const rest = Readable.from(
+      (async function* () {
+        yield* head;
+        if (!ended) for (let r = await it.next(); !r.done; r = await it.next()) yield r.value;
+      })(),
+      { objectMode: false },
+    );
+    rest.once('close', () => bytes.destroy());
+    if (ended) return this.checkHere(rest, job);
+    await this.ready();
+    if (!this.worker?.ready) return this.checkHere(rest, job);
+    return this.onWorker(rest, job);
+  }
+
+  /** Checks one file on the worker (ready), the bytes passed on as they arrive. */
+  private async onWorker(bytes: Readable, job: CheckJob): Promise<Checked> {
     const worker = this.start().thread;
     this.checked.onWorker++;
     const id = this.next++;

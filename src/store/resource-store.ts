@@ -1,9 +1,9 @@
 import { createHash, randomUUID } from 'node:crypto';
 import type { Resource } from 'fhir/r4';
 import { BatchConflict, BulkOp, Collection, Database, DuplicateKeyError, Filter, SortSpec, StoredDoc } from './types';
-import { buildSearchIndex, SearchIndex } from '../fhir/search/index-values';
+import { buildSearchIndex, DEFAULT_INDEX_LIMITS, IndexLimitExceeded, IndexLimits, SearchIndex } from '../fhir/search/index-values';
 import { SearchRegistry } from '../fhir/search/registry';
-import { badRequest, conflict, FhirError, gone, notFound, preconditionFailed } from '../fhir/outcome';
+import { badRequest, conflict, FhirError, gone, notFound, preconditionFailed, unprocessable } from '../fhir/outcome';
 
 /** The current version of a resource, with its search index. */
 interface CurrentDoc extends StoredDoc {
@@ -84,7 +84,27 @@ const MAX_WRITE_RETRIES = 20;
 export class ResourceStore {
   private indexed = new Set<string>();
 
-  constructor(private readonly db: Database, private readonly registry: SearchRegistry, private readonly now: () => Date = () => new Date()) {}
+  constructor(
+    private readonly db: Database,
+    private readonly registry: SearchRegistry,
+    private readonly now: () => Date = () => new Date(),
+    /** How many search-index values a resource may have (see IndexLimits); a write over them is 422. */
+    readonly indexLimits: IndexLimits = DEFAULT_INDEX_LIMITS,
+  ) {}
+
+  /** Throws 422 when the resource has more search-index values than the limits allow (the check `create`/`update` make). */
+  checkIndexable(resource: Resource): void {
+    this.indexOf(resource);
+  }
+
+  private indexOf(resource: Resource): SearchIndex {
+    try {
+      return buildSearchIndex(this.registry, resource as never, this.indexLimits);
+    } catch (err) {
+      if (err instanceof IndexLimitExceeded) throw unprocessable(`${err.message}; nothing was written`, 'too-costly');
+      throw err;
+    }
+  }
 
   private current(type: string): Collection<CurrentDoc> {
     return this.db.collection<CurrentDoc>(`${type}`);
@@ -162,8 +182,8 @@ export class ResourceStore {
     throw preconditionFailed(`Too many concurrent writes to ${type}/${id}`);
   }
 
-  private currentDoc(id: string, v: number, lu: number, res: Resource, hash = contentHash(res)): CurrentDoc {
-    return { _id: id, v, lu, h: hash, res, ...buildSearchIndex(this.registry, res as never) };
+  private currentDoc(id: string, v: number, lu: number, res: Resource, hash = contentHash(res), limited = true): CurrentDoc {
+    return { _id: id, v, lu, h: hash, res, ...(limited ? this.indexOf(res) : buildSearchIndex(this.registry, res as never)) };
   }
 
   /**
@@ -306,7 +326,8 @@ export class ResourceStore {
     } else {
       const prev = await this.history(type).findOne({ _id: `${id}/${to.current}` });
       if (!prev?.res) return 'changed';
-      const restored = this.currentDoc(id, prev.v, prev.lu, prev.res);
+      // A version stored before (under the limits of its time) is restored as it was.
+      const restored = this.currentDoc(id, prev.v, prev.lu, prev.res, undefined, false);
       if ((await currentColl.replaceOne({ _id: id, v: doc.v }, restored)) === 0) return 'changed';
     }
     await this.history(type).deleteMany({ id, v: { $gt: to.floor } });

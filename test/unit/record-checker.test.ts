@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { CheckJob, RecordChecker } from '../../src/requester/record-checker';
 import { limited } from '../../src/requester/downloader';
 import { ExchangeFailed, ImportRefused, LimitReached } from '../../src/requester/exchange-errors';
@@ -125,5 +126,57 @@ describe('the record checker', () => {
     const outcome = (d: string) => ({ resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'processing', diagnostics: d }] });
     const got = await onWorker.check(limited(bytes(ndjson([outcome('first'), outcome('second')])), 'the error file', limits), job('error', 'OperationOutcome'));
     expect(got).toMatchObject({ count: 2, sourceErrors: ['first', 'second'] });
+  });
+
+  describe('records of megabytes', () => {
+    const big = { maxFileBytes: 64 << 20, remainingBytes: 64 << 20, idleTimeoutMs: 5000, deadline: Date.now() + 120_000, maxLineLength: 6 << 20 };
+    const bigJob = (): CheckJob => ({ ...job(), maxLineLength: 6 << 20 });
+    const huge = (id: string) => ({ ...cond(id), note: [{ text: 'n'.repeat(5 << 20) }] });
+
+    it('checks a file of 5 MB lines on the worker although the manifest announced it small, and this thread keeps its turns short', async () => {
+      const checker = new RecordChecker(1000);
+      try {
+        const text = ndjson([cond('c1'), huge('c2'), huge('c3')]);
+        const delay = monitorEventLoopDelay({ resolution: 10 });
+        delay.enable();
+        const started = process.hrtime.bigint();
+        const j = bigJob();
+        const got = await checker.check(limited(bytes(text, 64 * 1024), 'the Condition file', big), j, 3);
+        const took = Number(process.hrtime.bigint() - started) / 1e6;
+        delay.disable();
+        expect(got).toMatchObject({ count: 3, size: Buffer.byteLength(text) });
+        expect(checker.checked).toEqual({ onWorker: 1, here: 0 });
+        // Parsing, validating and rewriting 10 MB of records took place on the worker, not in one turn here.
+        expect(delay.max / 1e6).toBeLessThan(took / 2);
+        const lines = fs.readFileSync(j.prepared as string, 'utf8').trim().split('\n');
+        expect(lines).toHaveLength(3);
+        expect((parsePreparedLine(lines[2]).resource as { note?: { text: string }[] }).note?.[0].text).toHaveLength(5 << 20);
+      } finally {
+        await checker.close();
+      }
+    });
+
+    it('keeps checking a small file here, and the same file of a few large lines (announced small or not) on the worker', async () => {
+      const checker = new RecordChecker(1000, 256 * 1024);
+      try {
+        await checker.check(limited(bytes(ndjson([cond('c1'), cond('c2')])), 'the Condition file', big), bigJob(), 2);
+        expect(checker.checked).toEqual({ onWorker: 0, here: 1 });
+        await checker.check(limited(bytes(ndjson([cond('c1'), { ...cond('c2'), note: [{ text: 'n'.repeat(300 * 1024) }] }]), 64 * 1024), 'the Condition file', big), bigJob());
+        expect(checker.checked).toEqual({ onWorker: 1, here: 1 });
+      } finally {
+        await checker.close();
+      }
+    });
+
+    it('refuses a record over the search-index limits, on the worker as here, before anything is imported', async () => {
+      const coded = { ...cond('c2'), code: { coding: Array.from({ length: 12_000 }, (_, i) => ({ system: 'http://loinc.org', code: `${i}-0` })) } };
+      const text = ndjson([cond('c1'), coded]);
+      const viaWorker = onWorker.check(limited(bytes(text, 64 * 1024), 'the Condition file', big), bigJob());
+      await expect(viaWorker).rejects.toBeInstanceOf(ImportRefused);
+      await expect(viaWorker).rejects.toThrow(/line 2: Condition has more than 10000 values for the search parameter 'code'/);
+      const hereOnly = new RecordChecker(Infinity, Infinity);
+      await expect(hereOnly.check(limited(bytes(text, 64 * 1024), 'the Condition file', big), bigJob())).rejects.toThrow(/more than 10000 values for the search parameter 'code'/);
+      expect(hereOnly.checked).toEqual({ onWorker: 0, here: 1 });
+    });
   });
 });

@@ -15,16 +15,67 @@ export function normalizeString(value: string): string {
   return value.normalize('NFD').replace(/[\u0300-\u036f]/g, '').toLowerCase().trim();
 }
 
-export function buildSearchIndex(registry: SearchRegistry, resource: Record<string, unknown>): SearchIndex {
+/**
+ * How many search-index values one resource may have: per search parameter, and for all of them
+ * together. Each value is a row of the search index, written with the resource: a Patient of
+ * 200,000 names (4 MB) made 600,000 of them and held the event loop for seconds. A resource over
+ * either limit is refused (never indexed in part: a search, or an access rule such as "no
+ * sensitive label", must never miss a value that is there).
+ */
+export interface IndexLimits {
+  perParameter: number;
+  perResource: number;
+  /** Characters of indexed text (strings, tokens, references, uris) in all: 4,000 names of 1,000 characters took 0.7 s to write. */
+  textPerResource?: number;
+}
+export const DEFAULT_INDEX_LIMITS: IndexLimits = { perParameter: 10_000, perResource: 50_000, textPerResource: 1024 * 1024 };
+const UNLIMITED: IndexLimits = { perParameter: Infinity, perResource: Infinity };
+
+/** A resource with more search-index values than the limits allow. */
+export class IndexLimitExceeded extends Error {
+  constructor(readonly type: string, readonly parameter: string | undefined, readonly limit: number, text = false) {
+    super(
+      text
+        ? `${type} has more than ${limit} characters of searchable text in all (the limit per resource)`
+        : parameter
+          ? `${type} has more than ${limit} values for the search parameter '${parameter}' (the limit per resource and parameter)`
+          : `${type} has more than ${limit} search-index values in all (the limit per resource)`,
+    );
+    this.name = 'IndexLimitExceeded';
+  }
+}
+
+/** The resource's search index; throws IndexLimitExceeded as soon as it would go over `limits` (undefined: none). */
+export function buildSearchIndex(registry: SearchRegistry, resource: Record<string, unknown>, limits: IndexLimits = UNLIMITED): SearchIndex {
   const index: SearchIndex = { s: {}, k: {} };
-  for (const def of registry.params(resource.resourceType as string).values()) {
+  const type = resource.resourceType as string;
+  let total = 0;
+  let text = 0;
+  const maxText = limits.textPerResource ?? Infinity;
+  for (const def of registry.params(type).values()) {
     if (def.code === '_id') continue; // the id itself is the key
     const values: IndexValue[] = [];
+    // Counted as extracted (before duplicates are dropped), so the work itself is bounded too.
+    const most = Math.min(limits.perParameter, limits.perResource - total) * 2;
     for (const path of def.paths) {
-      for (const el of evaluatePath(resource, path)) for (const v of extract(def, el)) values.push(v);
+      for (const el of evaluatePath(resource, path)) {
+        for (const v of extract(def, el)) values.push(v);
+        if (values.length > most) {
+          const kept = dedupe(values);
+          if (kept.length > limits.perParameter) throw new IndexLimitExceeded(type, def.code, limits.perParameter);
+          if (total + kept.length > limits.perResource) throw new IndexLimitExceeded(type, undefined, limits.perResource);
+          values.length = 0;
+          values.push(...kept);
+        }
+      }
     }
     if (values.length === 0) continue;
-    index.s[def.code] = dedupe(values);
+    const kept = dedupe(values);
+    if (kept.length > limits.perParameter) throw new IndexLimitExceeded(type, def.code, limits.perParameter);
+    total += kept.length;
+    if (total > limits.perResource) throw new IndexLimitExceeded(type, undefined, limits.perResource);
+    if (maxText !== Infinity) for (const v of kept) if (typeof v === 'string' && (text += v.length) > maxText) throw new IndexLimitExceeded(type, undefined, maxText, true);
+    index.s[def.code] = kept;
     const first = values[0];
     index.k[def.code] = typeof first === 'object' ? first.lo : first;
   }

@@ -73,6 +73,7 @@ export function parseSearch(registry: SearchRegistry, type: string, query: RawQu
     req.warnings.push(msg);
   };
 
+  checkSize(query);
   for (const [rawKey, rawValue] of Object.entries(query)) {
     if (rawValue === undefined) continue;
     const values = (Array.isArray(rawValue) ? rawValue : [rawValue]).map(String);
@@ -218,6 +219,28 @@ function applyControl(req: SearchRequest, code: string, value: string, registry:
 
 /** At most this many comma-separated alternatives in one parameter. */
 const MAX_ALTERNATIVES = 1000;
+/**
+ * At most this many parameter occurrences in one search (`a=1&a=2&b=3` is three; `_count` and the
+ * other result parameters are not counted), and this many alternatives in all of them together:
+ * each is a condition of one SQL statement (1,000 AND-ed ones went over SQLite's expression depth).
+ */
+export const MAX_SEARCH_PARAMETERS = 100;
+export const MAX_SEARCH_ALTERNATIVES = 2000;
+
+/** Refuses a search with more parameters, or more alternatives in all, than the limits. */
+function checkSize(query: RawQuery): void {
+  let occurrences = 0;
+  let alternatives = 0;
+  for (const [rawKey, rawValue] of Object.entries(query)) {
+    if (rawValue === undefined || CONTROL.has(splitKey(rawKey)[0])) continue;
+    for (const value of Array.isArray(rawValue) ? rawValue : [rawValue]) {
+      occurrences++;
+      alternatives += String(value).split(/(?<!\\),/).length;
+    }
+  }
+  if (occurrences > MAX_SEARCH_PARAMETERS) throw badRequest(`A search may have at most ${MAX_SEARCH_PARAMETERS} parameters (this one has ${occurrences}); _count, _sort and the other result parameters are not counted`);
+  if (alternatives > MAX_SEARCH_ALTERNATIVES) throw badRequest(`A search may list at most ${MAX_SEARCH_ALTERNATIVES} values in all its parameters together (this one lists ${alternatives})`);
+}
 
 function splitOr(value: string): string[] {
   // Commas separate alternatives; "\," is a literal comma.

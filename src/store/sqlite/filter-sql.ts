@@ -61,6 +61,21 @@ type Ops = Record<string, unknown>;
 /** The longest `_id` list that makes a filter driven by its ids. */
 const PINNED_IDS = 1000;
 
+/** Terms of one AND or OR, at most this many in a group. */
+const TERMS_PER_GROUP = 50;
+
+/**
+ * Terms joined by AND or OR, in parentheses; more than TERMS_PER_GROUP of them in nested groups:
+ * SQLite parses a chain of N terms as an expression tree N deep and refuses one deeper than 1,000
+ * (a search of 1,000 alternatives), where groups of 50 are a tree of about 50 per level of nesting.
+ */
+export function joinTerms(terms: string[], op: 'AND' | 'OR'): string {
+  if (terms.length <= TERMS_PER_GROUP) return `(${terms.join(` ${op} `)})`;
+  const groups: string[] = [];
+  for (let i = 0; i < terms.length; i += TERMS_PER_GROUP) groups.push(joinTerms(terms.slice(i, i + TERMS_PER_GROUP), op));
+  return joinTerms(groups, op);
+}
+
 /** Whether a filter holds `_id: {$in: [...]}` (at most PINNED_IDS) at its top level or in a top-level `$and`. */
 function pinsIds(filter: Filter): boolean {
   const pinned = (f: Filter) => {
@@ -129,9 +144,9 @@ export class FilterCompiler {
       }
       if (key === '$or') {
         const list = value as Filter[];
-        parts.push({ sql: list.length === 0 ? '0' : `(${list.map((f) => this.node(f, local)).join(' OR ')})`, params: local });
+        parts.push({ sql: list.length === 0 ? '0' : joinTerms(list.map((f) => this.node(f, local)), 'OR'), params: local });
       } else if (key === '$nor') {
-        parts.push({ sql: `NOT (${(value as Filter[]).map((f) => this.node(f, local)).join(' OR ')})`, params: local });
+        parts.push({ sql: `NOT ${joinTerms((value as Filter[]).map((f) => this.node(f, local)), 'OR')}`, params: local });
       } else if (key.startsWith('$')) {
         throw new Error(`unsupported filter operator ${key}`);
       } else {
@@ -162,7 +177,7 @@ export class FilterCompiler {
     }
     const params: unknown[] = [];
     for (const p of parts) params.push(...p.params);
-    return { sql: parts.length === 1 ? parts[0].sql : `(${parts.map((p) => p.sql).join(' AND ')})`, params };
+    return { sql: parts.length === 1 ? parts[0].sql : joinTerms(parts.map((p) => p.sql), 'AND'), params };
   }
 
   /** A side-table condition checked for the row at hand (by its rid), not listed for every row. */
@@ -233,7 +248,7 @@ export class FilterCompiler {
           throw new Error(`unsupported operator ${op} on ${field}`);
       }
     }
-    return parts.length === 1 ? parts[0] : `(${parts.join(' AND ')})`;
+    return parts.length === 1 ? parts[0] : joinTerms(parts, 'AND');
   }
 
   private regex(expr: string, re: RegExp, params: unknown[]): string {
@@ -329,7 +344,7 @@ export class FilterCompiler {
                   walk(b);
                   return conds.splice(before).join(' AND ') || '1';
                 });
-                conds.push(`(${branches.join(' OR ')})`);
+                conds.push(joinTerms(branches, 'OR'));
               } else if (k === 'lo' || k === 'hi') {
                 const col = k === 'lo' ? 'v' : 'h';
                 for (const [o, bound] of Object.entries(c as Ops)) {
@@ -366,6 +381,6 @@ export class FilterCompiler {
       }
     }
     if (ranges.length) parts.push(some(ranges.join(' AND '), rangeParams));
-    return parts.length === 1 ? parts[0] : `(${parts.join(' AND ')})`;
+    return parts.length === 1 ? parts[0] : joinTerms(parts, 'AND');
   }
 }
