@@ -1,22 +1,7 @@
-import path from 'node:path';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import { FhirError } from './outcome';
 import type { IndexLimits } from './search/index-values';
-
-/**
- * Starts a worker's module: compiled JavaScript in a build; from the TypeScript sources (tests),
- * each module is transpiled as it is loaded, as ts-jest does (as the record checker's worker).
- */
-const BOOT = `
-const { workerData } = require('node:worker_threads');
-if (workerData.typescript) {
-  const ts = require(workerData.typescript);
-  const fs = require('node:fs');
-  const options = { module: ts.ModuleKind.CommonJS, target: ts.ScriptTarget.ES2022, esModuleInterop: true, resolveJsonModule: true };
-  require.extensions['.ts'] = (module, filename) => module._compile(ts.transpileModule(fs.readFileSync(filename, 'utf8'), { compilerOptions: options, fileName: filename }).outputText, filename);
-}
-require(workerData.script);
-`;
+import { startWorkerModule } from '../worker-thread';
 
 /** A worker with nothing to check for this long is stopped. */
 const IDLE_MS = 60_000;
@@ -74,12 +59,7 @@ export class BodyChecker {
     if (this.idle) clearTimeout(this.idle);
     this.idle = undefined;
     if (this.worker) return this.worker;
-    const fromSources = __filename.endsWith('.ts');
-    const worker = new Worker(BOOT, {
-      eval: true,
-      workerData: { script: path.join(__dirname, `body-checker-worker${path.extname(__filename)}`), typescript: fromSources ? require.resolve('typescript') : undefined },
-    });
-    worker.unref();
+    const worker = startWorkerModule(__filename, 'body-checker-worker');
     worker.on('message', (m: BodyVerdict) => this.settle(m));
     const stopped = (error: Error) => {
       if (this.worker === worker) this.worker = undefined;

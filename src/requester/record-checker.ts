@@ -1,6 +1,5 @@
-import path from 'node:path';
 import { Readable } from 'node:stream';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import type { Resource } from 'fhir/r4';
 import { Downloaded, LineCheck, sourceErrorOf, validateReceived, writeChecked } from './downloader';
 import { preparedLine } from './local-form';
@@ -10,6 +9,7 @@ import { NdjsonError } from './ndjson';
 import { buildSearchIndex, DEFAULT_INDEX_LIMITS, IndexLimitExceeded, IndexLimits } from '../fhir/search/index-values';
 import { SearchRegistry } from '../fhir/search/registry';
 import { RESOURCE_TYPES } from '../fhir/resource-types';
+import { startWorkerModule } from '../worker-thread';
 
 /** What to do with one downloaded file's records. */
 export interface CheckJob {
@@ -58,21 +58,6 @@ function recordCheck(job: CheckJob, sourceErrors: string[]): LineCheck {
 
 /** Errors the worker reports by name, made again here so they are judged as they would be on this thread. */
 const KNOWN_ERRORS: Record<string, new (message: string) => Error> = { NdjsonError, ExchangeFailed, ImportRefused, LimitReached };
-
-/**
- * Starts the worker's module: compiled JavaScript in a build; from the TypeScript sources (tests),
- * each module is transpiled as it is loaded, as ts-jest does.
- */
-const BOOT = `
-const { workerData } = require('node:worker_threads');
-if (workerData.typescript) {
-  const ts = require(workerData.typescript);
-  const fs = require('node:fs');
-  const options = { module: ts.ModuleKind.CommonJS, target: ts.ScriptTarget.ES2022, esModuleInterop: true, resolveJsonModule: true };
-  require.extensions['.ts'] = (module, filename) => module._compile(ts.transpileModule(fs.readFileSync(filename, 'utf8'), { compilerOptions: options, fileName: filename }).outputText, filename);
-}
-require(workerData.script);
-`;
 
 /** Chunks of a download sent to the worker and not yet taken in by it, at most. */
 const IN_FLIGHT = 8;
@@ -150,12 +135,7 @@ export class RecordChecker {
     if (this.idle) clearTimeout(this.idle);
     this.idle = undefined;
     if (this.worker) return this.worker;
-    const fromSources = __filename.endsWith('.ts');
-    const thread = new Worker(BOOT, {
-      eval: true,
-      workerData: { script: path.join(__dirname, `record-checker-worker${path.extname(__filename)}`), typescript: fromSources ? require.resolve('typescript') : undefined },
-    });
-    thread.unref();
+    const thread = startWorkerModule(__filename, 'record-checker-worker');
     let readied!: () => void;
     const worker = { thread, ready: false, whenReady: new Promise<void>((resolve) => (readied = resolve)) };
     thread.on('message', (m: WorkerMessage) => {
