@@ -103,6 +103,28 @@ function definition(args: {
  */
 export function servedOperations(base: string): ServedOperation[] {
   const own = (id: string) => `${base}/OperationDefinition/${id}`;
+  const bulkMemberMatch = definition({
+    id: 'BulkMemberMatch',
+    url: CANONICALS.bulkMemberMatch,
+    name: 'BulkMemberMatch',
+    title: 'PDex $bulk-member-match, as served here',
+    code: 'bulk-member-match',
+    levels: { types: ['Group'] },
+    affectsState: true,
+    description:
+      'Asynchronous (Prefer: respond-async): matches each member as $member-match does and answers, in the manifest, the MatchedMembers, NonMatchedMembers and ConsentConstrainedMembers Groups (PDex 2.2 profiles: Group.code says which; each entry points at the MemberPatient as submitted, contained under its submitted id, and at the CoverageToMatch when one person comes in several MemberBundles) as a Group NDJSON file (PDex 2.2) and as a Parameters file (PDex 2.1). The Groups are the requesting client\'s alone.',
+    parameter: [
+      param('MemberBundle', 'in', 1, '*', undefined, 'One member', [
+        param('MemberPatient', 'in', 1, '1', 'Patient', 'The member'),
+        param('CoverageToMatch', 'in', 1, '1', 'Coverage', 'The coverage at this payer'),
+        param('CoverageToLink', 'in', 0, '1', 'Coverage', 'The coverage at the requesting payer'),
+        param('Consent', 'in', 1, '1', 'Consent', 'The member\'s consent'),
+      ]),
+      param('MatchedMembers', 'out', 1, '1', 'Group', 'The members matched, whose consent is honoured'),
+      param('NonMatchedMembers', 'out', 0, '1', 'Group', 'The members not matched'),
+      param('ConsentConstrainedMembers', 'out', 0, '1', 'Group', 'The members matched whose consent cannot be honoured'),
+    ],
+  });
   const ops: [string, OperationDefinition][] = [
     [
       'member-match',
@@ -156,31 +178,10 @@ export function servedOperations(base: string): ServedOperation[] {
       'export',
       definition({ id: 'group-export', url: CANONICALS.groupExport, name: 'GroupLevelExport', title: 'Bulk Data Group $export', code: 'export', levels: { types: ['Group'], instance: true }, description: 'Asynchronous export of the compartments of a Group\'s members, as NDJSON.', parameter: exportParameters('group') }),
     ],
-    [
-      'bulk-member-match',
-      definition({
-        id: 'BulkMemberMatch',
-        url: CANONICALS.bulkMemberMatch,
-        name: 'BulkMemberMatch',
-        title: 'PDex $bulk-member-match, as served here',
-        code: 'bulk-member-match',
-        levels: { types: ['Group'] },
-        affectsState: true,
-        description:
-          'Asynchronous (Prefer: respond-async): matches each member as $member-match does and answers, in the manifest, the MatchedMembers, NonMatchedMembers and ConsentConstrainedMembers Groups as a Group NDJSON file (PDex 2.2) and as a Parameters file (PDex 2.1). The Groups are the requesting client\'s alone.',
-        parameter: [
-          param('MemberBundle', 'in', 1, '*', undefined, 'One member', [
-            param('MemberPatient', 'in', 1, '1', 'Patient', 'The member'),
-            param('CoverageToMatch', 'in', 1, '1', 'Coverage', 'The coverage at this payer'),
-            param('CoverageToLink', 'in', 0, '1', 'Coverage', 'The coverage at the requesting payer'),
-            param('Consent', 'in', 1, '1', 'Consent', 'The member\'s consent'),
-          ]),
-          param('MatchedMembers', 'out', 1, '1', 'Group', 'The members matched, whose consent is honoured'),
-          param('NonMatchedMembers', 'out', 0, '1', 'Group', 'The members not matched'),
-          param('ConsentConstrainedMembers', 'out', 0, '1', 'Group', 'The members matched whose consent cannot be honoured'),
-        ],
-      }),
-    ],
+    ['bulk-member-match', bulkMemberMatch],
+    // The IG's narrative name of the same operation: served at Group/$multi-member-match with the same
+    // handler and permission, defined as a profile (`base`) of PDex's BulkMemberMatch under its own code.
+    ['multi-member-match', { ...bulkMemberMatch, id: 'multi-member-match', url: own('multi-member-match'), name: 'MultiMemberMatch', title: 'PDex $multi-member-match (the narrative name of $bulk-member-match), as served here', code: 'multi-member-match', base: CANONICALS.bulkMemberMatch }],
     [
       'davinci-data-export',
       definition({

@@ -23,7 +23,9 @@ import type { AuditLog } from '../audit/audit-log';
 /** The asynchronous jobs whose status and files these routes serve. */
 const ASYNC_KINDS = [EXPORT_JOB, BULK_MATCH_JOB];
 
-const isMatchedMembersGroup = (g: Group) => (g.characteristic ?? []).some((c) => c.code?.coding?.some((x) => x.system === RESULT_SYSTEM && x.code === 'match'));
+/** A MatchedMembers Group: `Group.code` match (PDex 2.2), or the `characteristic` match of Groups stored before it. */
+const isMatchedMembersGroup = (g: Group) =>
+  [g.code, ...(g.characteristic ?? []).map((c) => c.code)].some((cc) => cc?.coding?.some((x) => x.system === RESULT_SYSTEM && x.code === 'match'));
 
 export interface BulkExportDeps {
   runner: JobRunner;
@@ -112,28 +114,27 @@ export function bulkExportRoutes(deps: BulkExportDeps): Router {
   // PDex 2.1: the export of a MatchedMembers Group (only its owner sees it), each member's consent judged when it runs.
   router.post('/Group/:id/([$])davinci-data-export', guard.require(AUTHENTICATED), kickoff('group', true));
 
-  // PDex 2.1 $bulk-member-match: asynchronous; the result Groups come as files of the manifest.
-  router.post(
-    '/Group/([$])bulk-member-match',
-    guard.require({ type: 'Patient', action: 'r' }),
+  // PDex $bulk-member-match: asynchronous; the result Groups come as files of the manifest. The
+  // IG's narrative calls it $multi-member-match: the same operation, handler and permission.
+  const bulkMemberMatch = (name: string) =>
     asyncHandler(async (req, res) => {
-      if (!/respond-async/i.test(req.get('prefer') ?? '')) throw badRequest('$bulk-member-match needs the header Prefer: respond-async');
+      if (!/respond-async/i.test(req.get('prefer') ?? '')) throw badRequest(`$${name} needs the header Prefer: respond-async`);
       await deps.bulkThrottle.check(req.access?.clientId ?? 'anonymous');
       const inputs = parseBulkMemberMatch(req.body);
       const jobId = randomUUID();
       const data: BulkMatchJobData = {
         owner: req.access?.clientId ?? 'anonymous',
         role: req.access?.role ?? 'service',
-        requestUrl: `${deps.baseUrl()}/Group/$bulk-member-match`,
+        requestUrl: `${deps.baseUrl()}/Group/$${name}`,
         transactionTime: new Date().toISOString(),
         inputs,
       };
       await deps.runner.enqueue(BULK_MATCH_JOB, jobId, data);
-      await deps.audit?.record({ kind: 'bulk-member-match', action: 'E', outcome: 'success', client: data.owner, description: `$bulk-member-match of ${inputs.length} member(s) started, job ${jobId}` });
+      await deps.audit?.record({ kind: 'bulk-member-match', action: 'E', outcome: 'success', client: data.owner, description: `$${name} of ${inputs.length} member(s) started, job ${jobId}` });
       res.set('Content-Location', `${deps.baseUrl()}/bulkstatus/${jobId}`);
-      sendResource(res, 202, outcome('information', 'informational', `$bulk-member-match of ${inputs.length} member(s) accepted; poll the Content-Location`));
-    }),
-  );
+      sendResource(res, 202, outcome('information', 'informational', `$${name} of ${inputs.length} member(s) accepted; poll the Content-Location`));
+    });
+  for (const name of ['bulk-member-match', 'multi-member-match']) router.post(`/Group/([$])${name}`, guard.require({ type: 'Patient', action: 'r' }), bulkMemberMatch(name));
 
   /** The caller's job: 404 if unknown, 403 if another client's. */
   const ownJob = async (req: Request): Promise<JobDoc<ExportJobData>> => {

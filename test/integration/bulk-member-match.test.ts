@@ -22,6 +22,7 @@ describe('$bulk-member-match and $davinci-data-export', () => {
       { clientId: 'new-plan', scopes: 'system/*.read' },
       { clientId: 'other-plan', scopes: 'system/*.read' },
       { clientId: 'back-office', scopes: 'system/*.*', role: 'service' },
+      { clientId: 'narrow-plan', scopes: 'system/Observation.read' },
     ]);
     server = await startTestServer({ authRequired: true, clientsFile: file });
     base = server.baseUrl;
@@ -29,6 +30,7 @@ describe('$bulk-member-match and $davinci-data-export', () => {
     tokens.partner = await getToken(server.tokenUrl, clients['new-plan']);
     tokens.other = await getToken(server.tokenUrl, clients['other-plan']);
     tokens.service = await getToken(server.tokenUrl, clients['back-office'], 'system/*.*');
+    tokens.narrow = await getToken(server.tokenUrl, clients['narrow-plan'], 'system/Observation.read');
   });
   afterAll(async () => server.stop());
 
@@ -160,6 +162,167 @@ describe('$bulk-member-match and $davinci-data-export', () => {
     for (const o of done.body.output) ids.push(...(await download(o.url, tokens.partner)).resources.map((r: any) => r.id));
     // The old claim and the old unreferenced document stay outside the window.
     expect(ids.filter((id) => id.startsWith('pa-') || id.startsWith('claim-')).sort()).toEqual(['pa-active-old', 'pa-cancelled-now', 'pa-doc', 'pa-pending-old']);
+  });
+
+  describe('the result Groups as PDex 2.2 profiles them (§pdex-150 to §pdex-153)', () => {
+    const MATCH_EXT = 'http://hl7.org/fhir/us/davinci-pdex/StructureDefinition/base-ext-match-parameters';
+    const COVERAGE_EXT = 'http://hl7.org/fhir/us/davinci-pdex/StructureDefinition/base-ext-match-coverage';
+    const PROFILE = 'http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient';
+    /** A MemberBundle whose MemberPatient has the given id (and more: identifiers, gender, meta, a nested contained) and CoverageToMatch the given id and member id. */
+    const bundle = (m: SyntheticMember, patientId: string, coverage: { id?: string; memberId?: string } = {}, extra: Record<string, unknown> = {}) => {
+      const parts = memberMatchBody({ ...m, memberId: coverage.memberId ?? m.memberId }).parameter as any[];
+      const patient = parts.find((p) => p.name === 'MemberPatient').resource;
+      Object.assign(patient, {
+        id: patientId,
+        meta: { versionId: '7', lastUpdated: '2024-03-20T09:00:00Z', security: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-Confidentiality', code: 'N' }], profile: [PROFILE] },
+        identifier: [{ system: 'http://example.org/new-payer/identifiers/member', value: `NEW-${patientId}` }],
+        telecom: [{ system: 'phone', value: '555-0100' }],
+        contained: [{ resourceType: 'Organization', id: 'nested', name: 'Nested' }],
+        ...extra,
+      });
+      if (coverage.id) parts.find((p) => p.name === 'CoverageToMatch').resource.id = coverage.id;
+      return { name: 'MemberBundle', part: parts };
+    };
+    const run = async (url: string, parameter: unknown[], token = tokens.partner) => {
+      const k = await kickoff(url, { method: 'POST', body: { resourceType: 'Parameters', parameter }, token });
+      expect(k.status).toBe(202);
+      const done = await poll(k.location as string, token);
+      expect(done.status).toBe(200);
+      const groupFile = (await download(done.body.output.find((o: any) => o.type === 'Group').url, token)).resources;
+      const params = (await download(done.body.output.find((o: any) => o.type === 'Parameters').url, token)).resources[0];
+      return { groupFile, params, byCode: Object.fromEntries(groupFile.map((g: any) => [g.code.coding.find((c: any) => c.system === RESULT).code, g])) };
+    };
+    const containedOf = (g: any, ref: string) => g.contained.find((c: any) => `#${c.id}` === ref);
+    let result: Awaited<ReturnType<typeof run>>;
+
+    beforeAll(async () => {
+      const nobody = { family: 'Nobody', given: 'Invented', birthDate: '1901-01-01', memberId: 'NOPE-9' } as SyntheticMember;
+      result = await run(`${base}/Group/$bulk-member-match`, [
+        bundle(members[3], 'sub-1'),
+        // One person in two MemberBundles with two coverages: the one held here matches, the other not.
+        bundle(members[4], 'sub-2', { id: 'cov-a' }),
+        bundle(members[4], 'sub-2', { id: 'cov-b', memberId: 'OTHER-PLAN-1' }),
+        bundle(nobody, 'sub-3'),
+        bundle(members[2], 'sub-4', {}, {}),
+      ].map((b, i) => (i === 4 ? { ...b, part: b.part.map((p: any) => (p.name === 'Consent' ? { ...p, resource: { ...p.resource, policy: [{ uri: 'http://example.org/some-other-policy' }] } } : p)) } : b)));
+    });
+
+    it('carries Group.code on every Group (type person, actual), the characteristic of the matched one, and the same Groups in the Parameters file', async () => {
+      const { groupFile, params, byCode } = result;
+      expect(Object.keys(byCode).sort()).toEqual(['consentconstraint', 'match', 'nomatch']);
+      for (const g of groupFile) {
+        expect(g.code.coding).toHaveLength(1);
+        expect(g).toMatchObject({ resourceType: 'Group', type: 'person', actual: true });
+      }
+      expect(byCode.match.code.coding[0]).toEqual({ system: RESULT, code: 'match', display: 'Matched' });
+      expect(byCode.nomatch.code.coding[0]).toEqual({ system: RESULT, code: 'nomatch', display: 'Not Matched' });
+      expect(byCode.consentconstraint.code.coding[0]).toEqual({ system: RESULT, code: 'consentconstraint', display: 'Consent Constraint' });
+      const [c] = byCode.match.characteristic;
+      expect(c).toMatchObject({ code: { coding: [{ system: RESULT, code: 'match' }] }, exclude: false });
+      expect(c.period.start).toBe(new Date().toISOString().slice(0, 10));
+      expect(c.valueReference.identifier.value).toBe('new-plan');
+      const wrapped = Object.fromEntries(params.parameter.map((p: any) => [p.name, p.resource]));
+      expect(wrapped.MatchedMembers).toEqual(byCode.match);
+      expect(wrapped.NonMatchedMembers).toEqual(byCode.nomatch);
+      expect(wrapped.ConsentConstrainedMembers).toEqual(byCode.consentconstraint);
+    });
+
+    it('contains each MemberPatient as submitted, under its submitted id, less meta.versionId, lastUpdated, security and nested contained', async () => {
+      const { match } = result.byCode;
+      const entry = match.member.find((m: any) => m.entity.reference === `Patient/${members[3].patientId}`);
+      expect(entry.entity.extension).toEqual([{ url: MATCH_EXT, valueReference: { reference: '#sub-1' } }]);
+      const patient = containedOf(match, '#sub-1');
+      expect(patient).toEqual({
+        resourceType: 'Patient',
+        id: 'sub-1',
+        meta: { profile: [PROFILE] },
+        name: [{ family: members[3].family, given: [members[3].given] }],
+        birthDate: members[3].birthDate,
+        identifier: [{ system: 'http://example.org/new-payer/identifiers/member', value: 'NEW-sub-1' }],
+        telecom: [{ system: 'phone', value: '555-0100' }],
+      });
+      // Nothing in any Group contains further contained resources.
+      for (const g of result.groupFile) for (const r of g.contained) expect(r.contained).toBeUndefined();
+    });
+
+    it('points every entry not matched at its contained MemberPatient with nonMatchedMember, naming no Patient here', async () => {
+      const { nomatch, consentconstraint } = result.byCode;
+      const sub3 = nomatch.member.find((m: any) => m.entity.reference === '#sub-3');
+      expect(sub3.entity.extension).toEqual([{ url: MATCH_EXT, valueReference: { reference: '#sub-3' } }]);
+      expect(containedOf(nomatch, '#sub-3').name[0].family).toBe('Nobody');
+      expect(consentconstraint.member).toEqual([{ entity: { reference: '#sub-4', extension: [{ url: MATCH_EXT, valueReference: { reference: '#sub-4' } }] } }]);
+      expect(consentconstraint.contained.map((c: any) => c.id)).toEqual(['sub-4']);
+      for (const g of [nomatch, consentconstraint]) {
+        for (const m of g.member) {
+          expect(m.entity.reference).toMatch(/^#/);
+          expect(containedOf(g, m.entity.extension.find((e: any) => e.url === MATCH_EXT).valueReference.reference)?.resourceType).toBe('Patient');
+        }
+      }
+    });
+
+    it('tells apart the two coverages of one person: each entry points at its contained Coverage, the person contained once per Group (§pdex-153)', async () => {
+      const { match, nomatch } = result.byCode;
+      const matched = match.member.find((m: any) => m.entity.reference === `Patient/${members[4].patientId}`);
+      expect(matched.entity.extension).toEqual([
+        { url: MATCH_EXT, valueReference: { reference: '#sub-2' } },
+        { url: COVERAGE_EXT, valueReference: { reference: '#cov-a' } },
+      ]);
+      expect(containedOf(match, '#cov-a')).toMatchObject({ resourceType: 'Coverage', identifier: [{ value: members[4].memberId }] });
+      const notMatched = nomatch.member.find((m: any) => m.entity.reference === '#sub-2');
+      expect(notMatched.entity.extension).toEqual([
+        { url: MATCH_EXT, valueReference: { reference: '#sub-2' } },
+        { url: COVERAGE_EXT, valueReference: { reference: '#cov-b' } },
+      ]);
+      expect(containedOf(nomatch, '#cov-b')).toMatchObject({ resourceType: 'Coverage', identifier: [{ value: 'OTHER-PLAN-1' }] });
+      // A person in one MemberBundle only has no Coverage contained; nobody is contained twice in a Group.
+      expect(match.member.find((m: any) => m.entity.reference === `Patient/${members[3].patientId}`).entity.extension).toHaveLength(1);
+      for (const g of result.groupFile) expect(new Set(g.contained.map((c: any) => c.id)).size).toBe(g.contained.length);
+      expect(match.contained.filter((c: any) => c.id === 'sub-2')).toHaveLength(1);
+    });
+
+    it('refuses two different people under one submitted id, and codes reserved to this server, before anything is matched (400)', async () => {
+      const before = (await fhir('GET', `${base}/Group?_summary=count`, undefined, auth('partner'))).body.total;
+      const twoPeople = await kickoff(`${base}/Group/$bulk-member-match`, { method: 'POST', body: { resourceType: 'Parameters', parameter: [bundle(members[3], 'same'), bundle(members[4], 'same')] }, token: tokens.partner });
+      expect(twoPeople.status).toBe(400);
+      expect(twoPeople.body.issue[0].diagnostics).toMatch(/MemberBundle 2: its MemberPatient has the id 'same' of MemberBundle 1's but not the same content/);
+      expect(JSON.stringify(twoPeople.body)).not.toContain(members[4].family);
+      const forged = bundle(members[3], 'forged', {}, { meta: { tag: [{ system: 'urn:p2p-fhir-server:client', code: 'other-plan' }] } });
+      const marked = await kickoff(`${base}/Group/$bulk-member-match`, { method: 'POST', body: { resourceType: 'Parameters', parameter: [forged] }, token: tokens.partner });
+      expect(marked.status).toBe(400);
+      expect(marked.body.resourceType).toBe('OperationOutcome');
+      expect((await fhir('GET', `${base}/Group?_summary=count`, undefined, auth('partner'))).body.total).toBe(before);
+    });
+
+    it('is served as $multi-member-match too: same answer, same permission', async () => {
+      const alias = `${base}/Group/$multi-member-match`;
+      const { byCode } = await run(alias, [bundle(members[3], 'alias-1')]);
+      expect(byCode.match.member).toEqual([{ entity: { reference: `Patient/${members[3].patientId}`, extension: [{ url: MATCH_EXT, valueReference: { reference: '#alias-1' } }] } }]);
+      const noPrefer = await fhir('POST', alias, { resourceType: 'Parameters', parameter: [bundle(members[3], 'alias-2')] }, auth('partner'));
+      expect(noPrefer.status).toBe(400);
+      expect(noPrefer.body.issue[0].diagnostics).toMatch(/\$multi-member-match needs the header Prefer: respond-async/);
+      // A client that may not read Patients may call neither name.
+      for (const url of [alias, `${base}/Group/$bulk-member-match`]) {
+        const res = await kickoff(url, { method: 'POST', body: { resourceType: 'Parameters', parameter: [bundle(members[3], 'alias-3')] }, token: tokens.narrow });
+        expect(res.status).toBe(403);
+        expect(res.body.resourceType).toBe('OperationOutcome');
+      }
+      expect((await fhir('GET', `${base}/Group?identifier=${encodeURIComponent(byCode.match.identifier[0].value)}`, undefined, auth('partner'))).body.entry.map((e: any) => e.resource.id)).toEqual([byCode.match.id]);
+    });
+
+    it('finds the Groups by code, characteristic and identifier for the client that asked, and for no other partner', async () => {
+      const { match, nomatch } = result.byCode;
+      const ids = async (who: string, query: string) => ((await fhir('GET', `${base}/Group?${query}`, undefined, auth(who))).body.entry ?? []).map((e: any) => e.resource.id);
+      const code = (c: string) => `code=${encodeURIComponent(`${RESULT}|${c}`)}`;
+      expect(await ids('partner', code('match'))).toContain(match.id);
+      expect(await ids('partner', code('match'))).not.toContain(nomatch.id);
+      expect(await ids('partner', code('nomatch'))).toContain(nomatch.id);
+      expect(await ids('partner', `characteristic=${encodeURIComponent(`${RESULT}|match`)}`)).toContain(match.id);
+      expect(await ids('partner', `identifier=${encodeURIComponent(`urn:ietf:rfc:3986|${match.identifier[0].value}`)}`)).toEqual([match.id]);
+      for (const query of [code('match'), code('nomatch'), code('consentconstraint'), `characteristic=${encodeURIComponent(`${RESULT}|match`)}`, `identifier=${encodeURIComponent(match.identifier[0].value)}`]) {
+        expect({ query, found: await ids('other', query) }).toEqual({ query, found: [] });
+      }
+      expect((await fhir('GET', `${base}/Group/${match.id}`, undefined, auth('other'))).status).toBe(404);
+    });
   });
 });
 

@@ -80,8 +80,11 @@ describe('conformance (source side, auth on)', () => {
       { name: 'bulk-member-match', definition: 'http://hl7.org/fhir/us/davinci-pdex/OperationDefinition/BulkMemberMatch' },
       { name: 'davinci-data-export', definition: 'http://hl7.org/fhir/us/davinci-atr/OperationDefinition/davinci-data-export' },
       { name: 'export', definition: 'http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export' },
+      // The IG's narrative name of $bulk-member-match, defined here as a profile of PDex's BulkMemberMatch.
+      { name: 'multi-member-match', definition: `${base}/OperationDefinition/multi-member-match` },
       { name: 'sdh.s2s.invoke-bulk-export', definition: `${base}/OperationDefinition/sdh-s2s-invoke-bulk-export` },
     ]);
+    expect((await fhir<any>('GET', `${base}/OperationDefinition/multi-member-match`)).body).toMatchObject({ code: 'multi-member-match', base: 'http://hl7.org/fhir/us/davinci-pdex/OperationDefinition/BulkMemberMatch', resource: ['Group'] });
   });
 
   it('every operation and interaction declared is served, and each operation has a valid OperationDefinition found by its canonical', async () => {
