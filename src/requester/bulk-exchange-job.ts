@@ -1,9 +1,7 @@
-import type { Group, ParametersParameter, Patient, Task } from 'fhir/r4';
+import type { Group, Parameters, ParametersParameter, Task } from 'fhir/r4';
 import { JobContext, JobRunner, sleep } from '../jobs/job-runner';
-import { RESULT_SYSTEM } from '../fhir/pdex';
 import { ResourceStore } from '../store/resource-store';
 import type { Logger } from '../logger';
-import { patientIdOf } from '../fhir/reference';
 import { isTaskEnded, TaskCancelled, TaskTracker } from './task-tracker';
 import { AnswerTooLarge, logTextOf, RemotePayer } from './remote-payer-client';
 import { NdjsonError, readResources } from './ndjson';
@@ -12,6 +10,7 @@ import { limited } from './downloader';
 import { LimitReached } from './exchange-errors';
 import { redactKnown, termsOf } from './source-text';
 import { GroupExporter, GroupExportResult } from './group-export';
+import { MatchOutcome, MatchResultReader } from './match-result';
 import fs from 'node:fs';
 import path from 'node:path';
 
@@ -32,8 +31,6 @@ export interface BulkExchangeJobData {
   /** Set once every child has been matched by the source's $bulk-member-match, failed, or let run. */
   dispatched?: boolean;
 }
-
-type MatchOutcome = { memberId: string } | { failed: string };
 
 /** Each child's outcome at the source's $bulk-member-match, and the id of the MatchedMembers Group there. */
 export interface BulkMatch {
@@ -56,9 +53,6 @@ export interface BulkExchangeDeps {
   limits: ExchangeLimits;
   logger: Logger;
 }
-
-/** The demographics that tell a submitted member from the others, for finding it again among the source's contained Patients. */
-const demographics = (p: Patient | undefined) => JSON.stringify({ name: p?.name, birthDate: p?.birthDate, gender: p?.gender });
 
 /** How often the parent looks at its children, and at most how often it reports their progress. */
 const FOLLOW_MS = 1000;
@@ -168,21 +162,25 @@ export class BulkExchangeJob {
 
   /**
    * Matches every member with the source's `$bulk-member-match`; undefined (each member then matches
-   * itself) if that fails. The result files are read like export files: within the exchange's
-   * limits on bytes, idle time, deadline and line length, line by line, keeping of each Group only
-   * each member's outcome. A source that breaks one of those limits (or sends a JSON answer over
-   * REMOTE_MAX_JSON_BYTES) is not asked again member by member: every member fails, saying which.
+   * itself) if that fails. Each MemberPatient goes with its member's Task id as its id, by which the
+   * answer is correlated (see MatchResultReader). The answer is read in either form: the Group NDJSON
+   * files (PDex 2.2, preferred where both come, §pdex-138b), else the Parameters file (PDex 2.1).
+   * The result files are read like export files: within the exchange's limits on bytes, idle time,
+   * deadline and line length, line by line, keeping of each Group only each member's outcome. A
+   * source that breaks one of those limits (or sends a JSON answer over REMOTE_MAX_JSON_BYTES) is not
+   * asked again member by member: every member fails, saying which.
    */
   private async bulkMatch(ctx: JobContext<BulkExchangeJobData>, remote: RemotePayer, exchangeDeadline: number): Promise<BulkMatch | undefined> {
     const { children, issuer, parentId } = ctx.job.data;
     if (!remote.bulkMemberMatch) return undefined;
     let statusUrl: string | undefined;
-    const inputs: { id: string; patient?: Patient; parts: ParametersParameter[] }[] = [];
+    const inputs: { id: string; parts: ParametersParameter[] }[] = [];
     try {
       for (const id of children) {
         const job = await this.d.runner.get<ExchangeJobData>(id);
         const parts = job?.data.memberMatch?.parameter ?? [];
-        if (parts.length) inputs.push({ id, patient: parts.find((p) => p.name === 'MemberPatient')?.resource as Patient, parts });
+        // The member's Task id is the MemberPatient's id at the source: unique in the request, and ours to recognise.
+        if (parts.length) inputs.push({ id, parts: parts.map((p) => (p.name === 'MemberPatient' && p.resource ? { ...p, resource: { ...p.resource, id } } : p)) });
       }
       statusUrl = await remote.bulkMemberMatch(inputs.map((i) => ({ name: 'MemberBundle', part: i.parts })));
       const deadline = Math.min(exchangeDeadline, Date.now() + BULK_MATCH_TIMEOUT_MS);
@@ -193,35 +191,25 @@ export class BulkExchangeJob {
         await sleep(Math.min(5000, Math.max(200, status.retryAfterMs ?? 1000), Math.max(0, deadline - Date.now()) + 1), ctx.signal);
         status = await remote.status(statusUrl);
       }
-      const outcomes = new Map<string, MatchOutcome>();
-      let groupId: string | undefined;
-      const byDemographics = new Map(inputs.map((i) => [demographics(i.patient), i.id]));
-      const take = (g: Group) => {
-        const code = g.characteristic?.flatMap((c) => c.code?.coding ?? []).find((c) => c.system === RESULT_SYSTEM)?.code;
-        if (code === 'match' && typeof g.id === 'string' && /^[A-Za-z0-9\-.]{1,64}$/.test(g.id)) groupId = g.id;
-        const contained = new Map((Array.isArray(g.contained) ? g.contained : []).map((c) => [`#${c?.id}`, c as Patient]));
-        for (const m of Array.isArray(g.member) ? g.member : []) {
-          const pointer = code === 'match' ? m?.entity?.extension?.find((e) => e.valueReference)?.valueReference?.reference : m?.entity?.reference;
-          const child = byDemographics.get(demographics(contained.get(pointer ?? '')));
-          if (!child || outcomes.has(child)) continue;
-          const memberId = patientIdOf(m.entity.reference);
-          if (code === 'match' && memberId) outcomes.set(child, { memberId });
-          else if (code === 'nomatch') outcomes.set(child, { failed: 'The source payer found no unique match ($bulk-member-match)' });
-          else if (code === 'consentconstraint') outcomes.set(child, { failed: "The source payer cannot honour the member's consent ($bulk-member-match)" });
-        }
-      };
+      const reader = new MatchResultReader(new Map(inputs.map((i) => [i.id, i.id])));
       const label = 'the $bulk-member-match result file';
+      const output = Array.isArray(status.manifest.output) ? status.manifest.output : [];
+      const groupFiles = output.filter((x) => x?.type === 'Group');
+      const files = groupFiles.length ? groupFiles : output.filter((x) => x?.type === 'Parameters');
       let bytes = 0;
-      for (const o of status.manifest.output.filter((x) => x?.type === 'Group')) {
+      for (const o of files) {
         if (typeof o.url !== 'string' || !remote.mayDownload(o.url)) continue;
         if (Date.now() > deadline) throw late();
         const limits = { ...this.d.limits, remainingBytes: this.d.limits.maxExchangeBytes - bytes, deadline };
         const stream = limited(await remote.download(o.url, status.manifest.requiresAccessToken !== false, ctx.signal), label, limits);
-        for await (const { resource, raw } of readResources(stream, { expectedType: 'Group', maxLineLength: this.d.limits.maxLineLength, label })) {
+        for await (const { resource, raw } of readResources(stream, { expectedType: o.type, maxLineLength: this.d.limits.maxLineLength, label })) {
           bytes += Buffer.byteLength(raw) + 1;
-          take(resource as unknown as Group);
+          if (o.type === 'Group') reader.take(resource as unknown as Group);
+          else reader.takeParameters(resource as unknown as Parameters);
         }
       }
+      const outcomes = reader.outcomes();
+      const groupId = reader.groupId;
       await remote.cancel(statusUrl);
       this.logger.info('bulk member match', { task: parentId, issuer, members: inputs.length, matched: [...outcomes.values()].filter((o) => 'memberId' in o).length });
       const match: BulkMatch = { outcomes: [...outcomes], groupId };

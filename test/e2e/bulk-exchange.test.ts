@@ -51,6 +51,10 @@ describe('bulk exchange ($sdh.s2s.invoke-bulk-export)', () => {
     expect(exports.filter((d: string) => d.includes('$davinci-data-export'))).toHaveLength(1);
     expect(exports.filter((d: string) => !d.includes('$davinci-data-export'))).toHaveLength(0);
     expect(tasks[0].output.find((o: any) => o.type.text === 'MemberId').valueReference.reference).toBe(`${source.server.baseUrl}/Patient/${ms[0].patientId}`);
+    // Each MemberPatient went under its member's Task id, and the source's result Groups (Group.code) kept it: that is how each answer found its member.
+    const results = (await source.server.store.search('Group', {})) as any[];
+    expect(results.map((g) => g.code.coding[0].code).sort()).toEqual(['match', 'nomatch']);
+    expect(results.flatMap((g) => g.contained.map((c: any) => c.id)).sort()).toEqual([...children].sort());
     // Each member's data landed on that member, and only there: the claims of the last five years
     // (PDex's window for $davinci-data-export; the synthetic claims are created on their service date).
     const now = new Date();

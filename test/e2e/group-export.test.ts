@@ -5,7 +5,7 @@ import { RunningServer } from '../../src/main';
 import { generateClientKeys } from '../../src/auth/keys';
 import { SyntheticMember } from '../../scripts/synthetic';
 import { fhir } from '../helpers/server';
-import { FakeSource, ndjson, startFakeSource } from '../helpers/fake-source';
+import { FakeSource, igResultGroups, ndjson, resultParameters, startFakeSource } from '../helpers/fake-source';
 import { createLocalPatient, invokeBody, startRequester, waitForTask } from '../helpers/payers';
 
 /**
@@ -14,7 +14,6 @@ import { createLocalPatient, invokeBody, startRequester, waitForTask } from '../
  * that puts into the group's files a record no member can be named for gets no record stored from
  * those files: each member is then exported on its own.
  */
-const RESULT = 'http://hl7.org/fhir/us/davinci-pdex/CodeSystem/PdexMultiMemberMatchResultCS';
 const members = [
   { patientId: 'm1', memberId: 'MEM-1', family: 'Groupie', given: 'Ann', birthDate: '1971-01-01', gender: 'female' },
   { patientId: 'm2', memberId: 'MEM-2', family: 'Groupie', given: 'Bob', birthDate: '1972-02-02', gender: 'male' },
@@ -38,8 +37,17 @@ describe('bulk exchange through the group export ($davinci-data-export)', () => 
     await fake.close();
   });
 
-  /** The source matches both members (echoing the MemberPatients it received) into Group G1, and serves `groupFiles` for its export. */
-  function source(groupFiles: Record<string, unknown[]>, perMember: Record<string, Record<string, unknown[]>> = {}) {
+  /**
+   * The source answers $bulk-member-match as the IG's example Groups do (Group.code; the submitted
+   * MemberPatients contained under their submitted ids): by default both members matched into
+   * Group G1 (`m1`, `m2`), as Group NDJSON (2.2) or as the Parameters file only (2.1); it serves
+   * `groupFiles` for the export of G1.
+   */
+  function source(
+    groupFiles: Record<string, unknown[]>,
+    perMember: Record<string, Record<string, unknown[]>> = {},
+    answer: { form?: 'groups' | 'parameters'; decide?: (patient: any, i: number) => { outcome: 'match' | 'nomatch' | 'consentconstraint'; patientId?: string } } = {},
+  ) {
     fake.log = [];
     fake.files = {};
     const manifestOf = (prefix: string, files: Record<string, unknown[]>) => {
@@ -49,17 +57,8 @@ describe('bulk exchange through the group export ($davinci-data-export)', () => 
     fake.manifest = (req: http.IncomingMessage) => {
       const of = new URL(req.url ?? '/', fake.origin).searchParams.get('of');
       if (of === 'member-match') {
-        const submitted = JSON.parse(fake.bodies['/fhir/Group/$bulk-member-match']).parameter.map((p: any) => p.part.find((x: any) => x.name === 'MemberPatient').resource);
-        const group = {
-          resourceType: 'Group',
-          id: 'G1',
-          type: 'person',
-          actual: true,
-          contained: submitted.map((p: any, i: number) => ({ ...p, id: `mp${i}` })),
-          characteristic: [{ code: { coding: [{ system: RESULT, code: 'match' }] }, valueReference: { identifier: { value: 'us' } }, exclude: false }],
-          member: submitted.map((_: any, i: number) => ({ entity: { reference: `Patient/m${i + 1}`, extension: [{ url: 'http://hl7.org/fhir/us/davinci-pdex/StructureDefinition/base-ext-match-parameters', valueReference: { reference: `#mp${i}` } }] } })),
-        };
-        return manifestOf('match', { Group: [group] });
+        const groups = igResultGroups(fake.bodies['/fhir/Group/$bulk-member-match'], answer.decide ?? ((_p, i) => ({ outcome: 'match', patientId: `m${i + 1}` })));
+        return answer.form === 'parameters' ? manifestOf('match', { Parameters: [resultParameters(groups)] }) : manifestOf('match', { Group: groups });
       }
       if (of === 'Group/G1') return manifestOf('group', groupFiles);
       const patient = of?.replace('Patient/', '') ?? '';
@@ -166,5 +165,45 @@ describe('bulk exchange through the group export ($davinci-data-export)', () => 
     expect(children[0].statusReason.text).toBe("the source's Patient does not agree with the submitted member demographics");
     expect(await codesOf(locals[0])).toEqual(before[0]);
     expect(await codesOf(locals[1])).toEqual([...before[1], 'b-8'].sort());
+  });
+  it('submits each member under its own Task id and reads the IG-shaped answer by that id alone', async () => {
+    source({ Patient: [{ resourceType: 'Patient', id: 'm1' }], Observation: [obs('a-9', 'm1')] }, {}, {
+      // The first submitted matched, the second not: each is known again by the id it was submitted with.
+      decide: (_p, i) => (i === 0 ? { outcome: 'match', patientId: 'm1' } : { outcome: 'nomatch' }),
+    });
+    const before = [await codesOf(locals[0]), await codesOf(locals[1])];
+    const { children } = await bulkExchange();
+    const sent = JSON.parse(fake.bodies['/fhir/Group/$bulk-member-match']).parameter.map((p: any) => p.part.find((x: any) => x.name === 'MemberPatient').resource.id);
+    expect(sent).toEqual(children.map((c) => c.id));
+    expect(children.map((c) => c.status)).toEqual(['completed', 'failed']);
+    expect(children[1].statusReason.text).toBe('The source payer found no unique match ($bulk-member-match)');
+    expect(await codesOf(locals[0])).toEqual([...before[0], 'a-9'].sort());
+    expect(await codesOf(locals[1])).toEqual(before[1]);
+    expect(fake.log.filter((l) => l.includes('$member-match'))).toEqual([]);
+  });
+
+  it('reads a PDex 2.1 answer (the Parameters file only): the member not matched fails, the matched one comes with the group export', async () => {
+    source({ Patient: [{ resourceType: 'Patient', id: 'm2' }], Observation: [obs('b-9', 'm2')] }, {}, {
+      form: 'parameters',
+      decide: (_p, i) => (i === 1 ? { outcome: 'match', patientId: 'm2' } : { outcome: 'consentconstraint' }),
+    });
+    const before = [await codesOf(locals[0]), await codesOf(locals[1])];
+    const { children } = await bulkExchange();
+    expect(children.map((c) => c.status)).toEqual(['failed', 'completed']);
+    expect(children[0].statusReason.text).toBe("The source payer cannot honour the member's consent ($bulk-member-match)");
+    expect(fake.log).toContain('POST /fhir/Group/G1/$davinci-data-export');
+    expect(fake.log.filter((l) => l.includes('$member-match') || /Patient\/[^/]+\/\$export/.test(l))).toEqual([]);
+    expect(await codesOf(locals[0])).toEqual(before[0]);
+    expect(await codesOf(locals[1])).toEqual([...before[1], 'b-9'].sort());
+  });
+
+  it('never takes two submitted members for one person of the source: both fail, nothing imported', async () => {
+    source({ Patient: [{ resourceType: 'Patient', id: 'm1' }], Observation: [obs('a-10', 'm1')] }, {}, { decide: () => ({ outcome: 'match', patientId: 'm1' }) });
+    const before = [await codesOf(locals[0]), await codesOf(locals[1])];
+    const { children } = await bulkExchange();
+    expect(children.map((c) => c.status)).toEqual(['failed', 'failed']);
+    for (const c of children) expect(c.statusReason.text).toMatch(/this member and another member of the same request to one of its members/);
+    expect([await codesOf(locals[0]), await codesOf(locals[1])]).toEqual(before);
+    expect(fake.log.filter((l) => l.includes('$davinci-data-export') || l.includes('$export'))).toEqual([]);
   });
 });

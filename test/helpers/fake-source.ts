@@ -104,3 +104,54 @@ export async function startFakeSource(): Promise<FakeSource> {
   });
   return fake;
 }
+
+const RESULT = 'http://hl7.org/fhir/us/davinci-pdex/CodeSystem/PdexMultiMemberMatchResultCS';
+const MATCH_EXT = 'http://hl7.org/fhir/us/davinci-pdex/StructureDefinition/base-ext-match-parameters';
+const DISPLAY = { match: 'Matched', nomatch: 'Not Matched', consentconstraint: 'Consent Constraint' } as const;
+type Outcome = keyof typeof DISPLAY;
+
+/**
+ * The answer of a source that follows PDex 2.2 to the letter, shaped like the IG's example Groups
+ * (example-pdex-member-match-group, -no-match-group, -consent-constraint-group): `Group.code` on
+ * each; the characteristic on the matched Group only; each submitted MemberPatient contained under
+ * the id it was submitted with (less meta), pointed at by matchedMember / nonMatchedMember; the
+ * non-matched entries name the contained Patient. `decide` gives each submitted member's outcome
+ * (and, matched, the source's Patient id).
+ */
+export function igResultGroups(requestBody: string, decide: (patient: any, i: number) => { outcome: Outcome; patientId?: string }, matchedGroupId = 'G1'): any[] {
+  const submitted = (JSON.parse(requestBody).parameter as any[]).map((p) => p.part.find((x: any) => x.name === 'MemberPatient').resource);
+  const payer = { identifier: { system: 'http://hl7.org/fhir/sid/us-npi', value: '9876543210' }, display: 'Old Health Plan' };
+  const groups: any[] = [];
+  for (const outcome of Object.keys(DISPLAY) as Outcome[]) {
+    const picked = submitted.map((p, i) => ({ p, d: decide(p, i) })).filter((x) => x.d.outcome === outcome);
+    if (outcome !== 'match' && picked.length === 0) continue;
+    groups.push({
+      resourceType: 'Group',
+      ...(outcome === 'match' ? { id: matchedGroupId } : {}),
+      meta: { lastUpdated: '2024-03-20T09:00:00.000Z' },
+      contained: picked.map(({ p }) => {
+        const { meta: _meta, contained: _contained, ...rest } = p;
+        return rest;
+      }),
+      type: 'person',
+      actual: true,
+      code: { coding: [{ system: RESULT, code: outcome, display: DISPLAY[outcome] }] },
+      ...(outcome === 'match'
+        ? { characteristic: [{ code: { coding: [{ system: RESULT, code: 'match', display: 'Matched' }] }, valueReference: { identifier: { system: 'http://hl7.org/fhir/sid/us-npi', value: '0123456789' } }, exclude: false, period: { start: '2024-03-20' } }] }
+        : {}),
+      name: outcome === 'match' ? 'Matched Members' : undefined,
+      managingEntity: payer,
+      identifier: [{ system: 'http://hl7.org/fhir/sid/us-npi', value: '0123456789' }],
+      member: picked.map(({ p, d }) => ({
+        entity: { reference: outcome === 'match' ? `Patient/${d.patientId}` : `#${p.id}`, extension: [{ url: MATCH_EXT, valueReference: { reference: `#${p.id}` } }] },
+      })),
+    });
+  }
+  return groups.map((g) => JSON.parse(JSON.stringify(g)));
+}
+
+/** The same Groups in PDex 2.1's envelope (pdex-parameters-multi-member-match-bundle-out). */
+export function resultParameters(groups: any[]): any {
+  const names: Record<string, string> = { match: 'MatchedMembers', nomatch: 'NonMatchedMembers', consentconstraint: 'ConsentConstrainedMembers' };
+  return { resourceType: 'Parameters', parameter: groups.map((g) => ({ name: names[g.code.coding[0].code], resource: g })) };
+}
