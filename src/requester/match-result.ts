@@ -68,8 +68,9 @@ export class MatchResultReader {
       if (code === 'match') {
         const memberId = patientIdOf(entity?.reference);
         if (!memberId) continue;
+        // Two of the source's members for one member is already ambiguous: no more are kept (a hostile file stays bounded).
         const ids = this.matches.get(child) ?? new Set<string>();
-        this.matches.set(child, ids.add(memberId));
+        if (ids.size < 2) this.matches.set(child, ids.add(memberId));
       } else if (!this.others.has(child)) {
         this.others.set(child, code);
       }
