@@ -228,3 +228,50 @@ describe('a source with only some types, that lists deleted records', () => {
     }
   });
 });
+
+describe('a source that declares its operations by canonical only', () => {
+  let fake: FakeSource;
+  let requester: RunningServer;
+  const members = [
+    { family: 'Canon', given: 'Cal', birthDate: '1970-01-01', gender: 'male', memberId: 'MEM-C1' },
+    { family: 'Canon', given: 'Cat', birthDate: '1971-01-01', gender: 'female', memberId: 'MEM-C2' },
+  ] as SyntheticMember[];
+
+  beforeAll(async () => {
+    fake = await startFakeSource();
+    // Its own names for the IG's operations: only the definitions say what they are.
+    fake.capabilityStatement = {
+      resourceType: 'CapabilityStatement',
+      status: 'active',
+      kind: 'instance',
+      fhirVersion: '4.0.1',
+      format: ['json'],
+      rest: [{ mode: 'server', resource: [{ type: 'Group', operation: [{ name: 'match-many', definition: 'http://hl7.org/fhir/us/davinci-pdex/OperationDefinition/BulkMemberMatch|2.1.0' }] }] }],
+    };
+    const { privateJwk } = await generateClientKeys();
+    requester = await startRequester({ tokenUrl: '', fhirBaseUrl: fake.base, client: { clientId: 'us', privateJwk } }, { pollMinMs: 20, pollMaxMs: 200 });
+  });
+  afterAll(async () => {
+    await requester.stop();
+    await fake.close();
+  });
+
+  it('is asked for $bulk-member-match, which it declared by canonical alone', async () => {
+    const locals = [];
+    for (const m of members) locals.push(await createLocalPatient(requester, m));
+    fake.log = [];
+    const res = await fhir('POST', `${requester.baseUrl}/Group/$sdh.s2s.invoke-bulk-export`, {
+      resourceType: 'Parameters',
+      parameter: [
+        { name: 'sourceIssuerUrl', valueString: SOURCE_ISSUER },
+        ...members.map((m, i) => ({ name: 'member', part: (invokeBody(locals[i], m).parameter as any[]).filter((p) => p.name === 'localPatient' || p.name === 'memberMatch') })),
+      ],
+    });
+    expect(res.status).toBe(200);
+    await waitForTask(requester, res.body.id, (t) => t.status === 'completed', 20000);
+    expect(fake.log).toContain('GET /fhir/metadata');
+    expect(fake.log).toContain('POST /fhir/Group/$bulk-member-match');
+    // $davinci-data-export was not declared: no group export was asked for.
+    expect(fake.log.filter((l) => l.includes('$davinci-data-export'))).toEqual([]);
+  });
+});
