@@ -28,7 +28,6 @@ import { SqliteDatabase } from '../src/store/sqlite/sqlite-database';
 import { ResourceStore } from '../src/store/resource-store';
 import { SearchRegistry } from '../src/fhir/search/registry';
 import { RESOURCE_TYPES } from '../src/fhir/resource-types';
-import { DEFAULT_TYPES } from '../src/requester/exchange-job';
 import { generatePopulation, SyntheticMember } from './synthetic';
 
 const registry = new SearchRegistry(RESOURCE_TYPES);
@@ -324,7 +323,7 @@ async function main() {
     fs.writeFileSync(payersFile, JSON.stringify([{ issuer: 'https://src.example', fhirBaseUrl: source.base, tokenEndpoint: source.tokenUrl, clientId: 'bench', clientAuthenticationMode: 'PRIVATE_KEY_JWT', privateKeyJwk: privateJwk, scopes: 'system/*.read' }]));
     for (const { size, member, system } of sizes.length ? big : []) {
       const requester = await startServerProcess(serverEnv(path.join(dir, `requester-${size}`), { SOURCE_PAYERS_FILE: payersFile, POLL_MIN_MS: '50' }));
-      // The plain download, with a token of its own, asks for what the exchange asks for.
+      // The plain download, with a token of its own, asks for what the exchange asks for (no `_type`: all the source has).
       const token = await benchToken(source.tokenUrl, privateJwk);
       const patientId = member.patientId;
       // The partner's grant to the member comes from its $member-match, as in the exchange (not timed).
@@ -332,7 +331,7 @@ async function main() {
       if (match.status !== 200) throw new Error(`$member-match answered ${match.status}`);
       await match.arrayBuffer();
       progress(`plain download of a ${size}-resource member`);
-      const [bytes, downloadMs] = await timed(() => plainDownload(`${source.base}/Patient/${patientId}/$export?_type=${DEFAULT_TYPES.join(',')}`, path.join(dir, `download-${size}`), token));
+      const [bytes, downloadMs] = await timed(() => plainDownload(`${source.base}/Patient/${patientId}/$export`, path.join(dir, `download-${size}`), token));
       progress(`exchange of a ${size}-resource member`);
       const local = await createLocal(requester.base, member);
       let taskId = '';

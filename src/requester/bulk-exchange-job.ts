@@ -5,7 +5,7 @@ import type { Logger } from '../logger';
 import { isTaskEnded, TaskCancelled, TaskTracker } from './task-tracker';
 import { AnswerTooLarge, logTextOf, RemotePayer } from './remote-payer-client';
 import { NdjsonError, readResources } from './ndjson';
-import { CheckedManifest, DEFAULT_TYPES, ExchangeJobData, ExchangeLimits, NO_MEMBER_DATA } from './exchange-job';
+import { CheckedManifest, ExchangeJobData, ExchangeLimits, NO_MEMBER_DATA } from './exchange-job';
 import { limited } from './downloader';
 import { LimitReached } from './exchange-errors';
 import { redactKnown, termsOf } from './source-text';
@@ -86,19 +86,19 @@ export class BulkExchangeJob {
     const { children, issuer, parentId } = ctx.job.data;
     const remote = issuer ? this.d.remoteFor(issuer) : undefined;
     const deadline = await this.deadline(children);
-    const ops = remote && remote.payer.bulkMemberMatch !== false && remote.groupOperations ? await remote.groupOperations() : new Set<string>();
-    const match = ctx.job.data.match ?? (ops.has('bulk-member-match') && remote ? await this.bulkMatch(ctx, remote, deadline) : undefined);
+    const ops = remote && remote.payer.bulkMemberMatch !== false && remote.capabilities ? await remote.capabilities() : undefined;
+    const match = ctx.job.data.match ?? (ops?.bulkMemberMatch && remote ? await this.bulkMatch(ctx, remote, deadline) : undefined);
     const outcomes = new Map(match?.outcomes ?? []);
     const matched = new Map([...outcomes].flatMap(([child, o]) => ('memberId' in o ? [[o.memberId, child] as [string, string]] : [])));
     let received: GroupExportResult | undefined;
-    if (remote && match?.groupId && matched.size > 0 && ops.has('davinci-data-export')) {
+    if (remote && match?.groupId && matched.size > 0 && ops?.davinciDataExport) {
       try {
         const first = await this.d.runner.get<ExchangeJobData>(children[0]);
         const params = first?.data.exportParams ?? {};
         received = await this.d.groupExporter.run({
           remote,
           groupId: match.groupId,
-          params: params._type ? params : { ...params, _type: [DEFAULT_TYPES.join(',')] },
+          params, // no `_type` unless the operator chose: the source sends all it has
           members: matched,
           workDir: this.d.workDir,
           groupDir: path.join(this.d.workDir, parentId),

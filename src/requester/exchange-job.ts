@@ -4,9 +4,9 @@ import type { Identifier, Parameters, Reference, Resource, TaskOutput } from 'fh
 import { ResourceStore } from '../store/resource-store';
 import { JobContext, JobDoc, RetryLater, sleep } from '../jobs/job-runner';
 import type { Logger } from '../logger';
-import { RESOURCE_TYPES, SERVER_WRITTEN_TYPES } from '../fhir/resource-types';
-import { parseRetryAfter, RemoteError, RemotePayer } from './remote-payer-client';
-import { allPages, CheckedManifest, checkManifest } from './manifest';
+import { KickoffRoute, parseRetryAfter, RemoteError, RemotePayer } from './remote-payer-client';
+import { allPages, CheckedManifest, checkManifest, skippedText } from './manifest';
+import { DeletionApplier, deletionText, DeletionTally } from './deletions';
 export type { CheckedManifest } from './manifest';
 import { SourcePayer } from './source-payers';
 import { TaskCancelled, TaskTracker } from './task-tracker';
@@ -59,10 +59,12 @@ export interface ExchangeJobData {
   startedAt: number;
   started?: boolean;
   matched?: Matched;
-  exportStarted?: { statusUrl: string; lastProgress?: string };
+  exportStarted?: { statusUrl: string; lastProgress?: string; route?: KickoffRoute };
   manifest?: CheckedManifest;
   downloads?: { files: DownloadedFile[]; bytes: number; sourceErrors: string[]; done?: boolean };
   imports?: { files: string[]; counts: Record<string, number> };
+  /** The manifest's `deleted` files applied so far (in order), what they removed and left alone, and the bytes they took. */
+  deletions?: { files: number; bytes: number; tally: DeletionTally };
 }
 
 export interface ExchangeLimits {
@@ -111,7 +113,11 @@ export const NO_MEMBER_DATA: Parameters = { resourceType: 'Parameters', paramete
  * a cancelled Task stops it; a failed or cancelled exchange rolls back whatever it imported.
  */
 export class ExchangeJobHandler {
-  constructor(private readonly d: ExchangeDeps) {}
+  private readonly deletions: DeletionApplier;
+
+  constructor(private readonly d: ExchangeDeps) {
+    this.deletions = new DeletionApplier(d.store, d.journal);
+  }
 
   run = async (ctx: JobContext<ExchangeJobData>): Promise<void> => {
     const data = ctx.job.data;
@@ -148,7 +154,9 @@ export class ExchangeJobHandler {
         await imports.settled();
       }
       await imports.drain();
-      await this.finish(ctx, remote, payer, files, mapping, imported);
+      const targets = await this.targetsOf(files, mapping, imported);
+      if (manifest.deleted?.length) await this.applyDeletions(ctx, remote, manifest, new Set(targets));
+      await this.finish(ctx, remote, payer, files, targets);
     } catch (err) {
       await this.handleError(ctx, remote, err);
     }
@@ -182,11 +190,12 @@ export class ExchangeJobHandler {
 
   private async kickoff(ctx: JobContext<ExchangeJobData>, remote: RemotePayer, matched: Matched) {
     const data = ctx.job.data;
-    // Ask for what this server stores, unless the request chose.
-    const params = data.exportParams._type ? data.exportParams : { ...data.exportParams, _type: [DEFAULT_TYPES.join(',')] };
-    const exportStarted = { statusUrl: await remote.kickoff(matched.memberId, params) };
+    // No `_type` unless the operator chose: the source sends all it has, and what cannot be stored here is reported.
+    const { statusUrl, route } = await remote.kickoff(matched.memberId, data.exportParams);
+    const exportStarted = { statusUrl, route };
     await ctx.checkpoint({ exportStarted });
-    await this.d.tracker.change(data.taskId, { note: 'Export started at the source payer' });
+    const unscoped = route === 'GET Patient/$export' ? "; that route may not limit the export to the member: any record of anyone else fails the exchange" : '';
+    await this.d.tracker.change(data.taskId, { note: `Export started at the source payer (${route})${unscoped}`, output: [{ type: { text: 'export-route' }, valueString: route }] });
     return exportStarted;
   }
 
@@ -199,10 +208,11 @@ export class ExchangeJobHandler {
       if (status.done) {
         const manifest = checkManifest(remote, await allPages(remote, status.manifest, statusUrl, this.d.limits), this.d.limits);
         await ctx.checkpoint({ manifest });
-        const skipped = Object.keys(manifest.skipped);
+        const skipped = skippedText(manifest);
+        const deleted = manifest.deleted?.length ? `, ${manifest.deleted.length} file(s) of deleted records` : '';
         await this.d.tracker.change(data.taskId, {
           step: 'downloading',
-          note: `Export ready: ${manifest.files.length} file(s)` + (skipped.length ? `; not stored here, skipped: ${skipped.join(', ')}` : ''),
+          note: `Export ready: ${manifest.files.length} file(s)${deleted}` + (skipped ? `; ${skipped}` : ''),
         });
         return manifest;
       }
@@ -233,7 +243,7 @@ export class ExchangeJobHandler {
       const expectedType = entry.kind === 'error' ? 'OperationOutcome' : entry.type;
       const stream = await remote.download(entry.url, manifest.requiresAccessToken, ctx.signal);
       const prepared = entry.kind === 'output' ? path.join(dir, `${String(i).padStart(5, '0')}.local`) : undefined;
-      const limits = { ...this.d.limits, remainingBytes: this.d.limits.maxExchangeBytes - state.bytes, deadline: this.deadline(data) };
+      const limits = { ...this.d.limits, remainingBytes: this.d.limits.maxExchangeBytes - state.bytes - (data.deletions?.bytes ?? 0), deadline: this.deadline(data) };
       const { sourceErrors: errors, ...got } = await this.d.checker.check(limited(stream, label, limits), {
         file: path.join(dir, name),
         prepared,
@@ -275,7 +285,60 @@ export class ExchangeJobHandler {
     await ctx.checkpoint({ imports: state });
   }
 
-  private async finish(ctx: JobContext<ExchangeJobData>, remote: RemotePayer, payer: SourcePayer, files: DownloadedFile[], mapping: IdMapping, imported: Map<string, string[]>) {
+  /** Every local reference the exchange imported (a file imported before a restart is read again). */
+  private async targetsOf(files: DownloadedFile[], mapping: IdMapping, imported: Map<string, string[]>): Promise<string[]> {
+    const targets: string[] = [];
+    for (const f of files) {
+      if (f.kind !== 'output') continue;
+      const known = imported.get(f.name);
+      if (known) {
+        for (const ref of known) targets.push(ref);
+        continue;
+      }
+      for await (const ref of f.prepared ? this.d.importer.preparedReferences(f.prepared) : this.d.importer.localReferences(f.file, f.type, mapping)) targets.push(ref);
+    }
+    return targets;
+  }
+
+  /**
+   * Applies the manifest's `deleted` files, one after another, after every import: each is
+   * downloaded under the exchange's limits (its bytes count towards the exchange's), and removes
+   * the member's earlier imported copies of the records it names, through the undo journal
+   * (deletions.ts says what is left alone). Checkpointed per file.
+   */
+  private async applyDeletions(ctx: JobContext<ExchangeJobData>, remote: RemotePayer, manifest: CheckedManifest, importedNow: Set<string>) {
+    const data = ctx.job.data;
+    const files = manifest.deleted ?? [];
+    const state = { files: data.deletions?.files ?? 0, bytes: data.deletions?.bytes ?? 0, tally: data.deletions?.tally ?? { removed: {}, ignored: {} } };
+    for (let i = state.files; i < files.length; i++) {
+      if (await this.d.tracker.isCancelled(data.taskId)) throw new TaskCancelled();
+      this.checkDeadline(data, 'applying deleted records');
+      const label = `deleted file ${i + 1}`;
+      const limits = { ...this.d.limits, remainingBytes: this.d.limits.maxExchangeBytes - (data.downloads?.bytes ?? 0) - state.bytes, deadline: this.deadline(data) };
+      const bytes = limited(await remote.download(files[i].url, manifest.requiresAccessToken, ctx.signal), label, limits);
+      let size = 0;
+      bytes.on('data', (chunk: Buffer) => (size += chunk.length));
+      await this.deletions.apply(bytes, label, {
+        taskId: data.taskId,
+        issuer: data.issuer,
+        sourceBase: remote.payer.fhirBaseUrl,
+        localPatientId: data.localPatientId,
+        importedNow,
+        deadline: this.deadline(data),
+        signal: ctx.signal,
+        maxLineLength: this.d.limits.maxLineLength,
+        check: async () => {
+          if (await this.d.tracker.isCancelled(data.taskId)) throw new TaskCancelled();
+        },
+      }, state.tally);
+      state.files = i + 1;
+      state.bytes += size;
+      await ctx.checkpoint({ deletions: state });
+    }
+    await this.d.tracker.change(data.taskId, { note: deletionText(state.tally) });
+  }
+
+  private async finish(ctx: JobContext<ExchangeJobData>, remote: RemotePayer, payer: SourcePayer, files: DownloadedFile[], imported: string[]) {
     const data = ctx.job.data;
     const { store, journal } = this.d;
     const now = new Date().toISOString();
@@ -296,16 +359,7 @@ export class ExchangeJobHandler {
     await journal.writeMany(data.taskId, 'Binary', await store.planWrites('Binary', binaries));
     await journal.writeMany(data.taskId, 'DocumentReference', await store.planWrites('DocumentReference', docs));
 
-    const targets: string[] = [];
-    for (const f of files) {
-      if (f.kind !== 'output') continue;
-      const known = imported.get(f.name);
-      if (known) {
-        for (const ref of known) targets.push(ref);
-        continue;
-      }
-      for await (const ref of f.prepared ? this.d.importer.preparedReferences(f.prepared) : this.d.importer.localReferences(f.file, f.type, mapping)) targets.push(ref);
-    }
+    const targets = [...imported];
     if (targets.length === 0) targets.push(`Patient/${data.localPatientId}`);
     const provenance = provenanceOf({ taskId: data.taskId, issuer: data.issuer, targets, archived, ownerReference: data.ownerReference, sourceName, requesterDisplay: this.d.requesterDisplay, now });
     await journal.write(data.taskId, 'Provenance', provenance.id as string, () => store.update('Provenance', provenance.id as string, provenance));
@@ -314,6 +368,8 @@ export class ExchangeJobHandler {
     const output: TaskOutput[] = [
       ...Object.entries(counts).map(([type, n]) => ({ type: { text: `count:${type}` }, valueInteger: n })),
       ...Object.entries(data.manifest?.skipped ?? {}).map(([type, n]) => ({ type: { text: `skipped:${type}` }, valueInteger: n })),
+      ...Object.entries(data.deletions?.tally.removed ?? {}).map(([type, n]) => ({ type: { text: `deleted:${type}` }, valueInteger: n })),
+      ...Object.entries(data.deletions?.tally.ignored ?? {}).map(([why, n]) => ({ type: { text: 'deleted-ignored' }, valueString: `${n} ${why}` })),
       { type: { text: 'Provenance' }, valueReference: { reference: `Provenance/${provenance.id}` } },
       ...(data.manifest?.transactionTime ? [{ type: { text: 'transactionTime' }, valueInstant: data.manifest.transactionTime }] : []),
       ...archived.map((r) => ({ type: { text: 'received-file' }, valueReference: r })),
@@ -323,7 +379,8 @@ export class ExchangeJobHandler {
     // Every Patient the source may send is the member's (any other fails the exchange), and it was compared with the submitted demographics.
     const compared = files.some((f) => f.kind === 'output' && f.type === 'Patient' && f.count > 0);
     const uncompared = data.member && !compared ? "; the source sent no Patient record, so the member's demographics were not compared with the source's" : '';
-    await this.d.tracker.change(data.taskId, { status: 'completed', step: 'completed', note: `Imported ${total} resources${uncompared}`, output });
+    const skipped = data.manifest ? skippedText(data.manifest) : undefined;
+    await this.d.tracker.change(data.taskId, { status: 'completed', step: 'completed', note: `Imported ${total} resources${uncompared}${skipped ? `; ${skipped}` : ''}`, output });
     await journal.forget(data.taskId);
     this.d.logger.info('exchange ended', { task: data.taskId, issuer: data.issuer, outcome: 'completed', files: files.length, counts, skipped: data.manifest?.skipped ?? {} });
     await this.d.audit?.record({ kind: 'exchange', action: 'C', outcome: 'success', patients: [data.localPatientId], what: [`Task/${data.taskId}`, `Provenance/${provenance.id}`], description: `exchange from ${data.issuer} completed: ${total} resources imported` });
@@ -441,6 +498,3 @@ class ImportQueue {
     this.check();
   }
 }
-
-/** What an exchange asks the source for when the request names no `_type`: every type this server stores but Binary. */
-export const DEFAULT_TYPES: string[] = RESOURCE_TYPES.filter((t) => t !== 'Binary' && !SERVER_WRITTEN_TYPES.includes(t));

@@ -87,6 +87,25 @@ export class ImportJournal {
     return versions;
   }
 
+  /**
+   * Deletes a resource through the journal (a rollback brings it back at the version it had);
+   * false when there was nothing to delete.
+   */
+  async deleteOne(taskId: string, type: string, id: string): Promise<boolean> {
+    const docs = await this.ready();
+    const before = await this.store.versionState(type, id);
+    if (before.current === null) return false;
+    const _id = `${taskId}|${randomUUID()}`;
+    await docs.insertOne({ _id, taskId, type, notes: [{ id, before }] });
+    const version = await this.store.delete(type, id);
+    if (version === undefined) {
+      await docs.deleteMany({ _id });
+      return false;
+    }
+    await docs.updateOne({ _id }, { notes: [{ id, before, wrote: Number(version) }] });
+    return true;
+  }
+
   /** Undoes every write of the exchange; returns how many resources were put back. */
   async rollback(taskId: string): Promise<number> {
     const docs = await this.ready();

@@ -135,8 +135,8 @@ export async function checkPartner(payer: SourcePayer, opts: PartnerCheckOptions
   const statusUrl = await run<string>(
     'Export kick-off',
     async () => {
-      const location = await client.kickoff(memberId as string, { _type: ['Patient'] });
-      return [location, `202, status at ${location}`];
+      const { statusUrl: location, route } = await client.kickoff(memberId as string, { _type: ['Patient'] });
+      return [location, `202 (${route}), status at ${location}`];
     },
     needMember,
   );

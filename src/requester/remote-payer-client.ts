@@ -8,6 +8,7 @@ import { signClientAssertion } from './client-assertion';
 import type { Logger } from '../logger';
 import { davinciExportParameters } from '../fhir/pdex';
 import { fhirCode, plainText, sourceText } from './source-text';
+import { describeSource, NOTHING_KNOWN, SourceCapabilities } from './source-capabilities';
 
 /**
  * A failure talking to the source payer. `transient` ones are worth trying again later. The message
@@ -52,6 +53,8 @@ export interface BulkManifest {
   requiresAccessToken: boolean;
   output: { type: string; url: string; count?: number }[];
   error?: { type: string; url: string }[];
+  /** Bulk Data 2.0: files of Bundles of DELETE requests, for records deleted at the source (type Bundle). */
+  deleted?: { type: string; url: string; count?: number }[];
   link?: { relation: string; url: string }[];
 }
 
@@ -88,20 +91,44 @@ export interface RemotePayer {
   memberMatch(params: Parameters): Promise<{ memberId?: string; identifier?: Identifier }>;
   /** The ids of the source's Patients that `Patient?identifier={token}` finds. */
   patientsByIdentifier(token: string): Promise<string[]>;
-  /** The operations the source's CapabilityStatement declares on Group (`bulk-member-match`, `davinci-data-export`…); none when it has no readable one. */
-  groupOperations?(): Promise<Set<string>>;
+  /** What the source's CapabilityStatement says it serves, operations found by canonical or name (source-capabilities.ts); nothing known when it has no readable one. */
+  capabilities?(): Promise<SourceCapabilities>;
   /** Starts `Group/$bulk-member-match` (asynchronous); answers the status URL. */
   bulkMemberMatch?(memberBundles: ParametersParameter[]): Promise<string>;
   /** Starts PDex's `Group/{id}/$davinci-data-export` (payer-to-payer) of a MatchedMembers Group; answers the status URL. */
   kickoffGroupExport?(groupId: string, params: Record<string, string[]>): Promise<string>;
-  kickoff(memberId: string, params: Record<string, string[]>): Promise<string>;
+  /** Starts the member's Bulk Data export by the first route the source serves (KICKOFF_ROUTES); answers the status URL and the route. */
+  kickoff(memberId: string, params: Record<string, string[]>): Promise<KickedOff>;
   status(statusUrl: string): Promise<ExportStatus>;
   download(url: string, requiresAccessToken: boolean, signal?: AbortSignal): Promise<Readable>;
   cancel(statusUrl: string): Promise<void>;
 }
 
+/**
+ * The Bulk Data kick-offs for one member, in the order tried. A 404 or 405 moves to the next; any
+ * other failure stops. The last is what Inferno's PDex client mock serves (`GET Patient/$export`,
+ * its query ignored): the member is named there too (`patient`), and whatever a source sends that
+ * is not the member's is refused by the import's member-only checks, failing the exchange.
+ */
+export const KICKOFF_ROUTES = ['GET Patient/{id}/$export', 'POST Patient/$export', 'GET Patient/$export'] as const;
+export type KickoffRoute = (typeof KICKOFF_ROUTES)[number];
+
+export interface KickedOff {
+  statusUrl: string;
+  route: KickoffRoute;
+}
+
+/** Bulk Data's kick-off parameters in a POST body, each with its type: instants for `_since`/`_until`, the rest strings. */
+export function exportParameters(memberId: string, params: Record<string, string[]>): ParametersParameter[] {
+  const typed = (name: string, v: string): ParametersParameter => (name === '_since' || name === '_until' ? { name, valueInstant: v } : { name, valueString: v });
+  return [{ name: 'patient', valueReference: { reference: `Patient/${memberId}` } }, ...Object.entries(params).flatMap(([k, vs]) => vs.map((v) => typed(k, v)))];
+}
+
 /** A request the HTTP layer may retry by itself: idempotent GETs only (status, files, discovery). Others are sent once. */
 const retryable = (retries: number) => ({ 'axios-retry': { retries } });
+
+/** How long a source's CapabilityStatement, once read, is taken as what it serves. */
+const CAPABILITIES_TTL_MS = 10 * 60_000;
 
 /** Redirects followed on GETs (status and files): at most this many, each to an allowed origin. */
 export const MAX_REDIRECTS = 5;
@@ -219,6 +246,7 @@ export class RemotePayerClient implements RemotePayer {
   readonly tokens: TokenProvider;
   private readonly origin: string;
   private readonly maxJsonBytes: number;
+  private described?: { at: number; found: Promise<SourceCapabilities> };
 
   constructor(readonly payer: SourcePayer, private readonly opts: RemoteClientOptions) {
     this.origin = new URL(payer.fhirBaseUrl).origin;
@@ -329,14 +357,25 @@ export class RemotePayerClient implements RemotePayer {
     return [...new Set(ids.filter((id): id is string => typeof id === 'string'))];
   }
 
-  async groupOperations(): Promise<Set<string>> {
-    try {
-      const res = await this.request<CapabilityStatement>({ method: 'GET', url: `${this.payer.fhirBaseUrl}/metadata`, headers: { accept: 'application/fhir+json' }, ...retryable(this.opts.retries) }, 'metadata');
-      const group = res.data?.rest?.[0]?.resource?.find((r) => r.type === 'Group');
-      return new Set((group?.operation ?? []).map((o) => o.name).filter((n): n is string => typeof n === 'string'));
-    } catch {
-      return new Set(); // no readable CapabilityStatement: one $member-match and one export per member
+  /**
+   * Reads the source's CapabilityStatement (bounded like any JSON answer), kept for
+   * CAPABILITIES_TTL_MS; an unreadable one is nothing known, and asked for again next time.
+   */
+  async capabilities(): Promise<SourceCapabilities> {
+    if (!this.described || Date.now() - this.described.at > CAPABILITIES_TTL_MS) {
+      const found = (async () => {
+        try {
+          const res = await this.request<CapabilityStatement>({ method: 'GET', url: `${this.payer.fhirBaseUrl}/metadata`, headers: { accept: 'application/fhir+json' }, ...retryable(this.opts.retries) }, 'metadata');
+          return describeSource(res.data);
+        } catch {
+          return { ...NOTHING_KNOWN }; // no readable CapabilityStatement: one $member-match and one export per member
+        }
+      })();
+      this.described = { at: Date.now(), found };
     }
+    const found = await this.described.found;
+    if (!found.known) this.described = undefined;
+    return found;
   }
 
   async bulkMemberMatch(memberBundles: ParametersParameter[]): Promise<string> {
@@ -364,21 +403,36 @@ export class RemotePayerClient implements RemotePayer {
     return location;
   }
 
-  /** Starts the member's export: Patient/{id}/$export, or POST Patient/$export with `patient` where the first is not served. */
-  async kickoff(memberId: string, params: Record<string, string[]>): Promise<string> {
+  /**
+   * Starts the member's export by the first of KICKOFF_ROUTES the source serves. No `_type` is
+   * added here: without one from the operator the source sends all it has.
+   */
+  async kickoff(memberId: string, params: Record<string, string[]>): Promise<KickedOff> {
     const headers = { accept: 'application/fhir+json', prefer: 'respond-async' };
-    const qs = new URLSearchParams();
-    for (const [k, vs] of Object.entries(params)) for (const v of vs) qs.append(k, v);
-    let res: AxiosResponse;
-    try {
+    const query = (extra: Record<string, string[]> = {}) => {
+      const qs = new URLSearchParams();
+      for (const [k, vs] of Object.entries({ ...extra, ...params })) for (const v of vs) qs.append(k, v);
       const q = qs.toString();
-      res = await this.request({ method: 'GET', url: `${this.payer.fhirBaseUrl}/Patient/${encodeURIComponent(memberId)}/$export${q ? `?${q}` : ''}`, headers }, 'export kick-off');
-    } catch (err) {
-      if (!(err instanceof RemoteError) || (err.status !== 404 && err.status !== 405)) throw err;
-      const parameter = [{ name: 'patient', valueReference: { reference: `Patient/${memberId}` } }, ...Object.entries(params).flatMap(([k, vs]) => vs.map((v) => ({ name: k, valueString: v })))];
-      res = await this.request({ method: 'POST', url: `${this.payer.fhirBaseUrl}/Patient/$export`, data: { resourceType: 'Parameters', parameter }, headers: { ...headers, 'content-type': 'application/fhir+json' } }, 'export kick-off');
+      return q ? `?${q}` : '';
+    };
+    const base = this.payer.fhirBaseUrl;
+    const attempts: Record<KickoffRoute, () => AxiosRequestConfig> = {
+      'GET Patient/{id}/$export': () => ({ method: 'GET', url: `${base}/Patient/${encodeURIComponent(memberId)}/$export${query()}`, headers }),
+      'POST Patient/$export': () => ({ method: 'POST', url: `${base}/Patient/$export`, data: { resourceType: 'Parameters', parameter: exportParameters(memberId, params) }, headers: { ...headers, 'content-type': 'application/fhir+json' } }),
+      'GET Patient/$export': () => ({ method: 'GET', url: `${base}/Patient/$export${query({ patient: [`Patient/${memberId}`] })}`, headers }),
+    };
+    for (const [i, route] of KICKOFF_ROUTES.entries()) {
+      let res: AxiosResponse;
+      try {
+        res = await this.request(attempts[route](), 'export kick-off');
+      } catch (err) {
+        const last = i === KICKOFF_ROUTES.length - 1;
+        if (last || !(err instanceof RemoteError) || (err.status !== 404 && err.status !== 405)) throw err;
+        continue;
+      }
+      return { statusUrl: this.statusLocation(res, 'export kick-off'), route };
     }
-    return this.statusLocation(res, 'export kick-off');
+    throw new RemoteError('export kick-off failed: no route', undefined, false); // not reached
   }
 
   async status(statusUrl: string): Promise<ExportStatus> {

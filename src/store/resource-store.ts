@@ -315,6 +315,17 @@ export class ResourceStore {
   async revert(type: string, id: string, to: { current: number | null; floor: number }, expected?: number): Promise<'reverted' | 'untouched' | 'changed'> {
     const currentColl = this.current(type);
     const doc = await currentColl.findOne({ _id: id });
+    if (!doc && to.current !== null) {
+      // An undone deletion: the resource is back at the version it had, if the deletion is the last thing that happened to it.
+      const [last] = await this.history(type).find({ id }, { sort: { v: -1 }, limit: 1, fields: ['v', 'deleted'] });
+      if (last?.deleted && last.v > to.floor && (expected === undefined || last.v === expected)) {
+        const prev = await this.history(type).findOne({ _id: `${id}/${to.current}` });
+        if (!prev?.res) return 'changed';
+        await currentColl.insertOne(this.currentDoc(id, prev.v, prev.lu, prev.res, undefined, false));
+        await this.history(type).deleteMany({ id, v: { $gt: to.floor } });
+        return 'reverted';
+      }
+    }
     if (!doc || doc.v <= to.floor) {
       // Nothing was written after the floor (a planned write that never happened), or it was deleted since.
       const [last] = await this.history(type).find({ id }, { sort: { v: -1 }, limit: 1, fields: ['v'] });

@@ -26,6 +26,8 @@ export interface FakeSource {
   bodies: Record<string, string>;
   /** Operations declared on Group in /metadata (none: /metadata is 404). */
   groupOperations?: string[];
+  /** A CapabilityStatement of the test's own served at /metadata (group kick-offs are then served too). */
+  capabilityStatement?: unknown;
   file?: (name: string, res: http.ServerResponse) => boolean;
   /** Answers any request itself (the token, a status URL…) when it returns true; asked before every route. */
   raw?: (path: string, req: http.IncomingMessage, res: http.ServerResponse) => boolean;
@@ -73,12 +75,13 @@ export async function startFakeSource(): Promise<FakeSource> {
       if (fake.memberMatch) return fake.memberMatch(res);
       return json(res, 200, { resourceType: 'Parameters', parameter: [{ name: 'MemberId', valueReference: { reference: 'Patient/m1' } }] });
     }
+    if (p === '/fhir/metadata' && fake.capabilityStatement) return json(res, 200, fake.capabilityStatement);
     if (p === '/fhir/metadata' && fake.groupOperations) {
       return json(res, 200, { resourceType: 'CapabilityStatement', status: 'active', kind: 'instance', fhirVersion: '4.0.1', format: ['json'], rest: [{ mode: 'server', resource: [{ type: 'Group', operation: fake.groupOperations.map((name) => ({ name, definition: `${base}/OperationDefinition/${name}` })) }] }] });
     }
     // Asynchronous kick-offs answer a status URL naming what was asked: ?of=member-match, ?of=Group/{id}, ?of=Patient/{id}.
     const started = p === '/fhir/Group/$bulk-member-match' ? 'member-match' : p.match(/^\/fhir\/((?:Group|Patient)\/[^/]+)\/\$(?:davinci-data-export|export)$/)?.[1];
-    if (started && (fake.groupOperations || p === '/fhir/Patient/m1/$export')) {
+    if (started && (fake.groupOperations || fake.capabilityStatement || p === '/fhir/Patient/m1/$export')) {
       if (p.endsWith('/$export')) fake.exportQuery = url.searchParams;
       res.writeHead(202, { 'content-location': `${base}/status?of=${encodeURIComponent(started)}` });
       return res.end();

@@ -17,6 +17,14 @@ export interface InfernoLikeSource {
   requests: { line: string; bearer: boolean }[];
   /** Where the 307'd file is sent: the storage host by default. */
   redirectTo?: (hop: number) => string;
+  /**
+   * Kick-off routes like Inferno's PDex *client* mock (davinci-pdex-test-kit, pdex_payer_client
+   * mock_server.rb): only `GET [base]/Patient/$export`, its query ignored (the mock proxies a fixed
+   * `Group/pdex-Group/$export`); `Patient/{id}/$export` and `POST Patient/$export` are 404.
+   */
+  clientMock?: boolean;
+  /** The export also holds another person (a Patient and a Condition of `pat999`), as an export that cannot be limited to the member may. */
+  others?: boolean;
   close(): Promise<void>;
 }
 
@@ -42,13 +50,16 @@ const eob = {
 const organization = { resourceType: 'Organization', id: 'org-1', name: 'Old Plan' };
 const ndjson = (rs: unknown[]) => rs.map((r) => `${JSON.stringify(r)}\n`).join('');
 
-const FILES: Record<string, { type: string; body: string }> = {
-  f1: { type: 'Patient', body: ndjson([patient]) },
+const stranger = { resourceType: 'Patient', id: 'pat999', name: [{ family: 'Stranger' }], birthDate: '1950-05-05' };
+const strangerCondition = { resourceType: 'Condition', id: 'cond-999', subject: { reference: 'Patient/pat999' }, code: { text: 'not the member' } };
+const filesOf = (others: boolean): Record<string, { type: string; body: string }> => ({
+  f1: { type: 'Patient', body: ndjson(others ? [patient, stranger] : [patient]) },
   f2: { type: 'Condition', body: ndjson(conditions) },
   f3: { type: 'ExplanationOfBenefit', body: ndjson([eob]) },
   f4: { type: 'Practitioner', body: ndjson([practitioner]) },
   f5: { type: 'Organization', body: ndjson([organization]) },
-};
+  ...(others ? { f6: { type: 'Condition', body: ndjson([strangerCondition]) } } : {}),
+});
 
 async function listen(handler: http.RequestListener): Promise<{ server: http.Server; origin: string }> {
   const server = http.createServer(handler);
@@ -62,7 +73,7 @@ export async function startInfernoLikeSource(): Promise<InfernoLikeSource> {
   const storage = await listen((req, res) => {
     storageRequests.push({ path: req.url ?? '', authorization: req.headers.authorization });
     res.writeHead(200, { 'content-type': 'application/fhir+ndjson' });
-    res.end(FILES.f2.body);
+    res.end(filesOf(false).f2.body);
   });
   const source = await listen(async (req, res) => {
     for await (const _ of req) void _;
@@ -85,7 +96,8 @@ export async function startInfernoLikeSource(): Promise<InfernoLikeSource> {
       const found = url.searchParams.get('identifier') === '99999' ? [{ fullUrl: `${fake.base}/Patient/pat015`, resource: patient, search: { mode: 'match' } }] : [];
       return json(200, { resourceType: 'Bundle', type: 'searchset', total: found.length, entry: found });
     }
-    if (p === '/r4/Patient/pat015/$export') {
+    const FILES = filesOf(!!fake.others);
+    if (fake.clientMock ? p === '/r4/Patient/$export' && req.method === 'GET' : p === '/r4/Patient/pat015/$export') {
       polls = 0;
       res.writeHead(202, { 'content-location': `${fake.base}/$export-poll-status?_jobId=job-1` });
       return res.end();

@@ -30,7 +30,7 @@ function fakeRemote(files: Record<string, unknown[]>): RemotePayer {
     mayDownload: (url) => url.startsWith(payer.fhirBaseUrl),
     memberMatch: async () => ({ memberId: 'm1' }),
     patientsByIdentifier: async () => ['m1'],
-    kickoff: async () => `${payer.fhirBaseUrl}/status`,
+    kickoff: async () => ({ statusUrl: `${payer.fhirBaseUrl}/status`, route: 'GET Patient/{id}/$export' as const }),
     status: async () => ({ done: true, manifest: { transactionTime: '', request: '', requiresAccessToken: true, output: Object.entries(files).map(([name, rs]) => ({ type: (rs[0] as Resource).resourceType, url: `${payer.fhirBaseUrl}/${name}`, count: rs.length })) } }),
     download: async (url) => Readable.from(files[url.slice(payer.fhirBaseUrl.length + 1)].map((r) => `${JSON.stringify(r)}\n`)),
     cancel: async () => undefined,
