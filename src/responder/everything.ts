@@ -145,8 +145,7 @@ export class PatientEverything {
         const chunk = log.sent(r);
         if (chunk) sentBy.push(chunk);
       }
-      const rest = log.flush();
-      if (rest) sentBy.push(rest);
+      sentBy.push(...log.flush());
     }
     const url = (cursor?: EverythingRequest['cursor']) => {
       const qs = new URLSearchParams();

@@ -1,4 +1,4 @@
-import type { Group } from 'fhir/r4';
+import type { Group, Resource } from 'fhir/r4';
 import { patientIdOf } from '../fhir/reference';
 import { ResourceStore } from '../store/resource-store';
 import { Filter } from '../store/types';
@@ -97,8 +97,10 @@ export class ExportJobHandler {
     if (transmitting) await this.payer?.ensure();
     const log = transmitting && this.payer ? new TransmitterLog(`transmitter-${job._id}`, data.transactionTime, { reference: this.payer.reference, name: this.payer.name }) : undefined;
     let sentFile: ReturnType<ExportFiles['open']> | undefined;
-    const sent = async (resource: { resourceType: string; id?: string }) => {
-      const chunk = log?.sent(resource as never);
+    const sent = async (resource: Resource) => {
+      // Each transmitter Provenance names one member's records (a group's files split by member keep it whole).
+      const about = this.compartment.has(resource.resourceType) ? this.compartment.aboutOf(resource) : [];
+      const chunk = log?.sent(resource, about.length === 1 ? about[0] : '');
       if (!chunk) return;
       sentFile ??= this.files.open(job._id, SENT_FILE);
       await sentFile.write(chunk);
@@ -159,8 +161,7 @@ export class ExportJobHandler {
       }
     }
     if (log && (memberRecords > 0 || sentFile)) {
-      const rest = log.flush();
-      if (rest) {
+      for (const rest of log.flush()) {
         sentFile ??= this.files.open(job._id, SENT_FILE);
         await sentFile.write(rest);
       }

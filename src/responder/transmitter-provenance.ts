@@ -86,27 +86,36 @@ export function stableId(prefix: string, ...parts: string[]): string {
   return `${prefix}-${createHash('sha1').update(parts.join('\u0000')).digest('hex').slice(0, 24)}`;
 }
 
-/** Gathers what an exchange sent, and gives the transmitter Provenance chunk by chunk (MAX_TARGETS each). */
+/**
+ * Gathers what an exchange sent, and gives the transmitter Provenance chunk by chunk (MAX_TARGETS
+ * targets each). Records are kept apart by `key` (the member they are about): each Provenance names
+ * one member's records only, so a requester that splits a group's files by member can give each
+ * member its own (one naming two members would belong to neither); directory records go together.
+ */
 export class TransmitterLog {
-  private pending: string[] = [];
+  private pending = new Map<string, string[]>();
   private made = 0;
 
   constructor(private readonly idPrefix: string, private readonly recorded: string, private readonly payer: { reference: string; name: string }) {}
 
   /** Notes one record sent; answers a full chunk's Provenance when one is due. */
-  sent(resource: Resource): Provenance | undefined {
-    this.pending.push(`${resource.resourceType}/${resource.id}`);
-    return this.pending.length >= MAX_TARGETS ? this.take() : undefined;
+  sent(resource: Resource, key = ''): Provenance | undefined {
+    let list = this.pending.get(key);
+    if (!list) this.pending.set(key, (list = []));
+    list.push(`${resource.resourceType}/${resource.id}`);
+    if (list.length < MAX_TARGETS) return undefined;
+    this.pending.delete(key);
+    return this.make(list);
   }
 
-  /** The Provenance of what is left (undefined: nothing). */
-  flush(): Provenance | undefined {
-    return this.pending.length ? this.take() : undefined;
+  /** The Provenance of what is left, one per key (none: nothing). */
+  flush(): Provenance[] {
+    const out = [...this.pending.values()].filter((l) => l.length > 0).map((l) => this.make(l));
+    this.pending.clear();
+    return out;
   }
 
-  private take(): Provenance {
-    const targets = this.pending;
-    this.pending = [];
+  private make(targets: string[]): Provenance {
     return transmitterProvenance(`${this.idPrefix}-${++this.made}`, targets, this.recorded, this.payer);
   }
 }

@@ -11,8 +11,7 @@ describe('transmitter Provenance', () => {
         const chunk = log.sent({ resourceType: 'Observation', id: `o${i}` });
         if (chunk) out.push(chunk);
       }
-      const rest = log.flush();
-      if (rest) out.push(rest);
+      out.push(...log.flush());
       return out;
     };
     const chunks = run();
@@ -20,6 +19,15 @@ describe('transmitter Provenance', () => {
     expect(chunks.map((p) => p.id)).toEqual(['transmitter-job1-1', 'transmitter-job1-2', 'transmitter-job1-3']);
     expect(run().map((p) => p.id)).toEqual(chunks.map((p) => p.id));
     expect(new Set(chunks.flatMap((p) => p.target.map((t) => t.reference))).size).toBe(2500);
+  });
+
+  it('keeps each member\'s records in Provenance of their own', () => {
+    const log = new TransmitterLog('t', '2026-01-01T00:00:00Z', payer);
+    log.sent({ resourceType: 'Patient', id: 'm1' }, 'm1');
+    log.sent({ resourceType: 'Patient', id: 'm2' }, 'm2');
+    log.sent({ resourceType: 'Observation', id: 'o1' }, 'm1');
+    log.sent({ resourceType: 'Organization', id: 'org' });
+    expect(log.flush().map((p) => p.target.map((t) => t.reference))).toEqual([['Patient/m1', 'Observation/o1'], ['Patient/m2'], ['Organization/org']]);
   });
 
   it('is shaped as PDex\'s transmitter example', () => {
