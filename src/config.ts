@@ -37,6 +37,10 @@ export interface AppConfig {
   exchangeTimeoutSeconds: number;
   /** This payer's name, as the requester of exchanges when CoverageToLink names no payor. */
   requestingPayerName: string;
+  /** The id of this payer's Organization (PAYER_ORGANIZATION_ID, default `this-payer`): the transmitter of what it sends. */
+  payerOrganizationId: string;
+  /** This payer's identifiers on that Organization (PAYER_IDENTIFIERS: `system|value`, comma-separated; e.g. its NAIC code or NPI). */
+  payerIdentifiers: { system: string; value: string }[];
   /** Bounds on the wait between export status polls (Retry-After is honoured within them). */
   pollMinMs: number;
   pollMaxMs: number;
@@ -162,6 +166,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, cwd = process.c
     corsOrigins: (env.CORS_ORIGINS ?? '*').split(',').map((o) => o.trim()).filter(Boolean),
     exchangeTimeoutSeconds: int(env.EXCHANGE_TIMEOUT_SECONDS, 'EXCHANGE_TIMEOUT_SECONDS', 3600, 1),
     requestingPayerName: env.PAYER_NAME || 'Requesting payer',
+    payerOrganizationId: orgId(env.PAYER_ORGANIZATION_ID),
+    payerIdentifiers: identifierList(env.PAYER_IDENTIFIERS),
     pollMinMs: int(env.POLL_MIN_MS, 'POLL_MIN_MS', 1000, 10),
     pollMaxMs: int(env.POLL_MAX_MS, 'POLL_MAX_MS', 60_000, 10),
     remoteTimeoutMs: int(env.REMOTE_TIMEOUT_MS, 'REMOTE_TIMEOUT_MS', 30_000, 100),
@@ -206,4 +212,18 @@ export function fhirBase(config: AppConfig, listeningPort?: number): string {
   if (config.publicBaseUrl) return config.publicBaseUrl;
   const host = config.host.includes(':') && !config.host.startsWith('[') ? `[${config.host}]` : config.host;
   return `http://${host}:${listeningPort ?? config.port}/4_0_1`;
+}
+
+function orgId(raw: string | undefined): string {
+  const id = (raw ?? '').trim() || 'this-payer';
+  if (!/^[A-Za-z0-9\-.]{1,64}$/.test(id)) throw new ConfigError(`PAYER_ORGANIZATION_ID must be a FHIR id (letters, digits, '-', '.'; at most 64), got '${id}'`);
+  return id;
+}
+
+function identifierList(raw: string | undefined): { system: string; value: string }[] {
+  return (raw ?? '').split(',').map((s) => s.trim()).filter(Boolean).map((item) => {
+    const bar = item.lastIndexOf('|');
+    if (bar <= 0 || bar === item.length - 1) throw new ConfigError(`PAYER_IDENTIFIERS takes system|value items, comma-separated; got '${item}'`);
+    return { system: item.slice(0, bar), value: item.slice(bar + 1) };
+  });
 }

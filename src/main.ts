@@ -27,6 +27,7 @@ import { MemberMatchService } from './responder/member-match';
 import { ExportFiles } from './responder/export-files';
 import { EXPORT_JOB, ExportJobHandler } from './responder/export-job';
 import { everythingRoutes } from './responder/everything';
+import { PayerOrganization } from './responder/transmitter-provenance';
 import { BULK_MATCH_JOB, BulkMemberMatchJob } from './responder/bulk-member-match';
 import { bulkExportRoutes, sweepExpiredExports } from './responder/bulk-export-routes';
 import { SourcePayerRegistry } from './requester/source-payers';
@@ -114,7 +115,8 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
   const guard = new Guard(tokens, config.authRequired);
   const runner = new JobRunner(db, { leaseMs: config.jobLeaseSeconds * 1000, maxAttempts: config.jobMaxAttempts, concurrency: config.jobConcurrency, logger });
   const files = new ExportFiles(db.blobs);
-  const exportJobs = new ExportJobHandler(store, registry, compartment, access, files, config.exportFileTtlSeconds * 1000);
+  const payerOrganization = new PayerOrganization(store, { id: config.payerOrganizationId, name: config.requestingPayerName, identifiers: config.payerIdentifiers });
+  const exportJobs = new ExportJobHandler(store, registry, compartment, access, files, config.exportFileTtlSeconds * 1000, undefined, payerOrganization);
   runner.register(EXPORT_JOB, exportJobs.run);
   const throttle = new MatchThrottle(db, { maxFailures: config.memberMatchMaxFailures, windowMs: config.memberMatchWindowSeconds * 1000 }, logger);
   const memberMatch = new MemberMatchService(store, grants, throttle, logger, undefined, audit, { memberIdSystem: config.memberIdSystem });
@@ -210,7 +212,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
       runOffRoutes(guard, invokeExport),
       systemHistoryRoutes({ guard, store, access, baseUrl, defaultPageSize: config.defaultPageSize, maxPageSize: config.maxPageSize, onPartnerRead }),
       bulkExportRoutes({ runner, files, store, registry, compartment, access, guard, baseUrl, authRequired: config.authRequired, statusWaitMs: 500, audit, serviceWindowYears: config.serviceWindowYears, bulkThrottle }),
-      everythingRoutes({ store, compartment, access, guard, baseUrl, defaultPageSize: config.defaultPageSize, maxPageSize: config.maxPageSize, onPartnerRead }),
+      everythingRoutes({ store, compartment, access, guard, baseUrl, defaultPageSize: config.defaultPageSize, maxPageSize: config.maxPageSize, onPartnerRead, payerOrganization }),
       grantRoutes(guard, grants, logger),
       definitionRoutes(guard, operations, baseUrl),
     ],

@@ -11,6 +11,7 @@ import { AccessPolicy } from '../access/access-policy';
 import { allows } from '../auth/scopes';
 import { Guard } from '../auth/guard';
 import type { DisclosureInteraction } from '../audit/audit-log';
+import { PayerOrganization, stableId, TransmitterLog } from './transmitter-provenance';
 
 export interface EverythingRequest {
   since?: number;
@@ -31,6 +32,9 @@ export interface EverythingDeps {
   maxPageSize: number;
   /** Told what a partner was shown (the audit trail of disclosures). */
   onPartnerRead?: (req: Request, interaction: DisclosureInteraction, type: string, resources: Resource[]) => Promise<void>;
+  /** This payer's Organization: each page names it as transmitter of what the page sends (§pdex-127); none: no such Provenance. */
+  payerOrganization?: PayerOrganization;
+  now?: () => Date;
 }
 
 const KNOWN = new Set(['_since', '_type', '_count', '_cursor', '_format', '_pretty']);
@@ -116,6 +120,14 @@ export class PatientEverything {
     const referenced = new Map<string, Set<string>>();
     collectSupportingReferences(matches, referenced);
     const includes: Resource[] = [];
+    // §pdex-127: the page names this payer as transmitter of what it sends; its Organization comes along.
+    const payer = this.d.payerOrganization;
+    const transmitting = !!payer && matches.length > 0 && wanted('Provenance');
+    if (transmitting && payer && wanted('Organization')) {
+      await payer.ensure();
+      if (!referenced.has('Organization')) referenced.set('Organization', new Set());
+      referenced.get('Organization')?.add(payer.id);
+    }
     for (const type of SUPPORTING_TYPES) {
       const ids = [...(referenced.get(type) ?? [])];
       if (ids.length === 0 || !wanted(type)) continue;
@@ -125,6 +137,16 @@ export class PatientEverything {
     if (scope.members) await this.d.onPartnerRead?.(req, 'everything', 'Patient', [...matches, ...includes]);
 
     const base = this.d.baseUrl();
+    const sentBy: Resource[] = [];
+    if (transmitting && payer) {
+      const recorded = (this.d.now?.() ?? new Date()).toISOString();
+      const log = new TransmitterLog(stableId('transmitter', patientId, JSON.stringify(ask), recorded), recorded, { reference: payer.reference, name: payer.name });
+      for (const r of [...matches, ...includes]) {
+        const chunk = log.sent(r);
+        if (chunk) sentBy.push(chunk);
+      }
+      sentBy.push(...log.flush());
+    }
     const url = (cursor?: EverythingRequest['cursor']) => {
       const qs = new URLSearchParams();
       if (ask.since !== undefined) qs.set('_since', new Date(ask.since).toISOString());
@@ -136,7 +158,7 @@ export class PatientEverything {
     const link: BundleLink[] = [{ relation: 'self', url: url(ask.cursor) }];
     if (next) link.push({ relation: 'next', url: url(next) });
     const entry = (r: Resource, mode: 'match' | 'include'): BundleEntry => ({ fullUrl: `${base}/${r.resourceType}/${r.id}`, resource: r as FhirResource, search: { mode } });
-    return { resourceType: 'Bundle', type: 'searchset', link, entry: [...matches.map((r) => entry(r, 'match')), ...includes.map((r) => entry(r, 'include'))] };
+    return { resourceType: 'Bundle', type: 'searchset', link, entry: [...matches.map((r) => entry(r, 'match')), ...includes.map((r) => entry(r, 'include')), ...sentBy.map((r) => entry(r, 'include'))] };
   }
 }
 

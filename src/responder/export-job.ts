@@ -1,4 +1,4 @@
-import type { Group } from 'fhir/r4';
+import type { Group, Resource } from 'fhir/r4';
 import { patientIdOf } from '../fhir/reference';
 import { ResourceStore } from '../store/resource-store';
 import { Filter } from '../store/types';
@@ -11,8 +11,11 @@ import { compileTypeFilter, ExportRequest } from './export-request';
 import { SearchRegistry } from '../fhir/search/registry';
 import { inPayerToPayerScope, priorAuthorizationDocumentation } from './service-window';
 import { outcome } from '../fhir/outcome';
+import { PayerOrganization, TransmitterLog } from './transmitter-provenance';
 
 export const EXPORT_JOB = 'bulk-export';
+/** The file of an export's transmitter Provenance (beside `Provenance.ndjson`, the members' own). */
+const SENT_FILE = 'Provenance-1.ndjson';
 
 
 export interface ExportOutput {
@@ -53,6 +56,8 @@ export class ExportJobHandler {
     private readonly files: ExportFiles,
     private readonly fileTtlMs: number,
     private readonly now: () => Date = () => new Date(),
+    /** This payer's Organization: the transmitter named in each export's Provenance (§pdex-127); none: no transmitter Provenance. */
+    private readonly payer?: PayerOrganization,
   ) {}
 
   run = async (ctx: JobContext<ExportJobData>): Promise<void> => {
@@ -87,6 +92,20 @@ export class ExportJobHandler {
     const referenced = new Map<string, Set<string>>();
     const output: ExportOutput[] = [];
     const until = req.until ?? Date.parse(data.transactionTime);
+    // §pdex-127: what the export sends is named as sent by this payer, in Provenance of MAX_TARGETS targets at most.
+    const transmitting = !!this.payer && req.types.includes('Provenance');
+    if (transmitting) await this.payer?.ensure();
+    const log = transmitting && this.payer ? new TransmitterLog(`transmitter-${job._id}`, data.transactionTime, { reference: this.payer.reference, name: this.payer.name }) : undefined;
+    let sentFile: ReturnType<ExportFiles['open']> | undefined;
+    const sent = async (resource: Resource) => {
+      // Each transmitter Provenance names one member's records (a group's files split by member keep it whole).
+      const about = this.compartment.has(resource.resourceType) ? this.compartment.aboutOf(resource) : [];
+      const chunk = log?.sent(resource, about.length === 1 ? about[0] : '');
+      if (!chunk) return;
+      sentFile ??= this.files.open(job._id, SENT_FILE);
+      await sentFile.write(chunk);
+    };
+    let memberRecords = 0;
 
     const mainTypes = patientLevel ? req.types.filter((t) => this.compartment.has(t)) : req.types;
     // A partner's export keeps PDex's rules for prior authorizations (and, for $davinci-data-export, the window of dates of service).
@@ -109,6 +128,8 @@ export class ExportJobHandler {
         if (!scope.canSee(resource)) continue;
         if (payerToPayer && !inPayerToPayerScope(resource as never, req.serviceFrom, now, documentation)) continue;
         await writer.write(scope.view(resource));
+        await sent(resource);
+        if (this.compartment.has(type)) memberRecords++;
         if (patientLevel) collectSupportingReferences(resource, referenced);
       }
       await writer.close();
@@ -118,17 +139,36 @@ export class ExportJobHandler {
 
     if (patientLevel) {
       const supporting = SUPPORTING_TYPES.filter((t) => req.types.includes(t) && !mainTypes.includes(t));
+      // The transmitter's own Organization goes with the member data its Provenance names it in.
+      if (log && memberRecords > 0 && this.payer) {
+        if (!referenced.has('Organization')) referenced.set('Organization', new Set());
+        referenced.get('Organization')?.add(this.payer.id);
+      }
       await this.closeOverReferences(supporting, referenced, signal);
       for (const type of supporting) {
         const ids = [...(referenced.get(type) ?? [])];
         if (ids.length === 0) continue;
         const writer = this.files.open(job._id, `${type}.ndjson`);
         for (let i = 0; i < ids.length; i += 500) {
-          for await (const resource of this.store.stream(type, { _id: { $in: ids.slice(i, i + 500) } })) if (scope.canSee(resource)) await writer.write(resource);
+          for await (const resource of this.store.stream(type, { _id: { $in: ids.slice(i, i + 500) } })) {
+            if (!scope.canSee(resource)) continue;
+            await writer.write(resource);
+            await sent(resource);
+          }
         }
         await writer.close();
         if (writer.count > 0) output.push({ type, name: `${type}.ndjson`, count: writer.count });
       }
+    }
+    if (log && (memberRecords > 0 || sentFile)) {
+      for (const rest of log.flush()) {
+        sentFile ??= this.files.open(job._id, SENT_FILE);
+        await sentFile.write(rest);
+      }
+    }
+    if (sentFile) {
+      await sentFile.close();
+      output.push({ type: 'Provenance', name: SENT_FILE, count: sentFile.count });
     }
     await ctx.checkpoint({ output, errorOutput, progress: 'complete', expiresAt: this.now().getTime() + this.fileTtlMs });
   };

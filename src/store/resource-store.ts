@@ -4,6 +4,8 @@ import { BatchConflict, BulkOp, Collection, Database, DuplicateKeyError, Filter,
 import { buildSearchIndex, DEFAULT_INDEX_LIMITS, IndexLimitExceeded, IndexLimits, SearchIndex } from '../fhir/search/index-values';
 import { SearchRegistry } from '../fhir/search/registry';
 import { badRequest, conflict, FhirError, gone, notFound, preconditionFailed, unprocessable } from '../fhir/outcome';
+import { attachDerivedAbout, DERIVED_ABOUT, PatientCompartment, provenanceAbout } from '../fhir/compartment';
+import { RESOURCE_TYPES } from '../fhir/resource-types';
 
 /** The current version of a resource, with its search index. */
 interface CurrentDoc extends StoredDoc {
@@ -14,6 +16,8 @@ interface CurrentDoc extends StoredDoc {
   res: Resource;
   s: SearchIndex['s'];
   k: SearchIndex['k'];
+  /** A Provenance: whom it is about (`Patient/{id}` references), derived from its targets (see compartment.ts DERIVED_ABOUT). */
+  a?: string[];
 }
 
 /** One entry of a resource's history; a deletion has no `res`. */
@@ -83,6 +87,7 @@ const MAX_WRITE_RETRIES = 20;
  */
 export class ResourceStore {
   private indexed = new Set<string>();
+  private compartmentOf?: PatientCompartment;
 
   constructor(
     private readonly db: Database,
@@ -153,7 +158,7 @@ export class ResourceStore {
       const version = existing ? existing.v + 1 : await this.nextVersionAfterDelete(type, id);
       const lastUpdated = this.now();
       const stored = withMeta(resource, id, version, lastUpdated);
-      const doc = this.currentDoc(id, version, lastUpdated.getTime(), stored);
+      const doc = this.currentDoc(id, version, lastUpdated.getTime(), stored, undefined, true, await this.derivedAbout(stored));
       try {
         if (existing) {
           // Lands only if nobody wrote a newer version since we read it.
@@ -177,13 +182,71 @@ export class ResourceStore {
         { _id: `${id}/${version}`, id, v: version, lu: doc.lu, res: stored },
         { upsert: true },
       );
+      await this.refreshProvenance(type, [id]);
+      attachDerivedAbout(stored, doc.a);
       return { resource: stored, created: !existing };
     }
     throw preconditionFailed(`Too many concurrent writes to ${type}/${id}`);
   }
 
-  private currentDoc(id: string, v: number, lu: number, res: Resource, hash = contentHash(res), limited = true): CurrentDoc {
-    return { _id: id, v, lu, h: hash, res, ...(limited ? this.indexOf(res) : buildSearchIndex(this.registry, res as never)) };
+  private currentDoc(id: string, v: number, lu: number, res: Resource, hash = contentHash(res), limited = true, about?: string[]): CurrentDoc {
+    const index = limited ? this.indexOf(res) : buildSearchIndex(this.registry, res as never);
+    if (!about) return { _id: id, v, lu, h: hash, res, ...index };
+    return { _id: id, v, lu, h: hash, res, s: { ...index.s, [DERIVED_ABOUT]: about }, k: index.k, a: about };
+  }
+
+  private get compartment(): PatientCompartment {
+    return (this.compartmentOf ??= new PatientCompartment(this.registry, RESOURCE_TYPES));
+  }
+
+  /**
+   * Whom a Provenance is about, from its targets as stored now (see compartment.ts DERIVED_ABOUT);
+   * undefined for any other type. A target stored later, or changed, brings it up to date (`refreshProvenance`).
+   */
+  private async derivedAbout(resource: Resource): Promise<string[] | undefined> {
+    if (resource.resourceType !== 'Provenance') return undefined;
+    const lookup = async (refs: { type: string; id: string }[]) => {
+      const out = new Map<string, readonly string[]>();
+      const byType = new Map<string, Set<string>>();
+      for (const r of refs) byType.set(r.type, (byType.get(r.type) ?? new Set()).add(r.id));
+      for (const [type, set] of byType) {
+        await this.ensureIndexes(type);
+        const ids = [...set];
+        for (let i = 0; i < ids.length; i += 500) {
+          for (const d of await this.current(type).find({ _id: { $in: ids.slice(i, i + 500) } })) {
+            out.set(`${type}/${d._id}`, type === 'Provenance' ? (d.a ?? []) : this.compartment.aboutOf(d.res).map((p) => `Patient/${p}`));
+          }
+        }
+      }
+      return out;
+    };
+    return provenanceAbout(resource, (t) => t !== 'Patient' && this.compartment.has(t), lookup);
+  }
+
+  /**
+   * After records of a member type were written: the Provenance that targets them is about whom
+   * they are about now (a Provenance stored before its target, or a record moved to another
+   * member). Only the derived members change: no new version.
+   */
+  private async refreshProvenance(type: string, ids: string[]): Promise<void> {
+    if (ids.length === 0 || type === 'Patient' || type === 'Provenance' || !this.compartment.has(type)) return;
+    await this.ensureIndexes('Provenance');
+    const provenance = this.current('Provenance');
+    for (let i = 0; i < ids.length; i += 500) {
+      const refs = ids.slice(i, i + 500).map((id) => `${type}/${id}`);
+      for (const doc of await provenance.find({ 's.target': { $in: refs } })) {
+        const about = (await this.derivedAbout(doc.res)) as string[];
+        if (JSON.stringify(about) === JSON.stringify(doc.a ?? null)) continue;
+        // A Provenance written meanwhile was derived afresh by its own write.
+        await provenance.replaceOne({ _id: doc._id, v: doc.v }, this.currentDoc(doc._id, doc.v, doc.lu, doc.res, doc.h, false, about));
+      }
+    }
+  }
+
+  /** A stored resource as handed out: a Provenance with whom it is about (for the access rule). */
+  private out(doc: CurrentDoc): Resource {
+    attachDerivedAbout(doc.res, doc.a);
+    return doc.res;
   }
 
   /**
@@ -222,7 +285,7 @@ export class ResourceStore {
     const ops: BulkOp[] = [...alongside];
     for (const p of changed) {
       const stored = withMeta(p.resource, p.id, p.version, lastUpdated);
-      const doc = this.currentDoc(p.id, p.version, lastUpdated.getTime(), stored, p.hash);
+      const doc = this.currentDoc(p.id, p.version, lastUpdated.getTime(), stored, p.hash, true, await this.derivedAbout(stored));
       const at = ops.length;
       ops.push(p.before.current === null ? { collection: type, insert: doc } : { collection: type, replace: doc, filter: { _id: p.id, v: p.before.current } });
       const _id = `${p.id}/${p.version}`;
@@ -235,6 +298,7 @@ export class ResourceStore {
       if (applied[alongside.length + 2 * i]) versions.set(p.id, p.version);
       else versions.set(p.id, Number((await this.update(type, p.id, p.resource)).resource.meta?.versionId));
     }
+    await this.refreshProvenance(type, changed.map((p) => p.id));
     return versions;
   }
 
@@ -277,7 +341,7 @@ export class ResourceStore {
         version = (last?.v ?? 0) + 1;
       }
       const stored = withMeta(w.resource, w.id, version, lastUpdated);
-      const doc = this.currentDoc(w.id, version, lastUpdated.getTime(), stored);
+      const doc = this.currentDoc(w.id, version, lastUpdated.getTime(), stored, undefined, true, await this.derivedAbout(stored));
       ops.push(existing ? { collection: w.type, replace: doc, filter: { _id: w.id, v: existing.v } } : { collection: w.type, insert: doc });
       ops.push({ collection: `${w.type}_history`, insert: { _id: `${w.id}/${version}`, id: w.id, v: version, lu: doc.lu, res: stored } });
       results.push({ type: w.type, id: w.id, resource: stored, created: !existing });
@@ -288,6 +352,8 @@ export class ResourceStore {
       if (err instanceof BatchConflict) throw conflict('A resource of the transaction changed while it was processed; nothing was written, send it again');
       throw err;
     }
+    // A Provenance written with its targets in one transaction was derived before they were stored.
+    for (const w of writes) if (w.kind !== 'delete') await this.refreshProvenance(w.type, [w.id]);
     return results;
   }
 
@@ -338,17 +404,18 @@ export class ResourceStore {
       const prev = await this.history(type).findOne({ _id: `${id}/${to.current}` });
       if (!prev?.res) return 'changed';
       // A version stored before (under the limits of its time) is restored as it was.
-      const restored = this.currentDoc(id, prev.v, prev.lu, prev.res, undefined, false);
+      const restored = this.currentDoc(id, prev.v, prev.lu, prev.res, undefined, false, await this.derivedAbout(prev.res));
       if ((await currentColl.replaceOne({ _id: id, v: doc.v }, restored)) === 0) return 'changed';
     }
     await this.history(type).deleteMany({ id, v: { $gt: to.floor } });
+    await this.refreshProvenance(type, [id]);
     return 'reverted';
   }
 
   /** The current version; 404 if it never existed, 410 if deleted. */
   async read(type: string, id: string): Promise<Resource> {
     const doc = await this.current(type).findOne({ _id: id });
-    if (doc) return doc.res;
+    if (doc) return this.out(doc);
     throw await this.missing(type, id);
   }
 
@@ -370,7 +437,7 @@ export class ResourceStore {
 
   async readIfExists(type: string, id: string): Promise<Resource | undefined> {
     const doc = await this.current(type).findOne({ _id: id });
-    return doc?.res;
+    return doc ? this.out(doc) : undefined;
   }
 
   async vread(type: string, id: string, versionId: string): Promise<Resource> {
@@ -420,7 +487,7 @@ export class ResourceStore {
   async search(type: string, filter: Filter, opts: { sort?: SortSpec; skip?: number; limit?: number } = {}): Promise<Resource[]> {
     await this.ensureIndexes(type);
     const docs = await this.current(type).find(filter, opts);
-    return docs.map((d) => d.res);
+    return docs.map((d) => this.out(d));
   }
 
   /**
@@ -461,7 +528,7 @@ export class ResourceStore {
     for (;;) {
       const ids = (await current.find(after === undefined ? filter : { $and: [filter, { _id: { $gt: after } }] }, { sort: { _id: 1 }, limit: STREAM_IDS, fields: ['_id'] })).map((d) => d._id);
       for (let i = 0; i < ids.length; i += pageSize) {
-        for (const d of await current.find({ $and: [filter, { _id: { $in: ids.slice(i, i + pageSize) } }] }, { sort: { _id: 1 } })) yield d.res;
+        for (const d of await current.find({ $and: [filter, { _id: { $in: ids.slice(i, i + pageSize) } }] }, { sort: { _id: 1 } })) yield this.out(d);
       }
       if (ids.length < STREAM_IDS) return;
       after = ids[ids.length - 1];

@@ -78,6 +78,13 @@ describe('payer-to-payer exchange between two servers', () => {
     expect(provenance.body.target).toHaveLength(imported);
     expect(provenance.body.agent[0].who.reference).toBe(done.owner.reference);
     expect(provenance.body.entity.map((e: any) => e.what.reference)).toContain(`Task/${task.id}`);
+    // The source's own transmitter Provenance (PDex §pdex-127) came along, linked to the local records, with the source's Organization.
+    const received = (await fhir('GET', `${requester.baseUrl}/Provenance?_count=500`)).body.entry.map((e: any) => e.resource);
+    const sent = received.filter((r: any) => r.agent.some((a: any) => a.type?.coding?.some((c: any) => c.code === 'transmitter')));
+    expect(sent.length).toBeGreaterThan(0);
+    const sentTargets = sent.flatMap((r: any) => r.target.map((t: any) => t.reference));
+    expect(sentTargets).toEqual(expect.arrayContaining([`Patient/${local}`, `ExplanationOfBenefit/${eob.id}`]));
+    for (const who of sent.map((r: any) => r.agent[0].who.reference)) expect((await fhir('GET', `${requester.baseUrl}/${who}`)).status).toBe(200);
 
     // The files as received are archived and linked from the Task.
     const files = done.output.filter((o: any) => o.type.text === 'received-file');

@@ -168,6 +168,7 @@ describe('source side access model', () => {
   });
 
   it('Patient/{id}/$everything: the same access model as export, page by page', async () => {
+    const sentBy = (r: any) => r.resourceType === 'Provenance' && String(r.id).startsWith('transmitter-');
     /** Every page of $everything, following next links; match and include entries apart. */
     const everythingOf = async (who: Who, patientId: string, count = 7) => {
       const match: any[] = [];
@@ -191,7 +192,9 @@ describe('source side access model', () => {
       const compartment = Object.entries(exported.data)
         .filter(([type]) => !['Practitioner', 'PractitionerRole', 'Organization', 'Location', 'Medication'].includes(type))
         .flatMap(([, rs]) => rs)
-        .filter((r) => who !== 'service' || JSON.stringify(r).includes(`Patient/${member.patientId}"`) || r.id === member.patientId);
+        .filter((r) => who !== 'service' || JSON.stringify(r).includes(`Patient/${member.patientId}"`) || r.id === member.patientId)
+        // Each answer's own transmitter Provenance (§pdex-127) names what that answer sent: not the member's record.
+        .filter((r) => !sentBy(r));
       expect({ who, match: ids(got.match) }).toEqual({ who, match: ids(compartment) });
       expect(new Set(ids(got.match)).size).toBe(got.match.length);
       expect(got.match.filter((r) => r.resourceType === 'Patient').map((r) => r.id)).toEqual([member.patientId]);
@@ -199,7 +202,10 @@ describe('source side access model', () => {
       // Every directory resource a matched one references is included, and nothing the partner may not see.
       const refs = new Set<string>();
       JSON.stringify(got.match, (k, v) => (k === 'reference' && /^(Practitioner|PractitionerRole|Organization|Location|Medication)\//.test(v) ? refs.add(v) && v : v));
-      expect(ids(got.include)).toEqual([...refs].sort());
+      // And each page's transmitter Provenance, with this payer's Organization that it names.
+      refs.add('Organization/this-payer');
+      expect(got.include.filter(sentBy).length).toBeGreaterThan(0); // one per page that sends anything (provenance-device.test.ts checks each)
+      expect(ids(got.include.filter((r) => !sentBy(r)))).toEqual([...refs].sort());
     }
     // Another member is as unknown to a partner as a member that does not exist.
     expect((await everythingOf('regular', other.patientId)).status).toBe(404);

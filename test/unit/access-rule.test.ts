@@ -32,6 +32,17 @@ const r = (resourceType: string, body: Record<string, unknown>): Record<string, 
 const obs = (body: Record<string, unknown>) => r('Observation', { status: 'final', code: { text: 'x' }, ...body });
 const cond = (patient: string, extra: Record<string, unknown> = {}) => r('Condition', { subject: p(patient), ...extra });
 
+const eob = (patient: string, extra: Record<string, unknown> = {}) => r('ExplanationOfBenefit', { status: 'active', use: 'claim', patient: p(patient), ...extra });
+const prov = (targets: string[], extra: Record<string, unknown> = {}) =>
+  r('Provenance', { target: targets.map((reference) => ({ reference })), recorded: '2024-01-01T00:00:00Z', agent: [{ who: { reference: 'Organization/o' } }], ...extra });
+/** Records of members that Provenance cases below target (stored before them: the cases are stored in order). */
+const EOB_M1 = eob('m1');
+const EOB_M2 = eob('m2');
+const EOB_M3_SENSITIVE = eob('m3', label(ACT, 'HIV'));
+const DEVICE_M1 = r('Device', { patient: p('m1') });
+const DISPENSE_M1 = r('MedicationDispense', { status: 'completed', medicationCodeableConcept: { text: 'x' }, subject: p('m1') });
+const ref = (res: Record<string, unknown>) => `${res.resourceType}/${res.id}`;
+
 const SENSITIVE_SPELLINGS: [string | undefined, string][] = [
   ['urn:oid:2.16.840.1.113883.5.4', 'HIV'],
   [ACT, 'ETHUD'], [ACT, 'BH'], [ACT, 'OPIOIDUD'], [ACT, 'SICKLE'], [ACT, '42CFRPart2'], [ACT, 'SUD'], [ACT, 'MH'], [ACT, 'PSYTHPN'],
@@ -78,7 +89,29 @@ const CASES: Case[] = [
   ['sensitive Organization', r('Organization', label(CONF, 'R')), false],
   ['Task for m1', r('Task', { status: 'requested', intent: 'order', for: p('m1') }), false],
   ['AuditEvent about m1', r('AuditEvent', { type: { code: 'x' }, recorded: '2024-01-01T00:00:00Z', agent: [{ requestor: true, who: p('m1') }], source: { observer: { display: 'x' } }, entity: [{ what: p('m1') }] }), false],
-  ['Device of m1 (outside the compartment)', r('Device', { patient: p('m1') }), false],
+  // Device: its patient's (R4's compartment leaves it out; PDex counts it the member's)
+  ['Device of m1', DEVICE_M1, true],
+  ['Device of m2', r('Device', { patient: p('m2') }), false],
+  ['Device of no one', r('Device', {}), false],
+  ['sensitive Device of m1', r('Device', { patient: p('m1'), ...label(CONF, 'R') }), false],
+  // Provenance: about whom its targets are about
+  ['EOB of m1', EOB_M1, true],
+  ['EOB of m2', EOB_M2, false],
+  ['sensitive EOB of m3', EOB_M3_SENSITIVE, true],
+  ['MedicationDispense of m1 (a target)', DISPENSE_M1, true],
+  ['Provenance of m1\'s EOB', prov([ref(EOB_M1)]), true],
+  ['Provenance of m1\'s EOB by absolute URL', prov([`https://payer.example.com/fhir/${ref(EOB_M1)}`]), true],
+  ['Provenance of m2\'s EOB', prov([ref(EOB_M2)]), false],
+  ['Provenance of m1\'s and m2\'s EOBs', prov([ref(EOB_M1), ref(EOB_M2)]), false],
+  ['Provenance of m1\'s EOB and m2', prov([ref(EOB_M1), 'Patient/m2']), false],
+  ['Provenance of m1\'s EOB and m3\'s sensitive EOB', prov([ref(EOB_M1), ref(EOB_M3_SENSITIVE)]), true],
+  ['sensitive Provenance of m1\'s EOB', prov([ref(EOB_M1)], label(ACT, 'HIV')), false],
+  ['Provenance of m1\'s Device, dispense and an Organization', prov([ref(DEVICE_M1), ref(DISPENSE_M1), 'Organization/o']), true],
+  ['Provenance of m1\'s EOB and a Bundle', prov([ref(EOB_M1), 'Bundle/b1']), true],
+  ['Provenance of an Organization only (directory data)', prov(['Organization/o']), false],
+  ['Provenance of an EOB not stored here', prov(['ExplanationOfBenefit/nowhere']), false],
+  ['Provenance of m1\'s EOB and one not stored here', prov([ref(EOB_M1), 'ExplanationOfBenefit/nowhere']), false],
+  ['Provenance of another server\'s Patient only by a search URL', prov(['Patient?identifier=x']), false],
   // Consents: its own only
   ['its own Consent for m1', r('Consent', { status: 'active', scope: { text: 'x' }, category: [{ text: 'x' }], patient: p('m1'), ...tag('partner') }), true],
   ['another client\'s Consent for m1', r('Consent', { status: 'active', scope: { text: 'x' }, category: [{ text: 'x' }], patient: p('m1'), ...tag('other') }), false],
@@ -115,8 +148,9 @@ describe('partner access rule', () => {
   afterAll(async () => db.close());
 
   it.each(CASES.filter(([, res]) => res.resourceType !== 'Patient').map(([name, res, visible]) => [name, visible ? 'visible' : 'hidden', res, visible] as const))('%s → %s', async (_name, _word, resource, visible) => {
-    expect(scope.canSee(resource as never)).toBe(visible);
     await store.update(String(resource.resourceType), String(resource.id), resource as never);
+    // Judged as a read hands it out (a Provenance's members are derived by the store).
+    expect(scope.canSee(await store.read(String(resource.resourceType), String(resource.id)))).toBe(visible);
     const filter = scope.filter(String(resource.resourceType));
     const pinned = filter === null ? [] : await store.search(String(resource.resourceType), { $and: [{ _id: { $in: [resource.id] } }, filter] });
     expect(pinned.map((x) => x.id)).toEqual(visible ? [resource.id] : []);
@@ -202,6 +236,47 @@ describe('consent policies by their canonical URL', () => {
     expect(sent(`${HREX}#regular`)).toEqual([{ uri: `${HREX}#regular` }]);
     expect(sent('https://evil.example/hrex-consent.html#sensitive')).toEqual([{ uri: 'https://evil.example/hrex-consent.html#sensitive' }]);
     expect(consentPolicy(withCanonicalPolicy(consent('hrex-consent.html#sensitive')), now)).toEqual({ policy: 'sensitive' });
+  });
+});
+
+describe('a Provenance follows its targets', () => {
+  const judge = async (store: ResourceStore, scope: AccessScope, id: string) => {
+    const filter = scope.filter('Provenance');
+    return { read: scope.canSee(await store.read('Provenance', id)), found: filter ? (await store.count('Provenance', { $and: [{ _id: id }, filter] })) === 1 : false };
+  };
+  const claim = (id: string, patient: string) => ({ resourceType: 'ExplanationOfBenefit', id, status: 'active', use: 'claim', patient: p(patient) }) as any;
+  const provenanceOf = (id: string, target: string) => ({ resourceType: 'Provenance', id, target: [{ reference: target }], recorded: '2024-01-01T00:00:00Z', agent: [{ who: { reference: 'Organization/o' } }] }) as any;
+
+  it('stored before its target, it is the member\'s once the target is; a target moved to another member takes it along', async () => {
+    const db = new SqliteDatabase(undefined);
+    const store = new ResourceStore(db, registry);
+    const scope = await new AccessPolicy(grantStore(GRANTS), compartment).scopeFor({ clientId: 'partner', role: 'partner' });
+    await store.update('Provenance', 'pv', provenanceOf('pv', 'ExplanationOfBenefit/e1'));
+    expect(await judge(store, scope, 'pv')).toEqual({ read: false, found: false });
+    await store.update('ExplanationOfBenefit', 'e1', claim('e1', 'm1'));
+    expect(await judge(store, scope, 'pv')).toEqual({ read: true, found: true });
+    expect((await store.read('Provenance', 'pv')).meta?.versionId).toBe('1'); // no new version
+    await store.update('ExplanationOfBenefit', 'e1', claim('e1', 'm2'));
+    expect(await judge(store, scope, 'pv')).toEqual({ read: false, found: false });
+    // Imported in batches (the requesting side's import) and in a transaction, the same.
+    await store.update('Provenance', 'pb', provenanceOf('pb', 'ExplanationOfBenefit/e2'));
+    const claims = [claim('e2', 'm1')];
+    await store.applyWrites('ExplanationOfBenefit', await store.planWrites('ExplanationOfBenefit', claims));
+    expect(await judge(store, scope, 'pb')).toEqual({ read: true, found: true });
+    await store.transact([
+      { kind: 'create', type: 'Provenance', id: 'pt', resource: provenanceOf('pt', 'ExplanationOfBenefit/e3') },
+      { kind: 'create', type: 'ExplanationOfBenefit', id: 'e3', resource: claim('e3', 'm1') },
+    ]);
+    expect(await judge(store, scope, 'pt')).toEqual({ read: true, found: true });
+    await db.close();
+  });
+
+  it('a version from the history is judged by its Patient targets; another member record it targets is unknown there', () => {
+    const scope = new AccessPolicy(grantStore(GRANTS), compartment).scopeFor({ clientId: 'partner', role: 'partner' });
+    return scope.then((s) => {
+      expect(s.canSee(provenanceOf('h1', 'Patient/m1'))).toBe(true);
+      expect(s.canSee(provenanceOf('h2', 'ExplanationOfBenefit/e1'))).toBe(false);
+    });
   });
 });
 
