@@ -78,7 +78,10 @@ describe('batch, transaction, conditional interactions and PATCH', () => {
     expect(condition.encounter.reference).toBe(`Encounter/${encounter.id}`);
     const everything = await fhir('GET', `${base}/Patient/${patientId}/$everything`, undefined, as('service'));
     const types = everything.body.entry.map((e: any) => `${e.resource.resourceType}:${e.search.mode}`).sort();
-    expect(types).toEqual(['Condition:match', 'Encounter:match', 'ExplanationOfBenefit:match', 'Patient:match', 'Practitioner:include']);
+    // PDex §pdex-127: each answer also carries this payer's transmitter Provenance and its Organization.
+    expect(types).toEqual(['Condition:match', 'Encounter:match', 'ExplanationOfBenefit:match', 'Organization:include', 'Patient:match', 'Practitioner:include', 'Provenance:include']);
+    const transmitter = everything.body.entry.find((e: any) => e.resource.resourceType === 'Provenance').resource;
+    expect(transmitter.agent[0].who.reference).toBe('Organization/this-payer');
   });
 
   it('a transaction is all or nothing: one bad entry, or an unresolvable reference, and nothing is written', async () => {
