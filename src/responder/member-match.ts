@@ -1,4 +1,4 @@
-import type { Consent, Coverage, Identifier, OperationOutcome, Parameters, ParametersParameter, Patient, Resource } from 'fhir/r4';
+import type { Consent, Coverage, Identifier, OperationOutcome, Parameters, ParametersParameter, Patient, Reference, Resource } from 'fhir/r4';
 import { patientIdOf } from '../fhir/reference';
 import type { Request } from 'express';
 import { ResourceStore } from '../store/resource-store';
@@ -227,13 +227,38 @@ export class MemberMatchService {
       category: submitted.category ?? [{ coding: [{ system: 'http://loinc.org', code: '64292-6' }] }],
       patient: { reference: `Patient/${patient.id}` },
       dateTime: submitted.dateTime ?? this.now().toISOString(),
-      performer: submitted.performer,
-      organization: submitted.organization,
+      performer: performersHere(submitted, patient.id as string),
+      organization: submitted.organization?.map(withoutLiteral).filter((r): r is Reference => r !== undefined),
       policy: submitted.policy,
       provision: submitted.provision,
     };
+    // The actors may name their Organization by a contained one (`#id`): those are kept, nothing else contained.
+    const orgs = (submitted.contained ?? []).filter((r) => r.resourceType === 'Organization');
+    if (orgs.length) consent.contained = orgs;
     return (await this.store.create(JSON.parse(JSON.stringify(consent)) as Resource)) as Consent & { id: string };
   }
+}
+
+/**
+ * The Consent's performers as recorded here: the member (the submitted patient, or any Patient
+ * reference: a requester's own Patient, not one of this server's) is the matched member; any other
+ * is kept by identifier and name only, so the recorded Consent refers to nothing outside this
+ * server (a partner exporting the member would otherwise receive a reference to someone else).
+ */
+function performersHere(submitted: Consent, memberId: string): Reference[] | undefined {
+  if (!submitted.performer) return undefined;
+  const isMember = (r: Reference) => r.type === 'Patient' || (typeof r.reference === 'string' && (r.reference === submitted.patient?.reference || /(^|\/)Patient\/[^/]+$/.test(r.reference)));
+  const out = submitted.performer.map((r) => (isMember(r) ? { reference: `Patient/${memberId}` } : withoutLiteral(r))).filter((r): r is Reference => r !== undefined);
+  return out.length ? out : undefined;
+}
+
+/** A reference kept by its identifier and display only; nothing when it has neither. */
+function withoutLiteral(r: Reference): Reference | undefined {
+  const kept: Reference = {};
+  if (r.identifier) kept.identifier = r.identifier;
+  if (r.display) kept.display = r.display;
+  if (r.type && (kept.identifier || kept.display)) kept.type = r.type;
+  return kept.identifier || kept.display ? kept : undefined;
 }
 
 /**
