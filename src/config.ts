@@ -39,8 +39,14 @@ export interface AppConfig {
   requestingPayerName: string;
   /** The id of this payer's Organization (PAYER_ORGANIZATION_ID, default `this-payer`): the transmitter of what it sends. */
   payerOrganizationId: string;
-  /** This payer's identifiers on that Organization (PAYER_IDENTIFIERS: `system|value`, comma-separated; e.g. its NAIC code or NPI). */
+  /**
+   * This payer's organization identifiers (PAYER_IDENTIFIERS, `system|value,system|value`, e.g. its
+   * NPI `http://hl7.org/fhir/sid/us-npi|1234567893`): as a source, a Consent's source actor must
+   * name one of them; as a requester, the Consents it sends name it by them. Empty: not checked.
+   */
   payerIdentifiers: { system: string; value: string }[];
+  /** Days a Consent sent to a source runs for when the user gives no period end (CONSENT_DEFAULT_DAYS). */
+  consentDefaultDays: number;
   /** Bounds on the wait between export status polls (Retry-After is honoured within them). */
   pollMinMs: number;
   pollMaxMs: number;
@@ -136,6 +142,18 @@ function trustProxy(value: string | undefined): number | string | undefined {
   return value.split(',').map((v) => v.trim()).filter(Boolean).join(',');
 }
 
+/** `system|value,system|value`: an organization's identifiers, each with both parts. */
+export function orgIdentifiers(value: string | undefined, name: string): { system: string; value: string }[] {
+  if (value === undefined || value.trim() === '') return [];
+  return value.split(',').map((entry) => entry.trim()).filter(Boolean).map((entry) => {
+    const bar = entry.indexOf('|');
+    const system = bar < 0 ? '' : entry.slice(0, bar).trim();
+    const id = bar < 0 ? '' : entry.slice(bar + 1).trim();
+    if (!system || !id) throw new ConfigError(`${name} takes system|value pairs separated by commas (e.g. http://hl7.org/fhir/sid/us-npi|1234567893), got '${entry}'`);
+    return { system, value: id };
+  });
+}
+
 export function loadConfig(env: NodeJS.ProcessEnv = process.env, cwd = process.cwd()): AppConfig {
   const host = env.HOST || '127.0.0.1';
   const publicBaseUrl = env.PUBLIC_BASE_URL ? env.PUBLIC_BASE_URL.replace(/\/+$/, '') : undefined;
@@ -167,7 +185,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, cwd = process.c
     exchangeTimeoutSeconds: int(env.EXCHANGE_TIMEOUT_SECONDS, 'EXCHANGE_TIMEOUT_SECONDS', 3600, 1),
     requestingPayerName: env.PAYER_NAME || 'Requesting payer',
     payerOrganizationId: orgId(env.PAYER_ORGANIZATION_ID),
-    payerIdentifiers: identifierList(env.PAYER_IDENTIFIERS),
+    payerIdentifiers: orgIdentifiers(env.PAYER_IDENTIFIERS, 'PAYER_IDENTIFIERS'),
+    consentDefaultDays: int(env.CONSENT_DEFAULT_DAYS, 'CONSENT_DEFAULT_DAYS', 365, 1, 3660),
     pollMinMs: int(env.POLL_MIN_MS, 'POLL_MIN_MS', 1000, 10),
     pollMaxMs: int(env.POLL_MAX_MS, 'POLL_MAX_MS', 60_000, 10),
     remoteTimeoutMs: int(env.REMOTE_TIMEOUT_MS, 'REMOTE_TIMEOUT_MS', 30_000, 100),
@@ -220,10 +239,3 @@ function orgId(raw: string | undefined): string {
   return id;
 }
 
-function identifierList(raw: string | undefined): { system: string; value: string }[] {
-  return (raw ?? '').split(',').map((s) => s.trim()).filter(Boolean).map((item) => {
-    const bar = item.lastIndexOf('|');
-    if (bar <= 0 || bar === item.length - 1) throw new ConfigError(`PAYER_IDENTIFIERS takes system|value items, comma-separated; got '${item}'`);
-    return { system: item.slice(0, bar), value: item.slice(bar + 1) };
-  });
-}

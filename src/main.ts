@@ -119,7 +119,11 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
   const exportJobs = new ExportJobHandler(store, registry, compartment, access, files, config.exportFileTtlSeconds * 1000, undefined, payerOrganization);
   runner.register(EXPORT_JOB, exportJobs.run);
   const throttle = new MatchThrottle(db, { maxFailures: config.memberMatchMaxFailures, windowMs: config.memberMatchWindowSeconds * 1000 }, logger);
-  const memberMatch = new MemberMatchService(store, grants, throttle, logger, undefined, audit, { memberIdSystem: config.memberIdSystem });
+  const memberMatch = new MemberMatchService(store, grants, throttle, logger, undefined, audit, {
+    memberIdSystem: config.memberIdSystem,
+    // A Consent must name this payer as source and the calling client as recipient, where their identifiers are configured.
+    consentParties: (clientId) => clients.consentParties(clientId, config.payerIdentifiers),
+  });
   // Bulk matches have their own, larger allowance of failures: a bulk request must not be a way around the brute-force limit.
   const bulkThrottle = new MatchThrottle(db, { maxFailures: config.bulkMatchMaxFailures, windowMs: config.bulkMatchWindowSeconds * 1000, collection: 'bulk_match_failures' }, logger);
   runner.register(BULK_MATCH_JOB, new BulkMemberMatchJob(store, memberMatch, files, config.exportFileTtlSeconds * 1000, logger, bulkThrottle).run);
@@ -143,7 +147,11 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
     return client;
   };
   const tracker = new TaskTracker(store);
-  const invokeExport = new InvokeExportService(db, store, payers, tracker, runner, config.requestingPayerName, logger, audit);
+  const invokeExport = new InvokeExportService(db, store, payers, tracker, runner, config.requestingPayerName, logger, audit, {
+    payerIdentifiers: config.payerIdentifiers,
+    defaultDays: config.consentDefaultDays,
+    baseUrl,
+  });
   const journal = new ImportJournal(db, store, logger);
   const exchangeLimits = {
     maxFileBytes: config.exchangeMaxFileBytes,
@@ -268,6 +276,10 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
   runOffs?.unref();
   logger.info('listening', { base: base.url, engine: db.engine, sourcePayers: payers.size });
   logger.info(`authentication ${config.authRequired ? 'ON' : 'OFF'} (${config.authReason ?? 'as configured'})`, { clients: clients.roles() });
+  // Once, at start-up: whose Consents cannot be checked to name them.
+  const unidentified = clients.partnersWithoutIdentifiers();
+  if (unidentified.length) logger.warn('partner clients registered without identifiers: the Consents they submit are not checked to name them as recipient (add "identifiers" to their CLIENTS_FILE entries)', { clients: unidentified });
+  if (!config.payerIdentifiers.length && clients.roles().partner > 0) logger.warn('PAYER_IDENTIFIERS is not set: Consents are not checked to name this payer as source, and Consents sent to source payers name it by PAYER_NAME only');
   if (config.authRequired && clients.size === 0) logger.warn(`no clients are registered in ${config.clientsFile}: every request that needs a token will be refused (npm run register-client, then restart)`);
 
   let stopped = false;

@@ -8,7 +8,7 @@ export interface Grant extends StoredDoc {
   clientId: string;
   patientId: string;
   policy: ConsentPolicy;
-  /** The consent's period, epoch ms; open ends are absent. */
+  /** The consent's period, epoch ms: the grant is in force within it only. A grant is made only under a Consent with both (consentPolicy); one without an end (made by an older version, under an open-ended Consent) is in force no more. */
   start?: number;
   end?: number;
   /** The Consent recorded by the match; deleting it revokes the grant. */
@@ -62,6 +62,7 @@ export class GrantStore {
     const judged = consentPolicy(consent, this.now());
     if (!('policy' in judged)) throw new Error(`cannot grant under a consent that cannot be honoured: ${judged.problem}`);
     const { start, end } = consentPeriod(consent);
+    if (start === undefined || end === undefined) throw new Error('cannot grant under a consent without a bounded period');
     const doc: Grant = { _id: `${clientId}|${patientId}`, clientId, patientId, policy: judged.policy, consentId: consent.id, grantedAt: this.now().getTime() };
     if (start !== undefined) doc.start = start;
     if (end !== undefined) doc.end = end;
@@ -157,6 +158,7 @@ export class GrantStore {
 /** How long another process's change to grants may take to hold here. */
 const CACHE_MS = 1000;
 
+/** In force: not revoked, and within its Consent's period, which must have an end (HRex: a Consent with an open end grants nothing). */
 function isActive(g: Grant, t: number): boolean {
-  return g.revokedAt === undefined && (g.start === undefined || g.start <= t) && (g.end === undefined || g.end >= t);
+  return g.revokedAt === undefined && (g.start === undefined || g.start <= t) && g.end !== undefined && g.end >= t;
 }

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { readJsonArrayFile } from '../json-file';
 import type { JSONWebKeySet } from 'jose';
+import type { ConsentParties } from '../responder/consent-policy';
 
 /** A system client allowed to call this server (a requesting payer), as registered in CLIENTS_FILE. */
 export interface RegisteredClient {
@@ -23,6 +24,24 @@ export interface RegisteredClient {
    * that its scopes allow (the default for client_secret_basic clients).
    */
   role?: Role;
+  /**
+   * The client's organization identifiers (NPI, payer id), e.g.
+   * `[{ "system": "http://hl7.org/fhir/sid/us-npi", "value": "1234567893" }]`: a Consent it submits
+   * must name one of them as the recipient. Without them, its Consents are judged on the rest.
+   */
+  identifiers?: { system: string; value: string }[];
+}
+
+/** A registration's `identifiers`: a list of `{ system, value }`, both non-empty strings. */
+export function checkIdentifiers(value: unknown, who: string): { system: string; value: string }[] | undefined {
+  if (value === undefined) return undefined;
+  if (!Array.isArray(value)) throw new Error(`${who}: identifiers must be a list of { system, value }`);
+  return value.map((i) => {
+    if (!i || typeof i !== 'object' || typeof i.system !== 'string' || !i.system.trim() || typeof i.value !== 'string' || !i.value.trim()) {
+      throw new Error(`${who}: each of identifiers needs a system and a value`);
+    }
+    return { system: i.system.trim(), value: i.value.trim() };
+  });
 }
 
 export type Role = 'partner' | 'service';
@@ -49,7 +68,8 @@ export class ClientRegistry {
       if (typeof c.scopes !== 'string' || !c.scopes.trim()) throw new Error(`client ${c.clientId}: scopes are required`);
       if (c.role !== undefined && c.role !== 'partner' && c.role !== 'service') throw new Error(`client ${c.clientId}: role must be partner or service`);
       if (this.clients.has(c.clientId)) throw new Error(`client ${c.clientId} is registered twice`);
-      this.clients.set(c.clientId, c);
+      const identifiers = checkIdentifiers(c.identifiers, `client ${c.clientId}`);
+      this.clients.set(c.clientId, identifiers ? { ...c, identifiers } : c);
     }
   }
 
@@ -64,6 +84,22 @@ export class ClientRegistry {
 
   get size(): number {
     return this.clients.size;
+  }
+
+  /** The partner clients registered without identifiers (their Consents are not checked to name them), for the start-up warning. */
+  partnersWithoutIdentifiers(): string[] {
+    return [...this.clients.values()].filter((c) => roleOf(c) === 'partner' && !c.identifiers?.length).map((c) => c.clientId);
+  }
+
+  /**
+   * Who a Consent submitted by this client must name: this payer (`self`) as the source, the
+   * client's organization as the recipient; and the other clients' identifiers, against a Consent
+   * naming another payer when the client has none of its own.
+   */
+  consentParties(clientId: string, self: readonly { system: string; value: string }[]): ConsentParties {
+    const recipient = this.clients.get(clientId)?.identifiers ?? [];
+    const others = [...this.clients.values()].filter((c) => c.clientId !== clientId).flatMap((c) => c.identifiers ?? []);
+    return { source: self, recipient, others };
   }
 
   /** How many clients have each role, for the start-up log. */

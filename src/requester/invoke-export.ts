@@ -1,7 +1,7 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { patientIdOf } from '../fhir/reference';
 import type { Request } from 'express';
-import type { Consent, Coverage, Organization, Parameters, ParametersParameter, Resource, Task, TaskInput } from 'fhir/r4';
+import type { Consent, Coverage, Organization, Parameters, ParametersParameter, Patient, Resource, Task, TaskInput } from 'fhir/r4';
 import { ResourceStore } from '../store/resource-store';
 import { Collection, Database, DuplicateKeyError, StoredDoc } from '../store/types';
 import { readParameters, first } from '../fhir/parameters';
@@ -10,7 +10,8 @@ import { parseInstant } from '../fhir/search/fhir-date';
 import { isServedType } from '../fhir/resource-types';
 import { JobRunner } from '../jobs/job-runner';
 import { memberMatchParameters, readMemberMatchParts } from '../responder/member-match';
-import { withCanonicalPolicy } from '../responder/consent-policy';
+import { OrgIdentifier, withCanonicalPolicy } from '../responder/consent-policy';
+import { completeConsent } from './consent-completion';
 import { SourcePayer, SourcePayerRegistry } from './source-payers';
 import { BULK_EXCHANGE_JOB, BulkExchangeJobData } from './bulk-exchange-job';
 
@@ -44,6 +45,16 @@ interface LockDoc extends StoredDoc {
 
 const PENDING_MS = 60_000;
 const TERMINAL_JOB = new Set(['completed', 'failed', 'cancelled']);
+
+/** What the Consents sent to source payers are completed with (completeConsent). */
+export interface ConsentDefaults {
+  /** This payer's identifiers (PAYER_IDENTIFIERS), naming it as the recipient. */
+  payerIdentifiers: readonly OrgIdentifier[];
+  /** CONSENT_DEFAULT_DAYS: the period's length when the user gives no end. */
+  defaultDays: number;
+  /** This server's FHIR base, for the member's reference when the MemberPatient has no id. */
+  baseUrl: () => string;
+}
 
 export interface InvokeExportRequest {
   localPatientId: string;
@@ -112,6 +123,7 @@ export class InvokeExportService {
     private readonly requesterName: string,
     private readonly logger: Logger,
     private readonly audit?: AuditLog,
+    private readonly consentDefaults: ConsentDefaults = { payerIdentifiers: [], defaultDays: 365, baseUrl: () => '' },
   ) {
     this.locks = db.collection<LockDoc>('exchange_locks');
   }
@@ -167,7 +179,8 @@ export class InvokeExportService {
    * while one is active for the member. A run-off (`runOff`) reuses an earlier exchange's match and
    * consent and asks only for what changed since its `transactionTime`.
    */
-  private async start(request: InvokeExportRequest, payer: SourcePayer, partOf?: string, runOff?: { memberId: string; consentRef: string; since: string; previous: string }, parked = false): Promise<Task> {
+  private async start(given: InvokeExportRequest, payer: SourcePayer, partOf?: string, runOff?: { memberId: string; consentRef: string; since: string; previous: string }, parked = false): Promise<Task> {
+    const request = runOff ? given : this.withCompletedConsent(given, payer);
     const taskId = randomUUID();
     const lockId = await this.lock(request.localPatientId, payer.issuer, taskId);
     try {
@@ -221,6 +234,24 @@ export class InvokeExportService {
       await this.release(taskId);
       throw err;
     }
+  }
+
+  /**
+   * The request with its Consent completed as HRex's profile has it (completeConsent), the source
+   * payer (its registration) named as the source and this payer as the recipient; the completed
+   * Consent is what is sent and what is recorded here.
+   */
+  private withCompletedConsent(request: InvokeExportRequest, payer: SourcePayer): InvokeExportRequest {
+    const parts = request.memberMatch.parameter ?? [];
+    const consent = completeConsent(request.consent, {
+      source: { name: payer.name ?? payer.issuer, identifiers: payer.identifiers },
+      recipient: { name: this.requesterName, identifiers: this.consentDefaults.payerIdentifiers },
+      memberPatient: parts.find((p) => p.name === 'MemberPatient')?.resource as Patient | undefined,
+      localPatientUrl: `${this.consentDefaults.baseUrl()}/Patient/${request.localPatientId}`,
+      defaultDays: this.consentDefaults.defaultDays,
+      now: new Date(),
+    });
+    return { ...request, consent, memberMatch: { ...request.memberMatch, parameter: parts.map((p) => (p.name === 'Consent' ? { ...p, resource: consent } : p)) } };
   }
 
   /**

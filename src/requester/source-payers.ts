@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { JWK } from 'jose';
 import { readJsonArrayFile } from '../json-file';
+import { checkIdentifiers } from '../auth/client-registry';
 
 /** A registered source payer (Smile CDR calls it an "OIDC Server Definition"). Only these are ever called. */
 export interface SourcePayer {
@@ -30,6 +31,11 @@ export interface SourcePayer {
    * the matched group. On unless set to false (then: one `$member-match` and one export per member).
    */
   bulkMemberMatch?: boolean;
+  /**
+   * The source payer's organization identifiers (NPI, payer id): the Consent sent to it names it as
+   * the source (HRex's actor with role `performer`) by these; without them, by its name only.
+   */
+  identifiers?: { system: string; value: string }[];
 }
 
 const normalizeIssuer = (s: string) => s.trim().replace(/\/+$/, '');
@@ -64,6 +70,8 @@ export class SourcePayerRegistry {
         });
       }
       if (raw.bulkMemberMatch !== undefined && typeof raw.bulkMemberMatch !== 'boolean') throw new Error(`source payer ${issuer}: bulkMemberMatch must be true or false`);
+      const identifiers = checkIdentifiers(raw.identifiers, `source payer ${issuer}`);
+      if (identifiers) entry.identifiers = identifiers;
       if (typeof raw.clientId !== 'string' || !raw.clientId) throw new Error(`source payer ${issuer}: clientId is required`);
       if (typeof raw.scopes !== 'string' || !raw.scopes.trim()) throw new Error(`source payer ${issuer}: scopes are required`);
       if (raw.clientAuthenticationMode === 'PRIVATE_KEY_JWT') {

@@ -1,4 +1,4 @@
-import type { Consent, Resource } from 'fhir/r4';
+import type { Consent, ConsentProvisionActor, Identifier, Organization, Resource } from 'fhir/r4';
 
 export type ConsentPolicy = 'regular' | 'sensitive';
 
@@ -29,22 +29,119 @@ export function withCanonicalPolicy(consent: Consent): Consent {
   return { ...consent, policy };
 }
 
+/** HRex's role codes of the Consent's actors (hrex-consent, `provision.actor` sliced by `role`). */
+export const CONSENT_ACTOR_ROLES = {
+  /** Authorized to disclose: the data source (the payer asked for the data). */
+  source: { system: 'http://terminology.hl7.org/CodeSystem/provenance-participant-type', code: 'performer' },
+  /** Authorized to receive: the requesting payer. */
+  recipient: { system: 'http://terminology.hl7.org/CodeSystem/v3-ParticipationType', code: 'IRCP' },
+} as const;
+export const CONSENT_ACTION_DISCLOSE = { system: 'http://terminology.hl7.org/CodeSystem/consentaction', code: 'disclose' } as const;
+
+/** An organization's business identifier (NPI, payer id): what a Consent's actor names it by. */
+export interface OrgIdentifier {
+  system: string;
+  value: string;
+}
+
+/** Who a Consent must name, for one request: this payer as source, the calling payer as recipient. */
+export interface ConsentParties {
+  /** This payer's identifiers (PAYER_IDENTIFIERS): a source actor must carry one. None configured: any source actor will do. */
+  source: readonly OrgIdentifier[];
+  /** The calling client's organization identifiers (its CLIENTS_FILE entry): a recipient actor must carry one. */
+  recipient: readonly OrgIdentifier[];
+  /** The other registered clients' identifiers: when the caller has none, a Consent whose every recipient is one of them names another payer. */
+  others?: readonly OrgIdentifier[];
+}
+
+/** Elements of `provision` that HRex prohibits (..0): each would narrow the disclosure in a way this payer does not apply, so a Consent carrying one cannot be honoured. */
+const PROHIBITED_PROVISION = ['securityLabel', 'purpose', 'class', 'code', 'dataPeriod', 'data', 'provision'] as const;
+
 /**
- * What a member's Consent allows (HRex): `#regular` shares all but sensitive data, `#sensitive`
- * shares all. A Consent this payer cannot honour (no policy, a policy that is not one of HRex's
- * by its canonical URL, both, out of its period) yields a problem instead of a policy.
+ * The terms of a member's Consent as the HRex Consent profile states them, judged for this payer:
+ * status `active`; exactly one policy, HRex's `#regular` (all but sensitive data) or `#sensitive`
+ * (all), by its canonical URL; `provision.type` `permit`; a `provision.period` with both start and
+ * end that covers `now`; `provision.action`, when given, `disclose`; none of the provision elements
+ * HRex prohibits. Anything else yields a problem (a fixed text, nothing of the Consent's own
+ * values), never a policy. The actors are judged by `judgeConsent`.
  */
 export function consentPolicy(consent: Consent, now: Date): { policy: ConsentPolicy } | { problem: string } {
-  if (consent.status && consent.status !== 'active') return { problem: `consent status is ${consent.status}` };
+  if (consent.status !== 'active') return { problem: 'consent status must be active' };
   const uris = (consent.policy ?? []).map((p) => p.uri).filter((u): u is string => typeof u === 'string');
   const kinds = new Set(uris.map((u) => hrexPolicyOf(u) ?? 'other'));
   if (kinds.size === 0) return { problem: 'consent names no policy' };
   if (kinds.has('other') || kinds.size > 1) return { problem: `consent policy must be exactly one of ${HREX_POLICY_URIS.regular} or ${HREX_POLICY_URIS.sensitive}` };
+  const provision = consent.provision;
+  if (!provision) return { problem: 'consent has no provision: HRex requires a permit provision with a period' };
+  if (provision.type === 'deny') return { problem: 'consent provision.type is deny: a denial permits no disclosure' };
+  if (provision.type !== 'permit') return { problem: 'consent provision.type must be permit' };
+  const prohibited = PROHIBITED_PROVISION.find((k) => (provision as Record<string, unknown>)[k] !== undefined);
+  if (prohibited) return { problem: `consent provision.${prohibited} narrows the disclosure, which HRex prohibits and this payer cannot honour` };
+  const actions = provision.action ?? [];
+  if (!actions.every((a) => (a.coding ?? []).some((c) => c.system === CONSENT_ACTION_DISCLOSE.system && c.code === CONSENT_ACTION_DISCLOSE.code))) {
+    return { problem: `consent provision.action must be ${CONSENT_ACTION_DISCLOSE.system}#disclose` };
+  }
+  if (!provision.period?.start || !provision.period.end) return { problem: 'consent provision.period must have both a start and an end' };
   const { start, end } = consentPeriod(consent);
+  if (start === undefined || end === undefined) return { problem: 'consent provision.period is not a valid period' };
+  if (end < start) return { problem: 'consent provision.period ends before it starts' };
   const t = now.getTime();
-  if (start !== undefined && start > t) return { problem: 'consent period has not begun' };
-  if (end !== undefined && end < t) return { problem: 'consent period has ended' };
+  if (start > t) return { problem: 'consent period has not begun' };
+  if (end < t) return { problem: 'consent period has ended' };
   return { policy: kinds.has('sensitive') ? 'sensitive' : 'regular' };
+}
+
+/**
+ * The whole judgement of a submitted Consent (its terms, then its actors), as HRex slices them: at
+ * least one `provision.actor` with role `performer` (the source) and one with role `IRCP` (the
+ * recipient). Where this payer's identifiers are configured, a source actor must name one of them;
+ * where the calling client's are, a recipient actor must name one of them; an actor names an
+ * organization by `reference.identifier`, or by the identifiers of a contained Organization it
+ * points at. A caller registered without identifiers is judged on the rest, except that a Consent
+ * whose every recipient is identified as another registered client is not its to use.
+ */
+export function judgeConsent(consent: Consent, now: Date, parties: ConsentParties): { policy: ConsentPolicy } | { problem: string } {
+  const terms = consentPolicy(consent, now);
+  if (!('policy' in terms)) return terms;
+  const actors = consent.provision?.actor ?? [];
+  const withRole = (role: { system: string; code: string }) => actors.filter((a) => (a.role?.coding ?? []).some((c) => c.system === role.system && c.code === role.code));
+  const sources = withRole(CONSENT_ACTOR_ROLES.source);
+  const recipients = withRole(CONSENT_ACTOR_ROLES.recipient);
+  if (sources.length === 0) return { problem: `consent names no source: a provision.actor with role ${CONSENT_ACTOR_ROLES.source.system}#performer naming this payer is required` };
+  if (recipients.length === 0) return { problem: `consent names no recipient: a provision.actor with role ${CONSENT_ACTOR_ROLES.recipient.system}#IRCP naming the requesting payer is required` };
+  const idsOf = (actor: ConsentProvisionActor) => actorIdentifiers(consent, actor);
+  const names = (actor: ConsentProvisionActor, wanted: readonly OrgIdentifier[]) => idsOf(actor).some((i) => wanted.some((w) => sameIdentifier(i, w)));
+  if (parties.source.length && !sources.some((a) => names(a, parties.source))) return { problem: 'consent does not name this payer as the source (a provision.actor with role performer, by identifier)' };
+  if (parties.recipient.length) {
+    if (!recipients.some((a) => names(a, parties.recipient))) return { problem: 'consent does not name the requesting payer as the recipient (a provision.actor with role IRCP, by identifier)' };
+  } else if (parties.others?.length) {
+    const others = parties.others;
+    const couldBeCaller = (a: ConsentProvisionActor) => {
+      const ids = idsOf(a);
+      return ids.length === 0 || ids.some((i) => !others.some((o) => sameIdentifier(i, o)));
+    };
+    if (!recipients.some(couldBeCaller)) return { problem: 'consent names another payer as the recipient' };
+  }
+  return terms;
+}
+
+/** The identifiers an actor names its organization by: its reference's identifier, and a contained Organization's (`#id`). */
+function actorIdentifiers(consent: Consent, actor: ConsentProvisionActor): OrgIdentifier[] {
+  const out: OrgIdentifier[] = [];
+  const add = (i: Identifier | undefined) => {
+    if (i && typeof i.system === 'string' && typeof i.value === 'string') out.push({ system: i.system, value: i.value });
+  };
+  add(actor.reference?.identifier);
+  const ref = actor.reference?.reference;
+  if (typeof ref === 'string' && ref.startsWith('#')) {
+    const org = (consent.contained ?? []).find((r) => r.resourceType === 'Organization' && r.id === ref.slice(1)) as Organization | undefined;
+    for (const i of org?.identifier ?? []) add(i);
+  }
+  return out;
+}
+
+function sameIdentifier(a: OrgIdentifier, b: OrgIdentifier): boolean {
+  return a.system === b.system && a.value.trim() === b.value.trim();
 }
 
 /** The consent's period as epoch ms; a period end given as a date covers that whole day. */
@@ -56,7 +153,12 @@ export function consentPeriod(consent: Consent): { start?: number; end?: number 
 }
 
 function endOf(value: string): number {
-  return /^\d{4}-\d{2}-\d{2}$/.test(value) ? Date.parse(value) + 86_400_000 - 1 : Date.parse(value);
+  // A date, a year-month or a year as the end covers the whole of it.
+  const m = value.match(/^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$/);
+  if (!m) return Date.parse(value);
+  const [y, mo, d] = [Number(m[1]), m[2] ? Number(m[2]) - 1 : undefined, m[3] ? Number(m[3]) : undefined];
+  const next = mo === undefined ? Date.UTC(y + 1, 0, 1) : d === undefined ? Date.UTC(y, mo + 1, 1) : Date.UTC(y, mo, d + 1);
+  return Number.isNaN(Date.parse(value)) ? NaN : next - 1;
 }
 
 /**

@@ -1,11 +1,12 @@
-import type { Consent, Coverage, Identifier, Parameters, ParametersParameter, Patient, Resource } from 'fhir/r4';
+import type { Consent, Coverage, Identifier, OperationOutcome, Parameters, ParametersParameter, Patient, Reference, Resource } from 'fhir/r4';
 import { patientIdOf } from '../fhir/reference';
 import type { Request } from 'express';
 import { ResourceStore } from '../store/resource-store';
 import { parametersOf, readParts, first } from '../fhir/parameters';
 import { validateResource } from '../fhir/validator';
-import { unprocessable } from '../fhir/outcome';
-import { consentPolicy } from './consent-policy';
+import { FhirError, unprocessable } from '../fhir/outcome';
+import { ConsentParties, judgeConsent } from './consent-policy';
+import { RESULT_SYSTEM } from '../fhir/pdex';
 import { MatchCandidate, matchMember, matchRequest, MatchRequest, MemberKey } from './member-matcher';
 import { MatchThrottle } from './match-throttle';
 import { GrantStore } from '../access/grants';
@@ -77,6 +78,25 @@ export const MEMBER_IDENTIFIER_TYPE = {
 /** Options of the matcher: the system this payer issues member ids under, when it declares one. */
 export interface MemberMatchOptions {
   memberIdSystem?: string;
+  /** Who a client's Consent must name (this payer as source, the client as recipient); unset: no actor is checked by identifier. */
+  consentParties?: (clientId: string) => ConsentParties;
+}
+
+/**
+ * A Consent this payer cannot honour, judged before any member is looked up (its terms and actors
+ * say nothing of a member): a 422 saying what is wrong with it, coded `consentconstraint` (PDex's
+ * match-result code) so a partner can tell it from a failed match.
+ */
+export class ConsentRefused extends FhirError {
+  constructor(problem: string) {
+    super(422, 'business-rule', `The consent cannot be honoured: ${problem}`, ['Parameters.parameter.where(name = \'Consent\').resource']);
+  }
+
+  override toOutcome(): OperationOutcome {
+    const o = super.toOutcome();
+    o.issue[0].details = { coding: [{ system: RESULT_SYSTEM, code: 'consentconstraint' }], text: this.message };
+    return o;
+  }
 }
 
 /** How one member's match ended; `tried` is how many failed matches of the allowance it costs when not a match. */
@@ -121,16 +141,30 @@ export class MemberMatchService {
     const candidates = await this.candidates(request.key);
     const { matched } = matchMember(input.patient, candidates);
     if (matched.length !== 1) return { outcome: 'nomatch', candidates: candidates.length, tried: 1 };
-    if ('problem' in consentPolicy(input.consent, this.now())) return { outcome: 'consentconstraint', candidates: candidates.length, tried: 1 };
+    if ('problem' in this.judge(input, clientId)) return { outcome: 'consentconstraint', candidates: candidates.length, tried: 1 };
     const { patient, coverage } = matched[0];
     const recorded = await this.recordConsent(input.consent, patient, clientId);
     await this.grants.grant(clientId, patient.id as string, recorded);
     return { outcome: 'match', patient, coverage };
   }
 
+  /** The Consent judged for this client: its terms (HRex) and its actors (this payer as source, the client as recipient). */
+  judge(input: MemberMatchInput, clientId: string): ReturnType<typeof judgeConsent> {
+    return judgeConsent(input.consent, this.now(), this.opts.consentParties?.(clientId) ?? { source: [], recipient: [] });
+  }
+
   async handle(body: unknown, req: Request): Promise<Parameters> {
     const clientId = req.access?.clientId ?? 'anonymous';
     const input = parseMemberMatch(body);
+    // A Consent that cannot be honoured is refused before any member is looked up, whoever the
+    // member is: the answer (what is wrong with the Consent) tells nothing of the member, and
+    // costs nothing of the client's allowance of failed matches.
+    const judged = this.judge(input, clientId);
+    if ('problem' in judged) {
+      this.logger.info('member-match refused', { client: clientId, reason: 'consent cannot be honoured', problem: judged.problem });
+      await this.audit?.record({ kind: 'member-match', action: 'E', outcome: 'failure', client: clientId, description: '$member-match: consent cannot be honoured' });
+      throw new ConsentRefused(judged.problem);
+    }
     // As many failed matches of the client's allowance as the request puts forward member
     // identifiers are taken before the match is tried, so concurrent requests cannot together go
     // past it; they are given back if the match succeeds. A request breaking the rules keeps them.
@@ -193,13 +227,38 @@ export class MemberMatchService {
       category: submitted.category ?? [{ coding: [{ system: 'http://loinc.org', code: '64292-6' }] }],
       patient: { reference: `Patient/${patient.id}` },
       dateTime: submitted.dateTime ?? this.now().toISOString(),
-      performer: submitted.performer,
-      organization: submitted.organization,
+      performer: performersHere(submitted, patient.id as string),
+      organization: submitted.organization?.map(withoutLiteral).filter((r): r is Reference => r !== undefined),
       policy: submitted.policy,
       provision: submitted.provision,
     };
+    // The actors may name their Organization by a contained one (`#id`): those are kept, nothing else contained.
+    const orgs = (submitted.contained ?? []).filter((r) => r.resourceType === 'Organization');
+    if (orgs.length) consent.contained = orgs;
     return (await this.store.create(JSON.parse(JSON.stringify(consent)) as Resource)) as Consent & { id: string };
   }
+}
+
+/**
+ * The Consent's performers as recorded here: the member (the submitted patient, or any Patient
+ * reference: a requester's own Patient, not one of this server's) is the matched member; any other
+ * is kept by identifier and name only, so the recorded Consent refers to nothing outside this
+ * server (a partner exporting the member would otherwise receive a reference to someone else).
+ */
+function performersHere(submitted: Consent, memberId: string): Reference[] | undefined {
+  if (!submitted.performer) return undefined;
+  const isMember = (r: Reference) => r.type === 'Patient' || (typeof r.reference === 'string' && (r.reference === submitted.patient?.reference || /(^|\/)Patient\/[^/]+$/.test(r.reference)));
+  const out = submitted.performer.map((r) => (isMember(r) ? { reference: `Patient/${memberId}` } : withoutLiteral(r))).filter((r): r is Reference => r !== undefined);
+  return out.length ? out : undefined;
+}
+
+/** A reference kept by its identifier and display only; nothing when it has neither. */
+function withoutLiteral(r: Reference): Reference | undefined {
+  const kept: Reference = {};
+  if (r.identifier) kept.identifier = r.identifier;
+  if (r.display) kept.display = r.display;
+  if (r.type && (kept.identifier || kept.display)) kept.type = r.type;
+  return kept.identifier || kept.display ? kept : undefined;
 }
 
 /**

@@ -13,7 +13,7 @@ export interface TestClient {
 
 /** Writes a clients file with freshly generated key pairs (and optional secret clients); returns its path and the private keys. */
 export async function writeClientsFile(
-  specs: { clientId: string; scopes: string; alg?: 'ES384' | 'RS384'; secret?: string; role?: 'partner' | 'service' }[],
+  specs: { clientId: string; scopes: string; alg?: 'ES384' | 'RS384'; secret?: string; role?: 'partner' | 'service'; identifiers?: { system: string; value: string }[] }[],
 ): Promise<{ file: string; clients: Record<string, TestClient> }> {
   const entries: RegisteredClient[] = [];
   const clients: Record<string, TestClient> = {};
@@ -23,7 +23,7 @@ export async function writeClientsFile(
       continue;
     }
     const { publicJwk, privateJwk } = await generateClientKeys(s.alg ?? 'ES384');
-    entries.push({ clientId: s.clientId, jwks: { keys: [publicJwk] }, scopes: s.scopes, ...(s.role ? { role: s.role } : {}) });
+    entries.push({ clientId: s.clientId, jwks: { keys: [publicJwk] }, scopes: s.scopes, ...(s.role ? { role: s.role } : {}), ...(s.identifiers ? { identifiers: s.identifiers } : {}) });
     clients[s.clientId] = { clientId: s.clientId, privateJwk };
   }
   const file = path.join(tempDir('clients-'), 'clients.json');

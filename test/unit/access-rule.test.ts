@@ -212,7 +212,8 @@ describe('partner access rule', () => {
 describe('consent policies by their canonical URL', () => {
   const HREX = 'http://hl7.org/fhir/us/davinci-hrex/StructureDefinition-hrex-consent.html';
   const now = new Date('2026-06-01T00:00:00Z');
-  const consent = (...uris: string[]) => ({ resourceType: 'Consent', status: 'active', policy: uris.map((uri) => ({ uri })) }) as never;
+  // A permit with a bounded period (HRex requires both), so that only the policy is judged here.
+  const consent = (...uris: string[]) => ({ resourceType: 'Consent', status: 'active', policy: uris.map((uri) => ({ uri })), provision: { type: 'permit', period: { start: '2020-01-01', end: '2999-01-01' } } }) as never;
 
   it.each([
     [`${HREX}#regular`, 'regular'],
@@ -284,7 +285,7 @@ describe('grants follow their Consent', () => {
   it('a Consent moved to another patient revokes its grant; a changed policy applies', async () => {
     const db = new SqliteDatabase(undefined);
     const grants = new GrantStore(db);
-    const given = { resourceType: 'Consent', id: 'c1', status: 'active', scope: { text: 'x' }, category: [{ text: 'x' }], patient: p('m1'), policy: [{ uri: 'http://hl7.org/fhir/us/davinci-hrex/StructureDefinition-hrex-consent.html#regular' }] } as any;
+    const given = { resourceType: 'Consent', id: 'c1', status: 'active', scope: { text: 'x' }, category: [{ text: 'x' }], patient: p('m1'), policy: [{ uri: 'http://hl7.org/fhir/us/davinci-hrex/StructureDefinition-hrex-consent.html#regular' }], provision: { type: 'permit', period: { start: '2020-01-01', end: '2999-01-01' } } } as any;
     await grants.grant('partner', 'm1', given);
     await grants.consentChanged('c1', { ...given, policy: [{ uri: 'http://hl7.org/fhir/us/davinci-hrex/StructureDefinition-hrex-consent.html#sensitive' }] });
     expect([...(await grants.activeFor('partner'))]).toEqual([['m1', 'sensitive']]);

@@ -41,14 +41,15 @@ describe('SMART scopes', () => {
 
 describe('consent policy', () => {
   const now = new Date('2026-06-01T00:00:00Z');
-  const consent = (uri: string, period?: { start?: string; end?: string }) => ({ resourceType: 'Consent', policy: [{ uri }], ...(period ? { provision: { period } } : {}) }) as never;
+  // HRex: status active, a permit with a period that has both ends (an open end is refused).
+  const consent = (uri: string, period: { start?: string; end?: string } = { start: '2020-01-01', end: '2999-01-01' }) => ({ resourceType: 'Consent', status: 'active', policy: [{ uri }], provision: { type: 'permit', period } }) as never;
   const hrex = 'http://hl7.org/fhir/us/davinci-hrex/StructureDefinition-hrex-consent.html';
   it('accepts #regular and #sensitive within their period, refuses anything else', () => {
     expect(consentPolicy(consent(`${hrex}#regular`), now)).toEqual({ policy: 'regular' });
     expect(consentPolicy(consent(`${hrex}#sensitive`, { start: '2026-01-01', end: '2026-06-01' }), now)).toEqual({ policy: 'sensitive' });
     expect(consentPolicy(consent(`${hrex}#other`), now)).toHaveProperty('problem');
-    expect(consentPolicy(consent(`${hrex}#regular`, { end: '2026-05-31' }), now)).toHaveProperty('problem');
-    expect(consentPolicy(consent(`${hrex}#regular`, { start: '2026-07-01' }), now)).toHaveProperty('problem');
+    expect(consentPolicy(consent(`${hrex}#regular`, { start: '2020-01-01', end: '2026-05-31' }), now)).toHaveProperty('problem');
+    expect(consentPolicy(consent(`${hrex}#regular`, { start: '2026-07-01', end: '2027-01-01' }), now)).toHaveProperty('problem');
   });
   it('knows sensitive labels', () => {
     expect(isSensitive({ resourceType: 'Condition', meta: { security: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'HIV' }] } } as never)).toBe(true);
