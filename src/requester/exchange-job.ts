@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import type { Identifier, Parameters, Reference, Resource, TaskOutput } from 'fhir/r4';
+import type { Identifier, OperationOutcome, Parameters, Reference, Resource, TaskOutput } from 'fhir/r4';
+import { RESULT_SYSTEM } from '../fhir/pdex';
 import { ResourceStore } from '../store/resource-store';
 import { JobContext, JobDoc, RetryLater, sleep } from '../jobs/job-runner';
 import type { Logger } from '../logger';
@@ -176,7 +177,11 @@ export class ExchangeJobHandler {
     try {
       answer = await remote.memberMatch(data.memberMatch);
     } catch (err) {
-      if (err instanceof RemoteError && err.status === 422) throw new ExchangeFailed(`The source payer found no unique match: ${err.message.replace(/^.*?: /, '')}`, `The source payer found no unique match: ${err.logText}`);
+      if (err instanceof RemoteError && err.status === 422) {
+        // PDex: a Consent the source cannot honour is told apart by the match-result code consentconstraint.
+        const what = isConsentConstraint(err.outcome) ? 'The source payer cannot honour the consent' : 'The source payer found no unique match';
+        throw new ExchangeFailed(`${what}: ${err.message.replace(/^.*?: /, '')}`, `${what}: ${err.logText}`);
+      }
       throw err;
     }
     const matched: Matched = { memberId: answer.memberId ?? (await findMember(remote, answer.identifier as Identifier)), identifier: answer.identifier };
@@ -497,4 +502,9 @@ class ImportQueue {
     await this.chain;
     this.check();
   }
+}
+
+/** Whether a source's OperationOutcome codes its refusal as PDex's `consentconstraint` (a Consent it cannot honour, not a missing member). */
+function isConsentConstraint(outcome: OperationOutcome | undefined): boolean {
+  return (outcome?.issue ?? []).some((i) => (i.details?.coding ?? []).some((c) => c.system === RESULT_SYSTEM && c.code === 'consentconstraint'));
 }

@@ -132,6 +132,8 @@ describe('payer-to-payer exchange between two servers', () => {
     const local = await createLocalPatient(requester, m);
     const task = await waitForTask(requester, (await fhir('POST', op, invokeBody(local, m, { policy: 'everything' }))).body.id);
     expect(task.status).toBe('failed');
+    // The source codes its refusal consentconstraint: the Task says the consent, not a missing member, is why.
+    expect(task.statusReason.text).toMatch(/^The source payer cannot honour the consent: /);
     expect((await fhir('GET', `${requester.baseUrl}/ExplanationOfBenefit?patient=${local}`)).body.total).toBe(0);
   });
 
