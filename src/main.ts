@@ -163,6 +163,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
   };
   const exchangeDir = path.join(config.dataDir, 'exchanges');
   const checker = new RecordChecker(undefined, config.largeBodyBytes, store.indexLimits);
+  const groupExporter = new GroupExporter({ limits: exchangeLimits, pollMinMs: config.pollMinMs, pollMaxMs: config.pollMaxMs, logger, localBaseUrl: baseUrl });
   const exchanges = new ExchangeJobHandler({
     store,
     tracker,
@@ -183,6 +184,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
     logger,
     audit,
     localBaseUrl: baseUrl,
+    groupExporter,
   });
   runner.register(BULK_EXCHANGE_JOB, new BulkExchangeJob({
     store,
@@ -190,7 +192,7 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
     runner,
     remoteFor: clientFor,
     releaseLock: (taskId) => invokeExport.release(taskId),
-    groupExporter: new GroupExporter({ limits: exchangeLimits, pollMinMs: config.pollMinMs, pollMaxMs: config.pollMaxMs, logger, localBaseUrl: baseUrl }),
+    groupExporter,
     workDir: exchangeDir,
     timeoutMs: config.exchangeTimeoutSeconds * 1000,
     limits: exchangeLimits,

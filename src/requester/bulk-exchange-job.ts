@@ -1,16 +1,16 @@
-import type { Group, Parameters, ParametersParameter, Task } from 'fhir/r4';
+import type { Task } from 'fhir/r4';
 import { JobContext, JobRunner, sleep } from '../jobs/job-runner';
 import { ResourceStore } from '../store/resource-store';
 import type { Logger } from '../logger';
 import { isTaskEnded, TaskCancelled, TaskTracker } from './task-tracker';
 import { AnswerTooLarge, logTextOf, RemotePayer } from './remote-payer-client';
-import { NdjsonError, readResources } from './ndjson';
-import { CheckedManifest, ExchangeJobData, ExchangeLimits, NO_MEMBER_DATA } from './exchange-job';
-import { limited } from './downloader';
+import { NdjsonError } from './ndjson';
+import { CheckedManifest, ExchangeJobData, ExchangeLimits, MATCH_GROUP_OUTPUT, NO_MEMBER_DATA } from './exchange-job';
 import { LimitReached } from './exchange-errors';
 import { redactKnown, termsOf } from './source-text';
 import { GroupExporter, GroupExportResult } from './group-export';
-import { MatchOutcome, MatchResultReader } from './match-result';
+import { MatchOutcome } from './match-result';
+import { awaitBulkMatch, MatchInput, memberBundles } from './bulk-match';
 import fs from 'node:fs';
 import path from 'node:path';
 
@@ -135,7 +135,9 @@ export class BulkExchangeJob {
       } else if (outcome) {
         const files = received?.shares.get(id);
         const note = files ? "The source payer matched the member ($bulk-member-match); its data came with the group's $davinci-data-export" : 'The source payer matched the member ($bulk-member-match)';
-        await this.tracker.change(id, { note, output: [{ type: { text: 'MemberId' }, valueReference: { reference: `${remote?.payer.fhirBaseUrl}/Patient/${outcome.memberId}` } }] }).catch((e) => (e instanceof TaskCancelled ? undefined : Promise.reject(e)));
+        // The MatchedMembers Group is named too: a later run-off of this member asks for it again ($davinci-data-export with _since).
+        const group = match?.groupId && remote ? [{ type: { text: MATCH_GROUP_OUTPUT }, valueReference: { reference: `${remote.payer.fhirBaseUrl}/Group/${match.groupId}` } }] : [];
+        await this.tracker.change(id, { note, output: [{ type: { text: 'MemberId' }, valueReference: { reference: `${remote?.payer.fhirBaseUrl}/Patient/${outcome.memberId}` } }, ...group] }).catch((e) => (e instanceof TaskCancelled ? undefined : Promise.reject(e)));
         const given = received && files
           ? {
               manifest: { requiresAccessToken: received.manifest.requiresAccessToken, files: [], skipped: received.manifest.skipped, transactionTime: received.manifest.transactionTime } satisfies CheckedManifest,
@@ -144,7 +146,8 @@ export class BulkExchangeJob {
           : {};
         await this.d.runner.release(id, { matched: { memberId: outcome.memberId }, memberMatch: NO_MEMBER_DATA, ...given });
       } else {
-        await this.d.runner.release(id);
+        // Not matched in bulk (no bulk operations, or the bulk match failed): this member matches itself with $member-match.
+        await this.d.runner.release(id, { path: 'member-match' });
       }
     }
     await ctx.checkpoint({ dispatched: true });
@@ -174,42 +177,23 @@ export class BulkExchangeJob {
     const { children, issuer, parentId } = ctx.job.data;
     if (!remote.bulkMemberMatch) return undefined;
     let statusUrl: string | undefined;
-    const inputs: { id: string; parts: ParametersParameter[] }[] = [];
+    const inputs: MatchInput[] = [];
     try {
       for (const id of children) {
         const job = await this.d.runner.get<ExchangeJobData>(id);
         const parts = job?.data.memberMatch?.parameter ?? [];
-        // The member's Task id is the MemberPatient's id at the source: unique in the request, and ours to recognise.
-        if (parts.length) inputs.push({ id, parts: parts.map((p) => (p.name === 'MemberPatient' && p.resource ? { ...p, resource: { ...p.resource, id } } : p)) });
+        if (parts.length) inputs.push({ id, parts });
       }
-      statusUrl = await remote.bulkMemberMatch(inputs.map((i) => ({ name: 'MemberBundle', part: i.parts })));
+      statusUrl = await remote.bulkMemberMatch(memberBundles(inputs));
       const deadline = Math.min(exchangeDeadline, Date.now() + BULK_MATCH_TIMEOUT_MS);
       const late = () => new LimitReached(`the source did not finish $bulk-member-match within the exchange's ${Math.round(this.d.timeoutMs / 1000)} s`);
-      let status = await remote.status(statusUrl);
-      while (!status.done) {
-        if (Date.now() > deadline) throw late();
-        await sleep(Math.min(5000, Math.max(200, status.retryAfterMs ?? 1000), Math.max(0, deadline - Date.now()) + 1), ctx.signal);
-        status = await remote.status(statusUrl);
-      }
-      const reader = new MatchResultReader(new Map(inputs.map((i) => [i.id, i.id])));
-      const label = 'the $bulk-member-match result file';
-      const output = Array.isArray(status.manifest.output) ? status.manifest.output : [];
-      const groupFiles = output.filter((x) => x?.type === 'Group');
-      const files = groupFiles.length ? groupFiles : output.filter((x) => x?.type === 'Parameters');
-      let bytes = 0;
-      for (const o of files) {
-        if (typeof o.url !== 'string' || !remote.mayDownload(o.url)) continue;
-        if (Date.now() > deadline) throw late();
-        const limits = { ...this.d.limits, remainingBytes: this.d.limits.maxExchangeBytes - bytes, deadline };
-        const stream = limited(await remote.download(o.url, status.manifest.requiresAccessToken !== false, ctx.signal), label, limits);
-        for await (const { resource, raw } of readResources(stream, { expectedType: o.type, maxLineLength: this.d.limits.maxLineLength, label })) {
-          bytes += Buffer.byteLength(raw) + 1;
-          if (o.type === 'Group') reader.take(resource as unknown as Group);
-          else reader.takeParameters(resource as unknown as Parameters);
-        }
-      }
-      const outcomes = reader.outcomes();
-      const groupId = reader.groupId;
+      const { outcomes, groupId } = await awaitBulkMatch(remote, statusUrl, inputs.map((i) => i.id), {
+        limits: this.d.limits,
+        deadline,
+        signal: ctx.signal,
+        late,
+        pollDelay: (retryAfterMs) => Math.min(5000, Math.max(200, retryAfterMs ?? 1000)),
+      });
       await remote.cancel(statusUrl);
       this.logger.info('bulk member match', { task: parentId, issuer, members: inputs.length, matched: [...outcomes.values()].filter((o) => 'memberId' in o).length });
       const match: BulkMatch = { outcomes: [...outcomes], groupId };

@@ -5,7 +5,7 @@ import { RESULT_SYSTEM } from '../fhir/pdex';
 import { ResourceStore } from '../store/resource-store';
 import { JobContext, JobDoc, RetryLater, sleep } from '../jobs/job-runner';
 import type { Logger } from '../logger';
-import { KickoffRoute, parseRetryAfter, RemoteError, RemotePayer } from './remote-payer-client';
+import { KickoffRoute, logTextOf, parseRetryAfter, RemoteError, RemotePayer } from './remote-payer-client';
 import { allPages, CheckedManifest, checkManifest, skippedText } from './manifest';
 import { DeletionApplier, deletionText, DeletionTally } from './deletions';
 export type { CheckedManifest } from './manifest';
@@ -24,8 +24,26 @@ import { NdjsonError } from './ndjson';
 import { findMember } from './member-lookup';
 import type { MemberDigest } from './member-demographics';
 import { redactKnown, termsOf } from './source-text';
+import { awaitBulkMatch, memberBundles } from './bulk-match';
+import type { GroupExporter } from './group-export';
 
 export const EXCHANGE_JOB = 'p2p-exchange';
+
+/**
+ * How an exchange reached the member's data, chosen once from the source's CapabilityStatement
+ * and said on the Task (output `exchange-path`):
+ * - `bulk-of-one`: the source declares `$bulk-member-match` and `$davinci-data-export` (PDex 2.2
+ *   lets a source serve only those, §pdex-191, §pdex-129): one MemberBundle, then an export of the
+ *   MatchedMembers Group for the member;
+ * - `member-match`: `$member-match`, then the Bulk Data kick-offs (KICKOFF_ROUTES);
+ * - `run-off-davinci-data-export` / `run-off-export`: a run-off, through the Group of the earlier
+ *   match where the source declares `$davinci-data-export`, else through the kick-offs.
+ */
+export type ExchangePath = 'bulk-of-one' | 'member-match' | 'run-off-davinci-data-export' | 'run-off-export';
+/** The Task output naming the path. */
+export const PATH_OUTPUT = 'exchange-path';
+/** The Task output naming the source's MatchedMembers Group (absolute), for a later run-off through `$davinci-data-export`. */
+export const MATCH_GROUP_OUTPUT = 'MatchedMembersGroup';
 
 /** Step 1's result: who the member is at the source. */
 export interface Matched {
@@ -66,6 +84,16 @@ export interface ExchangeJobData {
   imports?: { files: string[]; counts: Record<string, number> };
   /** The manifest's `deleted` files applied so far (in order), what they removed and left alone, and the bytes they took. */
   deletions?: { files: number; bytes: number; tally: DeletionTally };
+  /** The path chosen (ExchangePath); unset until chosen (a member of a bulk exchange matched in bulk never chooses). */
+  path?: ExchangePath;
+  /** A run-off: the completed exchange it follows. */
+  runOff?: { previous: string };
+  /**
+   * The bulk steps: the `$bulk-member-match` under way, the MatchedMembers Group it named (or, for a
+   * run-off, the earlier match's), the `$davinci-data-export` under way, and whether the exchange
+   * fell back to the kick-offs after the group export failed.
+   */
+  bulk?: { matchStatusUrl?: string; groupId?: string; exportStatusUrl?: string; fellBack?: boolean };
 }
 
 export interface ExchangeLimits {
@@ -101,6 +129,8 @@ export interface ExchangeDeps {
   audit?: AuditLog;
   /** This server's own FHIR base: a record from a source may not refer to it. */
   localBaseUrl?: () => string;
+  /** Exports a MatchedMembers Group ($davinci-data-export) and keeps the member's share: the `bulk-of-one` path and run-offs through the Group. Without it, only `$member-match` and the kick-offs. */
+  groupExporter?: GroupExporter;
 }
 
 /** What a job keeps of the member's demographics once they are no longer needed. */
@@ -131,9 +161,10 @@ export class ExchangeJobHandler {
         await this.d.tracker.change(data.taskId, data.matched ? { status: 'in-progress', step: data.manifest ? 'importing' : 'exporting', note: 'Started' } : { status: 'in-progress', step: 'matching', note: `Started; asking ${payer.name ?? data.issuer} to match the member` });
         await ctx.checkpoint({ started: true });
       }
-      const matched = data.matched ?? (await this.match(ctx, remote));
+      if (!data.path && !data.manifest && (!data.matched || data.runOff)) await this.choosePath(ctx, remote);
+      const matched = data.matched ?? (data.path === 'bulk-of-one' ? await this.bulkMatchOne(ctx, remote) : await this.match(ctx, remote));
       // A member of a bulk exchange may come with its files already received (the group's $davinci-data-export).
-      const manifest = data.manifest ?? (await this.poll(ctx, remote, (data.exportStarted ?? (await this.kickoff(ctx, remote, matched))).statusUrl));
+      const manifest = data.manifest ?? (await this.viaGroup(ctx, remote, matched)) ?? (await this.poll(ctx, remote, (data.exportStarted ?? (await this.kickoff(ctx, remote, matched))).statusUrl));
       const mapping: IdMapping = {
         sourcePatientId: matched.memberId,
         localPatientId: data.localPatientId,
@@ -169,6 +200,143 @@ export class ExchangeJobHandler {
 
   private checkDeadline(data: ExchangeJobData, doing: string) {
     if (Date.now() > this.deadline(data)) throw new LimitReached(`Gave up: the exchange did not finish within ${Math.round(this.d.timeoutMs / 1000)} s (while ${doing})`);
+  }
+
+  /**
+   * Chooses the exchange's path from what the source's CapabilityStatement declares (operations by
+   * canonical or name, source-capabilities.ts), once, and says it on the Task. Where the source
+   * declares both bulk operations (and its registration does not say `bulkMemberMatch: false`), one
+   * member is a bulk request of one, whatever else it declares: PDex 2.2 requires those two of a
+   * source, not `$member-match` or `Patient/{id}/$export`. A source without a readable
+   * CapabilityStatement is asked `$member-match` and the kick-offs, as before. A run-off goes
+   * through the earlier match's Group where the source declares `$davinci-data-export`.
+   */
+  private async choosePath(ctx: JobContext<ExchangeJobData>, remote: RemotePayer): Promise<void> {
+    const data = ctx.job.data;
+    const ops = remote.capabilities ? await remote.capabilities() : undefined;
+    // The path is chosen once: not while the source cannot be reached (the job tries again later).
+    if (ops?.unreachable) throw new RemoteError('reading the source payer\'s CapabilityStatement failed: the source could not be reached', undefined, true);
+    const bulk = !!(ops?.bulkMemberMatch && ops.davinciDataExport && remote.payer.bulkMemberMatch !== false && remote.bulkMemberMatch && remote.kickoffGroupExport && this.d.groupExporter);
+    let path: ExchangePath;
+    let why: string;
+    if (data.runOff) {
+      const group = !!(data.bulk?.groupId && ops?.davinciDataExport && remote.kickoffGroupExport && this.d.groupExporter);
+      path = group ? 'run-off-davinci-data-export' : 'run-off-export';
+      why = group
+        ? `Run-off through $davinci-data-export of the source's Group/${data.bulk?.groupId} from the earlier match, with _since`
+        : `Run-off through the Bulk Data export kick-off, with _since (${data.bulk?.groupId ? 'the source no longer declares $davinci-data-export' : 'the earlier exchange named no MatchedMembers Group'})`;
+    } else if (bulk) {
+      path = 'bulk-of-one';
+      why = 'Exchange path bulk-of-one: the source declares $bulk-member-match and $davinci-data-export, so the member is matched with one MemberBundle and exported with the MatchedMembers Group';
+    } else {
+      path = 'member-match';
+      const declared = !ops?.known ? 'the source has no readable CapabilityStatement' : remote.payer.bulkMemberMatch === false && ops.bulkMemberMatch ? 'its registration says bulkMemberMatch: false' : 'the source does not declare both $bulk-member-match and $davinci-data-export';
+      why = `Exchange path member-match: $member-match, then the Bulk Data export kick-off (${declared})`;
+    }
+    await ctx.checkpoint({ path });
+    await this.d.tracker.change(data.taskId, { note: why, output: [{ type: { text: PATH_OUTPUT }, valueString: path }] });
+    this.d.logger.info('exchange path', { task: data.taskId, issuer: data.issuer, path });
+  }
+
+  /**
+   * The `bulk-of-one` match: the source's `$bulk-member-match` with one MemberBundle, the
+   * MemberPatient under this Task's id, its answer read as the bulk exchange reads it
+   * (awaitBulkMatch: either form, the same limits). The status URL is checkpointed, so a restart
+   * polls on rather than asking again. A member the answer does not match fails with the bulk
+   * exchange's reasons (no match, consent constraint, ambiguous).
+   */
+  private async bulkMatchOne(ctx: JobContext<ExchangeJobData>, remote: RemotePayer): Promise<Matched> {
+    const data = ctx.job.data;
+    if (!remote.bulkMemberMatch) throw new ExchangeFailed('the source client cannot send $bulk-member-match');
+    let statusUrl = data.bulk?.matchStatusUrl;
+    if (!statusUrl) {
+      statusUrl = await remote.bulkMemberMatch(memberBundles([{ id: data.taskId, parts: data.memberMatch.parameter ?? [] }]));
+      await ctx.checkpoint({ bulk: { ...data.bulk, matchStatusUrl: statusUrl } });
+      await this.d.tracker.change(data.taskId, { note: 'Asked the source payer to match the member ($bulk-member-match, one MemberBundle)' });
+    }
+    const { outcomes, groupId } = await awaitBulkMatch(remote, statusUrl, [data.taskId], {
+      limits: this.d.limits,
+      deadline: this.deadline(data),
+      signal: ctx.signal,
+      late: () => new LimitReached(`Gave up: the source did not finish $bulk-member-match within the exchange's ${Math.round(this.d.timeoutMs / 1000)} s`),
+      pollDelay: (retryAfterMs) => Math.min(this.d.pollMaxMs, Math.max(this.d.pollMinMs, retryAfterMs ?? this.d.pollMinMs)),
+      check: async () => {
+        if (await this.d.tracker.isCancelled(data.taskId)) throw new TaskCancelled();
+      },
+      progress: async (text) => void (await this.d.tracker.change(data.taskId, { step: 'matching', detail: redactKnown(text, await this.memberTerms(data)) })),
+    });
+    await remote.cancel(statusUrl);
+    const outcome = outcomes.get(data.taskId);
+    if (!outcome) throw new ExchangeFailed("The source payer's $bulk-member-match answer does not name the member");
+    if ('failed' in outcome) throw new ExchangeFailed(outcome.failed);
+    const matched: Matched = { memberId: outcome.memberId };
+    await ctx.checkpoint({ matched, memberMatch: NO_MEMBER_DATA, bulk: { groupId } });
+    const output: TaskOutput[] = [{ type: { text: 'MemberId' }, valueReference: { reference: `${remote.payer.fhirBaseUrl}/Patient/${matched.memberId}` } }];
+    if (groupId) output.push({ type: { text: MATCH_GROUP_OUTPUT }, valueReference: { reference: `${remote.payer.fhirBaseUrl}/Group/${groupId}` } });
+    await this.d.tracker.change(data.taskId, { step: 'exporting', note: 'The source payer matched the member ($bulk-member-match); starting $davinci-data-export of the MatchedMembers Group', output });
+    return matched;
+  }
+
+  /**
+   * The member's data through `$davinci-data-export` of the source's MatchedMembers Group, `patient`
+   * the member (the `bulk-of-one` path and a run-off through the Group): kicked off, polled and
+   * downloaded by the GroupExporter within this exchange's limits and deadline, every record
+   * attributed to the member (one that is another person's refuses the files), the member's share
+   * written into this exchange's work folder and checkpointed as its downloads; the import that
+   * follows is the same as for any other export (member-only checks, all-or-nothing). Undefined when
+   * this exchange does not go through a Group. Where the source refuses the group export, or its
+   * files cannot be split by member, the exchange falls back to the kick-offs if the source declares
+   * a Patient-level `$export` (a run-off always may, as before); otherwise it fails with the reason.
+   */
+  private async viaGroup(ctx: JobContext<ExchangeJobData>, remote: RemotePayer, matched: Matched): Promise<CheckedManifest | undefined> {
+    const data = ctx.job.data;
+    const groupId = data.bulk?.groupId;
+    const exporter = this.d.groupExporter;
+    if (!groupId || data.bulk?.fellBack || !exporter || (data.path !== 'bulk-of-one' && data.path !== 'run-off-davinci-data-export')) return undefined;
+    const groupDir = path.join(this.d.workDir, `${data.taskId}.group`);
+    try {
+      const received = await exporter.run({
+        remote,
+        groupId,
+        params: { ...data.exportParams, patient: [`Patient/${matched.memberId}`] }, // no `_type` unless the operator chose
+        members: new Map([[matched.memberId, data.taskId]]),
+        workDir: this.d.workDir,
+        groupDir,
+        deadline: this.deadline(data),
+        signal: ctx.signal,
+        statusUrl: data.bulk?.exportStatusUrl,
+        started: async (statusUrl) => {
+          await ctx.checkpoint({ bulk: { ...data.bulk, exportStatusUrl: statusUrl } });
+          await this.d.tracker.change(data.taskId, { note: `Export started at the source payer ($davinci-data-export of Group/${groupId})`, output: [{ type: { text: 'export-route' }, valueString: 'POST Group/{id}/$davinci-data-export' }] });
+        },
+        check: async () => {
+          if (await this.d.tracker.isCancelled(data.taskId)) throw new TaskCancelled();
+        },
+        progress: async (detail) => void (await this.d.tracker.change(data.taskId, { step: 'exporting', detail: redactKnown(detail, await this.memberTerms(data)) })),
+      });
+      await remote.cancel(received.statusUrl);
+      const files = received.shares.get(data.taskId) ?? [];
+      const manifest: CheckedManifest = { requiresAccessToken: received.manifest.requiresAccessToken, files: [], skipped: received.manifest.skipped, transactionTime: received.manifest.transactionTime };
+      const downloads = { files, bytes: files.reduce((n, f) => n + f.size, 0), sourceErrors: received.sourceErrors, done: true };
+      await ctx.checkpoint({ manifest, downloads, bulk: { ...data.bulk, exportStatusUrl: undefined } });
+      const total = files.reduce((n, f) => n + f.count, 0);
+      const skipped = skippedText(received.manifest);
+      await this.d.tracker.change(data.taskId, { step: 'importing', note: `Received the Group's export: ${files.length} file(s), ${total} resources of the member` + (received.sourceErrors.length ? `; the source reported ${received.sourceErrors.length} error(s)` : '') + (skipped ? `; ${skipped}` : '') });
+      return manifest;
+    } catch (err) {
+      await fs.promises.rm(groupDir, { recursive: true, force: true });
+      if (ctx.signal.aborted || err instanceof TaskCancelled || err instanceof LimitReached) throw err;
+      const refused = (err instanceof RemoteError && !err.transient) || (err instanceof ExchangeFailed && !(err instanceof LimitReached));
+      if (!refused) throw err;
+      const ops = data.path === 'bulk-of-one' ? (remote.capabilities ? await remote.capabilities() : undefined) : undefined;
+      if (data.path === 'bulk-of-one' && !ops?.patientExport) throw err;
+      if (data.bulk?.exportStatusUrl) await remote.cancel(data.bulk.exportStatusUrl);
+      await fs.promises.rm(path.join(this.d.workDir, data.taskId), { recursive: true, force: true });
+      await ctx.checkpoint({ bulk: { ...data.bulk, exportStatusUrl: undefined, fellBack: true } });
+      this.d.logger.warn("the Group's $davinci-data-export failed; exporting the member by the kick-off", { task: data.taskId, issuer: data.issuer, error: redactKnown(logTextOf(err), await this.memberTerms(data)) });
+      await this.d.tracker.change(data.taskId, { note: `The Group's $davinci-data-export failed (${redactKnown((err as Error).message, await this.memberTerms(data))}); exporting the member by the Bulk Data kick-off` });
+      return undefined;
+    }
   }
 
   private async match(ctx: JobContext<ExchangeJobData>, remote: RemotePayer): Promise<Matched> {
@@ -421,6 +589,9 @@ export class ExchangeJobHandler {
   private async end(job: JobDoc<ExchangeJobData>, remote: RemotePayer | undefined, outcome: 'failed' | 'cancelled', reason: string, logReason = reason) {
     const data = job.data;
     if (data.exportStarted && remote) await remote.cancel(data.exportStarted.statusUrl).catch(() => undefined);
+    // A $bulk-member-match or $davinci-data-export still under way at the source is deleted too.
+    for (const statusUrl of [data.matched ? undefined : data.bulk?.matchStatusUrl, data.bulk?.exportStatusUrl]) if (statusUrl && remote) await remote.cancel(statusUrl).catch(() => undefined);
+    await fs.promises.rm(path.join(this.d.workDir, `${data.taskId}.group`), { recursive: true, force: true });
     const removed = await this.d.journal.rollback(data.taskId);
     await this.d.blobs.removeAll(archiveFolder(data.taskId));
     const undone = removed ? `; ${removed} imported resource(s) removed` : '';

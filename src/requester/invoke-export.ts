@@ -18,7 +18,7 @@ import { BULK_EXCHANGE_JOB, BulkExchangeJobData } from './bulk-exchange-job';
 /** At most this many members in one bulk exchange request. */
 export const MAX_BULK_EXCHANGE_MEMBERS = 10_000;
 import { DATA_REQUEST_CODE, EXCHANGE_TAG, isTaskEnded, TaskTracker } from './task-tracker';
-import { EXCHANGE_JOB, ExchangeJobData } from './exchange-job';
+import { EXCHANGE_JOB, ExchangeJobData, MATCH_GROUP_OUTPUT } from './exchange-job';
 import { memberDigest } from './member-demographics';
 import type { Logger } from '../logger';
 import type { AuditLog } from '../audit/audit-log';
@@ -179,7 +179,7 @@ export class InvokeExportService {
    * while one is active for the member. A run-off (`runOff`) reuses an earlier exchange's match and
    * consent and asks only for what changed since its `transactionTime`.
    */
-  private async start(given: InvokeExportRequest, payer: SourcePayer, partOf?: string, runOff?: { memberId: string; consentRef: string; since: string; previous: string }, parked = false): Promise<Task> {
+  private async start(given: InvokeExportRequest, payer: SourcePayer, partOf?: string, runOff?: { memberId: string; consentRef: string; since: string; previous: string; groupId?: string }, parked = false): Promise<Task> {
     const request = runOff ? given : this.withCompletedConsent(given, payer);
     const taskId = randomUUID();
     const lockId = await this.lock(request.localPatientId, payer.issuer, taskId);
@@ -209,7 +209,7 @@ export class InvokeExportService {
         businessStatus: { text: 'queued' },
         input,
         note: [{ time: now, text: runOff ? `Run-off of Task/${runOff.previous} requested from ${owner.name}: what changed since ${runOff.since}` : `Exchange requested from ${owner.name}` }],
-        ...(runOff ? { basedOn: [{ reference: `Task/${runOff.previous}` }], output: [{ type: { text: 'MemberId' }, valueReference: { reference: `${payer.fhirBaseUrl}/Patient/${runOff.memberId}` } }] } : {}),
+        ...(runOff ? { basedOn: [{ reference: `Task/${runOff.previous}` }], output: [{ type: { text: 'MemberId' }, valueReference: { reference: `${payer.fhirBaseUrl}/Patient/${runOff.memberId}` } }, ...(runOff.groupId ? [{ type: { text: MATCH_GROUP_OUTPUT }, valueReference: { reference: `${payer.fhirBaseUrl}/Group/${runOff.groupId}` } }] : [])] } : {}),
       };
       const created = await this.tracker.create(task);
       // What the source's Patient is compared with, kept (hashed) after the match has emptied memberMatch.
@@ -223,7 +223,7 @@ export class InvokeExportService {
         exportParams: request.exportParams,
         ownerReference: `Organization/${owner.id}`,
         startedAt: Date.now(),
-        ...(runOff ? { matched: { memberId: runOff.memberId } } : {}),
+        ...(runOff ? { matched: { memberId: runOff.memberId }, runOff: { previous: runOff.previous }, ...(runOff.groupId ? { bulk: { groupId: runOff.groupId } } : {}) } : {}),
       };
       await this.runner.enqueue(EXCHANGE_JOB, taskId, data, { parked });
       await this.locks.updateOne({ _id: lockId, taskId }, { state: 'active' });
@@ -273,6 +273,12 @@ export class InvokeExportService {
     }
     const payer = this.payers.get(issuer);
     if (!payer) throw unprocessable(`the source payer ${issuer} is no longer registered`, 'not-found');
+    const refused = await this.consentRefusal(previous);
+    if (refused) throw refused.status === 409 ? conflict(`No run-off for Task/${taskId}: ${refused.why}`) : unprocessable(`No run-off for Task/${taskId}: ${refused.why}`, 'business-rule');
+    // The MatchedMembers Group of the earlier bulk match, on the source's own base: a run-off asks for it again where the source declares $davinci-data-export.
+    const groupRef = out(MATCH_GROUP_OUTPUT)?.valueReference?.reference;
+    const groupPrefix = `${payer.fhirBaseUrl.replace(/\/+$/, '')}/Group/`;
+    const groupId = groupRef?.startsWith(groupPrefix) && /^[A-Za-z0-9\-.]{1,64}$/.test(groupRef.slice(groupPrefix.length)) ? groupRef.slice(groupPrefix.length) : undefined;
     const exportParams: Record<string, string[]> = {};
     for (const i of previous.input ?? []) {
       const name = i.type?.text;
@@ -280,9 +286,32 @@ export class InvokeExportService {
     }
     exportParams._since = [since];
     const request: InvokeExportRequest = { localPatientId, issuer, memberMatch: { resourceType: 'Parameters', parameter: [] }, consent: { resourceType: 'Consent' } as Consent, exportParams };
-    const task = await this.start(request, payer, undefined, { memberId, consentRef: previous.focus.reference, since, previous: taskId });
+    const task = await this.start(request, payer, undefined, { memberId, consentRef: previous.focus.reference, since, previous: taskId, groupId });
     req?.res?.set('Content-Location', `Task/${task.id}`);
     return task;
+  }
+
+  /**
+   * Why the member's consent recorded here (the exchange Task's focus, completed as HRex's Consent
+   * profile has it) allows no further data from the source, if it does not: it is gone, no longer
+   * `active` (revoked: inactive, rejected, entered-in-error…; 409), or its `provision.period` has
+   * ended (expired; 422). A consent that is not yet in force is refused the same way (422). The
+   * source judges the consent again at every request; this is this payer's own check, before any.
+   */
+  private async consentRefusal(task: Task): Promise<{ status: 409 | 422; code: 'missing' | 'revoked' | 'expired' | 'not-yet-valid'; why: string } | undefined> {
+    const ref = task.focus?.reference ?? '';
+    const id = ref.startsWith('Consent/') ? ref.slice('Consent/'.length) : undefined;
+    const consent = id ? ((await this.store.readIfExists('Consent', id)) as Consent | undefined) : undefined;
+    if (!consent) return { status: 409, code: 'missing', why: `the member's consent (${ref || 'none'}) is no longer on record here` };
+    if (consent.status !== 'active') return { status: 409, code: 'revoked', why: `the member's consent ${ref} is ${consent.status ?? 'without a status'} (revoked), not active` };
+    const now = Date.now();
+    const end = consent.provision?.period?.end;
+    const endsAt = end ? periodEnd(end) : undefined;
+    if (endsAt !== undefined && endsAt < now) return { status: 422, code: 'expired', why: `the member's consent ${ref} expired on ${end}` };
+    const start = consent.provision?.period?.start;
+    const startsAt = start ? Date.parse(start) : undefined;
+    if (startsAt !== undefined && !Number.isNaN(startsAt) && startsAt > now) return { status: 422, code: 'not-yet-valid', why: `the member's consent ${ref} is not in force before ${start}` };
+    return undefined;
   }
 
   /**
@@ -306,6 +335,12 @@ export class InvokeExportService {
     for (const { any, completed } of latest.values()) {
       // Due when nothing, not even a failed attempt, happened for the member within the interval.
       if (!completed || Date.parse(any.lastModified ?? any.authoredOn ?? '') > Date.now() - intervalMs || !isTaskEnded(any)) continue;
+      // A member whose consent here was revoked or has expired gets no run-off: skipped, and logged (no member data).
+      const refused = await this.consentRefusal(completed).catch(() => undefined);
+      if (refused) {
+        this.logger.info('run-off skipped', { task: completed.id, consent: completed.focus?.reference, reason: refused.code });
+        continue;
+      }
       try {
         await this.runOff(completed.id as string);
         started++;
@@ -431,6 +466,19 @@ export class InvokeExportService {
   async release(taskId: string): Promise<void> {
     await this.locks.deleteMany({ taskId });
   }
+}
+
+/** When a period ending at `end` is over (epoch ms): a date alone runs to the end of that day (UTC); undefined when unreadable. */
+function periodEnd(end: string): number | undefined {
+  const dateOnly = /^\d{4}(-\d{2}(-\d{2})?)?$/.test(end);
+  if (!dateOnly) {
+    const at = Date.parse(end);
+    return Number.isNaN(at) ? undefined : at;
+  }
+  const [y, m = '12', d] = end.split('-');
+  const last = d ?? String(new Date(Date.UTC(Number(y), Number(m), 0)).getUTCDate());
+  const at = Date.parse(`${y}-${m}-${last.padStart(2, '0')}T23:59:59.999Z`);
+  return Number.isNaN(at) ? undefined : at;
 }
 
 /** The member's consent as recorded here, the Task's focus: linked to the local Patient and the source payer. */

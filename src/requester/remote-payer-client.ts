@@ -367,8 +367,9 @@ export class RemotePayerClient implements RemotePayer {
         try {
           const res = await this.request<CapabilityStatement>({ method: 'GET', url: `${this.payer.fhirBaseUrl}/metadata`, headers: { accept: 'application/fhir+json' }, ...retryable(this.opts.retries) }, 'metadata');
           return describeSource(res.data);
-        } catch {
-          return { ...NOTHING_KNOWN }; // no readable CapabilityStatement: one $member-match and one export per member
+        } catch (err) {
+          // No readable CapabilityStatement: one $member-match and one export per member; one that could not be reached says so.
+          return { ...NOTHING_KNOWN, ...(err instanceof RemoteError && err.transient ? { unreachable: true } : {}) };
         }
       })();
       this.described = { at: Date.now(), found };

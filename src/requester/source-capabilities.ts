@@ -22,6 +22,8 @@ export interface SourceCapabilities {
   groupExport: boolean;
   /** Bulk Data's system-level `$export`. */
   systemExport: boolean;
+  /** Nothing known because the source could not be reached (network, 429, 5xx): worth asking again before choosing how to exchange. */
+  unreachable?: boolean;
 }
 
 export const NOTHING_KNOWN: SourceCapabilities = { known: false, memberMatch: false, bulkMemberMatch: false, davinciDataExport: false, patientExport: false, groupExport: false, systemExport: false };

@@ -4,6 +4,15 @@ import { capturingLogger, fhir, startTestServer } from '../helpers/server';
 import { FaultProxy, startFaultProxy } from '../helpers/fault-proxy';
 import { createLocalPatient, invokeBody, reaching, SourcePayerFixture, startRequester, startSource, waitForTask } from '../helpers/payers';
 
+/**
+ * This server declares both the single-member and the bulk operations, so an exchange between two
+ * of them is a bulk exchange of one member ($bulk-member-match, then $davinci-data-export). Its
+ * $davinci-data-export applies PDex's five-year window by date of service (§pdex-172), which the
+ * synthetic claims (dated 2020–2025) partly fall out of as time passes: the sources here have no
+ * window, so that what is compared is the exchange, not the window.
+ */
+const NO_WINDOW = { serviceWindowYears: 0 };
+
 const bundleIds = (b: any) => (b.entry ?? []).filter((e: any) => e.search?.mode === 'match').map((e: any) => e.resource.id).sort();
 
 describe('payer-to-payer exchange between two servers', () => {
@@ -12,7 +21,7 @@ describe('payer-to-payer exchange between two servers', () => {
   let op: string;
 
   beforeAll(async () => {
-    source = await startSource(6);
+    source = await startSource(6, NO_WINDOW);
     requester = await startRequester(reaching(source));
     op = `${requester.baseUrl}/Patient/$sdh.s2s.invoke-export`;
   });
@@ -50,7 +59,10 @@ describe('payer-to-payer exchange between two servers', () => {
     expect(done.meta.tag).toEqual(expect.arrayContaining([expect.objectContaining({ code: 'payer-to-payer-exchange' })]));
     expect(done.note.length).toBeGreaterThan(3);
     const outputs = Object.fromEntries(done.output.map((o: any) => [o.type.text, o]));
-    expect(outputs.MemberIdentifier.valueIdentifier.value).toBe(m.memberId);
+    // The source declares $bulk-member-match and $davinci-data-export: the Task says the bulk path ran, and names the member
+    // by the MemberId of the bulk answer (a $bulk-member-match result names no MemberIdentifier, as $member-match's does).
+    expect(outputs['exchange-path'].valueString).toBe('bulk-of-one');
+    expect(outputs.MemberId.valueReference.reference).toBe(`${source.server.baseUrl}/Patient/${m.patientId}`);
 
     // The member's claims are now here, searchable by the local patient, with their origin kept.
     const sourceEobs = await fhir('GET', `${source.server.baseUrl}/ExplanationOfBenefit?patient=${m.patientId}`, undefined, { authorization: `Bearer ${await sourceToken()}` });
@@ -133,7 +145,8 @@ describe('payer-to-payer exchange between two servers', () => {
     const task = await waitForTask(requester, (await fhir('POST', op, invokeBody(local, m, { policy: 'everything' }))).body.id);
     expect(task.status).toBe('failed');
     // The source codes its refusal consentconstraint: the Task says the consent, not a missing member, is why.
-    expect(task.statusReason.text).toMatch(/^The source payer cannot honour the consent: /);
+    // (Through $bulk-member-match, the reason is the bulk exchange's: its ConsentConstrained Group carries no text of the source's.)
+    expect(task.statusReason.text).toBe("The source payer cannot honour the member's consent ($bulk-member-match)");
     expect((await fhir('GET', `${requester.baseUrl}/ExplanationOfBenefit?patient=${local}`)).body.total).toBe(0);
   });
 
@@ -198,7 +211,7 @@ describe('exchange under network faults', () => {
   let op: string;
 
   beforeAll(async () => {
-    source = await startSource(8);
+    source = await startSource(8, NO_WINDOW);
     proxy = await startFaultProxy(new URL(source.server.baseUrl).origin);
     requester = await startRequester({ tokenUrl: source.server.tokenUrl, fhirBaseUrl: `${proxy.url}/4_0_1`, client: source.client }, { jobLeaseSeconds: 1 });
     op = `${requester.baseUrl}/Patient/$sdh.s2s.invoke-export`;
@@ -280,7 +293,7 @@ describe('exchange under network faults', () => {
 
 describe('exchange when the source is down, then back', () => {
   it('retries, and completes once the source answers again', async () => {
-    const source = await startSource(3);
+    const source = await startSource(3, NO_WINDOW);
     const { port, dataDir } = { port: source.server.port, dataDir: source.server.config.dataDir };
     const requester = await startRequester(reaching(source));
     await source.server.stop();
@@ -291,7 +304,7 @@ describe('exchange when the source is down, then back', () => {
       const id = (await fhir('POST', `${requester.baseUrl}/Patient/$sdh.s2s.invoke-export`, invokeBody(local, m))).body.id;
       const waiting = await waitForTask(requester, id, (t) => (t.note ?? []).some((n: any) => /unavailable/.test(n.text)));
       expect(waiting.status).toBe('in-progress');
-      restarted = await startTestServer({ dataDir, port, authRequired: true, clientsFile: source.clientsFile });
+      restarted = await startTestServer({ dataDir, port, authRequired: true, clientsFile: source.clientsFile, ...NO_WINDOW });
       const task = await waitForTask(requester, id);
       expect(task.status).toBe('completed');
       expect((await fhir('GET', `${requester.baseUrl}/ExplanationOfBenefit?patient=${local}`)).body.total).toBeGreaterThan(0);
@@ -334,7 +347,7 @@ describe('log hygiene', () => {
       expect(task.status).toBe('completed');
       const all = [...sourceLogs.lines, ...requesterLogs.lines].join('\n');
       expect(all).toContain('token issued'); // the logs did capture the exchange
-      expect(all).toContain('member-match matched');
+      expect(all).toContain('bulk-member-match done'); // the bulk path of one member ran at the source
       for (const secret of [m.family, m.given, m.birthDate, m.memberId, 'access_token', 'Bearer ', 'client_assertion', String(source.client.privateJwk.d)]) {
         expect({ secret, found: all.includes(secret) }).toEqual({ secret, found: false });
       }
