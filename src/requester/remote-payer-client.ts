@@ -365,7 +365,10 @@ export class RemotePayerClient implements RemotePayer {
     if (!this.described || Date.now() - this.described.at > CAPABILITIES_TTL_MS) {
       const found = (async () => {
         try {
-          const res = await this.request<CapabilityStatement>({ method: 'GET', url: `${this.payer.fhirBaseUrl}/metadata`, headers: { accept: 'application/fhir+json' }, ...retryable(this.opts.retries) }, 'metadata');
+          // Asked without a token first (a CapabilityStatement is public): reading it costs no token
+          // request, so an exchange whose token request fails fails on that alone. A 401 asks again with one.
+          const ask = (withToken: boolean) => this.request<CapabilityStatement>({ method: 'GET', url: `${this.payer.fhirBaseUrl}/metadata`, headers: { accept: 'application/fhir+json' }, ...retryable(this.opts.retries) }, 'metadata', { withToken });
+          const res = await ask(false).catch((err) => (err instanceof RemoteError && (err.status === 401 || err.status === 403) ? ask(true) : Promise.reject(err)));
           return describeSource(res.data);
         } catch (err) {
           // No readable CapabilityStatement: one $member-match and one export per member; one that could not be reached says so.

@@ -71,8 +71,12 @@ describe("two instances, the source checking the HRex Consent strictly: the seed
   let members: SyntheticMember[];
   let client: { clientId: string; privateJwk: any };
   const started: RunningServer[] = [];
-  const requesterFor = async (payerIdentifiers: { system: string; value: string }[], sourceIdentifiers?: { system: string; value: string }[]) => {
-    const r = await startRequester({ tokenUrl: source.tokenUrl, fhirBaseUrl: source.baseUrl, client, ...(sourceIdentifiers ? { payer: { identifiers: sourceIdentifiers } } : {}) }, { payerIdentifiers });
+  // `single`: registered with bulkMemberMatch: false, so that the exchange is $member-match, whose refusal says why (this
+  // server declares the bulk operations too, and a single exchange with it is otherwise a $bulk-member-match of one member,
+  // whose ConsentConstrained Group says no more than that).
+  const requesterFor = async (payerIdentifiers: { system: string; value: string }[], sourceIdentifiers?: { system: string; value: string }[], single = false) => {
+    const payer = { ...(sourceIdentifiers ? { identifiers: sourceIdentifiers } : {}), ...(single ? { bulkMemberMatch: false } : {}) };
+    const r = await startRequester({ tokenUrl: source.tokenUrl, fhirBaseUrl: source.baseUrl, client, payer }, { payerIdentifiers });
     started.push(r);
     return r;
   };
@@ -81,7 +85,8 @@ describe("two instances, the source checking the HRex Consent strictly: the seed
     // The source is the Old Health Plan; the requesting payer is registered there as the New Health Plan.
     const { file, clients } = await writeClientsFile([{ clientId: REQUESTER_CLIENT_ID, scopes: 'system/*.read', identifiers: [NEW_PLAN_NPI] }]);
     client = clients[REQUESTER_CLIENT_ID];
-    source = await startTestServer({ authRequired: true, clientsFile: file, payerIdentifiers: [OLD_PLAN_NPI] });
+    // No five-year window at the source: its $davinci-data-export would leave out the older synthetic claims (dated 2020–2025).
+    source = await startTestServer({ authRequired: true, clientsFile: file, payerIdentifiers: [OLD_PLAN_NPI], serviceWindowYears: 0 });
     members = await seedPopulation(source, 5);
   });
   afterAll(async () => {
@@ -123,7 +128,7 @@ describe("two instances, the source checking the HRex Consent strictly: the seed
   });
 
   it('fails, granting nothing, when the requester names the source payer by another identifier', async () => {
-    const requester = await requesterFor([NEW_PLAN_NPI], [{ system: 'http://hl7.org/fhir/sid/us-npi', value: '5555555555' }]);
+    const requester = await requesterFor([NEW_PLAN_NPI], [{ system: 'http://hl7.org/fhir/sid/us-npi', value: '5555555555' }], true);
     const m = members[1];
     const local = await createLocalPatient(requester, m);
     const task = await waitForTask(requester, (await fhir('POST', `${requester.baseUrl}/Patient/$sdh.s2s.invoke-export`, invokeBody(local, m))).body.id);
@@ -134,12 +139,23 @@ describe("two instances, the source checking the HRex Consent strictly: the seed
   });
 
   it('fails when the requester has no PAYER_IDENTIFIERS (the recipient named by name only), the source knowing its identifiers', async () => {
-    const requester = await requesterFor([], [OLD_PLAN_NPI]);
+    const requester = await requesterFor([], [OLD_PLAN_NPI], true);
     const m = members[2];
     const local = await createLocalPatient(requester, m);
     const task = await waitForTask(requester, (await fhir('POST', `${requester.baseUrl}/Patient/$sdh.s2s.invoke-export`, invokeBody(local, m))).body.id);
     expect(task.status).toBe('failed');
     expect(task.statusReason.text).toMatch(/consent cannot be honoured: consent does not name the requesting payer as the recipient/);
+    expect(await grantsAtSource(m)).toBe(404);
+  });
+
+  it('through the bulk path of one member, the same Consent fails with the bulk answer\'s reason, granting nothing', async () => {
+    const requester = await requesterFor([NEW_PLAN_NPI], [{ system: 'http://hl7.org/fhir/sid/us-npi', value: '5555555555' }]);
+    const m = members[1];
+    const local = await createLocalPatient(requester, m);
+    const task = await waitForTask(requester, (await fhir('POST', `${requester.baseUrl}/Patient/$sdh.s2s.invoke-export`, invokeBody(local, m))).body.id);
+    expect(task.output.find((o: any) => o.type.text === 'exchange-path').valueString).toBe('bulk-of-one');
+    expect({ status: task.status, reason: task.statusReason?.text }).toEqual({ status: 'failed', reason: "The source payer cannot honour the member's consent ($bulk-member-match)" });
+    expect((await fhir('GET', `${requester.baseUrl}/ExplanationOfBenefit?patient=${local}&_summary=count`)).body.total).toBe(0);
     expect(await grantsAtSource(m)).toBe(404);
   });
 });

@@ -97,7 +97,9 @@ describe('a hostile source payer', () => {
       const task = await waitForTask(fresh, res.body.id);
       expect({ status: task.status, reason: task.statusReason?.text }).toEqual({ status: 'failed', reason: expect.stringMatching(/token_endpoint is on http:\/\/127\.0\.0\.1:\d+, not on the source payer's origin/) });
       expect(seen).toEqual([]);
-      expect(fake.log).toEqual(['GET /fhir/.well-known/smart-configuration']);
+      // The CapabilityStatement is read first (it chooses the exchange's path), without a token.
+      expect(fake.log).toEqual(['GET /fhir/metadata', 'GET /fhir/.well-known/smart-configuration']);
+      expect(fake.auth['/fhir/metadata']).toBeUndefined();
     } finally {
       await fresh.stop();
       elsewhere.close();
