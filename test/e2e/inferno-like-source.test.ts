@@ -55,7 +55,8 @@ describe('an Inferno-like source payer', () => {
     expect(searches).toEqual(['GET /r4/Patient?identifier=99999']);
     expect(fake.requests.filter((r) => r.line.startsWith('GET /r4/$export-poll-status?_jobId=job-1')).length).toBeGreaterThanOrEqual(3);
     // Every call to the source carried the token (files too: requiresAccessToken), storage never got it.
-    expect(fake.requests.filter((r) => !r.line.includes('/token') && !r.line.includes('smart-configuration')).every((r) => r.bearer)).toBe(true);
+    // (The CapabilityStatement, which chooses the exchange's path, is public: it is read without one.)
+    expect(fake.requests.filter((r) => !r.line.includes('/token') && !r.line.includes('smart-configuration') && !r.line.startsWith('GET /r4/metadata')).every((r) => r.bearer)).toBe(true);
     expect(fake.storage.requests).toEqual([{ path: '/bucket/f2?sig=abc', authorization: undefined }]);
 
     // Conditions from storage, linked to the local member; the EOB's contained Coverage too.
