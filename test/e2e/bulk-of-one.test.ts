@@ -255,15 +255,16 @@ describe('a run-off where the source no longer declares $davinci-data-export', (
       // The source now declares Patient/$export and nothing of PDex's bulk operations.
       fake.capabilityStatement = { ...CAPABILITIES, rest: [{ mode: 'server', resource: [{ type: 'Patient', operation: [{ name: 'export', definition: 'http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export' }] }] }] };
       // (The requester keeps a CapabilityStatement for ten minutes: a restarted one reads it anew.)
-      const { config, port } = requester;
+      // A new port: the client's pooled keep-alive connections to the stopped server are not reused.
+      const { config } = requester;
       await running.pop()?.stop();
-      const again = await startRequester({ tokenUrl: '', fhirBaseUrl: fake.base, client: { clientId: 'us', privateJwk } }, { pollMinMs: 20, pollMaxMs: 200, dataDir: config.dataDir, port });
+      const again = await startRequester({ tokenUrl: '', fhirBaseUrl: fake.base, client: { clientId: 'us', privateJwk } }, { pollMinMs: 20, pollMaxMs: 200, dataDir: config.dataDir });
       running.push(again);
       fake.log = [];
       const res = await fhir('POST', `${again.baseUrl}/Task/${first.id}/$sdh.s2s.run-off`);
-      expect(res.status).toBe(200);
+      expect({ status: res.status, refused: res.status === 200 ? undefined : res.body?.issue?.[0]?.diagnostics }).toEqual({ status: 200, refused: undefined });
       const task = await waitForTask(again, res.body.id, undefined, 20000);
-      expect(task.status).toBe('completed');
+      expect({ status: task.status, reason: task.statusReason?.text }).toEqual({ status: 'completed', reason: undefined });
       expect(task.output.find((o: any) => o.type.text === 'exchange-path').valueString).toBe('run-off-export');
       expect(fake.log).toContain('GET /fhir/Patient/m1/$export');
       expect(fake.exportQuery?.get('_since')).toBe('2026-01-02T03:04:05.678Z');
