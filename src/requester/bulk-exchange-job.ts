@@ -116,9 +116,9 @@ export class BulkExchangeJob {
         // Counted, never named: whom those records were about is not said.
         const { outside, several } = received.leftOut;
         if (outside || several) {
-          const parts = [outside ? `${outside} were about a person who is not one of the matched members` : '', several ? `${several} were about more than one member` : ''].filter(Boolean);
+          const parts = [outside ? `${outside} about a person who is not one of the matched members` : '', several ? `${several} about more than one member` : ''].filter(Boolean);
           await this.tracker.change(parentId, {
-            note: `${outside + several} record(s) in the group's files were left out of every member's import: ${parts.join('; ')}; the other records were imported`,
+            note: `${outside + several} record(s) in the group's files were left out of every member's import (${parts.join(', ')}); the other records were imported`,
             output: [{ type: { text: 'group-records-left-out' }, valueInteger: outside + several }],
           });
         }
