@@ -251,7 +251,8 @@ export interface ReferenceScreen {
  * `others`, to be kept out of what is stored; a record that names such a person and not the member
  * anywhere is refused (it is about that person). With `tolerateAbout` (a group's files, split
  * before each member's import), the same plain form at an about position is returned in
- * `aboutOthers` (the record is left out of every member) instead of refusing the group's files.
+ * `aboutOthers`, and a record naming no member is not refused: the split leaves such records out of
+ * every member (group-export.ts attribute) instead of refusing the group's files.
  * Other references (to the source's non-Patient records, to other servers' non-Patient records,
  * logical references to organizations or practitioners) are left to the rewriting.
  */
