@@ -95,7 +95,7 @@ export const ABOUT_PARAMS: Readonly<Record<string, readonly string[]>> = {
   Device: ['patient'],
   Provenance: [DERIVED_ABOUT],
 };
-const DEFAULT_ABOUT = ['patient', 'subject'];
+export const DEFAULT_ABOUT: readonly string[] = ['patient', 'subject'];
 
 /**
  * Member data that R4's Patient compartment leaves out or counts too narrowly (PDex: a member's

@@ -112,7 +112,16 @@ export class BulkExchangeJob {
           progress: (detail) => this.tracker.change(parentId, { status: 'in-progress', step: 'exporting', detail }).then(() => undefined),
         });
         await remote.cancel(received.statusUrl);
-        this.logger.info('group export received', { task: parentId, issuer, members: matched.size, bytes: received.bytes, unclaimed: received.unclaimed });
+        this.logger.info('group export received', { task: parentId, issuer, members: matched.size, bytes: received.bytes, unclaimed: received.unclaimed, leftOut: received.leftOut });
+        // Counted, never named: whom those records were about is not said.
+        const { outside, several } = received.leftOut;
+        if (outside || several) {
+          const parts = [outside ? `${outside} about a person who is not one of the matched members` : '', several ? `${several} about more than one member` : ''].filter(Boolean);
+          await this.tracker.change(parentId, {
+            note: `${outside + several} record(s) in the group's files were left out of every member's import (${parts.join(', ')}); the other records were imported`,
+            output: [{ type: { text: 'group-records-left-out' }, valueInteger: outside + several }],
+          });
+        }
       } catch (err) {
         if (ctx.signal.aborted) throw ctx.signal.reason;
         const reason = (err as Error).message;

@@ -81,7 +81,7 @@ export interface ExchangeJobData {
   exportStarted?: { statusUrl: string; lastProgress?: string; route?: KickoffRoute };
   manifest?: CheckedManifest;
   downloads?: { files: DownloadedFile[]; bytes: number; sourceErrors: string[]; done?: boolean };
-  imports?: { files: string[]; counts: Record<string, number> };
+  imports?: { files: string[]; counts: Record<string, number>; othersRemoved?: number };
   /** The manifest's `deleted` files applied so far (in order), what they removed and left alone, and the bytes they took. */
   deletions?: { files: number; bytes: number; tally: DeletionTally };
   /** The path chosen (ExchangePath); unset until chosen (a member of a bulk exchange matched in bulk never chooses). */
@@ -446,13 +446,14 @@ export class ExchangeJobHandler {
   /** Imports one downloaded file (once: a file imported before is skipped) and checkpoints it. */
   private async importOne(ctx: JobContext<ExchangeJobData>, f: DownloadedFile, mapping: IdMapping, payer: SourcePayer, imported: Map<string, string[]>): Promise<void> {
     const data = ctx.job.data;
-    const state = { files: [...(data.imports?.files ?? [])], counts: { ...(data.imports?.counts ?? {}) } };
+    const state = { files: [...(data.imports?.files ?? [])], counts: { ...(data.imports?.counts ?? {}) }, othersRemoved: data.imports?.othersRemoved ?? 0 };
     if (f.kind === 'error' || state.files.includes(f.name)) return;
     if (await this.d.tracker.isCancelled(data.taskId)) throw new TaskCancelled();
     const system = payer.responderIdentifierSystem ?? `${payer.issuer}/resource-id`;
     const opts = { taskId: data.taskId, signal: ctx.signal, deadline: this.deadline(data) };
     const result = f.prepared ? await this.d.importer.importPrepared(f.prepared, f.type, opts) : await this.d.importer.importFile(f.file, f.type, mapping, system, opts);
     if (result.count) state.counts[f.type] = (state.counts[f.type] ?? 0) + result.count;
+    state.othersRemoved += result.othersRemoved ?? 0;
     imported.set(f.name, result.references);
     state.files.push(f.name);
     await ctx.checkpoint({ imports: state });
@@ -538,11 +539,13 @@ export class ExchangeJobHandler {
     await journal.write(data.taskId, 'Provenance', provenance.id as string, () => store.update('Provenance', provenance.id as string, provenance));
 
     const counts = data.imports?.counts ?? {};
+    const othersRemoved = data.imports?.othersRemoved ?? 0;
     const output: TaskOutput[] = [
       ...Object.entries(counts).map(([type, n]) => ({ type: { text: `count:${type}` }, valueInteger: n })),
       ...Object.entries(data.manifest?.skipped ?? {}).map(([type, n]) => ({ type: { text: `skipped:${type}` }, valueInteger: n })),
       ...Object.entries(data.deletions?.tally.removed ?? {}).map(([type, n]) => ({ type: { text: `deleted:${type}` }, valueInteger: n })),
       ...Object.entries(data.deletions?.tally.ignored ?? {}).map(([why, n]) => ({ type: { text: 'deleted-ignored' }, valueString: `${n} ${why}` })),
+      ...(othersRemoved ? [{ type: { text: 'references-not-kept' }, valueInteger: othersRemoved }] : []),
       { type: { text: 'Provenance' }, valueReference: { reference: `Provenance/${provenance.id}` } },
       ...(data.manifest?.transactionTime ? [{ type: { text: 'transactionTime' }, valueInstant: data.manifest.transactionTime }] : []),
       ...archived.map((r) => ({ type: { text: 'received-file' }, valueReference: r })),
@@ -553,7 +556,9 @@ export class ExchangeJobHandler {
     const compared = files.some((f) => f.kind === 'output' && f.type === 'Patient' && f.count > 0);
     const uncompared = data.member && !compared ? "; the source sent no Patient record, so the member's demographics were not compared with the source's" : '';
     const skipped = data.manifest ? skippedText(data.manifest) : undefined;
-    await this.d.tracker.change(data.taskId, { status: 'completed', step: 'completed', note: `Imported ${total} resources${uncompared}${skipped ? `; ${skipped}` : ''}`, output });
+    // Counted, never named: no id or demographics of the other person.
+    const others = othersRemoved ? `; ${othersRemoved} record(s) referred to a person other than the member; those references were not kept` : '';
+    await this.d.tracker.change(data.taskId, { status: 'completed', step: 'completed', note: `Imported ${total} resources${uncompared}${others}${skipped ? `; ${skipped}` : ''}`, output });
     await journal.forget(data.taskId);
     this.d.logger.info('exchange ended', { task: data.taskId, issuer: data.issuer, outcome: 'completed', files: files.length, counts, skipped: data.manifest?.skipped ?? {} });
     await this.d.audit?.record({ kind: 'exchange', action: 'C', outcome: 'success', patients: [data.localPatientId], what: [`Task/${data.taskId}`, `Provenance/${provenance.id}`], description: `exchange from ${data.issuer} completed: ${total} resources imported` });

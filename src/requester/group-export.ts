@@ -9,7 +9,7 @@ import { downloadTo, sourceErrorOf, validateReceived } from './downloader';
 import { readResources } from './ndjson';
 import { ExchangeFailed, LimitReached } from './exchange-errors';
 import type { DownloadedFile, ExchangeLimits } from './exchange-job';
-import { MemberScope, refusedReference } from './member-references';
+import { elementsAt, isMemberReference, MemberScope, patientIdOf, screenReferences } from './member-references';
 
 export interface GroupExportDeps {
   limits: ExchangeLimits;
@@ -48,6 +48,8 @@ export interface GroupExportResult {
   sourceErrors: string[];
   /** Directory records (no member's) that no member's data refers to: not passed on. */
   unclaimed: number;
+  /** Records left out of every member's import (attribute): about a person outside the group, or about more than one member. */
+  leftOut: Record<LeftOut, number>;
   statusUrl: string;
 }
 
@@ -65,38 +67,56 @@ function referencesOf(value: unknown, out: string[] = []): string[] {
   return out;
 }
 
+/** Why a record of a group's files went to no member. */
+export type LeftOut = 'outside' | 'several';
+
 /**
- * Which member a resource from a group export belongs to: the one member it (or its contained
- * resources) refers to, its own id for a Patient, or none (a directory record: a Practitioner, an
- * Organization…), together with the source records it refers to (`Type/id`). A resource that
- * refers to a patient outside the group, or to two members, belongs to nobody we can name: the
- * group's files are refused. So is one that refers to a patient in any spelling but the two a
- * member is linked by (`Patient/{id}`, `{sourceBase}/Patient/{id}`), or to a record of this server:
- * each member's own import would refuse it (member-references.ts).
+ * Which member a resource from a group export belongs to, together with the source records it
+ * refers to (`Type/id`):
+ * - a Patient: the member it is (another person's Patient goes to nobody: `outside`);
+ * - a record naming someone at its about positions (member-references.ts positionsOf: an
+ *   Observation's subject, a Coverage's beneficiary): the one member named there; a plain reference
+ *   to a patient outside the group there (`outside`), or two members (`several`), and it goes to nobody;
+ * - a record with nothing at its about positions: the one member it refers to anywhere; none, and
+ *   it is a directory record (a Practitioner, an Organization…) unless it names a patient outside
+ *   the group (`outside`); two members, `several`.
+ * A record goes to one member at most; what it mentions of anyone else (a dependent's
+ * Coverage.subscriber, another member as an Observation's performer) is kept out of that member's
+ * import by the member's own check (local-form.ts). A record left out is counted, never named, and
+ * the others import. Any other spelling of a patient, a Patient inside a record, or a record of
+ * this server refuses the group's files, as a member's own import would refuse them.
  */
-function attribute(resource: { resourceType: string; id?: string } & Record<string, unknown>, members: Map<string, string>, scope: MemberScope): { child?: string; refs: string[] } {
+function attribute(resource: { resourceType: string; id?: string } & Record<string, unknown>, members: Map<string, string>, scope: MemberScope): { child?: string; refs: string[]; leftOut?: LeftOut } {
   const base = scope.sourceBase.replace(/\/+$/, '');
-  const patients = new Set<string>();
   const refs: string[] = [];
-  if (resource.resourceType === 'Patient') patients.add(String(resource.id));
+  if (resource.resourceType === 'Patient') {
+    const child = members.get(String(resource.id));
+    return child ? { child, refs } : { refs, leftOut: 'outside' };
+  }
+  const screen = screenReferences(resource, scope, { tolerateAbout: true });
+  if (screen.refused) throw new ExchangeFailed(screen.refused.replace('from the source', "in the group's files").replace('the member', 'a matched member'));
+  const everywhere = new Set<string>();
   for (const ref of referencesOf(resource)) {
     const m = ref.match(REF);
     if (!m) continue;
     const [, prefix, type, id] = m;
     const own = prefix === undefined || prefix.replace(/\/+$/, '') === base;
+    if (!own) continue;
     if (type === 'Patient') {
-      if (own) patients.add(id);
-    } else if (own) refs.push(`${type}/${id}`);
+      if (members.has(id)) everywhere.add(id);
+    } else refs.push(`${type}/${id}`);
   }
-  if (patients.size > 0) {
-    const children = new Set([...patients].map((p) => members.get(p)));
-    if (children.has(undefined)) throw new ExchangeFailed(`a ${resource.resourceType} in the group's files belongs to a patient who is not one of the matched members`);
-    if (children.size > 1) throw new ExchangeFailed(`a ${resource.resourceType} in the group's files refers to more than one member`);
+  if (screen.aboutOthers.length > 0) return { refs, leftOut: 'outside' };
+  const about = new Set<string>();
+  for (const el of elementsAt(resource).about) {
+    const ref = (el as { reference?: unknown }).reference;
+    const id = typeof ref === 'string' && isMemberReference(ref, scope) ? patientIdOf(ref, scope) : undefined;
+    if (id) about.add(id);
   }
-  // Any other spelling of a Patient, a Patient inside it, a record of this server: refused as a member's own import would.
-  const refused = resource.resourceType === 'Patient' ? undefined : refusedReference(resource, scope);
-  if (refused) throw new ExchangeFailed(refused.replace('from the source', "in the group's files").replace('the member', 'a matched member'));
-  return patients.size > 0 ? { child: members.get([...patients][0]), refs } : { refs };
+  const named = about.size > 0 ? about : everywhere;
+  if (named.size > 1) return { refs, leftOut: 'several' };
+  if (named.size === 1) return { child: members.get([...named][0]), refs };
+  return screen.others.length > 0 ? { refs, leftOut: 'outside' } : { refs };
 }
 
 /** One child's share of one received file, written as it is split. */
@@ -114,7 +134,8 @@ interface Share {
  * (validating every record, as a single exchange does), then splits the files by member into each
  * child exchange's work folder: a member's records go to that member alone; a directory record
  * goes to every member whose records refer to it (directly or through another directory record);
- * one it cannot place is refused. Each child then imports its share, with the same checks,
+ * a record about a person outside the group, or about two members, goes to nobody and is counted
+ * (attribute); a hostile spelling refuses the group's files. Each child then imports its share, with the same checks,
  * all-or-nothing and idempotency as if it had downloaded it.
  */
 export class GroupExporter {
@@ -154,8 +175,8 @@ export class GroupExporter {
             return;
           }
           if (typeof resource.id !== 'string') throw new ExchangeFailed(`${label} line ${line} is a ${entry.type} without an id`);
-          const { child, refs } = attribute(resource as { resourceType: string; id?: string }, r.members, scope);
-          if (!child) directory.set(`${resource.resourceType}/${resource.id}`, refs);
+          const { child, refs, leftOut } = attribute(resource as { resourceType: string; id?: string }, r.members, scope);
+          if (!child && !leftOut) directory.set(`${resource.resourceType}/${resource.id}`, refs);
         },
       });
       if (entry.kind === 'output' && entry.count !== undefined && entry.count !== got.count) throw new ExchangeFailed(`${label} holds ${got.count} resources, the manifest announced ${entry.count} (truncated download?)`);
@@ -168,9 +189,11 @@ export class GroupExporter {
     const shares = new Map<string, Map<string, Share>>();
     const claims = new Map<string, Set<string>>([...directory.keys()].map((k) => [k, new Set<string>()]));
     const outputs = received.filter((f) => f.kind === 'output');
+    const leftOut: Record<LeftOut, number> = { outside: 0, several: 0 };
     for (const f of outputs) {
       await this.split(r, f, shares, (resource) => {
-        const { child, refs } = attribute(resource, r.members, scope);
+        const { child, refs, leftOut: why } = attribute(resource, r.members, scope);
+        if (why) leftOut[why]++;
         if (!child) return [];
         for (const ref of refs) claims.get(ref)?.add(child);
         return [child];
@@ -202,7 +225,7 @@ export class GroupExporter {
       result.set(child, files);
     }
     await fs.promises.rm(r.groupDir, { recursive: true, force: true });
-    return { manifest, shares: result, bytes, sourceErrors, unclaimed, statusUrl };
+    return { manifest, shares: result, bytes, sourceErrors, unclaimed, leftOut, statusUrl };
   }
 
   private async poll(r: GroupExportRequest, statusUrl: string): Promise<CheckedManifest> {

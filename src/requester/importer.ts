@@ -5,7 +5,7 @@ import { ResourceStore } from '../store/resource-store';
 import { IdMapping, localIdFor } from './reference-rewriter';
 import { readResources } from './ndjson';
 import { LimitReached } from './exchange-errors';
-import { localForm, parsePreparedLine } from './local-form';
+import { hadOthersRemoved, localForm, parsePreparedLine } from './local-form';
 import { ImportJournal } from './import-journal';
 
 export interface ImportResult {
@@ -15,6 +15,8 @@ export interface ImportResult {
   unchanged: number;
   /** Each imported resource's local reference (`Type/id`), in the file's order. */
   references: string[];
+  /** Resources stored without the references to another person they were received with (local-form.ts OTHERS_REMOVED_TAG). */
+  othersRemoved: number;
 }
 
 /**
@@ -61,7 +63,7 @@ export class Importer {
    * the unchanged ones skipped, and the rest written in one batch through the undo journal.
    */
   private async importChunks(resources: AsyncIterable<Local>, type: string, opts: ImportOptions): Promise<ImportResult> {
-    const result: ImportResult = { count: 0, written: 0, unchanged: 0, references: [] };
+    const result: ImportResult = { count: 0, written: 0, unchanged: 0, references: [], othersRemoved: 0 };
     const size = opts.chunkSize ?? IMPORT_CHUNK;
     let chunk: Local[] = [];
     let bytes = 0;
@@ -86,6 +88,7 @@ export class Importer {
       chunk.push(local);
       bytes += local.bytes ?? 0;
       result.references.push(`${type}/${local.resource.id}`);
+      if (hadOthersRemoved(local.resource)) result.othersRemoved++;
       if (chunk.length >= size || bytes >= IMPORT_CHUNK_BYTES) await flush();
     }
     await flush();

@@ -4,10 +4,22 @@ import { stripInternalMarkers } from '../fhir/internal-markers';
 import { IdMapping, localIdFor, rewriteReferences } from './reference-rewriter';
 import { ImportRefused } from './exchange-errors';
 import { contentHash } from '../store/resource-store';
-import { refusedReference } from './member-references';
+import { screenReferences, withoutOthers } from './member-references';
+import { INTERNAL_PREFIX } from '../fhir/internal-markers';
 import { agreesWithMember, DISAGREES } from './member-demographics';
 
 export const IMPORT_TAG_SYSTEM = 'urn:p2p-fhir-server:imported-from';
+/**
+ * On an imported record that, as received, referred to a person other than the member at a
+ * mention-only position: those references were not kept (member-references.ts). Set by this server
+ * only (a source's own is stripped with the other internal markers); the exchange counts them.
+ */
+export const OTHERS_REMOVED_TAG = { system: `${INTERNAL_PREFIX}references-not-kept`, code: 'other-person', display: 'a reference to a person other than the member was not kept' } as const;
+
+/** Whether a record in its local form carries OTHERS_REMOVED_TAG. */
+export function hadOthersRemoved(resource: Resource): boolean {
+  return !!resource.meta?.tag?.some((t) => t.system === OTHERS_REMOVED_TAG.system);
+}
 
 /**
  * The local form of one resource as received from a source, linked to the local member: the
@@ -16,7 +28,9 @@ export const IMPORT_TAG_SYSTEM = 'urn:p2p-fhir-server:imported-from';
  * markers stripped, and keeps its origin (the source id under the responder identifier system, and
  * meta.source). What the source may not send throws ImportRefused: another person's Patient, the
  * member's Patient disagreeing with the submitted demographics, or a reference to any Patient but
- * the member or to a record of this server (member-references.ts, judged before rewriting).
+ * the member or to a record of this server (member-references.ts, judged before rewriting), except
+ * a plain reference to another Patient of the source where the record only mentions a person: that
+ * reference is masked (never rewritten to a local Patient) and the record tagged OTHERS_REMOVED_TAG.
  */
 export function localForm(resource: Resource & { id?: string }, m: IdMapping, identifierSystem: string): Resource | undefined {
   const type = resource.resourceType;
@@ -28,9 +42,10 @@ export function localForm(resource: Resource & { id?: string }, m: IdMapping, id
     if (m.member && !agreesWithMember(resource as Patient, m.member)) throw new ImportRefused(DISAGREES);
     return undefined;
   }
-  const refused = refusedReference(resource, m);
-  if (refused) throw new ImportRefused(refused);
-  const out = rewriteReferences(stripInternalMarkers(resource), m) as Resource & { identifier?: { system?: string; value?: string }[] };
+  const screen = screenReferences(resource, m);
+  if (screen.refused) throw new ImportRefused(screen.refused);
+  // A plain reference to another person where the record only mentions one (a dependent's Coverage.subscriber): not kept.
+  const out = rewriteReferences(stripInternalMarkers(withoutOthers(resource, screen.others)), m) as Resource & { identifier?: { system?: string; value?: string }[] };
   out.id = localIdFor(m.issuer, type, sourceId);
   if (hasElement(type, 'identifier')) {
     const origin = { system: identifierSystem, value: sourceId };
@@ -41,7 +56,7 @@ export function localForm(resource: Resource & { id?: string }, m: IdMapping, id
   out.meta = {
     ...meta,
     source: `${m.sourceBase}/${type}/${sourceId}`,
-    tag: [...(meta.tag ?? []), { system: IMPORT_TAG_SYSTEM, code: m.issuer }],
+    tag: [...(meta.tag ?? []), { system: IMPORT_TAG_SYSTEM, code: m.issuer }, ...(screen.others.length ? [{ ...OTHERS_REMOVED_TAG }] : [])],
   };
   return out;
 }

