@@ -183,6 +183,8 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
     logger,
     audit,
     localBaseUrl: baseUrl,
+    payerOrganization,
+    payerIdentifiers: config.payerIdentifiers,
   });
   runner.register(BULK_EXCHANGE_JOB, new BulkExchangeJob({
     store,
