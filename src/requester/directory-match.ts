@@ -138,6 +138,9 @@ export function priorCoverage(coverage: Coverage, thisPayer: { reference?: strin
   return { ...coverage, meta: { ...(coverage.meta ?? {}), tag: [...tags, PRIOR_COVERAGE_TAG] } };
 }
 
+/** The turn of directory batches in this process (see `prepare`). */
+let directoryTurn: Promise<void> = Promise.resolve();
+
 /** A record found by a match key: its id, whether the payer owns it, its identifiers' tokens. */
 interface Found {
   id: string;
@@ -192,14 +195,24 @@ export class ExchangeIngest {
     return this.aliases.get(reference) ?? reference;
   }
 
-  /** A batch of one type, ready to be planned and written: directory records resolved, references aliased, Coverage as history. */
+  /**
+   * A batch of one type, ready to be planned and written: references aliased, Coverage as history.
+   * A directory batch is resolved and written here (nothing is left for the caller to write).
+   */
   async prepare(type: string, batch: IngestRecord[]): Promise<IngestRecord[]> {
     let out = batch;
     if (this.aliases.size) out = out.map((r) => {
       const aliased = applyAliases(r.resource, this.aliases);
       return aliased ? { resource: aliased, bytes: r.bytes } : r;
     });
-    if (DIRECTORY_TYPES.has(type)) out = await this.resolveDirectory(type, out);
+    if (DIRECTORY_TYPES.has(type)) {
+      // One directory batch at a time in this process, resolved and written together: two exchanges
+      // (two sources, or two members of one group) sending the same NPI at once still make one record.
+      const turn = directoryTurn.then(() => this.resolveDirectory(type, out));
+      directoryTurn = turn.then(() => undefined, () => undefined);
+      await turn;
+      return [];
+    }
     if (type === 'Coverage') {
       const kept: IngestRecord[] = [];
       for (const r of out) {
@@ -227,7 +240,8 @@ export class ExchangeIngest {
     return list;
   }
 
-  private async resolveDirectory(type: string, batch: IngestRecord[]): Promise<IngestRecord[]> {
+  /** Resolves a batch of directory records and writes it: the records kept as this source's own, and the identifiers added to the existing ones matched. */
+  private async resolveDirectory(type: string, batch: IngestRecord[]): Promise<void> {
     const { originSystem, sourcePayer } = this.o;
     const keep: IngestRecord[] = [];
     /** Existing record id → identifiers to add to it. */
@@ -278,6 +292,7 @@ export class ExchangeIngest {
       additions.delete(id);
       return grown ? { resource: grown, bytes: r.bytes } : r;
     });
+    await this.o.journal.writeMany(this.o.taskId, type, await this.o.store.planWrites(type, out.map((r) => r.resource), out.map((r) => r.hash)));
     // The existing records matched: only the identifiers they lack, through the journal.
     if (additions.size) {
       const existing = (await this.o.store.search(type, { _id: { $in: [...additions.keys()] } })) as WithIdentifiers[];
@@ -289,6 +304,5 @@ export class ExchangeIngest {
       });
       if (updated.length) await this.o.journal.writeMany(this.o.taskId, type, await this.o.store.planWrites(type, updated));
     }
-    return out;
   }
 }

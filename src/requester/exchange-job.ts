@@ -108,10 +108,16 @@ export interface ExchangeDeps {
   payerIdentifiers?: readonly { system: string; value: string }[];
 }
 
-/** Directory records (Organization, Practitioner, Location) first, the rest in their order: references to them can then be rewritten to the records they were matched to. */
+/**
+ * Directory records first (Organization, then Practitioner, then Location, as each may refer to the
+ * one before), the rest in their order: references to them can then be rewritten to the records
+ * they were matched to.
+ */
 export function directoryFirst<T extends { type: string }>(files: readonly T[]): T[] {
-  return [...files.filter((f) => DIRECTORY_TYPES.has(f.type)), ...files.filter((f) => !DIRECTORY_TYPES.has(f.type))];
+  const rank = (t: string) => (DIRECTORY_ORDER.indexOf(t) + DIRECTORY_ORDER.length + 1) % (DIRECTORY_ORDER.length + 1);
+  return files.map((f, i) => ({ f, i })).sort((a, b) => rank(a.f.type) - rank(b.f.type) || a.i - b.i).map(({ f }) => f);
 }
+const DIRECTORY_ORDER = ['Organization', 'Practitioner', 'Location'];
 
 /** What a job keeps of the member's demographics once they are no longer needed. */
 export const NO_MEMBER_DATA: Parameters = { resourceType: 'Parameters', parameter: [] };
