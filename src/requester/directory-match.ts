@@ -24,6 +24,27 @@ export const MAX_CANDIDATES = 20;
 /** The tag an imported Coverage carries: the old plan's record, not a coverage of this plan. */
 export const PRIOR_COVERAGE_TAG = { system: 'urn:p2p-fhir-server:record-role', code: 'prior-plan-coverage', display: "The source payer's coverage, kept as its historic record" };
 const IMPORT_TAG_SYSTEM = 'urn:p2p-fhir-server:imported-from';
+/**
+ * The identifier a matched record gets for each received record merged into it: the local id that
+ * record would have had. A later exchange whose records refer to it without sending it again (a
+ * run-off's `_since` export) finds the record it was merged into by this.
+ */
+export const MERGED_SYSTEM = 'urn:p2p-fhir-server:merged-local-id';
+/** A reference to a directory record as an import writes it (reference-rewriter.ts `localIdFor`). */
+const LOCAL_DIRECTORY_REF = /^(Organization|Practitioner|Location)\/(p2p-[0-9a-f]{40})$/;
+
+/** Every `reference` string of a resource that names a directory record by its imported local id. */
+export function directoryReferences(resource: Resource): string[] {
+  const out: string[] = [];
+  const walk = (value: unknown, key?: string): void => {
+    if (typeof value === 'string') {
+      if (key === 'reference' && LOCAL_DIRECTORY_REF.test(value)) out.push(value);
+    } else if (Array.isArray(value)) for (const v of value) walk(v);
+    else if (value && typeof value === 'object') for (const [k, v] of Object.entries(value)) walk(v, k);
+  };
+  walk(resource);
+  return out;
+}
 
 type WithIdentifiers = Resource & { identifier?: Identifier[] };
 const token = (i: { system?: string; value?: string }) => `${i.system}|${i.value}`;
@@ -36,7 +57,7 @@ const usable = (i: Identifier | undefined): i is Identifier & { system: string; 
  * identifier that records its id at the source (`originSystem`). Sorted, at most MAX_MATCH_KEYS.
  */
 export function matchKeys(resource: Resource, originSystem: string): string[] {
-  const ids = ((resource as WithIdentifiers).identifier ?? []).filter(usable).filter((i) => i.system !== originSystem);
+  const ids = ((resource as WithIdentifiers).identifier ?? []).filter(usable).filter((i) => i.system !== originSystem && i.system !== MERGED_SYSTEM);
   const wanted = resource.resourceType === 'Location' ? ids : ids.filter((i) => i.system === NPI_SYSTEM && /^\d{10}$/.test(i.value));
   return [...new Set(wanted.map(token))].sort().slice(0, MAX_MATCH_KEYS);
 }
@@ -182,6 +203,8 @@ export class ExchangeIngest {
   readonly leftOut: Record<string, number> = {};
   private readonly candidates = new Map<string, Found[]>();
   private readonly claimed = new Map<string, string>();
+  /** Directory references (`Type/id`) already looked at by `learnMerged`. */
+  private readonly known = new Set<string>();
   lookups = 0;
 
   constructor(private readonly o: IngestOptions) {}
@@ -200,12 +223,18 @@ export class ExchangeIngest {
    * A directory batch is resolved and written here (nothing is left for the caller to write).
    */
   async prepare(type: string, batch: IngestRecord[]): Promise<IngestRecord[]> {
+    await this.learnMerged(batch);
     let out = batch;
     if (this.aliases.size) out = out.map((r) => {
       const aliased = applyAliases(r.resource, this.aliases);
       return aliased ? { resource: aliased, bytes: r.bytes } : r;
     });
     if (DIRECTORY_TYPES.has(type)) {
+      // Only this server says what was merged into what: a source's own claims of it are dropped.
+      out = out.map((r) => {
+        const ids = (r.resource as WithIdentifiers).identifier;
+        return ids?.some((i) => i.system === MERGED_SYSTEM) ? { resource: { ...r.resource, identifier: ids.filter((i) => i.system !== MERGED_SYSTEM) } as Resource, bytes: r.bytes } : r;
+      });
       // One directory batch at a time in this process, resolved and written together: two exchanges
       // (two sources, or two members of one group) sending the same NPI at once still make one record.
       const turn = directoryTurn.then(() => this.resolveDirectory(type, out));
@@ -226,6 +255,40 @@ export class ExchangeIngest {
       out = kept;
     }
     return out;
+  }
+
+  /**
+   * Directory records this batch refers to that neither this exchange resolved nor the store holds
+   * under that id: the records an earlier exchange merged them into (MERGED_SYSTEM), as aliases.
+   * Each reference is looked up once per exchange, two queries per type and batch at most.
+   */
+  private async learnMerged(batch: IngestRecord[]): Promise<void> {
+    const wanted = new Map<string, Set<string>>();
+    for (const r of batch) {
+      for (const ref of directoryReferences(r.resource)) {
+        if (this.aliases.has(ref) || this.known.has(ref)) continue;
+        const [type, id] = ref.split('/');
+        wanted.set(type, (wanted.get(type) ?? new Set()).add(id));
+      }
+    }
+    for (const [type, set] of wanted) {
+      const ids = [...set];
+      for (let i = 0; i < ids.length; i += 500) {
+        const some = ids.slice(i, i + 500);
+        for (const f of await this.o.store.search(type, { _id: { $in: some } })) this.known.add(`${type}/${f.id}`);
+        const missing = some.filter((id) => !this.known.has(`${type}/${id}`));
+        for (const id of missing) this.known.add(`${type}/${id}`);
+        if (missing.length === 0) continue;
+        const wantedTokens = new Set(missing.map((id) => `${MERGED_SYSTEM}|${id}`));
+        const into = (await this.o.store.search(type, { 's.identifier': { $in: [...wantedTokens] } }, { sort: { _id: 1 } })) as WithIdentifiers[];
+        for (const e of into) {
+          for (const idf of e.identifier ?? []) {
+            const ref = `${type}/${idf.value}`;
+            if (wantedTokens.has(token(idf)) && !this.aliases.has(ref)) this.aliases.set(ref, `${type}/${e.id}`);
+          }
+        }
+      }
+    }
   }
 
   /** The records holding this match key (one indexed search per distinct key and type, cached for the exchange). */
@@ -280,7 +343,7 @@ export class ExchangeIngest {
         continue;
       }
       this.aliases.set(`${type}/${ownId}`, `${type}/${target}`);
-      additions.set(target, [...(additions.get(target) ?? []), ...add]);
+      additions.set(target, [...(additions.get(target) ?? []), ...add, { system: MERGED_SYSTEM, value: ownId }]);
     }
     // A kept record keeps what other sources added to it: a directory record's identifiers only grow.
     const keptIds = keep.map((r) => r.resource.id as string);
@@ -292,7 +355,8 @@ export class ExchangeIngest {
       additions.delete(id);
       return grown ? { resource: grown, bytes: r.bytes } : r;
     });
-    await this.o.journal.writeMany(this.o.taskId, type, await this.o.store.planWrites(type, out.map((r) => r.resource), out.map((r) => r.hash)));
+    for (const id of keptIds) this.known.add(`${type}/${id}`);
+    if (out.length) await this.o.journal.writeMany(this.o.taskId, type, await this.o.store.planWrites(type, out.map((r) => r.resource), out.map((r) => r.hash)));
     // The existing records matched: only the identifiers they lack, through the journal.
     if (additions.size) {
       const existing = (await this.o.store.search(type, { _id: { $in: [...additions.keys()] } })) as WithIdentifiers[];

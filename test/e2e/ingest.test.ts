@@ -115,7 +115,25 @@ describe('ingesting exchanged data (PDex data mapping) from two sources', () => 
     expect(await all('Encounter')).toHaveLength(2);
     const received = (await all('Provenance')).filter((r: any) => !r.entity?.some((e: any) => e.what?.reference?.startsWith('Task/')));
     expect(received).toHaveLength(2);
-    expect((await all('Practitioner'))[0].identifier).toHaveLength(3);
+    // The NPI, each source's id, and the local id the second source's copy would have had (it was merged).
+    expect((await all('Practitioner'))[0].identifier).toHaveLength(4);
+  });
+
+  it("links a later export's records to the matched Practitioner when the source does not send it again (a run-off's _since)", async () => {
+    const saved = { output: b.fake.output, files: { ...b.fake.files } };
+    try {
+      b.fake.output = [{ type: 'Patient', count: 1 }, { type: 'Encounter', count: 1 }];
+      b.fake.files.Encounter = ndjson([{ resourceType: 'Encounter', id: 'b-enc-2', status: 'finished', class: { code: 'AMB' }, subject: { reference: 'Patient/m1' }, participant: [{ individual: { reference: `Practitioner/${b.ids.pract}` } }], serviceProvider: { reference: `Organization/${b.ids.payer}` }, location: [{ location: { reference: `Location/${b.ids.loc}` } }] }]);
+      expect((await run(b)).status).toBe('completed');
+      const enc = (await all('Encounter')).find((e: any) => e.meta.source === `${b.fake.base}/Encounter/b-enc-2`);
+      const [p] = await all('Practitioner');
+      expect(enc.participant[0].individual.reference).toBe(`Practitioner/${p.id}`);
+      expect(enc.location[0].location.reference).toBe(`Location/${(await all('Location'))[0].id}`);
+      expect((await fhir('GET', `${requester.baseUrl}/${enc.serviceProvider.reference}`)).body.name).toBe(`Source ${b.issuer}`);
+    } finally {
+      b.fake.output = saved.output;
+      b.fake.files = saved.files;
+    }
   });
 
   it('makes each source payer one Organization: the Task owner, the imported copy and the transmitter of its Provenance', async () => {
@@ -126,7 +144,7 @@ describe('ingesting exchanged data (PDex data mapping) from two sources', () => 
     expect(aOrgs).toHaveLength(1);
     expect(`Organization/${aOrgs[0].id}`).toBe(owner);
     expect(aOrgs[0].identifier).toEqual(expect.arrayContaining([{ system: a.system, value: a.ids.payer }]));
-    const encounter = (await all('Encounter')).find((e: any) => e.identifier.some((i: any) => i.system === a.system));
+    const encounter = (await all('Encounter')).find((e: any) => e.meta.source === `${a.fake.base}/Encounter/${a.ids.enc}`);
     expect(encounter.serviceProvider.reference).toBe(owner);
     // The source's own Provenance is kept, its targets and its transmitter linked to the local records.
     const theirs = (await all('Provenance')).find((r: any) => r.meta.source === `${a.fake.base}/Provenance/a-prov-1`);
@@ -201,7 +219,7 @@ describe('ingesting exchanged data (PDex data mapping) from two sources', () => 
       expect(after.practitioner).toEqual(before.practitioner);
       expect(after.patient.identifier).toBeUndefined();
       expect(await all('Practitioner')).toHaveLength(1);
-      expect(await all('Encounter')).toHaveLength(2);
+      expect(await all('Encounter')).toHaveLength(3);
     } finally {
       a.fake.raw = undefined;
     }

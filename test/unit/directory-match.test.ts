@@ -1,5 +1,5 @@
 import type { Coverage, Patient, Resource } from 'fhir/r4';
-import { applyAliases, chooseExisting, isSourcePayerOrganization, matchKeys, memberIdentifiersToAdd, MAX_MATCH_KEYS, NPI_SYSTEM, PRIOR_COVERAGE_TAG, priorCoverage, withIdentifiers } from '../../src/requester/directory-match';
+import { applyAliases, chooseExisting, directoryReferences, MERGED_SYSTEM, isSourcePayerOrganization, matchKeys, memberIdentifiersToAdd, MAX_MATCH_KEYS, NPI_SYSTEM, PRIOR_COVERAGE_TAG, priorCoverage, withIdentifiers } from '../../src/requester/directory-match';
 
 const ORIGIN = 'https://source-payer.example.com/resource-id';
 const npi = (value: string) => ({ system: NPI_SYSTEM, value });
@@ -45,6 +45,13 @@ describe('matching of directory records (data-mapping steps 3 to 5)', () => {
     const grown = withIdentifiers(rec, [{ system: ORIGIN, value: 'x' }, { system: ORIGIN, value: 'x' }, { system: 'http://y' }]) as any;
     expect(grown.identifier).toEqual([npi('1900000001'), { system: ORIGIN, value: 'x' }]);
     expect(withIdentifiers(grown, [{ system: ORIGIN, value: 'x' }])).toBeUndefined();
+  });
+
+  it('never matches by the merged-id identifier, and finds the imported directory references of a record', () => {
+    expect(matchKeys({ resourceType: 'Location', identifier: [{ system: MERGED_SYSTEM, value: 'p2p-' + 'a'.repeat(40) }] } as Resource, ORIGIN)).toEqual([]);
+    const id = 'p2p-' + 'b'.repeat(40);
+    const enc = { resourceType: 'Encounter', participant: [{ individual: { reference: `Practitioner/${id}` } }], subject: { reference: `Patient/${id}` }, serviceProvider: { reference: 'Organization/local-1' }, contained: [{ resourceType: 'Location', managingOrganization: { reference: `Organization/${id}` } }] } as Resource;
+    expect(directoryReferences(enc)).toEqual([`Practitioner/${id}`, `Organization/${id}`]);
   });
 
   it('rewrites references to matched records only, and copies nothing when none applies', () => {
