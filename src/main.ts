@@ -185,6 +185,8 @@ export async function startServer(config: AppConfig, logger: Logger = createLogg
     audit,
     localBaseUrl: baseUrl,
     groupExporter,
+    payerOrganization,
+    payerIdentifiers: config.payerIdentifiers,
   });
   runner.register(BULK_EXCHANGE_JOB, new BulkExchangeJob({
     store,

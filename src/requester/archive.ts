@@ -1,6 +1,10 @@
 import type { Binary, DocumentReference, Provenance, Reference } from 'fhir/r4';
 import { localIdFor } from './reference-rewriter';
 import { BLOB_TAG_SYSTEM } from '../fhir/internal-markers';
+import { PDEX_PROVENANCE, TRANSMITTER } from '../responder/transmitter-provenance';
+
+/** The agent type of this payer in its import Provenance, as PDex's ExampleProvenanceCustodian has it. */
+export const CUSTODIAN = { system: 'http://terminology.hl7.org/CodeSystem/provenance-participant-type', code: 'custodian', display: 'Custodian' };
 
 /** Where an exchange's received files are kept as blobs: one folder per exchange. */
 export const archiveFolder = (taskId: string) => `archive/${taskId}/`;
@@ -48,18 +52,24 @@ export function archiveOf(args: {
   return { binary, doc };
 }
 
-/** The Provenance of an exchange: the source payer as author, this payer as performer, the Task and the archived files as sources. */
-export function provenanceOf(args: { taskId: string; issuer: string; targets: string[]; archived: Reference[]; ownerReference: string; sourceName: string; requesterDisplay: string; now: string }): Provenance {
+/**
+ * This payer's Provenance of an import (PDex Provenance profile): the source payer as agent
+ * `transmitter` (§pdex-127: it transmitted, it did not author), this payer as `custodian` (the
+ * action taken to become the data's custodian, §pdex-11 and ExampleProvenanceCustodian), the Task
+ * and the archived files as sources. The source's own Provenance is kept as a record of its own.
+ */
+export function provenanceOf(args: { taskId: string; issuer: string; targets: string[]; archived: Reference[]; ownerReference: string; sourceName: string; custodian: Reference; now: string }): Provenance {
   return {
     resourceType: 'Provenance',
     id: localIdFor('provenance', args.taskId, args.issuer),
+    meta: { profile: [PDEX_PROVENANCE] },
     target: args.targets.map((reference) => ({ reference })),
     recorded: args.now,
     activity: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-DataOperation', code: 'CREATE', display: 'create' }], text: 'Payer-to-payer import' },
     reason: [{ text: 'Da Vinci PDex payer-to-payer exchange' }],
     agent: [
-      { type: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/provenance-participant-type', code: 'author' }] }, who: { reference: args.ownerReference, display: args.sourceName } },
-      { type: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/provenance-participant-type', code: 'performer' }] }, who: { display: args.requesterDisplay } },
+      { type: { coding: [TRANSMITTER] }, who: { reference: args.ownerReference, display: args.sourceName } },
+      { type: { coding: [CUSTODIAN] }, who: args.custodian },
     ],
     entity: [{ role: 'source', what: { reference: `Task/${args.taskId}` } }, ...args.archived.map((what) => ({ role: 'source' as const, what }))],
   };

@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import type { Identifier, OperationOutcome, Parameters, Reference, Resource, TaskOutput } from 'fhir/r4';
+import type { Identifier, OperationOutcome, Parameters, Patient, Reference, Resource, TaskOutput } from 'fhir/r4';
 import { RESULT_SYSTEM } from '../fhir/pdex';
 import { ResourceStore } from '../store/resource-store';
 import { JobContext, JobDoc, RetryLater, sleep } from '../jobs/job-runner';
@@ -26,6 +26,8 @@ import type { MemberDigest } from './member-demographics';
 import { redactKnown, termsOf } from './source-text';
 import { awaitBulkMatch, memberBundles } from './bulk-match';
 import type { GroupExporter } from './group-export';
+import { DIRECTORY_TYPES, ExchangeIngest, memberIdentifiersToAdd } from './directory-match';
+import type { PayerOrganization } from '../responder/transmitter-provenance';
 
 export const EXCHANGE_JOB = 'p2p-exchange';
 
@@ -131,7 +133,21 @@ export interface ExchangeDeps {
   localBaseUrl?: () => string;
   /** Exports a MatchedMembers Group ($davinci-data-export) and keeps the member's share: the `bulk-of-one` path and run-offs through the Group. Without it, only `$member-match` and the kick-offs. */
   groupExporter?: GroupExporter;
+  /** This payer's Organization (the custodian agent of its import Provenance) and identifiers (PAYER_IDENTIFIERS). */
+  payerOrganization?: PayerOrganization;
+  payerIdentifiers?: readonly { system: string; value: string }[];
 }
+
+/**
+ * Directory records first (Organization, then Practitioner, then Location, as each may refer to the
+ * one before), the rest in their order: references to them can then be rewritten to the records
+ * they were matched to.
+ */
+export function directoryFirst<T extends { type: string }>(files: readonly T[]): T[] {
+  const rank = (t: string) => (DIRECTORY_ORDER.indexOf(t) + DIRECTORY_ORDER.length + 1) % (DIRECTORY_ORDER.length + 1);
+  return files.map((f, i) => ({ f, i })).sort((a, b) => rank(a.f.type) - rank(b.f.type) || a.i - b.i).map(({ f }) => f);
+}
+const DIRECTORY_ORDER = ['Organization', 'Practitioner', 'Location'];
 
 /** What a job keeps of the member's demographics once they are no longer needed. */
 export const NO_MEMBER_DATA: Parameters = { resourceType: 'Parameters', parameter: [] };
@@ -177,22 +193,38 @@ export class ExchangeJobHandler {
       // Each file is imported once it is downloaded and checked, while the next one downloads.
       // Each imported file's local references, for the Provenance (a file imported before a restart is read again).
       const imported = new Map<string, string[]>();
-      const imports = new ImportQueue((f) => this.importOne(ctx, f, mapping, payer, imported));
+      const ingest = this.ingestFor(data, payer);
+      // Directory files are resolved again in every run (their matches are not checkpointed), before any other file.
+      const resolved = new Set<string>();
+      const imports = new ImportQueue((f) => this.importOne(ctx, f, mapping, payer, imported, ingest, resolved));
       let files: DownloadedFile[];
       try {
+        for (const f of directoryFirst(data.downloads?.files ?? [])) if (DIRECTORY_TYPES.has(f.type)) imports.add(f);
         files = data.downloads?.done ? data.downloads.files : await this.download(ctx, remote, manifest, mapping, payer, imports);
-        for (const f of files) imports.add(f);
+        for (const f of directoryFirst(files)) imports.add(f);
       } finally {
         await imports.settled();
       }
       await imports.drain();
-      const targets = await this.targetsOf(files, mapping, imported);
+      const targets = await this.targetsOf(files, mapping, imported, ingest);
       if (manifest.deleted?.length) await this.applyDeletions(ctx, remote, manifest, new Set(targets));
-      await this.finish(ctx, remote, payer, files, targets);
+      await this.finish(ctx, remote, payer, files, targets, ingest);
     } catch (err) {
       await this.handleError(ctx, remote, err);
     }
   };
+
+  /** The exchange's ingestion rules (directory-match.ts): the source payer is the Tasks' owner, this payer is never a source's payor. */
+  private ingestFor(data: ExchangeJobData, payer: SourcePayer): ExchangeIngest {
+    return new ExchangeIngest({
+      store: this.d.store,
+      journal: this.d.journal,
+      taskId: data.taskId,
+      originSystem: payer.responderIdentifierSystem ?? `${payer.issuer}/resource-id`,
+      sourcePayer: { reference: data.ownerReference, identifiers: payer.identifiers ?? [] },
+      thisPayer: { reference: this.d.payerOrganization?.reference, identifiers: this.d.payerIdentifiers ?? [] },
+    });
+  }
 
   private deadline(data: ExchangeJobData): number {
     return data.startedAt + this.d.timeoutMs;
@@ -406,7 +438,8 @@ export class ExchangeJobHandler {
     await fs.promises.mkdir(dir, { recursive: true });
     const identifierSystem = payer.responderIdentifierSystem ?? `${payer.issuer}/resource-id`;
     this.d.checker.warmUp(manifest.files.filter((f) => f.kind === 'output').map((f) => f.count));
-    for (const [i, entry] of manifest.files.entries()) {
+    // Directory files first (their names stay their places in the manifest), so they are imported before the records that refer to them.
+    for (const [i, entry] of directoryFirst([...manifest.files.entries()].map(([i, e]) => ({ i, e, type: e.type }))).map(({ i, e }) => [i, e] as const)) {
       const name = `${String(i).padStart(5, '0')}.ndjson`;
       if (state.files.some((f) => f.name === name)) continue;
       imports.check();
@@ -443,35 +476,47 @@ export class ExchangeJobHandler {
     return state.files;
   }
 
-  /** Imports one downloaded file (once: a file imported before is skipped) and checkpoints it. */
-  private async importOne(ctx: JobContext<ExchangeJobData>, f: DownloadedFile, mapping: IdMapping, payer: SourcePayer, imported: Map<string, string[]>): Promise<void> {
+  /**
+   * Imports one downloaded file (once: a file imported before is skipped; a directory file is
+   * imported again once per run, which writes nothing new, to rebuild its matches) and checkpoints it.
+   */
+  private async importOne(ctx: JobContext<ExchangeJobData>, f: DownloadedFile, mapping: IdMapping, payer: SourcePayer, imported: Map<string, string[]>, ingest: ExchangeIngest, resolved: Set<string>): Promise<void> {
     const data = ctx.job.data;
     const state = { files: [...(data.imports?.files ?? [])], counts: { ...(data.imports?.counts ?? {}) }, othersRemoved: data.imports?.othersRemoved ?? 0 };
-    if (f.kind === 'error' || state.files.includes(f.name)) return;
+    const directory = DIRECTORY_TYPES.has(f.type);
+    const done = state.files.includes(f.name);
+    if (f.kind === 'error' || (directory ? resolved.has(f.name) : done)) return;
     if (await this.d.tracker.isCancelled(data.taskId)) throw new TaskCancelled();
     const system = payer.responderIdentifierSystem ?? `${payer.issuer}/resource-id`;
-    const opts = { taskId: data.taskId, signal: ctx.signal, deadline: this.deadline(data) };
+    const opts = { taskId: data.taskId, signal: ctx.signal, deadline: this.deadline(data), ingest };
     const result = f.prepared ? await this.d.importer.importPrepared(f.prepared, f.type, opts) : await this.d.importer.importFile(f.file, f.type, mapping, system, opts);
+    if (directory) resolved.add(f.name);
+    imported.set(f.name, result.references);
+    if (done) return;
     if (result.count) state.counts[f.type] = (state.counts[f.type] ?? 0) + result.count;
     state.othersRemoved += result.othersRemoved ?? 0;
-    imported.set(f.name, result.references);
     state.files.push(f.name);
     await ctx.checkpoint({ imports: state });
   }
 
   /** Every local reference the exchange imported (a file imported before a restart is read again). */
-  private async targetsOf(files: DownloadedFile[], mapping: IdMapping, imported: Map<string, string[]>): Promise<string[]> {
-    const targets: string[] = [];
+  private async targetsOf(files: DownloadedFile[], mapping: IdMapping, imported: Map<string, string[]>, ingest: ExchangeIngest): Promise<string[]> {
+    // Each once: a received record matched to an existing one names that one, and a record left out is none.
+    const targets = new Set<string>();
+    const add = (ref: string) => {
+      const to = ingest.resolved(ref);
+      if (to !== undefined) targets.add(to);
+    };
     for (const f of files) {
       if (f.kind !== 'output') continue;
       const known = imported.get(f.name);
       if (known) {
-        for (const ref of known) targets.push(ref);
+        for (const ref of known) add(ref);
         continue;
       }
-      for await (const ref of f.prepared ? this.d.importer.preparedReferences(f.prepared) : this.d.importer.localReferences(f.file, f.type, mapping)) targets.push(ref);
+      for await (const ref of f.prepared ? this.d.importer.preparedReferences(f.prepared) : this.d.importer.localReferences(f.file, f.type, mapping)) add(ref);
     }
-    return targets;
+    return [...targets];
   }
 
   /**
@@ -512,7 +557,25 @@ export class ExchangeJobHandler {
     await this.d.tracker.change(data.taskId, { note: deletionText(state.tally) });
   }
 
-  private async finish(ctx: JobContext<ExchangeJobData>, remote: RemotePayer, payer: SourcePayer, files: DownloadedFile[], imported: string[]) {
+  /**
+   * The member's identifiers at the source added to the local Patient (data-mapping step 2): the
+   * MemberIdentifier the match answered and the member's id at the source (under the source's
+   * responderIdentifierSystem), each once, through the journal (`memberIdentifiersToAdd` says which).
+   */
+  private async addMemberIdentifiers(data: ExchangeJobData, payer: SourcePayer): Promise<void> {
+    if (!data.matched) return;
+    const { store, journal } = this.d;
+    const local = (await store.readIfExists('Patient', data.localPatientId)) as Patient | undefined;
+    if (!local) return;
+    const origin = { system: payer.responderIdentifierSystem ?? `${payer.issuer}/resource-id`, value: data.matched.memberId };
+    const add = memberIdentifiersToAdd(local, [data.matched.identifier, origin]);
+    if (add.length === 0) return;
+    const { versionId: _v, lastUpdated: _l, ...meta } = local.meta ?? {};
+    const updated: Patient = { ...local, meta, identifier: [...(local.identifier ?? []), ...add] };
+    await journal.writeMany(data.taskId, 'Patient', await store.planWrites('Patient', [updated]));
+  }
+
+  private async finish(ctx: JobContext<ExchangeJobData>, remote: RemotePayer, payer: SourcePayer, files: DownloadedFile[], imported: string[], ingest: ExchangeIngest) {
     const data = ctx.job.data;
     const { store, journal } = this.d;
     const now = new Date().toISOString();
@@ -533,9 +596,14 @@ export class ExchangeJobHandler {
     await journal.writeMany(data.taskId, 'Binary', await store.planWrites('Binary', binaries));
     await journal.writeMany(data.taskId, 'DocumentReference', await store.planWrites('DocumentReference', docs));
 
+    await this.addMemberIdentifiers(data, payer);
     const targets = [...imported];
     if (targets.length === 0) targets.push(`Patient/${data.localPatientId}`);
-    const provenance = provenanceOf({ taskId: data.taskId, issuer: data.issuer, targets, archived, ownerReference: data.ownerReference, sourceName, requesterDisplay: this.d.requesterDisplay, now });
+    // This payer as the custodian agent: its Organization, written when missing.
+    const us = this.d.payerOrganization;
+    if (us) await us.ensure();
+    const custodian = us ? { reference: us.reference, display: us.name } : { display: this.d.requesterDisplay };
+    const provenance = provenanceOf({ taskId: data.taskId, issuer: data.issuer, targets, archived, ownerReference: data.ownerReference, sourceName, custodian, now });
     await journal.write(data.taskId, 'Provenance', provenance.id as string, () => store.update('Provenance', provenance.id as string, provenance));
 
     const counts = data.imports?.counts ?? {};
@@ -546,6 +614,7 @@ export class ExchangeJobHandler {
       ...Object.entries(data.deletions?.tally.removed ?? {}).map(([type, n]) => ({ type: { text: `deleted:${type}` }, valueInteger: n })),
       ...Object.entries(data.deletions?.tally.ignored ?? {}).map(([why, n]) => ({ type: { text: 'deleted-ignored' }, valueString: `${n} ${why}` })),
       ...(othersRemoved ? [{ type: { text: 'references-not-kept' }, valueInteger: othersRemoved }] : []),
+      ...Object.entries(ingest.leftOut).map(([why, n]) => ({ type: { text: 'left-out' }, valueString: `${n} ${why}` })),
       { type: { text: 'Provenance' }, valueReference: { reference: `Provenance/${provenance.id}` } },
       ...(data.manifest?.transactionTime ? [{ type: { text: 'transactionTime' }, valueInstant: data.manifest.transactionTime }] : []),
       ...archived.map((r) => ({ type: { text: 'received-file' }, valueReference: r })),
@@ -558,7 +627,9 @@ export class ExchangeJobHandler {
     const skipped = data.manifest ? skippedText(data.manifest) : undefined;
     // Counted, never named: no id or demographics of the other person.
     const others = othersRemoved ? `; ${othersRemoved} record(s) referred to a person other than the member; those references were not kept` : '';
-    await this.d.tracker.change(data.taskId, { status: 'completed', step: 'completed', note: `Imported ${total} resources${uncompared}${others}${skipped ? `; ${skipped}` : ''}`, output });
+    const leftOut = Object.entries(ingest.leftOut).map(([why, n]) => `${n} ${why} left out`).join(', ');
+    const matchedHere = ingest.aliases.size ? `; ${ingest.aliases.size} directory record(s) matched to records already here` : '';
+    await this.d.tracker.change(data.taskId, { status: 'completed', step: 'completed', note: `Imported ${total} resources${matchedHere}${uncompared}${others}${skipped ? `; ${skipped}` : ''}${leftOut ? `; ${leftOut}` : ''}`, output });
     await journal.forget(data.taskId);
     this.d.logger.info('exchange ended', { task: data.taskId, issuer: data.issuer, outcome: 'completed', files: files.length, counts, skipped: data.manifest?.skipped ?? {} });
     await this.d.audit?.record({ kind: 'exchange', action: 'C', outcome: 'success', patients: [data.localPatientId], what: [`Task/${data.taskId}`, `Provenance/${provenance.id}`], description: `exchange from ${data.issuer} completed: ${total} resources imported` });

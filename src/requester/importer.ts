@@ -7,6 +7,7 @@ import { readResources } from './ndjson';
 import { LimitReached } from './exchange-errors';
 import { hadOthersRemoved, localForm, parsePreparedLine } from './local-form';
 import { ImportJournal } from './import-journal';
+import type { ExchangeIngest } from './directory-match';
 
 export interface ImportResult {
   /** Resources written or confirmed unchanged. */
@@ -74,7 +75,9 @@ export class Importer {
       if (opts.signal?.aborted) throw opts.signal.reason;
       if (Date.now() > opts.deadline) throw new LimitReached(`the exchange's deadline passed while importing ${type}`);
       // A source may list one record twice in a file: the last one stands.
-      const byId = [...new Map(chunk.map((l) => [l.resource.id as string, l])).values()];
+      let byId = [...new Map(chunk.map((l) => [l.resource.id as string, l])).values()];
+      // Directory records matched to existing ones, references to them rewritten, Coverage kept as history (directory-match.ts).
+      if (opts.ingest) byId = await opts.ingest.prepare(type, byId);
       const plans = await this.store.planWrites(type, byId.map((l) => l.resource), byId.map((l) => l.hash));
       await this.journal.writeMany(opts.taskId, type, plans);
       const written = plans.filter((p) => p.changed).length;
@@ -119,6 +122,8 @@ export interface ImportOptions {
   signal?: AbortSignal;
   deadline: number;
   chunkSize?: number;
+  /** The exchange's ingestion rules (directory-match.ts), applied to each batch before it is planned. */
+  ingest?: ExchangeIngest;
 }
 
 /** The resources of a prepared file. */

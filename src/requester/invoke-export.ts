@@ -161,15 +161,25 @@ export class InvokeExportService {
     return owner;
   }
 
+  /**
+   * The owner carries the source's issuer and its registered identifiers (SOURCE_PAYERS_FILE
+   * `identifiers`), so the source's own Organization, when an export brings it, is matched to it
+   * (directory-match.ts): the source payer is one Organization here. Identifiers an import added are kept.
+   */
   private async ensureOwner(payer: SourcePayer): Promise<Organization> {
     const ownerId = `source-payer-${createHash('sha256').update(payer.issuer).digest('hex').slice(0, 32)}`;
-    const owner: Organization = { resourceType: 'Organization', id: ownerId, active: true, name: payer.name ?? payer.issuer, identifier: [{ system: 'urn:ietf:rfc:3986', value: payer.issuer }] };
+    const wanted = [{ system: 'urn:ietf:rfc:3986', value: payer.issuer }, ...(payer.identifiers ?? []).map(({ system, value }) => ({ system, value }))];
+    const name = payer.name ?? payer.issuer;
     const current = async () => (await this.store.readIfExists('Organization', ownerId)) as Organization | undefined;
-    if ((await current())?.name === owner.name) return owner;
+    const has = (o: Organization | undefined) => !!o && o.name === name && wanted.every((w) => (o.identifier ?? []).some((i) => i.system === w.system && i.value === w.value));
+    const stored = await current();
+    if (has(stored)) return stored as Organization;
+    const kept = (stored?.identifier ?? []).filter((i) => !wanted.some((w) => w.system === i.system && w.value === i.value));
+    const owner: Organization = { resourceType: 'Organization', id: ownerId, active: true, name, identifier: [...wanted, ...kept] };
     try {
       await this.store.update('Organization', ownerId, owner);
     } catch (err) {
-      if (!(err instanceof FhirError && err.status === 412 && (await current())?.name === owner.name)) throw err;
+      if (!(err instanceof FhirError && err.status === 412 && has(await current()))) throw err;
     }
     return owner;
   }

@@ -189,10 +189,15 @@ describe('a bulk exchange while the source restarts', () => {
       restarted = await startTestServer({ dataDir, port, authRequired: true, clientsFile: source.clientsFile });
       const parent = await waitForTask(requester, res.body.id, (t) => t.status === 'completed', 60000);
       expect(parent.output.find((o: any) => o.type.text === 'members:completed').valueInteger).toBe(3);
-      for (const local of locals) {
+      for (const [i, local] of locals.entries()) {
         const eobs = (await fhir('GET', `${requester.baseUrl}/ExplanationOfBenefit?patient=${local}&_count=100`)).body.entry ?? [];
         expect(eobs.every((e: any) => e.resource.meta.versionId === '1')).toBe(true);
-        expect((await fhir('GET', `${requester.baseUrl}/Patient/${local}`)).body.meta.versionId).toBe('1');
+        // Written once: the member's id at the source added (PDex data mapping, issue 26), once.
+        const patient = (await fhir('GET', `${requester.baseUrl}/Patient/${local}`)).body;
+        expect(patient.meta.versionId).toBe('2');
+        const tokens = patient.identifier.map((x: any) => `${x.system}|${x.value}`);
+        expect(new Set(tokens).size).toBe(tokens.length);
+        expect(tokens).toContain(`https://source-payer.example.com/resource-id|${source.members[i].patientId}`);
       }
     } finally {
       await requester.stop();
