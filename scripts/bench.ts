@@ -24,6 +24,7 @@ import { once } from 'node:events';
 import { parseArgs } from 'node:util';
 import type { Resource } from 'fhir/r4';
 import { generateClientKeys } from '../src/auth/keys';
+import { completeConsent } from '../src/requester/consent-completion';
 import { SqliteDatabase } from '../src/store/sqlite/sqlite-database';
 import { ResourceStore } from '../src/store/resource-store';
 import { SearchRegistry } from '../src/fhir/search/registry';
@@ -99,7 +100,8 @@ async function startServerProcess(env: Record<string, string>): Promise<Child> {
         proc.stdout?.off('data', onData);
         proc.stderr?.off('data', onData);
         proc.stdout?.resume();
-        proc.stderr?.resume();
+        if (process.env.BENCH_SERVER_ERRORS) proc.stderr?.pipe(process.stderr);
+        else proc.stderr?.resume();
         resolve(m[1]);
       }
     };
@@ -320,14 +322,19 @@ async function main() {
     fs.writeFileSync(clientsFile, JSON.stringify([{ clientId: 'bench', jwks: { keys: [publicJwk] }, scopes: 'system/*.read' }]));
     const source = await startServerProcess(serverEnv(sourceDir, { CLIENTS_FILE: clientsFile, AUTH_REQUIRED: 'true', PUBLIC_BASE_URL: '' }));
     const payersFile = path.join(dir, 'payers.json');
-    fs.writeFileSync(payersFile, JSON.stringify([{ issuer: 'https://src.example', fhirBaseUrl: source.base, tokenEndpoint: source.tokenUrl, clientId: 'bench', clientAuthenticationMode: 'PRIVATE_KEY_JWT', privateKeyJwk: privateJwk, scopes: 'system/*.read' }]));
+    // The member-match path, as the plain download it is compared with asks Patient/{id}/$export (a source declaring the bulk operations would otherwise be asked through them, with their window of service dates).
+    fs.writeFileSync(payersFile, JSON.stringify([{ issuer: 'https://src.example', fhirBaseUrl: source.base, tokenEndpoint: source.tokenUrl, clientId: 'bench', clientAuthenticationMode: 'PRIVATE_KEY_JWT', privateKeyJwk: privateJwk, scopes: 'system/*.read', bulkMemberMatch: false }]));
     for (const { size, member, system } of sizes.length ? big : []) {
       const requester = await startServerProcess(serverEnv(path.join(dir, `requester-${size}`), { SOURCE_PAYERS_FILE: payersFile, POLL_MIN_MS: '50' }));
       // The plain download, with a token of its own, asks for what the exchange asks for (no `_type`: all the source has).
       const token = await benchToken(source.tokenUrl, privateJwk);
       const patientId = member.patientId;
       // The partner's grant to the member comes from its $member-match, as in the exchange (not timed).
-      const match = await fetch(`${source.base}/Patient/$member-match`, { method: 'POST', headers: { 'content-type': 'application/fhir+json', authorization: `Bearer ${token}` }, body: JSON.stringify({ resourceType: 'Parameters', parameter: (invokeBody('x', member, system).parameter[2] as { part: unknown[] }).part }) });
+      // Its Consent completed as the requesting side completes the short one it is given (HRex's profile).
+      const parts = (invokeBody('x', member, system).parameter[2] as { part: { name: string; resource: Resource }[] }).part.map((p) =>
+        p.name === 'Consent' ? { ...p, resource: completeConsent(p.resource as never, { source: { name: 'Source' }, recipient: { name: 'Bench' }, localPatientUrl: `${source.base}/Patient/x`, defaultDays: 30, now: new Date() }) } : p,
+      );
+      const match = await fetch(`${source.base}/Patient/$member-match`, { method: 'POST', headers: { 'content-type': 'application/fhir+json', authorization: `Bearer ${token}` }, body: JSON.stringify({ resourceType: 'Parameters', parameter: parts }) });
       if (match.status !== 200) throw new Error(`$member-match answered ${match.status}`);
       await match.arrayBuffer();
       progress(`plain download of a ${size}-resource member`);
@@ -340,7 +347,10 @@ async function main() {
         taskId = ((await res.json()) as { id: string }).id;
         return (await waitForTasks(requester.base, [taskId]))[0];
       });
-      if (status !== 'completed') throw new Error(`the ${size}-resource exchange ended ${status}`);
+      if (status !== 'completed') {
+        const task = (await (await fetch(`${requester.base}/Task/${taskId}`)).json()) as { statusReason?: { text?: string } };
+        throw new Error(`the ${size}-resource exchange ended ${status}: ${task.statusReason?.text ?? 'no reason given'}`);
+      }
       figures.push({
         name: `exchange of a ${size}-resource member vs plain download`,
         ratio: downloadMs / exchangeMs,
@@ -420,7 +430,7 @@ async function main() {
         'source for concurrent exchanges',
       );
       const src = await startServerProcess(serverEnv(manyDir, { CLIENTS_FILE: clientsFile, AUTH_REQUIRED: 'true' }));
-      fs.writeFileSync(payersFile, JSON.stringify([{ issuer: 'https://src.example', fhirBaseUrl: src.base, tokenEndpoint: src.tokenUrl, clientId: 'bench', clientAuthenticationMode: 'PRIVATE_KEY_JWT', privateKeyJwk: privateJwk, scopes: 'system/*.read' }]));
+      fs.writeFileSync(payersFile, JSON.stringify([{ issuer: 'https://src.example', fhirBaseUrl: src.base, tokenEndpoint: src.tokenUrl, clientId: 'bench', clientAuthenticationMode: 'PRIVATE_KEY_JWT', privateKeyJwk: privateJwk, scopes: 'system/*.read', bulkMemberMatch: false }]));
       const requester = await startServerProcess(serverEnv(path.join(dir, 'many-requester'), { SOURCE_PAYERS_FILE: payersFile, POLL_MIN_MS: '50' }));
       const locals = await Promise.all(members.map((m) => createLocal(requester.base, m)));
       progress(`${concurrent} concurrent exchanges`);

@@ -58,12 +58,24 @@ export function archiveOf(args: {
  * action taken to become the data's custodian, §pdex-11 and ExampleProvenanceCustodian), the Task
  * and the archived files as sources. The source's own Provenance is kept as a record of its own.
  */
-export function provenanceOf(args: { taskId: string; issuer: string; targets: string[]; archived: Reference[]; ownerReference: string; sourceName: string; custodian: Reference; now: string }): Provenance {
+export function provenanceOf(args: { taskId: string; issuer: string; targets: string[]; archived: Reference[]; ownerReference: string; sourceName: string; custodian: Reference; now: string }): Provenance[] {
+  // At most TARGETS_PER_PROVENANCE targets a record (a member of 50,000 resources is 50 records, each
+  // within the store's index limits); the first keeps the id an import's Provenance always had.
+  const chunks: string[][] = [];
+  for (let i = 0; i < args.targets.length; i += TARGETS_PER_PROVENANCE) chunks.push(args.targets.slice(i, i + TARGETS_PER_PROVENANCE));
+  if (chunks.length === 0) chunks.push([]);
+  return chunks.map((targets, n) => importProvenance(args, targets, n === 0 ? localIdFor('provenance', args.taskId, args.issuer) : localIdFor('provenance', args.taskId, `${args.issuer}#${n}`)));
+}
+
+/** Targets of one import Provenance, at most. */
+export const TARGETS_PER_PROVENANCE = 1000;
+
+function importProvenance(args: Parameters<typeof provenanceOf>[0], targets: string[], id: string): Provenance {
   return {
     resourceType: 'Provenance',
-    id: localIdFor('provenance', args.taskId, args.issuer),
+    id,
     meta: { profile: [PDEX_PROVENANCE] },
-    target: args.targets.map((reference) => ({ reference })),
+    target: targets.map((reference) => ({ reference })),
     recorded: args.now,
     activity: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-DataOperation', code: 'CREATE', display: 'create' }], text: 'Payer-to-payer import' },
     reason: [{ text: 'Da Vinci PDex payer-to-payer exchange' }],

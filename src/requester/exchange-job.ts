@@ -603,8 +603,9 @@ export class ExchangeJobHandler {
     const us = this.d.payerOrganization;
     if (us) await us.ensure();
     const custodian = us ? { reference: us.reference, display: us.name } : { display: this.d.requesterDisplay };
-    const provenance = provenanceOf({ taskId: data.taskId, issuer: data.issuer, targets, archived, ownerReference: data.ownerReference, sourceName, custodian, now });
-    await journal.write(data.taskId, 'Provenance', provenance.id as string, () => store.update('Provenance', provenance.id as string, provenance));
+    const provenances = provenanceOf({ taskId: data.taskId, issuer: data.issuer, targets, archived, ownerReference: data.ownerReference, sourceName, custodian, now });
+    for (const p of provenances) await journal.write(data.taskId, 'Provenance', p.id as string, () => store.update('Provenance', p.id as string, p));
+    const provenance = provenances[0];
 
     const counts = data.imports?.counts ?? {};
     const othersRemoved = data.imports?.othersRemoved ?? 0;
@@ -615,7 +616,7 @@ export class ExchangeJobHandler {
       ...Object.entries(data.deletions?.tally.ignored ?? {}).map(([why, n]) => ({ type: { text: 'deleted-ignored' }, valueString: `${n} ${why}` })),
       ...(othersRemoved ? [{ type: { text: 'references-not-kept' }, valueInteger: othersRemoved }] : []),
       ...Object.entries(ingest.leftOut).map(([why, n]) => ({ type: { text: 'left-out' }, valueString: `${n} ${why}` })),
-      { type: { text: 'Provenance' }, valueReference: { reference: `Provenance/${provenance.id}` } },
+      ...provenances.map((p) => ({ type: { text: 'Provenance' }, valueReference: { reference: `Provenance/${p.id}` } })),
       ...(data.manifest?.transactionTime ? [{ type: { text: 'transactionTime' }, valueInstant: data.manifest.transactionTime }] : []),
       ...archived.map((r) => ({ type: { text: 'received-file' }, valueReference: r })),
       ...(await this.redacted(data, data.downloads?.sourceErrors ?? [])).map((e) => ({ type: { text: 'source-error' }, valueString: e })),
