@@ -85,11 +85,20 @@ interface Child {
   stop(): Promise<void>;
 }
 
+/** Every server the bench started: stopped when it ends, whatever way it ends (a failed figure included). */
+const children = new Set<ChildProcess>();
+function killChildren(): void {
+  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+}
+process.on('exit', killChildren);
+
 /** `npm start`'s server in a child process; resolves once it listens. */
 async function startServerProcess(env: Record<string, string>): Promise<Child> {
   // BENCH_SERVER_NODE_ARGS passes options to the servers' node, e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof` to profile them.
   const nodeArgs = (process.env.BENCH_SERVER_NODE_ARGS ?? '').split(' ').filter(Boolean);
   const proc = spawn(process.execPath, [...nodeArgs, MAIN], { env: { ...process.env, HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'warn', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  children.add(proc);
+  proc.once('exit', () => children.delete(proc));
   let out = '';
   const base = await new Promise<string>((resolve, reject) => {
     const onData = (chunk: Buffer) => {
@@ -184,6 +193,8 @@ async function requestsPerSecond(url: string, seconds: number, concurrency = 16)
 async function startBareApp(body: string, contentType: string): Promise<{ url: string; stop: () => Promise<void> }> {
   const code = `const express=require('express');const app=express();const body=Buffer.from(process.env.BODY,'base64');app.get('*',(req,res)=>{res.type(process.env.CT).send(body)});const s=app.listen(0,'127.0.0.1',()=>console.log('port '+s.address().port));`;
   const proc = spawn(process.execPath, ['-e', code], { env: { ...process.env, BODY: Buffer.from(body).toString('base64'), CT: contentType }, cwd: path.join(__dirname, '..', '..'), stdio: ['ignore', 'pipe', 'inherit'] });
+  children.add(proc);
+  proc.once('exit', () => children.delete(proc));
   const port = await new Promise<string>((resolve) => proc.stdout?.on('data', (d: Buffer) => d.toString().match(/port (\d+)/) && resolve((d.toString().match(/port (\d+)/) as RegExpMatchArray)[1])));
   return {
     url: `http://127.0.0.1:${port}/4_0_1/Patient/x`,
@@ -579,6 +590,7 @@ async function exportFigure(base: string, storeDir: string, count: number): Prom
   return { name: 'Patient/$export of every member vs reading the store', ratio: readMs / exportMs, goal: 'no worse', detail: `${lines} resources in ${(exportMs / 1000).toFixed(2)} s = ${Math.round(lines / (exportMs / 1000))}/s (store read: ${read} in ${(readMs / 1000).toFixed(2)} s)` };
 }
 
+for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => process.exit(130));
 main().catch((err) => {
   console.error(err instanceof Error ? err.message : err);
   process.exit(1);
